@@ -1,0 +1,214 @@
+"""`funnel data ...` and `funnel train`: the training side of the command line.
+
+Every error Funnel raises on purpose is printed as one line (file or field named) with its
+exit code (2 for bad input); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from training.errors import DatasetError
+
+console = Console(stderr=True)
+data_app = typer.Typer(help="Generate, convert and check datasets.", no_args_is_help=True)
+
+
+class ProfileName(str, Enum):
+    tiny = "tiny"
+    demo = "demo"
+    large = "large"
+
+
+@data_app.command("generate")
+def data_generate(
+    profile: Annotated[ProfileName, typer.Option(help="Dataset size.")] = ProfileName.tiny,
+    out: Annotated[Path, typer.Option(help="Directory to write the parquet tables to.")] = Path(
+        "data/synthetic"),
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
+) -> None:
+    """Generate a synthetic social feed in the documented parquet schema."""
+    from training.data.schema import save_dataset
+    from training.data.synthetic import generate
+
+    started = time.time()
+    with console.status("generating") as status:
+        ds = generate(profile.value, seed=seed,
+                      progress=lambda m: status.update(f"generating {m}"))
+        status.update("writing parquet")
+        save_dataset(ds, out)
+    _summary(ds, out, time.time() - started)
+
+
+@data_app.command("movielens")
+def data_movielens(
+    out: Annotated[Path, typer.Option(help="Directory to write the parquet tables to.")] = Path(
+        "data/movielens-100k"),
+) -> None:
+    """Convert MovieLens-100K (shipped in the recbole wheel) to the Funnel schema."""
+    from training.data.movielens import load_movielens_100k
+    from training.data.schema import save_dataset
+
+    started = time.time()
+    ds = load_movielens_100k()
+    save_dataset(ds, out)
+    _summary(ds, out, time.time() - started)
+
+
+@data_app.command("validate")
+def data_validate(path: Annotated[Path, typer.Argument(help="Dataset directory.")]) -> None:
+    """Check a dataset directory against the schema; exit 2 naming the first problem."""
+    from training.data.schema import load_dataset
+
+    ds = load_dataset(path)
+    _summary(ds, path, None)
+
+
+def _summary(ds: Any, out: Path, seconds: float | None) -> None:
+    table = Table(title=f"{ds.name} -> {out}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name in ("users", "follows", "posts", "impressions"):
+        table.add_row(name, f"{len(ds.table(name)):,}")
+    Console().print(table)
+    if seconds is not None:
+        console.print(f"done in {seconds:.1f}s")
+
+
+def load_any_dataset(dataset: str, profile: str, seed: int) -> Any:
+    from training.data.movielens import load_movielens_100k
+    from training.data.schema import load_dataset
+    from training.data.synthetic import generate
+
+    if dataset == "synthetic":
+        return generate(profile, seed=seed)
+    if dataset == "movielens-100k":
+        return load_movielens_100k()
+    path = Path(dataset)
+    if not path.exists():
+        raise DatasetError(f"--dataset: {dataset!r} is neither 'synthetic', 'movielens-100k' "
+                           "nor an existing dataset directory")
+    return load_dataset(path)
+
+
+def train(
+    profile: Annotated[ProfileName, typer.Option(help="Size: data (synthetic) and the "
+                                                 "search space in training/configs/.")] =
+    ProfileName.tiny,
+    dataset: Annotated[str, typer.Option(help="'synthetic', 'movielens-100k' or a dataset "
+                                         "directory in the documented schema.")] = "synthetic",
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (default: the "
+                                                "profile's, or configs/movielens.yaml).")] = None,
+    out: Annotated[Path, typer.Option(help="Artifacts directory; the bundle goes in "
+                                      "OUT/<version> and OUT/latest points to it.")] = Path(
+        "artifacts"),
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch space for Ray and trial "
+                                                  "weights (default: OUT/.work).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers per trial "
+                                                "(overrides the config).")] = None,
+    gpu: Annotated[str | None, typer.Option(help="auto|true|false: use_gpu for Ray Train "
+                                            "workers (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+) -> None:
+    """Train retrieval, ranker and moderation with Ray Tune; write a versioned bundle."""
+    from training.config import load_config, parse_config, profile_config
+    from training.errors import ConfigError
+
+    if config is not None:
+        cfg = load_config(config)
+        source = str(config)
+    elif dataset == "movielens-100k":
+        from training.config import CONFIG_DIR
+
+        cfg = load_config(CONFIG_DIR / "movielens.yaml")
+        source = "training/configs/movielens.yaml"
+    else:
+        cfg = profile_config(profile.value)
+        source = f"training/configs/{profile.value}.yaml"
+    overrides: dict[str, Any] = {}
+    if workers is not None:
+        overrides["num_workers"] = workers
+    if gpu is not None:
+        if gpu not in ("auto", "true", "false"):
+            raise ConfigError(f"--gpu: {gpu!r} is not allowed; allowed: auto, true, false")
+        overrides["use_gpu"] = gpu
+    data = cfg.model_dump(mode="json")
+    data["resources"].update(overrides)
+    if seed is not None:
+        data["seed"] = seed
+    cfg = parse_config(data, source=source)
+
+    with console.status(f"loading dataset {dataset!r}"):
+        ds = load_any_dataset(dataset, profile.value, cfg.seed)
+    console.print(f"dataset {ds.name}: {len(ds.users):,} users, {len(ds.posts):,} posts, "
+                  f"{len(ds.impressions):,} impressions")
+    run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work", source=source)
+
+
+def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str) -> Path:
+    import ray
+
+    from training.bundle import verify_bundle
+    from training.pipeline import train_bundle
+    from training.text import MiniLMEncoder
+
+    out.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    started = time.time()
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                        console=console, transient=False)
+    with progress:
+        task = progress.add_task("starting Ray", total=None, detail="")
+        if not ray.is_initialized():
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                     logging_level="ERROR", log_to_driver=False,
+                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+                                               "TOKENIZERS_PARALLELISM": "false"}})
+
+        def say(msg: str) -> None:
+            progress.console.print(f"[bold]·[/] {msg}")
+            progress.update(task, description=msg.split(":")[0], detail="")
+
+        def on_trial(stage: str, r: dict[str, Any]) -> None:
+            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in r.items())
+            progress.update(task, description=f"{stage}: tuning", detail=shown)
+
+        encoder = MiniLMEncoder(progress=lambda d, n: progress.update(
+            task, description="features: text embeddings", detail=f"{d:,}/{n:,}"))
+        try:
+            bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
+                                say=say, on_trial=on_trial, config_source=source)
+        finally:
+            ray.shutdown()
+    bundle = verify_bundle(bdir)
+    m = bundle.manifest["metrics"]
+    table = Table(title=f"bundle {bundle.version}  ({time.time() - started:.0f}s)")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("baseline", justify="right")
+    r = m["retrieval"]
+    table.add_row("retrieval recall@50", f"{r['recall_at_50']:.4f}",
+                  f"popularity {r['baselines']['popularity']['recall_at_50']:.4f}")
+    if "itemknn" in r["baselines"]:
+        table.add_row("retrieval recall@10", f"{r['recall_at_10']:.4f}",
+                      f"itemknn {r['baselines']['itemknn']['recall_at_10']:.4f}")
+    table.add_row("ranker ndcg@10", f"{m['ranker']['ndcg_at_10']:.4f}",
+                  f"retrieval order {m['ranker']['baselines']['retrieval_order']['ndcg_at_10']:.4f}")
+    mod = m["moderation"]["roc_auc_macro"]
+    table.add_row("moderation macro ROC-AUC", "-" if mod is None else f"{mod:.4f}", "")
+    table.add_row("ann recall@100 vs exact", f"{m['ann']['recall_at_100_vs_exact']:.4f}", "")
+    Console().print(table)
+    Console().print(f"bundle: {bundle.path}  (latest -> {bundle.version})")
+    return bundle.path

@@ -1,0 +1,211 @@
+"""Training configuration: pydantic models parsed once from a YAML file.
+
+Search spaces are written in YAML as a fixed value or one distribution:
+`{loguniform: [low, high]}`, `{uniform: [low, high]}`, `{randint: [low, high]}` (high
+exclusive) or `{choice: [a, b, ...]}`. Every hyper-parameter has a name and an allowed range
+per stage; an unknown name, a range outside the allowed one or an unknown key anywhere is
+refused with the field and the allowed values in the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PROFILE_NAMES = ("tiny", "demo", "large")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogUniform(_Strict):
+    loguniform: tuple[float, float]
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+class RandInt(_Strict):
+    randint: tuple[int, int]
+
+
+class Choice(_Strict):
+    choice: Annotated[list[float | int | str], Field(min_length=1)]
+
+
+Dist = LogUniform | Uniform | RandInt | Choice
+ParamValue = float | int | str | Dist
+
+# stage -> name -> (min, max) allowed for numbers, or a tuple of allowed strings
+PARAM_RULES: dict[str, dict[str, tuple[float, float] | tuple[str, ...]]] = {
+    "retrieval": {
+        "lr": (1e-5, 1.0), "batch_size": (8, 65536), "emb_dim": (4, 512), "hidden": (8, 2048),
+        "out_dim": (8, 512), "dropout": (0.0, 0.9), "temperature": (0.005, 2.0),
+        "weight_decay": (0.0, 0.1),
+    },
+    "ranker": {
+        "lr": (1e-5, 1.0), "batch_size": (8, 65536), "emb_dim": (4, 512), "hidden": (8, 2048),
+        "n_layers": (1, 8), "dropout": (0.0, 0.9), "weight_decay": (0.0, 0.1),
+    },
+    "moderation": {
+        "lr": (1e-5, 1.0), "batch_size": (8, 65536), "hidden": (8, 2048),
+        "dropout": (0.0, 0.9), "loss": ("focal", "weighted_bce"), "focal_gamma": (0.0, 5.0),
+        "weight_decay": (0.0, 0.1),
+    },
+}
+
+
+def _check_value(stage: str, name: str, value: Any) -> None:
+    rule = PARAM_RULES[stage][name]
+    where = f"{stage}.params.{name}"
+    if isinstance(rule[0], str):
+        if value not in rule:
+            raise ValueError(f"{where}: {value!r} is not allowed; allowed: {list(rule)}")
+        return
+    if isinstance(value, str) or not (rule[0] <= value <= rule[1]):  # type: ignore[operator]
+        raise ValueError(f"{where}: {value!r} is out of range; allowed: {rule[0]}..{rule[1]}")
+
+
+class StageConfig(_Strict):
+    """One model's tuning run."""
+
+    stage: Literal["retrieval", "ranker", "moderation"]
+    num_samples: Annotated[int, Field(ge=1, le=1000)] = 2
+    max_epochs: Annotated[int, Field(ge=1, le=1000)] = 4
+    grace_period: Annotated[int, Field(ge=1, le=1000)] = 1
+    params: dict[str, ParamValue]
+
+    @model_validator(mode="after")
+    def _check_params(self) -> StageConfig:
+        allowed = PARAM_RULES[self.stage]
+        unknown = sorted(set(self.params) - set(allowed))
+        if unknown:
+            raise ValueError(f"{self.stage}.params: unknown key(s) {unknown}; "
+                             f"allowed: {sorted(allowed)}")
+        missing = sorted(set(allowed) - set(self.params))
+        if missing:
+            raise ValueError(f"{self.stage}.params: missing key(s) {missing}")
+        for name, v in self.params.items():
+            if isinstance(v, LogUniform | Uniform | RandInt):
+                lo, hi = next(iter(v.model_dump().values()))
+                if not lo < hi:
+                    raise ValueError(f"{self.stage}.params.{name}: low {lo} must be < high {hi}")
+                _check_value(self.stage, name, lo)
+                _check_value(self.stage, name, hi if not isinstance(v, RandInt) else hi - 1)
+            elif isinstance(v, Choice):
+                for c in v.choice:
+                    _check_value(self.stage, name, c)
+            else:
+                _check_value(self.stage, name, v)
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"{self.stage}.grace_period ({self.grace_period}) must be <= "
+                             f"max_epochs ({self.max_epochs})")
+        return self
+
+
+class SplitConfig(_Strict):
+    """time: global time split (last `test_fraction` of time is test, the `val_fraction`
+    before it validation). leave_last_out: per user, the last interaction is test and the
+    one before it validation (MovieLens protocol)."""
+
+    kind: Literal["time", "leave_last_out"] = "time"
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.2
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+
+
+class ResourcesConfig(_Strict):
+    num_workers: Annotated[int, Field(ge=1, le=256)] = 1
+    cpus_per_worker: Annotated[float, Field(gt=0.0, le=256)] = 1.0
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+    max_concurrent_trials: Annotated[int, Field(ge=1, le=256)] = 2
+
+
+class AnnConfig(_Strict):
+    m: Annotated[int, Field(ge=4, le=128)] = 32
+    ef_construction: Annotated[int, Field(ge=8, le=2048)] = 200
+    ef_search: Annotated[int, Field(ge=8, le=4096)] = 256
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    split: SplitConfig = SplitConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    eval_k: tuple[int, ...] = (10, 50, 100)
+    ann: AnnConfig = AnnConfig()
+    retrieval: StageConfig
+    ranker: StageConfig
+    moderation: StageConfig
+    reference_sample_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 5000
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+        msg = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif isinstance(given, dict | list):
+            lines.append(f"{loc}: {msg}")
+        else:
+            lines.append(f"{loc}: {msg} (given: {given!r})")
+    return f"{source}: invalid training config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config") -> TrainConfig:
+    for stage in ("retrieval", "ranker", "moderation"):
+        if isinstance(data.get(stage), dict):
+            data[stage] = {"stage": stage, **data[stage]}
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from e
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Parse a YAML training config, raising ConfigError with the file and field named."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read training config: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got "
+                          f"{type(data).__name__}")
+    return parse_config(data, source=str(path))
+
+
+def profile_config(profile: str) -> TrainConfig:
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(f"profile: {profile!r} is not allowed; allowed: {list(PROFILE_NAMES)}")
+    return load_config(CONFIG_DIR / f"{profile}.yaml")
+
+
+def to_search_space(params: dict[str, ParamValue]) -> dict[str, Any]:
+    """Turn validated params into Ray Tune search-space objects."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, v in params.items():
+        if isinstance(v, LogUniform):
+            space[name] = tune.loguniform(*v.loguniform)
+        elif isinstance(v, Uniform):
+            space[name] = tune.uniform(*v.uniform)
+        elif isinstance(v, RandInt):
+            space[name] = tune.randint(*v.randint)
+        elif isinstance(v, Choice):
+            space[name] = tune.choice(v.choice)
+        else:
+            space[name] = v
+    return space

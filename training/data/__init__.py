@@ -1,0 +1,1 @@
+"""Datasets: the documented parquet schema, the synthetic generator and real loaders."""

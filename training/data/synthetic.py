@@ -1,0 +1,265 @@
+"""Synthetic social-feed generator.
+
+Users, a power-law follow graph, posts with topic-bearing text, impressions with position
+bias and engagement drawn from a hidden latent-factor model, and harmful labels on ~3 % of
+posts. Everything is drawn from one `numpy.random.Generator` seeded by the caller, so the
+same (profile, seed) gives byte-identical tables.
+
+The hidden model. Each user has a topic preference `a_u` (Dirichlet) and a latent vector
+`z_u`; each post a topic `t`, a latent vector `z_p` and a quality `q_p`. The affinity is
+
+    s(u, p) = 2.2 * (K * a_u[t] - 1) / K**0.5 + z_u . z_p + q_p + 1.0 * follows(u, author(p))
+
+A shown item is examined with probability (1 + position) ** -0.8 (position bias); an examined
+item is clicked with probability sigmoid(s - 1.2); likes, comments and shares follow a click
+with their own offsets; hides and reports rise for low affinity and harmful posts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from training.data.schema import AGE_BANDS, HARM_LABELS, Dataset
+
+TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sports": (("the home team", "our striker", "the coach", "the league leaders"),
+               ("won the match in extra time", "scored a late goal", "signed a new contract",
+                "lost the derby at the stadium")),
+    "music": (("the band", "this new album", "the singer", "the festival lineup"),
+              ("drops a new single tonight", "sold out the concert", "has an amazing guitar solo",
+               "is touring next summer")),
+    "cooking": (("my grandmother's recipe", "this pasta sauce", "the sourdough loaf",
+                 "a quick curry"),
+                ("needs fresh basil and garlic", "bakes in forty minutes",
+                 "is the best dinner idea", "uses slow roasted tomatoes")),
+    "travel": (("the mountain trail", "this beach town", "our flight to Lisbon", "the old city"),
+               ("has stunning views at sunset", "is cheap in the off season",
+                "was delayed at the airport", "is worth a weekend trip")),
+    "tech": (("the new phone", "this laptop", "the open source release", "the chip maker"),
+             ("ships with a faster processor", "fixes the battery bug",
+              "adds a developer preview", "benchmarks twice as fast")),
+    "politics": (("the senate", "the new mayor", "the election campaign", "parliament"),
+                 ("passed the budget bill", "announced a policy debate",
+                  "published the poll results", "voted on the reform")),
+    "fitness": (("my morning run", "this workout plan", "the yoga class", "leg day"),
+                ("builds strength in six weeks", "burned four hundred calories",
+                 "improves your stamina", "starts with a stretching routine")),
+    "gaming": (("the new rpg", "this speedrun", "the esports final", "the indie game"),
+               ("has a huge open world", "broke the world record", "went to overtime",
+                "launches on console next month")),
+    "pets": (("my puppy", "the rescue cat", "our parrot", "the shelter dogs"),
+             ("learned a new trick", "naps in the sun all day", "needs a loving home",
+              "chased the ball across the garden")),
+    "finance": (("the stock market", "my savings plan", "the central bank", "index funds"),
+                ("rallied after the earnings report", "raised interest rates",
+                 "beat inflation this year", "are a long term investment")),
+    "science": (("the telescope", "this study", "the research team", "the mars rover"),
+                ("found a distant galaxy", "measured the gene expression",
+                 "published results in nature", "collected rock samples")),
+    "fashion": (("the spring collection", "these sneakers", "the runway show", "vintage denim"),
+                ("uses bold colors", "is back in style", "sold out in an hour",
+                 "pairs well with a blazer")),
+}
+
+HARM_PHRASES: dict[str, tuple[str, ...]] = {
+    "abuse": ("you are a worthless idiot", "shut up you pathetic loser",
+              "nobody wants you here you moron", "go away you stupid clown"),
+    "hate": ("those people are vermin and should be removed", "that group is subhuman filth",
+             "their kind does not deserve rights", "we must purge them from our country"),
+    "nudity": ("explicit nude photos inside", "uncensored naked pictures",
+               "adult xxx content no clothes", "topless nude photoshoot leaked"),
+    "violence": ("I will beat him until he bleeds", "we should shoot them all",
+                 "bring a knife and stab them", "burn their houses down tonight"),
+    "misinformation": ("vaccines contain tracking microchips", "the moon landing was faked",
+                       "drinking bleach cures the virus", "the election was secretly rigged"),
+    "spam": ("click here to win free money now", "limited offer buy followers cheap",
+             "earn 5000 dollars a day from home", "free gift card visit my link"),
+}
+
+# Share of harmful posts that carry each label (a post carries one label).
+HARM_MIX: dict[str, float] = {
+    "spam": 0.30, "abuse": 0.20, "misinformation": 0.15, "nudity": 0.15,
+    "hate": 0.10, "violence": 0.10,
+}
+
+COUNTRIES = ("US", "GB", "DE", "FR", "BR", "IN", "JP", "ES")
+LANGUAGES = {"US": "en", "GB": "en", "DE": "de", "FR": "fr", "BR": "pt", "IN": "en",
+             "JP": "ja", "ES": "es"}
+EPOCH = pd.Timestamp("2026-01-01", tz="UTC")
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Size of a generated dataset."""
+
+    name: str
+    n_users: int
+    n_posts: int
+    impressions_per_user: int
+    mean_follows: float
+    days: int = 30
+    harm_rate: float = 0.03
+    latent_dim: int = 8
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile("tiny", n_users=400, n_posts=2_500, impressions_per_user=60, mean_follows=8),
+    "demo": Profile("demo", n_users=5_000, n_posts=30_000, impressions_per_user=60,
+                    mean_follows=15),
+    "large": Profile("large", n_users=100_000, n_posts=1_000_000, impressions_per_user=20,
+                     mean_follows=20),
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ms(days: np.ndarray) -> np.ndarray:
+    return (EPOCH.value // 1_000_000 + (days * DAY_MS)).astype("int64")
+
+
+def generate(
+    profile: Profile | str,
+    *,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Dataset:
+    """Generate a dataset for `profile`. Deterministic for a given (profile, seed)."""
+    p = PROFILES[profile] if isinstance(profile, str) else profile
+    say = progress or (lambda _msg: None)
+    rng = np.random.default_rng(seed)
+    topics = list(TOPICS)
+    k = len(topics)
+    d = p.latent_dim
+
+    say(f"users ({p.n_users:,})")
+    user_ids = np.arange(1, p.n_users + 1, dtype=np.int64)
+    country = rng.choice(len(COUNTRIES), size=p.n_users, p=[.4, .1, .1, .08, .1, .12, .05, .05])
+    users = pd.DataFrame({
+        "user_id": user_ids,
+        "age_band": np.asarray(AGE_BANDS)[
+            rng.choice(len(AGE_BANDS), size=p.n_users, p=[.06, .24, .28, .2, .12, .1])],
+        "country": np.asarray(COUNTRIES)[country],
+        "language": np.asarray([LANGUAGES[c] for c in COUNTRIES])[country],
+        "account_age_days": rng.integers(1, 3000, size=p.n_users).astype(np.int32),
+    })
+    topic_pref = rng.dirichlet(np.full(k, 0.3), size=p.n_users)
+    z_user = rng.normal(0, 1, size=(p.n_users, d)) / d ** 0.25
+    popularity = rng.pareto(1.2, size=p.n_users) + 1.0  # power law
+
+    say("follow graph")
+    n_follow = np.minimum(rng.poisson(p.mean_follows, size=p.n_users) + 1, p.n_users - 1)
+    follower = np.repeat(user_ids, n_follow)
+    followee = rng.choice(user_ids, size=follower.size, p=popularity / popularity.sum())
+    follows = pd.DataFrame({"follower_id": follower, "followee_id": followee})
+    follows = follows[follows.follower_id != follows.followee_id].drop_duplicates()
+    follows = follows.sort_values(["follower_id", "followee_id"]).reset_index(drop=True)
+
+    say(f"posts ({p.n_posts:,})")
+    activity = popularity ** 0.5
+    author_idx = rng.choice(p.n_users, size=p.n_posts, p=activity / activity.sum())
+    main_topic = topic_pref.argmax(axis=1)
+    topic_idx = np.where(rng.random(p.n_posts) < 0.7, main_topic[author_idx],
+                         rng.integers(0, k, size=p.n_posts))
+    modality = np.asarray(["text", "image", "video"])[
+        rng.choice(3, size=p.n_posts, p=[0.55, 0.35, 0.10])]
+    created_days = np.sort(rng.uniform(0, p.days, size=p.n_posts))
+    harmful = rng.random(p.n_posts) < p.harm_rate
+    harm_names = list(HARM_MIX)
+    harm_kind = rng.choice(len(harm_names), size=p.n_posts, p=list(HARM_MIX.values()))
+    nudity = harm_names.index("nudity")
+    modality = np.where(harmful & (harm_kind == nudity), "image", modality)
+    subj = rng.integers(0, 4, size=p.n_posts)
+    pred = rng.integers(0, 4, size=p.n_posts)
+    phrase = rng.integers(0, 4, size=p.n_posts)
+    texts = []
+    for i in range(p.n_posts):
+        s, v = TOPICS[topics[topic_idx[i]]]
+        text = f"{s[subj[i]]} {v[pred[i]]}"
+        if harmful[i]:
+            text = f"{text}. {HARM_PHRASES[harm_names[harm_kind[i]]][phrase[i]]}"
+        texts.append(text)
+    posts = pd.DataFrame({
+        "post_id": np.arange(1, p.n_posts + 1, dtype=np.int64),
+        "author_id": user_ids[author_idx],
+        "topic": np.asarray(topics)[topic_idx],
+        "modality": modality,
+        "language": users["language"].to_numpy()[author_idx],
+        "text": texts,
+        "created_at": pd.to_datetime(_ms(created_days), unit="ms", utc=True),
+    })
+    for j, h in enumerate(harm_names):
+        posts[f"label_{h}"] = harmful & (harm_kind == j)
+    posts = posts[["post_id", "author_id", "topic", "modality", "language", "text",
+                   "created_at", *[f"label_{h}" for h in HARM_LABELS]]]
+    z_post = rng.normal(0, 1, size=(p.n_posts, d)) / d ** 0.25
+    quality = rng.normal(0, 0.5, size=p.n_posts) + 0.3 * np.log(popularity[author_idx])
+
+    say(f"impressions ({p.n_users * p.impressions_per_user:,})")
+    n_imp = p.n_users * p.impressions_per_user
+    imp_user = np.repeat(np.arange(p.n_users), p.impressions_per_user)
+    # Candidates: a third from followed authors' posts, a third popularity-weighted, a third
+    # uniform, so the log carries both social and exploration signal.
+    src = rng.random(n_imp)
+    popular = np.exp(quality)
+    cand = np.where(src < 0.66,
+                    rng.choice(p.n_posts, size=n_imp, p=popular / popular.sum()),
+                    rng.integers(0, p.n_posts, size=n_imp))
+    by_author = pd.Series(np.arange(p.n_posts)).groupby(author_idx).apply(np.asarray)
+    fol_u = follows.follower_id.to_numpy() - 1
+    fol_a = follows.followee_id.to_numpy() - 1
+    first_follow = pd.Series(fol_a).groupby(fol_u).apply(np.asarray)
+    social_rows = np.flatnonzero(src < 0.33)
+    for row in social_rows:
+        u = imp_user[row]
+        authors = first_follow.get(u)
+        if authors is None:
+            continue
+        a = authors[rng.integers(0, len(authors))]
+        posts_of = by_author.get(a)
+        if posts_of is not None:
+            cand[row] = posts_of[rng.integers(0, len(posts_of))]
+    # Each request happens at one time; a post created after it cannot be shown, so such a
+    # draw is replaced by a uniform pick among the posts that existed then.
+    request_no = np.arange(n_imp) // 10
+    req_days = rng.uniform(3, p.days, size=n_imp // 10 + 1)
+    imp_days = req_days[request_no]
+    limit = np.maximum(np.searchsorted(created_days, imp_days), 1)
+    late = cand >= limit
+    cand[late] = (rng.random(int(late.sum())) * limit[late]).astype(np.int64)
+    followed = pd.MultiIndex.from_arrays([fol_u, fol_a])
+    is_follow = pd.MultiIndex.from_arrays([imp_user, author_idx[cand]]).isin(followed)
+    affinity = (2.2 * (k * topic_pref[imp_user, topic_idx[cand]] - 1) / k ** 0.5
+                + np.einsum("ij,ij->i", z_user[imp_user], z_post[cand])
+                + quality[cand] + 1.0 * is_follow)
+    # Requests of 10 slots, ordered by a noisy version of the affinity (the old ranker).
+    order = np.lexsort((-(affinity + rng.normal(0, 1.5, size=n_imp)), request_no))
+    cand, affinity, imp_days = cand[order], affinity[order], imp_days[order]
+    imp_user = imp_user[order]
+    position = (np.arange(n_imp) % 10).astype(np.int32)
+    harm = harmful[cand]
+    examined = rng.random(n_imp) < (1.0 + position) ** -0.8
+    click = examined & (rng.random(n_imp) < _sigmoid(affinity - 1.2 - 2.0 * harm))
+    like = click & (rng.random(n_imp) < _sigmoid(affinity - 0.8))
+    comment = click & (rng.random(n_imp) < _sigmoid(affinity - 2.2))
+    share = click & (rng.random(n_imp) < _sigmoid(affinity - 2.6))
+    hide = examined & ~click & (rng.random(n_imp) < _sigmoid(-affinity - 2.5 + 3.0 * harm))
+    report = examined & (rng.random(n_imp) < 0.25 * harm)
+    dwell = np.where(click, rng.lognormal(2.0 + 0.4 * affinity, 0.6), 0.0).astype(np.float32)
+    impressions = pd.DataFrame({
+        "request_id": [f"r{n:08d}" for n in request_no],
+        "user_id": user_ids[imp_user],
+        "post_id": cand.astype(np.int64) + 1,
+        "position": position,
+        "timestamp": pd.to_datetime(_ms(imp_days), unit="ms", utc=True),
+        "click": click, "like": like, "comment": comment, "share": share, "hide": hide,
+        "report": report, "dwell_s": dwell,
+    })
+    return Dataset(name=f"synthetic-{p.name}-seed{seed}", users=users, follows=follows,
+                   posts=posts, impressions=impressions)

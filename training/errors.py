@@ -1,0 +1,33 @@
+"""Errors raised by the training package.
+
+Each class says how the edge maps it: the CLI exits with `exit_code`, an HTTP edge answers
+`http_status`. Raise them with `raise ... from e` so the cause stays in the chain.
+"""
+
+from __future__ import annotations
+
+
+class FunnelError(Exception):
+    """Base class of every error Funnel raises on purpose."""
+
+    exit_code: int = 1
+    http_status: int = 500
+
+
+class InvalidInputError(FunnelError):
+    """The caller gave something unusable: a file, a field or a value. CLI exit 2, HTTP 422."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class DatasetError(InvalidInputError):
+    """A dataset is missing, unreadable, or does not follow the documented schema."""
+
+
+class ConfigError(InvalidInputError):
+    """A training config has an unknown key, a wrong type or an out-of-range value."""
+
+
+class BundleError(InvalidInputError):
+    """An artifact bundle is missing a file, fails a checksum, or has a bad manifest."""

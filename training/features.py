@@ -1,0 +1,284 @@
+"""The one feature module shared by training and serving.
+
+`FeatureTransform.fit` learns vocabularies, id hashing, counters and text embeddings from the
+training window; `save`/`load` round-trip it through JSON, parquet and safetensors in the
+bundle; serving calls the same `item_features`, `user_features` and `ranker_inputs` so the
+model sees identical inputs online and offline.
+
+Counters and rates are computed point-in-time for training rows (only events strictly before
+the row count, so no label leaks into its own features) and as final totals for serving.
+Rates are smoothed towards the global rate with a Beta prior of `prior_strength` pseudo-
+impressions, so a post with 1 impression and 1 click does not look like a 100 % CTR post.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file, save_file
+
+from training.data.schema import Dataset
+from training.text import TextEncoder
+
+CATEGORICALS: tuple[tuple[str, str], ...] = (
+    ("users", "age_band"), ("users", "country"), ("users", "language"),
+    ("posts", "topic"), ("posts", "modality"),
+)
+RANKER_DENSE: tuple[str, ...] = (
+    "hour_sin", "hour_cos", "dow_sin", "dow_cos", "log_post_age_h",
+    "post_ctr", "log_post_imps", "author_ctr", "user_ctr", "log_user_clicks",
+    "user_topic_ctr", "follows_author", "retrieval_score", "text_affinity",
+)
+COUNTER_KEYS: tuple[str, ...] = ("post", "author", "user", "user_topic")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def hash_ids(ids: np.ndarray | Sequence[int], buckets: int, *, salt: int = 0) -> np.ndarray:
+    """Stable multiplicative hash of int64 ids into [1, buckets); 0 is kept for padding."""
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (x + np.uint64(salt)) * _GOLDEN
+    return (1 + (h >> np.uint64(17)) % np.uint64(buckets - 1)).astype(np.int64)
+
+
+def cyclic_time(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """[hour_sin, hour_cos, dow_sin, dow_cos] for UTC timestamps."""
+    t = pd.DatetimeIndex(ts)
+    hour = (t.hour + t.minute / 60.0).to_numpy(dtype=np.float64)
+    dow = t.dayofweek.to_numpy(dtype=np.float64)
+    return np.stack([np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24),
+                     np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)],
+                    axis=1).astype(np.float32)
+
+
+def _topic_key(user_ids: np.ndarray, topic_idx: np.ndarray) -> np.ndarray:
+    return np.asarray(user_ids, dtype=np.int64) * 1024 + np.asarray(topic_idx, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Impressions and clicks per counter key, aligned with some rows."""
+
+    imps: dict[str, np.ndarray]
+    clicks: dict[str, np.ndarray]
+
+
+def point_in_time_counts(rows: pd.DataFrame) -> Counts:
+    """Counters from events strictly before each row. `rows` needs user_id, post_id,
+    author_id, topic_idx, timestamp, click; the result is aligned with `rows`' order."""
+    order = np.argsort(rows["timestamp"].to_numpy(), kind="stable")
+    r = rows.iloc[order]
+    keys = {
+        "post": r["post_id"].to_numpy(), "author": r["author_id"].to_numpy(),
+        "user": r["user_id"].to_numpy(),
+        "user_topic": _topic_key(r["user_id"].to_numpy(), r["topic_idx"].to_numpy()),
+    }
+    click = r["click"].to_numpy().astype(np.float64)
+    imps, clicks = {}, {}
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    for name, k in keys.items():
+        g = pd.Series(click).groupby(k)
+        imps[name] = g.cumcount().to_numpy().astype(np.float64)[inv]
+        clicks[name] = (g.cumsum().to_numpy() - click)[inv]
+    return Counts(imps, clicks)
+
+
+@dataclass
+class FeatureTransform:
+    """Fitted feature state: vocabularies, hash sizes, counter tables, text embeddings."""
+
+    vocabs: dict[str, list[str]]
+    id_buckets: int
+    author_buckets: int
+    global_ctr: float
+    prior_strength: float
+    counters: dict[str, pd.DataFrame]  # key -> DataFrame(key, imps, clicks)
+    post_ids: np.ndarray  # int64, sorted
+    post_text: np.ndarray  # float32 [n_posts, text_dim], aligned with post_ids
+    user_profile_ids: np.ndarray  # int64, sorted
+    user_profile: np.ndarray  # float32 [n_users, text_dim]: mean text of clicked posts
+    text_model: str
+
+    # ---- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, ds: Dataset, train_mask: np.ndarray, encoder: TextEncoder, *,
+            id_buckets: int = 50_021, author_buckets: int = 20_011,
+            prior_strength: float = 20.0) -> FeatureTransform:
+        vocabs = {f"{t}.{c}": sorted(map(str, ds.table(t)[c].unique())) for t, c in CATEGORICALS}
+        posts = ds.posts.sort_values("post_id")
+        text = encoder.encode(posts["text"].tolist())
+        train = ds.impressions[train_mask]
+        merged = _with_post_cols(train, posts, vocabs)
+        counters = {}
+        keyed = {
+            "post": merged["post_id"], "author": merged["author_id"], "user": merged["user_id"],
+            "user_topic": pd.Series(_topic_key(merged["user_id"].to_numpy(),
+                                               merged["topic_idx"].to_numpy())),
+        }
+        click = merged["click"].to_numpy().astype(np.float64)
+        for name, k in keyed.items():
+            agg = pd.DataFrame({"key": np.asarray(k), "click": click}).groupby("key")["click"]
+            counters[name] = pd.DataFrame({"key": agg.size().index.to_numpy(np.int64),
+                                           "imps": agg.size().to_numpy(np.float64),
+                                           "clicks": agg.sum().to_numpy(np.float64)})
+        pid = posts["post_id"].to_numpy()
+        clicked = train[train["click"]]
+        idx = np.searchsorted(pid, clicked["post_id"].to_numpy())
+        prof = pd.DataFrame(text[idx]).groupby(clicked["user_id"].to_numpy()).mean()
+        prof_v = prof.to_numpy(np.float32)
+        prof_v /= np.linalg.norm(prof_v, axis=1, keepdims=True) + 1e-8
+        return cls(vocabs=vocabs, id_buckets=id_buckets, author_buckets=author_buckets,
+                   global_ctr=float(click.mean()) if len(click) else 0.05,
+                   prior_strength=prior_strength, counters=counters,
+                   post_ids=pid.astype(np.int64), post_text=text.astype(np.float32),
+                   user_profile_ids=prof.index.to_numpy(np.int64), user_profile=prof_v,
+                   text_model=encoder.name)
+
+    # ---- lookups -------------------------------------------------------------------------
+    def vocab_index(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Index in the fitted vocabulary, 1-based; 0 for a value unseen at fit time."""
+        vocab = {v: i + 1 for i, v in enumerate(self.vocabs[name])}
+        return np.asarray([vocab.get(str(v), 0) for v in values], dtype=np.int64)
+
+    def vocab_size(self, name: str) -> int:
+        return len(self.vocabs[name]) + 1
+
+    def text_of(self, post_ids: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.post_ids, post_ids).clip(0, len(self.post_ids) - 1)
+        found = self.post_ids[idx] == post_ids
+        out = np.zeros((len(post_ids), self.post_text.shape[1]), dtype=np.float32)
+        out[found] = self.post_text[idx[found]]
+        return out
+
+    def profile_of(self, user_ids: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(user_ids), self.post_text.shape[1]), dtype=np.float32)
+        if len(self.user_profile_ids) == 0:
+            return out
+        idx = np.searchsorted(self.user_profile_ids, user_ids).clip(
+            0, len(self.user_profile_ids) - 1)
+        found = self.user_profile_ids[idx] == user_ids
+        out[found] = self.user_profile[idx[found]]
+        return out
+
+    def final_counts(self, user_ids: np.ndarray, post_ids: np.ndarray, author_ids: np.ndarray,
+                     topic_idx: np.ndarray) -> Counts:
+        """Counter totals from the fitted window, for serving (unknown keys count zero)."""
+        keys = {"post": post_ids, "author": author_ids, "user": user_ids,
+                "user_topic": _topic_key(user_ids, topic_idx)}
+        imps, clicks = {}, {}
+        for name, k in keys.items():
+            table = self.counters[name]
+            tk = table["key"].to_numpy()
+            idx = np.searchsorted(tk, k).clip(0, max(len(tk) - 1, 0))
+            found = tk[idx] == k if len(tk) else np.zeros(len(k), bool)
+            imps[name] = np.where(found, table["imps"].to_numpy()[idx] if len(tk) else 0, 0.0)
+            clicks[name] = np.where(found, table["clicks"].to_numpy()[idx] if len(tk) else 0, 0.0)
+        return Counts(imps, clicks)
+
+    # ---- model inputs --------------------------------------------------------------------
+    def item_features(self, posts: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Item-tower inputs for posts (post_id, author_id, topic, modality)."""
+        pid = posts["post_id"].to_numpy(np.int64)
+        return {
+            "item_hash": hash_ids(pid, self.id_buckets, salt=1),
+            "author_hash": hash_ids(posts["author_id"].to_numpy(np.int64), self.author_buckets,
+                                    salt=2),
+            "topic": self.vocab_index("posts.topic", posts["topic"].to_numpy()),
+            "modality": self.vocab_index("posts.modality", posts["modality"].to_numpy()),
+            "text": self.text_of(pid),
+        }
+
+    def user_features(self, users: pd.DataFrame) -> dict[str, np.ndarray]:
+        """User-tower inputs for users (user_id, age_band, country, language)."""
+        uid = users["user_id"].to_numpy(np.int64)
+        return {
+            "user_hash": hash_ids(uid, self.id_buckets, salt=3),
+            "age_band": self.vocab_index("users.age_band", users["age_band"].to_numpy()),
+            "country": self.vocab_index("users.country", users["country"].to_numpy()),
+            "language": self.vocab_index("users.language", users["language"].to_numpy()),
+            "profile": self.profile_of(uid),
+        }
+
+    def ranker_inputs(self, rows: pd.DataFrame, counts: Counts,
+                      retrieval_score: np.ndarray) -> dict[str, np.ndarray]:
+        """Ranker inputs for (user, post, context) rows. `rows` has user_id, post_id,
+        author_id, topic, modality, age_band, country, created_at, timestamp, follows_author."""
+        n = lambda name: self.prior_strength  # noqa: E731 - same prior for every counter
+        rate = {k: (counts.clicks[k] + self.global_ctr * n(k)) / (counts.imps[k] + n(k))
+                for k in COUNTER_KEYS}
+        age_h = (pd.DatetimeIndex(rows["timestamp"]) - pd.DatetimeIndex(rows["created_at"])
+                 ).total_seconds().to_numpy() / 3600.0
+        pid = rows["post_id"].to_numpy(np.int64)
+        uid = rows["user_id"].to_numpy(np.int64)
+        affinity = np.einsum("ij,ij->i", self.profile_of(uid), self.text_of(pid))
+        dense = np.column_stack([
+            cyclic_time(rows["timestamp"]),
+            np.log1p(np.clip(age_h, 0, None)),
+            rate["post"], np.log1p(counts.imps["post"]), rate["author"], rate["user"],
+            np.log1p(counts.clicks["user"]), rate["user_topic"],
+            rows["follows_author"].to_numpy(np.float32), retrieval_score, affinity,
+        ]).astype(np.float32)
+        return {
+            "dense": dense,
+            "user_hash": hash_ids(uid, self.id_buckets, salt=3),
+            "item_hash": hash_ids(pid, self.id_buckets, salt=1),
+            "topic": self.vocab_index("posts.topic", rows["topic"].to_numpy()),
+            "modality": self.vocab_index("posts.modality", rows["modality"].to_numpy()),
+            "age_band": self.vocab_index("users.age_band", rows["age_band"].to_numpy()),
+        }
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"vocabs": self.vocabs, "id_buckets": self.id_buckets,
+                "author_buckets": self.author_buckets, "global_ctr": self.global_ctr,
+                "prior_strength": self.prior_strength, "text_model": self.text_model,
+                "dense_features": list(RANKER_DENSE), "counter_keys": list(COUNTER_KEYS)}
+        paths = [directory / "transform.json", directory / "embeddings.safetensors"]
+        paths[0].write_text(json.dumps(meta, indent=2, sort_keys=True))
+        save_file({"post_ids": self.post_ids, "post_text": self.post_text,
+                   "user_profile_ids": self.user_profile_ids,
+                   "user_profile": self.user_profile}, str(paths[1]))
+        for name, table in self.counters.items():
+            path = directory / f"counters_{name}.parquet"
+            table.to_parquet(path, index=False)
+            paths.append(path)
+        return paths
+
+    @classmethod
+    def load(cls, directory: Path) -> FeatureTransform:
+        meta = json.loads((directory / "transform.json").read_text())
+        t = load_file(str(directory / "embeddings.safetensors"))
+        counters = {k: pd.read_parquet(directory / f"counters_{k}.parquet")
+                    .sort_values("key").reset_index(drop=True) for k in meta["counter_keys"]}
+        return cls(vocabs=meta["vocabs"], id_buckets=meta["id_buckets"],
+                   author_buckets=meta["author_buckets"], global_ctr=meta["global_ctr"],
+                   prior_strength=meta["prior_strength"], counters=counters,
+                   post_ids=t["post_ids"], post_text=t["post_text"],
+                   user_profile_ids=t["user_profile_ids"], user_profile=t["user_profile"],
+                   text_model=meta["text_model"])
+
+
+def _with_post_cols(impressions: pd.DataFrame, posts: pd.DataFrame,
+                    vocabs: dict[str, list[str]]) -> pd.DataFrame:
+    m = impressions.merge(posts[["post_id", "author_id", "topic"]], on="post_id", how="left")
+    vocab = {v: i + 1 for i, v in enumerate(vocabs["posts.topic"])}
+    m["topic_idx"] = m["topic"].map(vocab).fillna(0).astype(np.int64)
+    return m
+
+
+def join_rows(ds: Dataset, impressions: pd.DataFrame, ft: FeatureTransform) -> pd.DataFrame:
+    """Impressions joined with post and user columns, plus `follows_author` and `topic_idx`."""
+    m = _with_post_cols(impressions, ds.posts, ft.vocabs)
+    m = m.merge(ds.posts[["post_id", "modality", "created_at"]], on="post_id", how="left")
+    m = m.merge(ds.users[["user_id", "age_band", "country"]], on="user_id", how="left")
+    fol = pd.MultiIndex.from_frame(ds.follows[["follower_id", "followee_id"]])
+    m["follows_author"] = pd.MultiIndex.from_arrays(
+        [m["user_id"].to_numpy(), m["author_id"].to_numpy()]).isin(fol)
+    return m

@@ -1,0 +1,237 @@
+"""Per-worker training loops, run by Ray Train `TorchTrainer` workers.
+
+Each loop reads its stage's arrays from `config["data_dir"]` (plain .npy written by the
+driver, loaded with allow_pickle=False), trains on this worker's shard, evaluates on the
+validation split after every epoch and reports the metric to Ray Train (and through
+`TuneReportCallback` to Ray Tune, whose ASHA scheduler may stop the trial early). Rank 0
+keeps the best epoch's weights as safetensors in `config["trial_dir"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from training.evaluation import full_ranking_metrics, grouped_ndcg, safe_auc
+from training.models.moderation import ModerationHead, focal_loss, weighted_bce
+from training.models.ranker import TASKS, MultiTaskRanker, multitask_loss
+from training.models.two_tower import ItemTower, TwoTower, UserTower, in_batch_logq_loss
+
+USER_KEYS = ("user_hash", "age_band", "country", "language", "profile")
+ITEM_KEYS = ("item_hash", "author_hash", "topic", "modality", "text")
+RANKER_KEYS = ("dense", "user_hash", "item_hash", "topic", "modality", "age_band")
+
+
+def load_arrays(data_dir: str | Path, prefix: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    d = Path(data_dir)
+    return {k: np.load(d / f"{prefix}{k}.npy", allow_pickle=False) for k in keys}
+
+
+def save_arrays(data_dir: Path, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for k, v in arrays.items():
+        np.save(data_dir / f"{prefix}{k}.npy", np.ascontiguousarray(v), allow_pickle=False)
+
+
+def _t(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device)
+
+
+def build_two_tower(config: dict[str, Any], meta: dict[str, Any]) -> TwoTower:
+    common = {"text_dim": meta["text_dim"], "emb_dim": int(config["emb_dim"]),
+              "hidden": int(config["hidden"]), "out_dim": int(config["out_dim"]),
+              "dropout": float(config["dropout"])}
+    return TwoTower(
+        UserTower(id_buckets=meta["id_buckets"], n_age=meta["n_age"],
+                  n_country=meta["n_country"], n_language=meta["n_language"], **common),
+        ItemTower(id_buckets=meta["id_buckets"], author_buckets=meta["author_buckets"],
+                  n_topic=meta["n_topic"], n_modality=meta["n_modality"], **common),
+        temperature=float(config["temperature"]))
+
+
+def build_ranker(config: dict[str, Any], meta: dict[str, Any]) -> MultiTaskRanker:
+    return MultiTaskRanker(n_dense=meta["n_dense"], id_buckets=meta["id_buckets"],
+                           n_topic=meta["n_topic"], n_modality=meta["n_modality"],
+                           n_age=meta["n_age"], emb_dim=int(config["emb_dim"]),
+                           hidden=int(config["hidden"]), n_layers=int(config["n_layers"]),
+                           dropout=float(config["dropout"]))
+
+
+def build_moderation(config: dict[str, Any], meta: dict[str, Any]) -> ModerationHead:
+    return ModerationHead(text_dim=meta["text_dim"], hidden=int(config["hidden"]),
+                          n_labels=len(meta["labels"]), dropout=float(config["dropout"]))
+
+
+@torch.no_grad()
+def embed(tower: torch.nn.Module, arrays: dict[str, np.ndarray], keys: tuple[str, ...],
+          *, batch: int = 8192, device: torch.device | None = None) -> np.ndarray:
+    device = device or torch.device("cpu")
+    tower.eval()
+    n = len(arrays[keys[0]])
+    out = [tower(*(_t(arrays[k][s:s + batch], device) for k in keys)).cpu().numpy()
+           for s in range(0, n, batch)]
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def _split_by_user(pairs: np.ndarray, n_users: int) -> list[np.ndarray]:
+    order = np.argsort(pairs[:, 0], kind="stable")
+    p = pairs[order]
+    bounds = np.searchsorted(p[:, 0], np.arange(n_users + 1))
+    return [p[bounds[u]:bounds[u + 1], 1] for u in range(n_users)]
+
+
+def retrieval_metric(user_vec: np.ndarray, item_vec: np.ndarray, train_pairs: np.ndarray,
+                     eval_pairs: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    n_users = len(user_vec)
+    return full_ranking_metrics(lambda rows: user_vec[rows] @ item_vec.T,
+                                train_items=_split_by_user(train_pairs, n_users),
+                                test_items=_split_by_user(eval_pairs, n_users), ks=ks)
+
+
+# ---- the shared epoch driver ---------------------------------------------------------------
+def _worker_env(config: dict[str, Any]) -> tuple[int, int, torch.device]:
+    import ray.train
+    import ray.train.torch
+
+    torch.manual_seed(int(config.get("seed", 0)))
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def _run(config: dict[str, Any], model: torch.nn.Module, n_rows: int,
+         step: Callable[[torch.nn.Module, np.ndarray], torch.Tensor],
+         evaluate: Callable[[torch.nn.Module], float], metric: str) -> None:
+    import ray.train
+    import ray.train.torch
+
+    rank, world, _device = _worker_env(config)
+    wrapped = ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW(wrapped.parameters(), lr=float(config["lr"]),
+                            weight_decay=float(config["weight_decay"]))
+    rng = np.random.default_rng(int(config.get("seed", 0)) + rank)
+    bs = int(config["batch_size"])
+    best = -np.inf
+    trial_dir = Path(config["trial_dir"])
+    for epoch in range(int(config["max_epochs"])):
+        wrapped.train()
+        shard = rng.permutation(n_rows)[rank::world]
+        losses = []
+        for s in range(0, len(shard) - 1, bs):
+            idx = shard[s:s + bs]
+            if len(idx) < 2:
+                continue
+            loss = step(wrapped, idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        value = evaluate(model) if rank == 0 else 0.0
+        if rank == 0 and value > best:
+            best = value
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(trial_dir / "model.safetensors"))
+            (trial_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, metric: value}))
+        ray.train.report({metric: value, "train_loss": float(np.mean(losses or [0.0])),
+                          "epoch": epoch + 1, "trial_dir": str(trial_dir)})
+
+
+# ---- stage loops -------------------------------------------------------------------------------
+def retrieval_loop(config: dict[str, Any]) -> None:
+    d = config["data_dir"]
+    meta = json.loads(Path(d, "meta.json").read_text())
+    users = load_arrays(d, "user_", USER_KEYS)
+    items = load_arrays(d, "item_", ITEM_KEYS)
+    pairs = np.load(Path(d, "train_pairs.npy"))
+    val_pairs = np.load(Path(d, "val_pairs.npy"))
+    log_q = np.load(Path(d, "log_q.npy"))
+    _rank, _world, device = _worker_env(config)
+    model = build_two_tower(config, meta).to(device)
+    temperature = float(config["temperature"])
+
+    def step(m: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
+        u_idx, i_idx = pairs[idx, 0], pairs[idx, 1]
+        net = getattr(m, "module", m)
+        u = net.user_tower(*(_t(users[k][u_idx], device) for k in USER_KEYS))
+        v = net.item_tower(*(_t(items[k][i_idx], device) for k in ITEM_KEYS))
+        return in_batch_logq_loss(u, v, _t(log_q[i_idx], device), temperature=temperature,
+                                  item_ids=_t(i_idx, device))
+
+    def evaluate(m: torch.nn.Module) -> float:
+        uv = embed(m.user_tower, users, USER_KEYS, device=device)  # type: ignore[arg-type]
+        iv = embed(m.item_tower, items, ITEM_KEYS, device=device)  # type: ignore[arg-type]
+        k = int(meta["val_k"])
+        return retrieval_metric(uv, iv, pairs, val_pairs, (k,))[f"recall_at_{k}"]
+
+    _run(config, model, len(pairs), step, evaluate, "val_recall")
+
+
+def ranker_loop(config: dict[str, Any]) -> None:
+    d = config["data_dir"]
+    meta = json.loads(Path(d, "meta.json").read_text())
+    train = load_arrays(d, "train_", (*RANKER_KEYS, "labels"))
+    val = load_arrays(d, "val_", (*RANKER_KEYS, "labels", "groups", "gains"))
+    _rank, _world, device = _worker_env(config)
+    model = build_ranker(config, meta).to(device)
+    weights = _t(np.asarray(meta["task_weights"], np.float32), device)
+
+    def step(m: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
+        logits = m(*(_t(train[k][idx], device) for k in RANKER_KEYS))
+        return multitask_loss(logits, _t(train["labels"][idx], device), weights)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        m.eval()
+        with torch.no_grad():
+            logits = m(*(_t(val[k], device) for k in RANKER_KEYS)).cpu().numpy()
+        score = (1.0 / (1.0 + np.exp(-logits))) @ np.asarray(meta["score_weights"], np.float32)
+        return grouped_ndcg(val["groups"], score, val["gains"], k=10)
+
+    _run(config, model, len(train["labels"]), step, evaluate, "val_ndcg")
+
+
+def moderation_loop(config: dict[str, Any]) -> None:
+    d = config["data_dir"]
+    meta = json.loads(Path(d, "meta.json").read_text())
+    train = load_arrays(d, "train_", ("x", "y"))
+    val = load_arrays(d, "val_", ("x", "y"))
+    _rank, _world, device = _worker_env(config)
+    model = build_moderation(config, meta).to(device)
+    pos_weight = _t(np.asarray(meta["pos_weight"], np.float32), device)
+    loss_kind = str(config["loss"])
+    gamma = float(config["focal_gamma"])
+
+    def step(m: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
+        logits = m(_t(train["x"][idx], device))
+        y = _t(train["y"][idx], device)
+        if loss_kind == "focal":
+            return focal_loss(logits, y, gamma=gamma)
+        return weighted_bce(logits, y, pos_weight)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        m.eval()
+        with torch.no_grad():
+            scores = m(_t(val["x"], device)).cpu().numpy()
+        aucs = [a for j in range(val["y"].shape[1])
+                if (a := safe_auc(val["y"][:, j], scores[:, j])) is not None]
+        return float(np.mean(aucs)) if aucs else 0.0
+
+    _run(config, model, len(train["y"]), step, evaluate, "val_roc_auc")
+
+
+LOOPS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "retrieval": (retrieval_loop, "val_recall"),
+    "ranker": (ranker_loop, "val_ndcg"),
+    "moderation": (moderation_loop, "val_roc_auc"),
+}
+
+
+def threads_per_worker(cpus: float) -> int:
+    return max(1, min(int(cpus), os.cpu_count() or 1))

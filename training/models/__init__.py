@@ -1,0 +1,1 @@
+"""Torch models: two-tower retrieval, multi-task ranker, multi-label moderation head."""

@@ -1,0 +1,368 @@
+"""`funnel train`: data -> features -> Ray Tune per model -> evaluation -> bundle.
+
+Order matters: the ranker takes the two-tower's retrieval score as an input, so retrieval
+is tuned first; moderation is independent. Every model is evaluated on held-out data that
+no tuning decision saw, beside its baselines computed in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from training.bundle import point_latest, write_manifest
+from training.config import TrainConfig
+from training.data.schema import ENGAGEMENT_TASKS, HARM_LABELS, Dataset
+from training.evaluation import (
+    full_ranking_metrics,
+    grouped_ndcg,
+    itemknn_scorer,
+    popularity_scores,
+    safe_auc,
+    safe_pr_auc,
+)
+from training.export import (
+    ann_recall,
+    build_hnsw,
+    script_module,
+    write_reference,
+    write_triton_config,
+)
+from training.features import RANKER_DENSE, FeatureTransform, join_rows, point_in_time_counts
+from training.loops import (
+    ITEM_KEYS,
+    RANKER_KEYS,
+    USER_KEYS,
+    _split_by_user,
+    build_moderation,
+    build_ranker,
+    build_two_tower,
+    embed,
+    save_arrays,
+)
+from training.models.ranker import TASKS
+from training.text import TextEncoder
+from training.tune import StageResult, tune_stage
+
+Say = Callable[[str], None]
+SCORE_WEIGHTS = {"click": 1.0, "like": 0.5, "comment": 0.3, "share": 0.3, "hide": -1.0}
+NEGATIVES_PER_POSITIVE = 4
+
+
+@dataclass(frozen=True)
+class Split:
+    """Boolean masks over impressions: disjoint train / val / test."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def make_split(ds: Dataset, cfg: TrainConfig) -> Split:
+    imp = ds.impressions
+    if cfg.split.kind == "time":
+        ts = imp["timestamp"].astype("int64").to_numpy()
+        t_test = np.quantile(ts, 1 - cfg.split.test_fraction)
+        t_val = np.quantile(ts, 1 - cfg.split.test_fraction - cfg.split.val_fraction)
+        return Split(train=ts < t_val, val=(ts >= t_val) & (ts < t_test), test=ts >= t_test)
+    # leave-last-out: per user, newest interaction -> test, the one before -> val.
+    order = imp.assign(_i=np.arange(len(imp))).sort_values(
+        ["user_id", "timestamp", "_i"], ascending=[True, False, False])
+    rank = order.groupby("user_id").cumcount().to_numpy()
+    n = order.groupby("user_id")["_i"].transform("size").to_numpy()
+    r = np.empty(len(imp), dtype=np.int64)
+    r[order["_i"].to_numpy()] = np.where(n >= 3, rank, 99)
+    return Split(train=r >= 2, val=r == 1, test=r == 0)
+
+
+def _pairs(imp: pd.DataFrame, mask: np.ndarray, uix: pd.Index, pix: pd.Index) -> np.ndarray:
+    rows = imp[mask & imp["click"].to_numpy()]
+    p = np.stack([uix.get_indexer(rows["user_id"]), pix.get_indexer(rows["post_id"])], axis=1)
+    return np.unique(p, axis=0) if len(p) else np.zeros((0, 2), np.int64)
+
+
+def _load_best(result: StageResult, build: Callable[..., torch.nn.Module],
+               meta: dict[str, Any]) -> torch.nn.Module:
+    model = build(result.config, meta)
+    model.load_state_dict(load_file(str(result.trial_dir / "model.safetensors")))
+    return model.eval()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent, check=False)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path,
+                 encoder: TextEncoder, say: Say = print,
+                 on_trial: Callable[[str, dict[str, Any]], None] | None = None,
+                 config_source: str = "") -> Path:
+    """Run the whole training pipeline and write a verified bundle; returns its directory."""
+    started = time.time()
+    rng = np.random.default_rng(cfg.seed)
+    split = make_split(ds, cfg)
+    say(f"split ({cfg.split.kind}): train {split.train.sum():,} / val {split.val.sum():,} / "
+        f"test {split.test.sum():,} impressions")
+    users = ds.users.sort_values("user_id").reset_index(drop=True)
+    posts = ds.posts.sort_values("post_id").reset_index(drop=True)
+    uix, pix = pd.Index(users["user_id"]), pd.Index(posts["post_id"])
+
+    say(f"features: encoding {posts['text'].nunique():,} distinct post texts with {encoder.name}")
+    ft = FeatureTransform.fit(ds, split.train, encoder)
+    data_root = work_dir / "data"
+    resources = cfg.resources
+    metrics: dict[str, Any] = {}
+
+    # ---- retrieval ------------------------------------------------------------------------
+    user_arr, item_arr = ft.user_features(users), ft.item_features(posts)
+    train_pairs = _pairs(ds.impressions, split.train, uix, pix)
+    val_pairs = _pairs(ds.impressions, split.val, uix, pix)
+    test_pairs = _pairs(ds.impressions, split.test, uix, pix)
+    counts = np.bincount(train_pairs[:, 1], minlength=len(posts)).astype(np.float64)
+    log_q = np.log((counts + 1.0) / (counts.sum() + len(posts)))
+    ret_meta = {"text_dim": int(ft.post_text.shape[1]), "id_buckets": ft.id_buckets,
+                "author_buckets": ft.author_buckets,
+                "n_age": ft.vocab_size("users.age_band"),
+                "n_country": ft.vocab_size("users.country"),
+                "n_language": ft.vocab_size("users.language"),
+                "n_topic": ft.vocab_size("posts.topic"),
+                "n_modality": ft.vocab_size("posts.modality"), "val_k": 50}
+    rdir = data_root / "retrieval"
+    save_arrays(rdir, "user_", user_arr)
+    save_arrays(rdir, "item_", item_arr)
+    save_arrays(rdir, "", {"train_pairs": train_pairs, "val_pairs": val_pairs,
+                           "log_q": log_q.astype(np.float32)})
+    (rdir / "meta.json").write_text(json.dumps(ret_meta))
+    say(f"retrieval: tuning two-tower ({cfg.retrieval.num_samples} trials, "
+        f"{len(train_pairs):,} positive pairs)")
+    ret = tune_stage(cfg.retrieval, data_dir=rdir, work_dir=work_dir, resources=resources,
+                     seed=cfg.seed, on_result=on_trial)
+    two_tower = _load_best(ret, build_two_tower, ret_meta)
+    user_vec = embed(two_tower.user_tower, user_arr, USER_KEYS)
+    item_vec = embed(two_tower.item_tower, item_arr, ITEM_KEYS)
+    seen = np.concatenate([train_pairs, val_pairs])
+    ks = tuple(cfg.eval_k)
+    n_users = len(users)
+    train_items = _split_by_user(seen, n_users)
+    test_items = _split_by_user(test_pairs, n_users)
+    ret_metrics = full_ranking_metrics(lambda r: user_vec[r] @ item_vec.T,
+                                       train_items=train_items, test_items=test_items, ks=ks)
+    pop = popularity_scores(seen[:, 1], len(posts))
+    pop_metrics = full_ranking_metrics(lambda r: np.tile(pop, (len(r), 1)),
+                                       train_items=train_items, test_items=test_items, ks=ks)
+    baselines = {"popularity": pop_metrics}
+    if len(posts) <= 20_000:
+        knn = itemknn_scorer(seen[:, 0], seen[:, 1], n_users, len(posts))
+        baselines["itemknn"] = full_ranking_metrics(knn, train_items=train_items,
+                                                    test_items=test_items, ks=ks)
+    metrics["retrieval"] = {**ret_metrics, "baselines": baselines,
+                            "tuning": _tuning(ret)}
+    say(f"retrieval: recall@50 {ret_metrics.get('recall_at_50', 0):.4f} "
+        f"(popularity {pop_metrics.get('recall_at_50', 0):.4f})")
+
+    # ---- ranker ---------------------------------------------------------------------------
+    imp = ds.impressions.assign(_split=np.select([split.train, split.val, split.test],
+                                                 ["train", "val", "test"], "none"))
+    if imp["click"].mean() > 0.95:  # implicit feedback only (MovieLens): sample negatives
+        imp = _with_sampled_negatives(imp, posts["post_id"].to_numpy(), rng)
+    rows = join_rows(ds, imp, ft)
+    counts_pit = point_in_time_counts(rows)
+    u_i = uix.get_indexer(rows["user_id"])
+    p_i = pix.get_indexer(rows["post_id"])
+    retrieval_score = np.einsum("ij,ij->i", user_vec[u_i], item_vec[p_i]).astype(np.float32)
+    inputs = ft.ranker_inputs(rows, counts_pit, retrieval_score)
+    labels = rows[list(TASKS)].to_numpy(np.float32)
+    gains = (rows[["click", "like", "comment", "share"]].to_numpy(np.float32).sum(1)
+             * (1 - rows["hide"].to_numpy(np.float32)))
+    groups = pd.factorize(rows["request_id"])[0]
+    part = rows["_split"].to_numpy()
+    rk_meta = {"n_dense": len(RANKER_DENSE), "id_buckets": ft.id_buckets,
+               "n_topic": ft.vocab_size("posts.topic"),
+               "n_modality": ft.vocab_size("posts.modality"),
+               "n_age": ft.vocab_size("users.age_band"),
+               "task_weights": [1.0] * len(TASKS),
+               "score_weights": [SCORE_WEIGHTS[t] for t in TASKS]}
+    kdir = data_root / "ranker"
+    for name in ("train", "val"):
+        m = part == name
+        save_arrays(kdir, f"{name}_", {**{k: inputs[k][m] for k in RANKER_KEYS},
+                                       "labels": labels[m], "groups": groups[m],
+                                       "gains": gains[m]})
+    (kdir / "meta.json").write_text(json.dumps(rk_meta))
+    say(f"ranker: tuning multi-task ranker ({cfg.ranker.num_samples} trials, "
+        f"{int((part == 'train').sum()):,} rows)")
+    rk = tune_stage(cfg.ranker, data_dir=kdir, work_dir=work_dir, resources=resources,
+                    seed=cfg.seed, on_result=on_trial)
+    ranker = _load_best(rk, build_ranker, rk_meta)
+    test = part == "test"
+    with torch.no_grad():
+        logits = ranker(*(torch.from_numpy(inputs[k][test]) for k in RANKER_KEYS)).numpy()
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    final = probs @ np.asarray(rk_meta["score_weights"], np.float32)
+    rk_metrics: dict[str, Any] = {
+        "ndcg_at_10": grouped_ndcg(groups[test], final, gains[test], k=10),
+        "auc": {t: safe_auc(labels[test][:, j], probs[:, j]) for j, t in enumerate(TASKS)},
+        "score_weights": SCORE_WEIGHTS,
+        "baselines": {"retrieval_order": {
+            "ndcg_at_10": grouped_ndcg(groups[test], retrieval_score[test], gains[test], k=10)}},
+        "tuning": _tuning(rk),
+    }
+    metrics["ranker"] = rk_metrics
+    say(f"ranker: ndcg@10 {rk_metrics['ndcg_at_10']:.4f} (retrieval order "
+        f"{rk_metrics['baselines']['retrieval_order']['ndcg_at_10']:.4f})")
+
+    # ---- moderation -----------------------------------------------------------------------
+    moderation = None
+    if ds.has_harm_labels:
+        moderation, metrics["moderation"] = _train_moderation(cfg, posts, ft, work_dir,
+                                                              say, on_trial)
+    else:
+        say("moderation: skipped (the dataset has no harm labels)")
+        metrics["moderation"] = {"roc_auc_macro": None,
+                                 "skipped": "the dataset has no harm labels"}
+
+    # ---- ANN ------------------------------------------------------------------------------
+    say(f"ann: building HNSW over {len(item_vec):,} item embeddings")
+    index = build_hnsw(item_vec, m=cfg.ann.m, ef_construction=cfg.ann.ef_construction,
+                       ef_search=cfg.ann.ef_search)
+    q_rows = rng.choice(len(user_vec), size=min(1000, len(user_vec)), replace=False)
+    metrics["ann"] = {"recall_at_100_vs_exact": ann_recall(index, item_vec, user_vec[q_rows],
+                                                           k=100),
+                      "m": cfg.ann.m, "ef_search": cfg.ann.ef_search, "items": len(item_vec)}
+
+    # ---- export ---------------------------------------------------------------------------
+    created = datetime.now(UTC)
+    version = created.strftime("v%Y%m%d-%H%M%S")
+    bdir = out_dir / version
+    if bdir.exists():
+        version += f"-{int(time.time() * 1000) % 1000:03d}"
+        bdir = out_dir / version
+    say(f"export: writing bundle {bdir}")
+    import faiss
+
+    script_module(two_tower.user_tower, bdir / "models/user_tower.pt")
+    script_module(two_tower.item_tower, bdir / "models/item_tower.pt")
+    script_module(ranker, bdir / "triton/ranker/1/model.pt")
+    write_triton_config(bdir / "triton/ranker/config.pbtxt", n_dense=len(RANKER_DENSE))
+    if moderation is not None:
+        script_module(moderation, bdir / "models/moderation_head.pt")
+    (bdir / "index").mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(bdir / "index/items.faiss"))
+    np.save(bdir / "index/item_ids.npy", posts["post_id"].to_numpy(np.int64), allow_pickle=False)
+    ft.save(bdir / "features")
+    sample = pd.DataFrame(inputs["dense"][test], columns=list(RANKER_DENSE))
+    for j, t in enumerate(TASKS):
+        sample[f"p_{t}"] = probs[:, j]
+    sample["score"] = final
+    sample["topic"] = rows["topic"].to_numpy()[test]
+    if len(sample) > cfg.reference_sample_rows:
+        sample = sample.sample(cfg.reference_sample_rows, random_state=cfg.seed)
+    write_reference(bdir / "reference", sample.reset_index(drop=True))
+    manifest = {
+        "version": version,
+        "created_at": created.isoformat(),
+        "dataset": {"name": ds.name, "users": len(users), "posts": len(posts),
+                    "impressions": len(ds.impressions), "follows": len(ds.follows),
+                    "has_harm_labels": ds.has_harm_labels},
+        "config": {**cfg.model_dump(mode="json"), "source": config_source},
+        "models": {
+            "user_tower": {"path": "models/user_tower.pt", "inputs": list(USER_KEYS),
+                           "hparams": ret.config},
+            "item_tower": {"path": "models/item_tower.pt", "inputs": list(ITEM_KEYS),
+                           "hparams": ret.config},
+            "ranker": {"path": "triton/ranker/1/model.pt", "inputs": list(RANKER_KEYS),
+                       "dense_features": list(RANKER_DENSE), "tasks": list(TASKS),
+                       "score_weights": SCORE_WEIGHTS, "hparams": rk.config},
+            "moderation": ({"path": "models/moderation_head.pt", "labels": list(HARM_LABELS),
+                            "text_model": ft.text_model}
+                           if moderation is not None else None),
+            "index": {"path": "index/items.faiss", "ids": "index/item_ids.npy",
+                      "kind": "HNSWFlat", "metric": "inner_product"},
+        },
+        "metrics": metrics,
+        "lineage": {"funnel_version": _funnel_version(), "git_commit": _git_commit(),
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "trials": {s.stage: str(s.trial_dir.name) for s in (ret, rk)},
+                    "train_seconds": round(time.time() - started, 1),
+                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+    }
+    write_manifest(bdir, manifest)
+    point_latest(out_dir, bdir)
+    return bdir
+
+
+def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransform,
+                      work_dir: Path, say: Say,
+                      on_trial: Callable[[str, dict[str, Any]], None] | None
+                      ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    x = ft.post_text
+    y = posts[[f"label_{h}" for h in HARM_LABELS]].to_numpy(np.float32)
+    ts = posts["created_at"].astype("int64").to_numpy()
+    t_test = np.quantile(ts, 1 - cfg.split.test_fraction)
+    t_val = np.quantile(ts, 1 - cfg.split.test_fraction - cfg.split.val_fraction)
+    tr, va, te = ts < t_val, (ts >= t_val) & (ts < t_test), ts >= t_test
+    pos = y[tr].sum(0)
+    meta = {"text_dim": int(x.shape[1]), "labels": list(HARM_LABELS),
+            "pos_weight": np.clip((tr.sum() - pos) / np.maximum(pos, 1), 1, 100).tolist()}
+    mdir = work_dir / "data" / "moderation"
+    save_arrays(mdir, "train_", {"x": x[tr], "y": y[tr]})
+    save_arrays(mdir, "val_", {"x": x[va], "y": y[va]})
+    (mdir / "meta.json").write_text(json.dumps(meta))
+    say(f"moderation: tuning text head ({cfg.moderation.num_samples} trials, "
+        f"{int(tr.sum()):,} posts, {int(pos.sum())} labelled harmful)")
+    res = tune_stage(cfg.moderation, data_dir=mdir, work_dir=work_dir,
+                     resources=cfg.resources, seed=cfg.seed, on_result=on_trial)
+    model = _load_best(res, build_moderation, meta)
+    with torch.no_grad():
+        scores = torch.sigmoid(model(torch.from_numpy(x[te]))).numpy()
+    per_label = {h: {"roc_auc": safe_auc(y[te][:, j], scores[:, j]),
+                     "pr_auc": safe_pr_auc(y[te][:, j], scores[:, j]),
+                     "positives": int(y[te][:, j].sum())} for j, h in enumerate(HARM_LABELS)}
+    rocs = [v["roc_auc"] for v in per_label.values() if v["roc_auc"] is not None]
+    prs = [v["pr_auc"] for v in per_label.values() if v["pr_auc"] is not None]
+    out = {"roc_auc_macro": float(np.mean(rocs)) if rocs else None,
+           "pr_auc_macro": float(np.mean(prs)) if prs else None,
+           "per_label": per_label, "tuning": _tuning(res)}
+    say(f"moderation: macro ROC-AUC {out['roc_auc_macro']}")
+    return model, out
+
+
+def _with_sampled_negatives(imp: pd.DataFrame, post_ids: np.ndarray,
+                            rng: np.random.Generator) -> pd.DataFrame:
+    """Add NEGATIVES_PER_POSITIVE unclicked random posts to each request (implicit data)."""
+    neg = imp.loc[imp.index.repeat(NEGATIVES_PER_POSITIVE)].copy()
+    neg["post_id"] = rng.choice(post_ids, size=len(neg))
+    for col in (*ENGAGEMENT_TASKS, "report"):
+        neg[col] = False
+    neg["dwell_s"] = np.float32(0.0)
+    return pd.concat([imp, neg], ignore_index=True)
+
+
+def _tuning(r: StageResult) -> dict[str, Any]:
+    return {"best_config": r.config, "metric": r.metric, "best_val": r.value,
+            "trials": r.trials, "stopped_early": r.trials_stopped_early}
+
+
+def _funnel_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("funnel")
+    except PackageNotFoundError:
+        return "0+unknown"

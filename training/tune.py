@@ -1,0 +1,157 @@
+"""Ray Tune over Ray Train: ASHA across trials, `TorchTrainer` workers inside each trial.
+
+Ray 2.60 runs Ray Train V2, where `Tuner(TorchTrainer(...))` is no longer accepted. The
+working shape is a Tune function per trial that builds and fits a `TorchTrainer` whose
+`RunConfig` carries `TuneReportCallback`: each `ray.train.report` on the workers becomes a
+Tune result, so ASHA sees every epoch and can stop a weak trial early.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from training.config import ResourcesConfig, StageConfig, to_search_space
+from training.errors import FunnelError
+from training.loops import LOOPS, threads_per_worker
+
+
+class TrainingFailedError(FunnelError):
+    """Every trial of a stage failed; the message carries the first error."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    config: dict[str, Any]
+    trial_dir: Path
+    metric: str
+    value: float
+    trials: int
+    trials_stopped_early: int
+
+
+def gpu_wanted(resources: ResourcesConfig) -> bool:
+    if resources.use_gpu == "true":
+        return True
+    if resources.use_gpu == "false":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,
+               resources: ResourcesConfig, seed: int,
+               on_result: Callable[[str, dict[str, Any]], None] | None = None) -> StageResult:
+    """Tune one stage; return the best trial (by its best epoch) and where its weights are."""
+    from ray import tune
+    from ray.train import FailureConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    loop, metric = LOOPS[stage.stage]
+    use_gpu = gpu_wanted(resources)
+    storage = (work_dir / "ray").resolve()
+    trials_root = (work_dir / "trials" / stage.stage).resolve()
+
+    def trial(config: dict[str, Any]) -> None:
+        trial_id = tune.get_context().get_trial_id()
+        cfg = {**config, "trial_dir": str(trials_root / trial_id)}
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=cfg,
+            scaling_config=ScalingConfig(
+                num_workers=resources.num_workers, use_gpu=use_gpu,
+                resources_per_worker={"CPU": resources.cpus_per_worker,
+                                      **({"GPU": 1} if use_gpu else {})}),
+            run_config=TrainRunConfig(name=f"{stage.stage}-{trial_id}",
+                                      storage_path=str(storage),
+                                      failure_config=FailureConfig(max_failures=0),
+                                      callbacks=[TuneReportCallback()]),
+        )
+        trainer.fit()
+
+    space = {
+        **to_search_space(stage.params),
+        "data_dir": str(data_dir.resolve()), "max_epochs": stage.max_epochs, "seed": seed,
+        "threads": threads_per_worker(resources.cpus_per_worker),
+    }
+    callbacks = [_ProgressCallback(stage.stage, metric, on_result)] if on_result else []
+    tuner = tune.Tuner(
+        # The trial function itself only waits on its TorchTrainer: give it a sliver of CPU
+        # so that the workers' whole CPUs still fit (size cpus_per_worker accordingly).
+        tune.with_resources(trial, {"CPU": 0.01}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode="max", num_samples=stage.num_samples,
+            max_concurrent_trials=resources.max_concurrent_trials,
+            scheduler=ASHAScheduler(max_t=stage.max_epochs, grace_period=stage.grace_period,
+                                    reduction_factor=2, time_attr="training_iteration"),
+        ),
+        run_config=tune.RunConfig(name=f"tune-{stage.stage}", storage_path=str(storage),
+                                  verbose=0, callbacks=callbacks),
+    )
+    grid = tuner.fit()
+    _wait_for_released_resources()
+    ok = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
+    if not ok:
+        first = next((r.error for r in grid if r.error is not None), "no trial reported")
+        raise TrainingFailedError(f"{stage.stage}: every trial failed; first error: {first}")
+    best = grid.get_best_result(metric=metric, mode="max", scope="all")
+    trial_dir = Path(best.metrics["trial_dir"])
+    best_value = json.loads((trial_dir / "best.json").read_text())[metric]
+    stopped = sum(1 for r in ok if r.metrics.get("epoch", 0) < stage.max_epochs)
+    config = {k: v for k, v in best.config.items()
+              if k not in ("data_dir", "trial_dir", "threads")}
+    return StageResult(stage=stage.stage, config=config, trial_dir=trial_dir, metric=metric,
+                       value=float(best_value), trials=len(grid), trials_stopped_early=stopped)
+
+
+def _wait_for_released_resources(timeout_s: float = 60.0) -> None:
+    """Train V2 releases a finished run's placement group from a cleaner actor, a moment
+    after the run ends; wait for that so the next stage does not queue behind it."""
+    import time
+
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        live = [pg for pg in placement_group_table().values() if pg["state"] == "CREATED"]
+        if not live:
+            return
+        time.sleep(0.5)
+
+
+# Tune pickles its callbacks with the experiment state; a progress function that closes over
+# a terminal display cannot be pickled, so callbacks carry only a key into this table, and
+# the class lives at module level so that it is pickled by reference.
+_PROGRESS_FNS: dict[str, Callable[[str, dict[str, Any]], None]] = {}
+
+
+class _ProgressCallback(Callback):  # type: ignore[misc]
+    """A Tune callback that forwards each trial result to a registered progress function."""
+
+    def __init__(self, stage: str, metric: str,
+                 on_result: Callable[[str, dict[str, Any]], None] | None) -> None:
+        self._stage, self._metric = stage, metric
+        self._key = f"{stage}-{id(on_result)}"
+        if on_result is not None:
+            _PROGRESS_FNS[self._key] = on_result
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        fn = _PROGRESS_FNS.get(self._key)
+        if fn is not None:
+            fn(self._stage, {"trial": trial.trial_id, "epoch": result.get("epoch"),
+                             self._metric: result.get(self._metric)})
