@@ -6,9 +6,10 @@ exit code (2 for bad input); tracebacks are for bugs only.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,7 @@ console = Console(stderr=True)
 data_app = typer.Typer(help="Generate, convert and check datasets.", no_args_is_help=True)
 
 
-class ProfileName(str, Enum):
+class ProfileName(StrEnum):
     tiny = "tiny"
     demo = "demo"
     large = "large"
@@ -172,7 +173,7 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str) -
         task = progress.add_task("starting Ray", total=None, detail="")
         if not ray.is_initialized():
             ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                     logging_level="ERROR", log_to_driver=False,
+                     logging_level=logging.ERROR, log_to_driver=False,
                      runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
                                                "TOKENIZERS_PARALLELISM": "false"}})
 
@@ -204,8 +205,9 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str) -
     if "itemknn" in r["baselines"]:
         table.add_row("retrieval recall@10", f"{r['recall_at_10']:.4f}",
                       f"itemknn {r['baselines']['itemknn']['recall_at_10']:.4f}")
+    base = m["ranker"]["baselines"]["retrieval_order"]["ndcg_at_10"]
     table.add_row("ranker ndcg@10", f"{m['ranker']['ndcg_at_10']:.4f}",
-                  f"retrieval order {m['ranker']['baselines']['retrieval_order']['ndcg_at_10']:.4f}")
+                  f"retrieval order {base:.4f}")
     mod = m["moderation"]["roc_auc_macro"]
     table.add_row("moderation macro ROC-AUC", "-" if mod is None else f"{mod:.4f}", "")
     table.add_row("ann recall@100 vs exact", f"{m['ann']['recall_at_100_vs_exact']:.4f}", "")

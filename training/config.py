@@ -70,7 +70,7 @@ def _check_value(stage: str, name: str, value: Any) -> None:
         if value not in rule:
             raise ValueError(f"{where}: {value!r} is not allowed; allowed: {list(rule)}")
         return
-    if isinstance(value, str) or not (rule[0] <= value <= rule[1]):  # type: ignore[operator]
+    if isinstance(value, str) or not (rule[0] <= value <= rule[1]):
         raise ValueError(f"{where}: {value!r} is out of range; allowed: {rule[0]}..{rule[1]}")
 
 

@@ -28,8 +28,8 @@ def full_ranking_metrics(score_fn: ScoreFn, *, train_items: list[np.ndarray],
     users = np.asarray([u for u, t in enumerate(test_items) if len(t)])
     kmax = max(ks)
     discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
-    recall = {k: [] for k in ks}
-    ndcg = {k: [] for k in ks}
+    recall: dict[int, list[float]] = {k: [] for k in ks}
+    ndcg: dict[int, list[float]] = {k: [] for k in ks}
     for start in range(0, len(users), batch):
         rows = users[start:start + batch]
         scores = score_fn(rows).astype(np.float64, copy=True)

@@ -86,7 +86,7 @@ def reference_stats(sample: pd.DataFrame) -> dict[str, dict[str, object]]:
         v = s.to_numpy(np.float64)
         q = np.quantile(v, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]).tolist()
         counts, edges = np.histogram(v, bins=20)
-        stats[col] = {"kind": "numerical", "count": int(len(v)), "mean": float(v.mean()),
+        stats[col] = {"kind": "numerical", "count": len(v), "mean": float(v.mean()),
                       "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
                       "quantiles": dict(zip(["p01", "p05", "p25", "p50", "p75", "p95", "p99"],
                                             q, strict=True)),

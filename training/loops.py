@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from training.evaluation import full_ranking_metrics, grouped_ndcg, safe_auc
 from training.models.moderation import ModerationHead, focal_loss, weighted_bce
-from training.models.ranker import TASKS, MultiTaskRanker, multitask_loss
+from training.models.ranker import MultiTaskRanker, multitask_loss
 from training.models.two_tower import ItemTower, TwoTower, UserTower, in_batch_logq_loss
 
 USER_KEYS = ("user_hash", "age_band", "country", "language", "profile")
@@ -159,15 +159,15 @@ def retrieval_loop(config: dict[str, Any]) -> None:
 
     def step(m: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
         u_idx, i_idx = pairs[idx, 0], pairs[idx, 1]
-        net = getattr(m, "module", m)
-        u = net.user_tower(*(_t(users[k][u_idx], device) for k in USER_KEYS))
-        v = net.item_tower(*(_t(items[k][i_idx], device) for k in ITEM_KEYS))
+        u, v = m(*(_t(users[k][u_idx], device) for k in USER_KEYS),
+                 *(_t(items[k][i_idx], device) for k in ITEM_KEYS))
         return in_batch_logq_loss(u, v, _t(log_q[i_idx], device), temperature=temperature,
                                   item_ids=_t(i_idx, device))
 
     def evaluate(m: torch.nn.Module) -> float:
-        uv = embed(m.user_tower, users, USER_KEYS, device=device)  # type: ignore[arg-type]
-        iv = embed(m.item_tower, items, ITEM_KEYS, device=device)  # type: ignore[arg-type]
+        tt = cast(TwoTower, m)
+        uv = embed(tt.user_tower, users, USER_KEYS, device=device)
+        iv = embed(tt.item_tower, items, ITEM_KEYS, device=device)
         k = int(meta["val_k"])
         return retrieval_metric(uv, iv, pairs, val_pairs, (k,))[f"recall_at_{k}"]
 

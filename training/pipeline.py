@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,7 @@ from training.loops import (
     save_arrays,
 )
 from training.models.ranker import TASKS
+from training.models.two_tower import TwoTower
 from training.text import TextEncoder
 from training.tune import StageResult, tune_stage
 
@@ -153,7 +154,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         f"{len(train_pairs):,} positive pairs)")
     ret = tune_stage(cfg.retrieval, data_dir=rdir, work_dir=work_dir, resources=resources,
                      seed=cfg.seed, on_result=on_trial)
-    two_tower = _load_best(ret, build_two_tower, ret_meta)
+    two_tower = cast(TwoTower, _load_best(ret, build_two_tower, ret_meta))
     user_vec = embed(two_tower.user_tower, user_arr, USER_KEYS)
     item_vec = embed(two_tower.item_tower, item_arr, ITEM_KEYS)
     seen = np.concatenate([train_pairs, val_pairs])

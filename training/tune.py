@@ -53,9 +53,8 @@ def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,
                on_result: Callable[[str, dict[str, Any]], None] | None = None) -> StageResult:
     """Tune one stage; return the best trial (by its best epoch) and where its weights are."""
     from ray import tune
-    from ray.train import FailureConfig
+    from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -78,7 +77,7 @@ def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,
             run_config=TrainRunConfig(name=f"{stage.stage}-{trial_id}",
                                       storage_path=str(storage),
                                       failure_config=FailureConfig(max_failures=0),
-                                      callbacks=[TuneReportCallback()]),
+                                      callbacks=[TuneReportCallback()]),  # type: ignore[list-item]
         )
         trainer.fit()
 
@@ -100,18 +99,21 @@ def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,
                                     reduction_factor=2, time_attr="training_iteration"),
         ),
         run_config=tune.RunConfig(name=f"tune-{stage.stage}", storage_path=str(storage),
-                                  verbose=0, callbacks=callbacks),
+                                  verbose=0, callbacks=callbacks),  # type: ignore[arg-type]
     )
     grid = tuner.fit()
     _wait_for_released_resources()
-    ok = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
+    results = [grid[i] for i in range(len(grid))]
+    ok = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
     if not ok:
-        first = next((r.error for r in grid if r.error is not None), "no trial reported")
+        first = next((r.error for r in results if r.error is not None), "no trial reported")
         raise TrainingFailedError(f"{stage.stage}: every trial failed; first error: {first}")
     best = grid.get_best_result(metric=metric, mode="max", scope="all")
+    if best.metrics is None or best.config is None:
+        raise TrainingFailedError(f"{stage.stage}: the best trial reported no metrics")
     trial_dir = Path(best.metrics["trial_dir"])
     best_value = json.loads((trial_dir / "best.json").read_text())[metric]
-    stopped = sum(1 for r in ok if r.metrics.get("epoch", 0) < stage.max_epochs)
+    stopped = sum(1 for r in ok if int((r.metrics or {}).get("epoch", 0)) < stage.max_epochs)
     config = {k: v for k, v in best.config.items()
               if k not in ("data_dir", "trial_dir", "threads")}
     return StageResult(stage=stage.stage, config=config, trial_dir=trial_dir, metric=metric,
@@ -139,7 +141,7 @@ def _wait_for_released_resources(timeout_s: float = 60.0) -> None:
 _PROGRESS_FNS: dict[str, Callable[[str, dict[str, Any]], None]] = {}
 
 
-class _ProgressCallback(Callback):  # type: ignore[misc]
+class _ProgressCallback(Callback):
     """A Tune callback that forwards each trial result to a registered progress function."""
 
     def __init__(self, stage: str, metric: str,

@@ -62,16 +62,18 @@ def load_movielens_100k(directory: Path | None = None) -> Dataset:
         "language": "en",
         "account_age_days": np.zeros(len(users), dtype=np.int32),
     })
-    genres = items["class"].fillna("unknown").astype(str)
-    year = pd.to_numeric(items["release_year"], errors="coerce").fillna(1995).astype(int)
+    genres = [str(g) for g in items["class"].fillna("unknown")]
+    titles = [str(t) for t in items["movie_title"].fillna("")]
+    year = [str(int(y)) for y in
+            pd.to_numeric(items["release_year"], errors="coerce").fillna(1995)]
     posts = pd.DataFrame({
         "post_id": items["item_id"].astype(np.int64),
         "author_id": np.int64(user_df["user_id"].iloc[0]),  # movies have no author in ML-100K
-        "topic": genres.str.split(" ").str[0].str.lower(),
+        "topic": [g.split(" ")[0].lower() for g in genres],
         "modality": "video",
         "language": "en",
-        "text": items["movie_title"].fillna("").astype(str) + " " + genres,
-        "created_at": pd.to_datetime(year.astype(str) + "-01-01", utc=True),
+        "text": [f"{t} {g}" for t, g in zip(titles, genres, strict=True)],
+        "created_at": pd.to_datetime([f"{y}-01-01" for y in year], utc=True),
     })
     for h in HARM_LABELS:
         posts[f"label_{h}"] = False
@@ -81,7 +83,8 @@ def load_movielens_100k(directory: Path | None = None) -> Dataset:
     posts["created_at"] = np.minimum(posts["created_at"],
                                      posts["post_id"].map(first).fillna(posts["created_at"]))
     impressions = pd.DataFrame({
-        "request_id": "ml-" + inter["user_id"].astype(str) + "-" + inter["timestamp"].astype(str),
+        "request_id": [f"ml-{u}-{t}" for u, t in zip(inter["user_id"], inter["timestamp"],
+                                                     strict=True)],
         "user_id": inter["user_id"].astype(np.int64),
         "post_id": inter["item_id"].astype(np.int64),
         "position": np.zeros(len(inter), dtype=np.int32),

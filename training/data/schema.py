@@ -109,7 +109,7 @@ class Dataset:
         return bool(self.posts[cols].to_numpy().any())
 
     def table(self, name: str) -> pd.DataFrame:
-        return getattr(self, name)  # type: ignore[no-any-return]
+        return getattr(self, name)
 
 
 def _read_table(directory: Path, name: str) -> tuple[pa.Table, Path]:

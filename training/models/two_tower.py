@@ -66,6 +66,14 @@ class TwoTower(nn.Module):
         self.item_tower = item_tower
         self.temperature = temperature
 
+    def forward(self, user_hash: torch.Tensor, age_band: torch.Tensor, country: torch.Tensor,
+                language: torch.Tensor, profile: torch.Tensor, item_hash: torch.Tensor,
+                author_hash: torch.Tensor, topic: torch.Tensor, modality: torch.Tensor,
+                text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers in one call, so that DistributedDataParallel sees the whole graph."""
+        return (self.user_tower(user_hash, age_band, country, language, profile),
+                self.item_tower(item_hash, author_hash, topic, modality, text))
+
 
 def in_batch_logq_loss(user_vec: torch.Tensor, item_vec: torch.Tensor, log_q: torch.Tensor,
                        *, temperature: float, item_ids: torch.Tensor | None = None

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from training.data.schema import HARM_LABELS
+from training.data.synthetic import PROFILES, Profile, generate
+
+SMALL = Profile("unit", n_users=200, n_posts=3000, impressions_per_user=30, mean_follows=5)
+
+
+def test_same_seed_same_data_and_other_seed_differs() -> None:
+    a, b, c = generate(SMALL, seed=3), generate(SMALL, seed=3), generate(SMALL, seed=4)
+    pd.testing.assert_frame_equal(a.impressions, b.impressions)
+    pd.testing.assert_frame_equal(a.posts, b.posts)
+    assert not a.impressions["click"].equals(c.impressions["click"])
+
+
+def test_position_bias_and_harm_rate() -> None:
+    ds = generate(SMALL, seed=0)
+    ctr = ds.impressions.groupby("position")["click"].mean()
+    assert ctr[0] > 2 * ctr[9]
+    harmful = ds.posts[[f"label_{h}" for h in HARM_LABELS]].any(axis=1).mean()
+    assert 0.015 < harmful < 0.05
+
+
+def test_no_post_shown_before_it_exists() -> None:
+    ds = generate(SMALL, seed=0)
+    m = ds.impressions.merge(ds.posts[["post_id", "created_at"]], on="post_id")
+    assert (m["timestamp"] >= m["created_at"]).all()
+
+
+def test_harmful_text_carries_the_harm_and_topic_words() -> None:
+    ds = generate(SMALL, seed=0)
+    spam = ds.posts[ds.posts["label_spam"]]
+    assert len(spam) > 0
+    words = ("click", "offer", "dollars", "gift")
+    assert spam["text"].map(lambda t: any(w in t for w in words)).all()
+
+
+def test_large_profile_has_the_documented_size() -> None:
+    assert PROFILES["large"].n_users == 100_000
+    assert PROFILES["large"].n_posts == 1_000_000
+    assert np.isclose(PROFILES["tiny"].harm_rate, 0.03)
