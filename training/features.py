@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +104,16 @@ class FeatureTransform:
     user_profile_ids: np.ndarray  # int64, sorted
     user_profile: np.ndarray  # float32 [n_users, text_dim]: mean text of clicked posts
     text_model: str
+    # The most recent clicked posts of each user in the fitted window, as item hashes
+    # (0 = padding), newest last: the user tower's interaction-history input.
+    user_history_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    user_history: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))
 
     # ---- fitting -------------------------------------------------------------------------
     @classmethod
     def fit(cls, ds: Dataset, train_mask: np.ndarray, encoder: TextEncoder, *,
             id_buckets: int = 50_021, author_buckets: int = 20_011,
-            prior_strength: float = 20.0) -> FeatureTransform:
+            prior_strength: float = 20.0, history_len: int = 50) -> FeatureTransform:
         vocabs = {f"{t}.{c}": sorted(map(str, ds.table(t)[c].unique())) for t, c in CATEGORICALS}
         posts = ds.posts.sort_values("post_id")
         text = encoder.encode(posts["text"].tolist())
@@ -133,12 +137,13 @@ class FeatureTransform:
         prof = pd.DataFrame(text[idx]).groupby(clicked["user_id"].to_numpy()).mean()
         prof_v = prof.to_numpy(np.float32)
         prof_v /= np.linalg.norm(prof_v, axis=1, keepdims=True) + 1e-8
+        hist_ids, hist = _histories(clicked, id_buckets, history_len)
         return cls(vocabs=vocabs, id_buckets=id_buckets, author_buckets=author_buckets,
                    global_ctr=float(click.mean()) if len(click) else 0.05,
                    prior_strength=prior_strength, counters=counters,
                    post_ids=pid.astype(np.int64), post_text=text.astype(np.float32),
                    user_profile_ids=prof.index.to_numpy(np.int64), user_profile=prof_v,
-                   text_model=encoder.name)
+                   text_model=encoder.name, user_history_ids=hist_ids, user_history=hist)
 
     # ---- lookups -------------------------------------------------------------------------
     def vocab_index(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -164,6 +169,17 @@ class FeatureTransform:
             0, len(self.user_profile_ids) - 1)
         found = self.user_profile_ids[idx] == user_ids
         out[found] = self.user_profile[idx[found]]
+        return out
+
+    def history_of(self, user_ids: np.ndarray) -> np.ndarray:
+        """[n, history_len] item hashes of each user's recent clicks; all 0 if unknown."""
+        out = np.zeros((len(user_ids), self.user_history.shape[1]), dtype=np.int64)
+        if len(self.user_history_ids) == 0:
+            return out
+        idx = np.searchsorted(self.user_history_ids, user_ids).clip(
+            0, len(self.user_history_ids) - 1)
+        found = self.user_history_ids[idx] == user_ids
+        out[found] = self.user_history[idx[found]]
         return out
 
     def final_counts(self, user_ids: np.ndarray, post_ids: np.ndarray, author_ids: np.ndarray,
@@ -203,6 +219,7 @@ class FeatureTransform:
             "country": self.vocab_index("users.country", users["country"].to_numpy()),
             "language": self.vocab_index("users.language", users["language"].to_numpy()),
             "profile": self.profile_of(uid),
+            "history": self.history_of(uid),
         }
 
     def ranker_inputs(self, rows: pd.DataFrame, counts: Counts,
@@ -244,7 +261,9 @@ class FeatureTransform:
         paths[0].write_text(json.dumps(meta, indent=2, sort_keys=True))
         save_file({"post_ids": self.post_ids, "post_text": self.post_text,
                    "user_profile_ids": self.user_profile_ids,
-                   "user_profile": self.user_profile}, str(paths[1]))
+                   "user_profile": self.user_profile,
+                   "user_history_ids": self.user_history_ids,
+                   "user_history": self.user_history}, str(paths[1]))
         for name, table in self.counters.items():
             path = directory / f"counters_{name}.parquet"
             table.to_parquet(path, index=False)
@@ -262,7 +281,25 @@ class FeatureTransform:
                    prior_strength=meta["prior_strength"], counters=counters,
                    post_ids=t["post_ids"], post_text=t["post_text"],
                    user_profile_ids=t["user_profile_ids"], user_profile=t["user_profile"],
-                   text_model=meta["text_model"])
+                   text_model=meta["text_model"], user_history_ids=t["user_history_ids"],
+                   user_history=t["user_history"])
+
+
+def _histories(clicked: pd.DataFrame, id_buckets: int, length: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, the item hashes of the last `length` clicked posts (newest last, left-padded
+    with 0), from click rows with user_id, post_id and timestamp."""
+    c = clicked[["user_id", "post_id", "timestamp"]].sort_values(["user_id", "timestamp"],
+                                                                  kind="stable")
+    c = c[c.groupby("user_id").cumcount(ascending=False).to_numpy() < length]
+    users = c["user_id"].to_numpy(np.int64)
+    ids, start = np.unique(users, return_index=True)
+    out = np.zeros((len(ids), length), dtype=np.int64)
+    hashes = hash_ids(c["post_id"].to_numpy(np.int64), id_buckets, salt=1)
+    ends = np.append(start[1:], len(users))
+    for row, (s, e) in enumerate(zip(start, ends, strict=True)):
+        out[row, length - (e - s):] = hashes[s:e]
+    return ids, out
 
 
 def _with_post_cols(impressions: pd.DataFrame, posts: pd.DataFrame,

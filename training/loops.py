@@ -24,7 +24,7 @@ from training.models.moderation import ModerationHead, focal_loss, weighted_bce
 from training.models.ranker import MultiTaskRanker, multitask_loss
 from training.models.two_tower import ItemTower, TwoTower, UserTower, in_batch_logq_loss
 
-USER_KEYS = ("user_hash", "age_band", "country", "language", "profile")
+USER_KEYS = ("user_hash", "age_band", "country", "language", "profile", "history")
 ITEM_KEYS = ("item_hash", "author_hash", "topic", "modality", "text")
 RANKER_KEYS = ("dense", "user_hash", "item_hash", "topic", "modality", "age_band")
 

@@ -19,7 +19,13 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequentia
 
 
 class UserTower(nn.Module):
-    """user id hash, age band, country, language, text profile -> unit vector."""
+    """user id hash, age band, country, language, text profile, click history -> unit vector.
+
+    The history is a fixed-length row of item hashes (0 = padding) pooled by a masked mean of
+    their embeddings. In training, the positive item is passed as `exclude` and masked out of
+    its own user's history, so the tower cannot learn "the target is in the history", a
+    shortcut that would not exist when it scores items the user has not seen.
+    """
 
     def __init__(self, *, id_buckets: int, n_age: int, n_country: int, n_language: int,
                  text_dim: int, emb_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
@@ -29,12 +35,19 @@ class UserTower(nn.Module):
         self.country = nn.Embedding(n_country, 8)
         self.language = nn.Embedding(n_language, 8)
         self.text = nn.Linear(text_dim, emb_dim)
-        self.mlp = _mlp(emb_dim * 2 + 24, hidden, out_dim, dropout)
+        self.history = nn.Embedding(id_buckets, emb_dim, padding_idx=0)
+        self.mlp = _mlp(emb_dim * 3 + 24, hidden, out_dim, dropout)
 
     def forward(self, user_hash: torch.Tensor, age_band: torch.Tensor, country: torch.Tensor,
-                language: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+                language: torch.Tensor, profile: torch.Tensor, history: torch.Tensor,
+                exclude: torch.Tensor | None = None) -> torch.Tensor:
+        mask = history != 0
+        if exclude is not None:
+            mask = mask & (history != exclude.unsqueeze(1))
+        w = mask.to(self.history.weight.dtype).unsqueeze(2)
+        pooled = (self.history(history) * w).sum(1) / w.sum(1).clamp(min=1.0)
         x = torch.cat([self.user(user_hash), self.age(age_band), self.country(country),
-                       self.language(language), self.text(profile)], dim=1)
+                       self.language(language), self.text(profile), pooled], dim=1)
         return nn.functional.normalize(self.mlp(x), dim=1)
 
 
@@ -67,11 +80,13 @@ class TwoTower(nn.Module):
         self.temperature = temperature
 
     def forward(self, user_hash: torch.Tensor, age_band: torch.Tensor, country: torch.Tensor,
-                language: torch.Tensor, profile: torch.Tensor, item_hash: torch.Tensor,
-                author_hash: torch.Tensor, topic: torch.Tensor, modality: torch.Tensor,
-                text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both towers in one call, so that DistributedDataParallel sees the whole graph."""
-        return (self.user_tower(user_hash, age_band, country, language, profile),
+                language: torch.Tensor, profile: torch.Tensor, history: torch.Tensor,
+                item_hash: torch.Tensor, author_hash: torch.Tensor, topic: torch.Tensor,
+                modality: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers in one call, so that DistributedDataParallel sees the whole graph; the
+        positive item is masked out of its user's history."""
+        return (self.user_tower(user_hash, age_band, country, language, profile, history,
+                                item_hash),
                 self.item_tower(item_hash, author_hash, topic, modality, text))
 
 

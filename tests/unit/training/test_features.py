@@ -61,3 +61,30 @@ def test_transform_round_trip_gives_identical_inputs(tmp_path: Path) -> None:
     for k in a:
         np.testing.assert_allclose(a[k], b[k])
     assert ft.vocab_index("posts.topic", ["no-such-topic"])[0] == 0
+
+
+def test_history_keeps_the_newest_clicks_newest_last_and_pads_with_zero() -> None:
+    ts = pd.to_datetime(["2026-01-01", "2026-01-03", "2026-01-02", "2026-01-04", "2026-01-01"],
+                        utc=True)
+    clicked = pd.DataFrame({"user_id": [5, 5, 5, 5, 8], "post_id": [10, 30, 20, 40, 99],
+                            "timestamp": ts})
+    from training.features import _histories
+
+    ids, hist = _histories(clicked, 1009, length=3)
+    assert ids.tolist() == [5, 8]
+    assert hist[0].tolist() == hash_ids(np.array([20, 30, 40]), 1009, salt=1).tolist()
+    assert hist[1].tolist() == [0, 0, int(hash_ids(np.array([99]), 1009, salt=1)[0])]
+
+
+def test_history_round_trips_and_is_zero_for_unknown_users(tmp_path: Path) -> None:
+    ds = generate(SMALL, seed=1)
+    ft = FeatureTransform.fit(ds, np.ones(len(ds.impressions), bool), HashingTextEncoder(),
+                              history_len=7)
+    users = ds.users.sort_values("user_id")
+    feats = ft.user_features(users)
+    assert feats["history"].shape == (len(users), 7)
+    assert (feats["history"] != 0).any()
+    ft.save(tmp_path)
+    again = FeatureTransform.load(tmp_path).user_features(users)
+    np.testing.assert_array_equal(again["history"], feats["history"])
+    assert not ft.history_of(np.array([10**12])).any()
