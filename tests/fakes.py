@@ -26,3 +26,54 @@ class HashingTextEncoder:
             v = np.random.default_rng(seed).normal(size=self.dim)
             out[i] = v / np.linalg.norm(v)
         return out
+
+
+class FakeRetrieval:
+    """Stands in for serve.retrieval.TwoTowerRetrieval: random unit item vectors, a user
+    vector seeded by the user id, exact search. Same methods, no bundle."""
+
+    def __init__(self, features: object, item_ids: np.ndarray, *, dim: int = 8,
+                 seed: int = 0) -> None:
+        self.features = features
+        self.item_ids = np.sort(np.asarray(item_ids, dtype=np.int64))
+        v = np.random.default_rng(seed).normal(size=(len(self.item_ids), dim))
+        self.vectors = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+        self.dim = dim
+
+    def user_vector(self, user: object) -> np.ndarray:
+        uid = int(user["user_id"].iloc[0])  # type: ignore[index]
+        v = np.random.default_rng(uid).normal(size=self.dim)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    def search(self, user_vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.vectors @ user_vec
+        top = np.argsort(-s, kind="stable")[:k]
+        return self.item_ids[top], s[top]
+
+    def item_vectors(self, item_ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.item_ids, item_ids).clip(0, len(self.item_ids) - 1)
+        found = self.item_ids[pos] == item_ids
+        out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
+        out[found] = self.vectors[pos[found]]
+        return out
+
+
+class FakeRanker:
+    """A serve.ranker_client.Ranker whose logits are a fixed function of the dense inputs,
+    that can be switched to fail (as Triton does when it is down)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+
+    async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        from serve.errors import RankerUnavailable
+
+        self.calls += 1
+        if self.fail:
+            raise RankerUnavailable("fake Triton is down")
+        n = len(inputs["dense"])
+        # click logit grows with the item hash, so ranked order differs from retrieval order
+        base = (inputs["item_hash"].astype(np.float64) % 97) / 10.0 - 4.0
+        return np.stack([base, base - 1, base - 2, base - 2, -base - 3], axis=1).astype(
+            np.float32).reshape(n, 5)

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.bundle import point_latest, write_manifest
+from training.catalog import write_catalog
 from training.config import TrainConfig
 from training.data.schema import ENGAGEMENT_TASKS, HARM_LABELS, Dataset
 from training.evaluation import (
@@ -267,6 +268,8 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     faiss.write_index(index, str(bdir / "index/items.faiss"))
     np.save(bdir / "index/item_ids.npy", posts["post_id"].to_numpy(np.int64), allow_pickle=False)
     ft.save(bdir / "features")
+    say("export: writing the serving catalog (items, graph, engagement, seen)")
+    write_catalog(bdir / "catalog", ds)
     sample = pd.DataFrame(inputs["dense"][test], columns=list(RANKER_DENSE))
     for j, t in enumerate(TASKS):
         sample[f"p_{t}"] = probs[:, j]
@@ -295,6 +298,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
                            if moderation is not None else None),
             "index": {"path": "index/items.faiss", "ids": "index/item_ids.npy",
                       "kind": "HNSWFlat", "metric": "inner_product"},
+            "catalog": {"path": "catalog/", "meta": "catalog/catalog.json"},
         },
         "metrics": metrics,
         "lineage": {"funnel_version": _funnel_version(), "git_commit": _git_commit(),

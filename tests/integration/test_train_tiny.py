@@ -25,13 +25,8 @@ REQUIRED_KEYS = (
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("artifacts")
-    r = subprocess.run([sys.executable, "-c", "from serve.cli import main; main()", "train",
-                        "--profile", "tiny", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, check=False)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return out / "latest"
+def bundle_dir(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 def test_manifest_has_the_contract_keys(bundle_dir: Path) -> None:

@@ -1,0 +1,153 @@
+"""Serving configuration: the `args` of the Ray Serve application.
+
+The file `funnel serve` reads (serve/configs/local.yaml) is a real Ray Serve config; Funnel's
+own settings sit under `applications[].args` and are parsed here, once, by `build_app`.
+Unknown keys are rejected and every constraint names the field and the allowed range, so a
+typo in a values file fails at deploy time instead of serving with a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve.errors import ServeConfigError
+from training.models.ranker import TASKS
+
+SOURCE_NAMES = ("ann", "social", "trending", "fresh")
+FILTER_NAMES = ("excluded", "seen", "blocked_author", "locale", "moderation")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(_Strict):
+    enabled: bool = True
+    quota: int = Field(100, ge=0, le=2000, description="most candidates taken from the source")
+    timeout_ms: float = Field(50.0, gt=0, le=10_000)
+
+
+def _default_sources() -> dict[str, SourceSettings]:
+    return {"ann": SourceSettings(quota=200), "social": SourceSettings(quota=100),
+            "trending": SourceSettings(quota=100), "fresh": SourceSettings(quota=50)}
+
+
+class RankerSettings(_Strict):
+    url: str = Field("127.0.0.1:8011", description="Triton gRPC address, host:port")
+    model_name: str = "ranker"
+    timeout_ms: float = Field(150.0, gt=0, le=10_000)
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "like": 0.5, "comment": 0.3, "share": 0.3,
+                                 "hide": -1.0})
+    # After a failure, skip Triton for this long (answer in retrieval order at once) before
+    # trying again, so a dead Triton costs one timeout, not one per request.
+    retry_after_s: float = Field(1.0, ge=0, le=60)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; allowed: {list(TASKS)}")
+        return v
+
+
+class RerankSettings(_Strict):
+    author_cap: int = Field(2, ge=1)
+    topic_cap: int = Field(4, ge=1)
+    mmr_lambda: float = Field(0.8, ge=0, le=1)
+    freshness_weight: float = Field(0.1, ge=0)
+    freshness_half_life_h: float = Field(24.0, gt=0)
+    explore_slots: int = Field(1, ge=0, le=10)
+    explore_min_rank: int = Field(5, ge=1)
+
+
+class FilterSettings(_Strict):
+    enabled: list[str] = Field(default_factory=lambda: list(FILTER_NAMES))
+    review_policy: Literal["hold", "allow"] = "hold"
+    locale: Literal["any", "user_language"] = "any"
+
+    @field_validator("enabled")
+    @classmethod
+    def _known_filters(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(FILTER_NAMES))
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; allowed: {list(FILTER_NAMES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a filter is listed twice: {v}")
+        return v
+
+
+class FeedSettings(_Strict):
+    sources: dict[str, SourceSettings] = Field(default_factory=_default_sources)
+    max_candidates: int = Field(400, ge=1, le=5000, description="after merge, before filters")
+    ranker: RankerSettings = Field(default_factory=RankerSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
+    filters: FilterSettings = Field(default_factory=FilterSettings)
+    clock: Literal["catalog", "wall"] = Field(
+        "catalog", description="'catalog': now = the snapshot's newest event (demo data); "
+        "'wall': the real clock")
+    trending_half_life_h: float = Field(6.0, gt=0)
+    ann_ef_search: int | None = Field(None, ge=1, le=4096)
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, v: dict[str, SourceSettings]) -> dict[str, SourceSettings]:
+        unknown = sorted(set(v) - set(SOURCE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}; allowed: {list(SOURCE_NAMES)}")
+        return v
+
+
+class TritonSettings(_Strict):
+    """How `funnel serve` launches Triton (PyTriton) for the ranker."""
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(8010, ge=1, le=65535)
+    grpc_port: int = Field(8011, ge=1, le=65535)
+    metrics_port: int = Field(8012, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(1024, ge=1, le=65536)
+    dynamic_batching: bool = True
+    max_queue_delay_us: int = Field(2000, ge=0, le=1_000_000)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [256, 512])
+    instances: int = Field(1, ge=1, le=16)
+
+
+class AppArgs(_Strict):
+    """Everything under `applications[].args` of the Serve config."""
+
+    bundle: str = "artifacts/latest"
+    feed: FeedSettings = Field(default_factory=FeedSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+
+
+def parse_app_args(raw: dict[str, Any] | None) -> AppArgs:
+    """Validate app args; ServeConfigError names each bad field and what is allowed."""
+    try:
+        return AppArgs.model_validate(raw or {})
+    except ValidationError as e:
+        raise ServeConfigError("invalid serve config: " + "; ".join(
+            f"args.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            f" (got {err.get('input')!r})" for err in e.errors())) from e
+
+
+def load_serve_config(path: str | Path) -> tuple[dict[str, Any], AppArgs]:
+    """Read a Ray Serve config file; returns it and the parsed args of its first app."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ServeConfigError(f"{p}: cannot read the serve config: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ServeConfigError(f"{p}: not valid YAML: {e}") from e
+    apps = doc.get("applications") if isinstance(doc, dict) else None
+    if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict):
+        raise ServeConfigError(f"{p}: a Ray Serve config needs 'applications: [...]' with at "
+                               "least one application")
+    return doc, parse_app_args(apps[0].get("args"))

@@ -1,0 +1,42 @@
+"""Errors raised by the serving package, and the HTTP / gRPC status each maps to.
+
+The edges (`serve.app` for HTTP, the CLI) map them once; everything else raises. Bad input
+is a 4xx with a body naming the field; a failing stage is not an error at all (it degrades
+the response and says so in `degraded`).
+"""
+
+from __future__ import annotations
+
+from training.errors import FunnelError, InvalidInputError
+
+
+class ServeError(FunnelError):
+    """Base class of serving errors."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+
+class ServeConfigError(InvalidInputError):
+    """A serve config has an unknown key or an out-of-range value. CLI exit 2."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class RequestTooLarge(ServeError):
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class NotReady(ServeError):
+    """The app cannot answer yet (bundle loading, index building)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class RankerUnavailable(ServeError):
+    """Triton did not answer in time or failed; the pipeline falls back to retrieval order."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"

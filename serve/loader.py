@@ -1,0 +1,53 @@
+"""Build a `FeedPipeline` from app args: verify the bundle, load catalog, features, index."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from serve.catalog import Catalog
+from serve.config import AppArgs
+from serve.pipeline import FeedPipeline
+from serve.ranker_client import LocalRanker, Ranker, TritonRanker
+from serve.retrieval import TwoTowerRetrieval
+from serve.sources import SOURCES
+from training.bundle import VerifiedBundle, verify_bundle
+from training.errors import BundleError
+from training.features import FeatureTransform
+
+log = logging.getLogger("funnel.serve")
+
+
+def load_parts(args: AppArgs) -> tuple[VerifiedBundle, Catalog, TwoTowerRetrieval]:
+    started = time.time()
+    b = verify_bundle(args.bundle)
+    if "catalog" not in b.manifest.get("models", {}):
+        raise BundleError(f"{b.path}: bundle {b.version} has no serving catalog (catalog/); "
+                          "train it again with this version of funnel")
+    features = FeatureTransform.load(b.file("features/transform.json").parent)
+    catalog = Catalog(b.file("catalog/catalog.json").parent,
+                      trending_half_life_h=args.feed.trending_half_life_h)
+    retrieval = TwoTowerRetrieval(b, features, ef_search=args.feed.ann_ef_search)
+    log.info("bundle %s loaded in %.1fs: %d items, %d users", b.version,
+             time.time() - started, len(catalog.post_ids), len(catalog.user_ids))
+    return b, catalog, retrieval
+
+
+def load_pipeline(args: AppArgs, *, ranker: Ranker | None = None
+                  ) -> tuple[FeedPipeline, dict[str, str]]:
+    """The pipeline and the model versions it serves. `ranker` defaults to Triton at
+    `args.feed.ranker.url`; pass a `LocalRanker` to run without Triton."""
+    b, catalog, retrieval = load_parts(args)
+    r = args.feed.ranker
+    if ranker is None:
+        ranker = TritonRanker(r.url, model_name=r.model_name, timeout_s=r.timeout_ms / 1000.0)
+    sources = {name: SOURCES[name](catalog, retrieval) for name in args.feed.sources}
+    pipeline = FeedPipeline(catalog=catalog, retrieval=retrieval, ranker=ranker,
+                            sources=sources, settings=args.feed)
+    versions = {"bundle": b.version, "retrieval": b.version, "ranker": b.version}
+    return pipeline, versions
+
+
+def local_ranker(args: AppArgs) -> LocalRanker:
+    b = verify_bundle(args.bundle)
+    return LocalRanker(str(b.file(b.manifest["models"]["ranker"]["path"])))

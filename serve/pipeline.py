@@ -1,0 +1,209 @@
+"""The feed pipeline: sources -> merge -> filters -> ranker -> re-ranking.
+
+Framework-free (asyncio, numpy, pandas; no Ray, no FastAPI): the Serve ingress, the
+in-process benchmark floor and the tests all call `FeedPipeline.run`. Every stage that can
+fail degrades instead of failing the request:
+
+- a candidate source that errors or passes its timeout contributes nothing, and the response
+  lists `source:<name>` in `degraded`;
+- when the ranker (Triton) errors or is slow, items keep retrieval order (the two-tower
+  inner product; merge order for a cold-start user) and `degraded` lists `ranker`. After a
+  ranker failure the pipeline skips Triton for `retry_after_s`, so an outage costs one
+  timeout rather than one per request, and normal ranking resumes on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from serve.catalog import Catalog
+from serve.config import FeedSettings
+from serve.errors import RankerUnavailable
+from serve.filters import FilterContext, apply_filters, build_filters
+from serve.merge import merge_candidates
+from serve.ranker_client import Ranker
+from serve.rerank import RerankParams, rerank
+from serve.retrieval import TwoTowerRetrieval
+from serve.sources import CandidateSource, SourceQuery
+from serve.types import Candidate, FeedItem, Merged, Scored
+from training.models.ranker import TASKS
+
+
+@dataclass(frozen=True)
+class FeedQuery:
+    user_id: int
+    limit: int
+    request_id: str
+    exclude_ids: frozenset[int] = frozenset()
+    locale: str | None = None
+    timestamp_s: float | None = None
+
+
+@dataclass(frozen=True)
+class FeedResult:
+    items: list[FeedItem]
+    degraded: list[str]
+    cold_start: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+
+
+def _rng_for(request_id: str) -> np.random.Generator:
+    """Exploration randomness seeded by the request id: replayable from the log."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8],
+                                                "little"))
+
+
+class FeedPipeline:
+    """One bundle's feed: see the module docstring for the stages and how each degrades."""
+
+    def __init__(self, *, catalog: Catalog, retrieval: TwoTowerRetrieval, ranker: Ranker,
+                 sources: Mapping[str, CandidateSource], settings: FeedSettings,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.catalog = catalog
+        self.retrieval = retrieval
+        self.features = retrieval.features
+        self.ranker = ranker
+        self.sources = dict(sources)
+        self.settings = settings
+        self._clock = clock
+        self._monotonic = monotonic
+        self._filters = build_filters(settings.filters.enabled)
+        self._weights = np.asarray([settings.ranker.weights.get(t, 0.0) for t in TASKS],
+                                   dtype=np.float32)
+        r = settings.rerank
+        self._rerank = RerankParams(
+            author_cap=r.author_cap, topic_cap=r.topic_cap, mmr_lambda=r.mmr_lambda,
+            freshness_weight=r.freshness_weight, freshness_half_life_h=r.freshness_half_life_h,
+            explore_slots=r.explore_slots, explore_min_rank=r.explore_min_rank)
+        self._ranker_down_until = 0.0
+
+    def now_s(self, q: FeedQuery) -> float:
+        if q.timestamp_s is not None:
+            return q.timestamp_s
+        return self.catalog.as_of_s if self.settings.clock == "catalog" else self._clock()
+
+    # ---- stages --------------------------------------------------------------------------
+    async def _candidates(self, query: SourceQuery, degraded: list[str]
+                          ) -> dict[str, list[Candidate]]:
+        names = [n for n, s in self.settings.sources.items()
+                 if s.enabled and n in self.sources
+                 and (query.known_user or self.sources[n].cold_start)]
+
+        async def one(name: str) -> list[Candidate]:
+            s = self.settings.sources[name]
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.sources[name].generate, query, s.quota),
+                timeout=s.timeout_ms / 1000.0)
+
+        results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+        out: dict[str, list[Candidate]] = {}
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                degraded.append(f"source:{name}")
+            else:
+                out[name] = res
+        return out
+
+    def ranker_inputs(self, user_id: int, user: pd.DataFrame, items: list[Merged],
+                      retrieval_score: np.ndarray, now_s: float) -> dict[str, np.ndarray]:
+        """The ranker's inputs for (user, each item, now), from the shared feature module."""
+        ids = np.asarray([m.item_id for m in items], dtype=np.int64)
+        rows = self.catalog.item_frame(ids)
+        n = len(rows)
+        followees = self.catalog.followees(user_id)
+        rows = rows.assign(
+            user_id=np.full(n, user_id, dtype=np.int64),
+            age_band=np.repeat(user["age_band"].to_numpy(), n),
+            country=np.repeat(user["country"].to_numpy(), n),
+            timestamp=pd.Timestamp(now_s, unit="s", tz="UTC"),
+            follows_author=np.isin(rows["author_id"].to_numpy(), followees))
+        ft = self.features
+        topic_idx = ft.vocab_index("posts.topic", rows["topic"].to_numpy())
+        counts = ft.final_counts(rows["user_id"].to_numpy(), rows["post_id"].to_numpy(),
+                                 rows["author_id"].to_numpy(), topic_idx)
+        return ft.ranker_inputs(rows, counts, retrieval_score)
+
+    async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
+                    rscore: np.ndarray, now_s: float, degraded: list[str]) -> list[Scored]:
+        if not items:
+            return []
+        if self._monotonic() >= self._ranker_down_until:
+            try:
+                inputs = self.ranker_inputs(user_id, user, items, rscore, now_s)
+                logits = await self.ranker.logits(inputs)
+                probs = 1.0 / (1.0 + np.exp(-logits))
+                final = probs @ self._weights
+                return [Scored(m, float(final[i]),
+                               {t: round(float(probs[i, j]), 5) for j, t in enumerate(TASKS)})
+                        for i, m in enumerate(items)]
+            except RankerUnavailable:
+                self._ranker_down_until = (self._monotonic()
+                                           + self.settings.ranker.retry_after_s)
+        degraded.append("ranker")
+        if rscore.any():
+            return [Scored(m, float(rscore[i])) for i, m in enumerate(items)]
+        # cold start, no user vector: keep merge order
+        return [Scored(m, 1.0 / (1.0 + i)) for i, m in enumerate(items)]
+
+    # ---- the request ---------------------------------------------------------------------
+    async def run(self, q: FeedQuery) -> FeedResult:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(name: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[name] = round((now - since) * 1000, 3)
+            return now
+
+        degraded: list[str] = []
+        now_s = self.now_s(q)
+        known = self.catalog.has_user(q.user_id)
+        user = self.catalog.user_frame(q.user_id)
+        user_vec = self.retrieval.user_vector(user) if known else None
+        query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s)
+        per_source = await self._candidates(query, degraded)
+        t = lap("candidates", t0)
+
+        quotas = {n: s.quota for n, s in self.settings.sources.items()}
+        merged = merge_candidates(per_source, quotas=quotas,
+                                  limit=self.settings.max_candidates)
+        ids = np.asarray([m.item_id for m in merged], dtype=np.int64)
+        infos = self.catalog.infos(ids)
+        fs = self.settings.filters
+        languages = None
+        if fs.locale == "user_language":
+            lang = (q.locale or str(user["language"].iloc[0])).split("-")[0].lower()
+            languages = frozenset({lang})
+        ctx = FilterContext(exclude_ids=q.exclude_ids,
+                            seen_ids=frozenset(self.catalog.seen(q.user_id).tolist()),
+                            blocked_authors=frozenset(
+                                self.catalog.reported_authors(q.user_id).tolist()),
+                            languages=languages, review_policy=fs.review_policy)
+        kept, removed = apply_filters(merged, infos, ctx, self._filters)
+        t = lap("merge_filter", t)
+
+        kept_ids = np.asarray([m.item_id for m in kept], dtype=np.int64)
+        vecs = self.retrieval.item_vectors(kept_ids)
+        rscore = (vecs @ user_vec if user_vec is not None
+                  else np.zeros(len(kept), np.float32)).astype(np.float32)
+        kept = [Merged(m.item_id, m.sources, m.source_scores, float(rscore[i]))
+                for i, m in enumerate(kept)]
+        scored = await self._rank(q.user_id, user, kept, rscore, now_s, degraded)
+        t = lap("rank", t)
+
+        emb = {int(i): vecs[j] for j, i in enumerate(kept_ids)}
+        items = rerank(scored, infos, emb, limit=q.limit, now_s=now_s,
+                       rng=_rng_for(q.request_id), params=self._rerank)
+        lap("rerank", t)
+        timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
+        return FeedResult(items=items, degraded=degraded, cold_start=not known,
+                          timings_ms=timings, filtered=removed)

@@ -1,0 +1,105 @@
+"""Ranker clients: Triton over gRPC (serving) and an in-process TorchScript twin (tests and
+the in-process benchmark floor). Both take the feature module's ranker inputs and return
+per-task logits [n, tasks]."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from serve.errors import RankerUnavailable
+from training.loops import RANKER_KEYS
+
+
+class Ranker(Protocol):
+    async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class LocalRanker:
+    """The bundle's TorchScript ranker called in-process (no Triton)."""
+
+    def __init__(self, path: str) -> None:
+        self._model = torch.jit.load(path).eval()
+
+    def logits_sync(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            out = self._model(*(torch.from_numpy(np.ascontiguousarray(inputs[k]))
+                                for k in RANKER_KEYS))
+        return np.asarray(out.numpy(), dtype=np.float32)
+
+    async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.logits_sync(inputs)
+
+
+_TRITON_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+
+
+class TritonRanker:
+    """tritonclient's asyncio gRPC client against the `ranker` model.
+
+    Scalar id inputs travel as [n, 1] (PyTriton's batched shape). Any failure, a timeout
+    included, becomes RankerUnavailable, which the pipeline turns into retrieval order and
+    `degraded: ["ranker"]`.
+    """
+
+    def __init__(self, url: str, *, model_name: str = "ranker", timeout_s: float = 0.15) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._mod = grpcclient
+        self._url = url
+        self._client: Any = None
+        self._model = model_name
+        self._timeout_s = timeout_s
+
+    def _get_client(self) -> Any:
+        # Created on first use, inside the event loop that will use it (a grpc.aio channel
+        # belongs to the loop it was made on). Reconnect backoff is capped at 1 s: gRPC's
+        # default grows to 120 s, which would keep the ranker "down" long after Triton is back.
+        if self._client is None:
+            self._client = self._mod.InferenceServerClient(url=self._url, channel_args=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ])
+        return self._client
+
+    async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        g = self._mod
+        req = []
+        for k in RANKER_KEYS:
+            a = np.ascontiguousarray(inputs[k])
+            if a.ndim == 1:
+                a = a.reshape(-1, 1)
+            t = g.InferInput(k, list(a.shape), _TRITON_DTYPES[a.dtype])
+            t.set_data_from_numpy(a)
+            req.append(t)
+        try:
+            res = await asyncio.wait_for(
+                self._get_client().infer(self._model, req,
+                                   outputs=[g.InferRequestedOutput("logits")]),
+                timeout=self._timeout_s)
+        except TimeoutError as e:
+            raise RankerUnavailable(f"Triton did not answer within {self._timeout_s * 1000:.0f}"
+                                    " ms") from e
+        except Exception as e:
+            raise RankerUnavailable(f"Triton call failed: {type(e).__name__}: {e}") from e
+        out = res.as_numpy("logits")
+        if out is None:
+            raise RankerUnavailable("Triton answered without 'logits'")
+        return np.asarray(out, dtype=np.float32)
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._get_client().is_model_ready(self._model), 1.0))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

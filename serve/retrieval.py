@@ -1,0 +1,61 @@
+"""The two-tower model at serving time: user tower online, item vectors in faiss HNSW.
+
+Loaded from a verified bundle. The user tower is TorchScript, fed by the same
+`FeatureTransform.user_features` that built its training inputs; item vectors live in the
+bundle's HNSW index, which also answers `item_vectors` (for retrieval scores of candidates
+other sources proposed, and for MMR diversity) without keeping a second copy in memory.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from training.bundle import VerifiedBundle
+from training.features import FeatureTransform
+from training.loops import USER_KEYS
+
+
+class TwoTowerRetrieval:
+    """User embedding, ANN search and item-vector lookup for one bundle."""
+
+    def __init__(self, bundle: VerifiedBundle, features: FeatureTransform, *,
+                 ef_search: int | None = None) -> None:
+        self.features = features
+        self.user_tower = torch.jit.load(str(bundle.file("models/user_tower.pt"))).eval()
+        self.index = faiss.read_index(str(bundle.file("index/items.faiss")))
+        if ef_search is not None:
+            faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", ef_search)
+        self.item_ids = np.load(bundle.file("index/item_ids.npy"), allow_pickle=False)
+        self._order = np.argsort(self.item_ids, kind="stable")
+        self._sorted = self.item_ids[self._order]
+
+    @torch.no_grad()
+    def user_vector(self, user: pd.DataFrame) -> np.ndarray:
+        """Unit vector [dim] of a one-row user frame."""
+        arrays = self.features.user_features(user)
+        out = self.user_tower(*(torch.from_numpy(arrays[k]) for k in USER_KEYS))
+        return out[0].numpy().astype(np.float32)
+
+    def search(self, user_vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, inner products) of the k nearest items, best first."""
+        scores, rows = self.index.search(user_vec.reshape(1, -1), k)
+        ok = rows[0] >= 0
+        return self.item_ids[rows[0][ok]], scores[0][ok]
+
+    def rows_of(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index rows of item ids and a mask of those the index holds."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        pos = np.searchsorted(self._sorted, ids).clip(0, max(len(self._sorted) - 1, 0))
+        found = self._sorted[pos] == ids
+        return self._order[pos], found
+
+    def item_vectors(self, item_ids: np.ndarray) -> np.ndarray:
+        """[n, dim] stored item vectors; zeros for ids the index does not hold."""
+        rows, found = self.rows_of(item_ids)
+        out = np.zeros((len(rows), self.index.d), dtype=np.float32)
+        if found.any():
+            out[found] = self.index.reconstruct_batch(rows[found].astype(np.int64))
+        return out

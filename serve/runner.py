@@ -1,0 +1,165 @@
+"""`funnel serve`: local Ray + Triton (PyTriton) + the Serve app, stopped cleanly on a signal.
+
+Triton runs in its own process (`python -m serve triton`), supervised: if it exits while
+serving, it is started again after `restart_delay_s`. `--triton external` skips that, for
+a Triton run elsewhere (a separate pod in the cluster, or a test that stops and restarts it).
+
+The Serve config file is applied the way `serve run config.yaml` applies it (the same
+schema, the same controller call), so the file `make run` uses is the one a RayService takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from serve.config import AppArgs, load_serve_config, parse_app_args
+from serve.errors import ServeConfigError
+from training.bundle import verify_bundle
+
+log = logging.getLogger("funnel.serve")
+Say = Callable[[str], None]
+
+
+class TritonSupervisor:
+    """Keeps one `python -m serve triton` process alive until `stop()`."""
+
+    def __init__(self, *, bundle: str, config_path: str, say: Say,
+                 restart_delay_s: float = 1.0) -> None:
+        self._cmd = [sys.executable, "-m", "serve", "triton", "--bundle", bundle,
+                     "--config", config_path]
+        self._say = say
+        self._delay = restart_delay_s
+        self._stopping = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._loop, name="triton-supervisor",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            # its own process group, so that stop() reaches tritonserver too
+            self._proc = subprocess.Popen(self._cmd, start_new_session=True)
+            code = self._proc.wait()
+            if self._stopping.is_set():
+                return
+            self._say(f"triton exited with code {code}; restarting in {self._delay:.0f}s")
+            self._stopping.wait(self._delay)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stopping.set()
+        p = self._proc
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+        self._thread.join(timeout_s)
+
+
+def _wait_http(url: str, *, timeout_s: float, ok: Callable[[int], bool]) -> bool:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if ok(r.status):
+                    return True
+        except OSError as e:
+            code = getattr(e, "code", None)
+            if code is not None and ok(int(code)):
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any], AppArgs]:
+    """The Serve config with the bundle made absolute (replicas do not share our cwd)."""
+    doc, args = load_serve_config(config_path)
+    doc = copy.deepcopy(doc)
+    app_args = dict(doc["applications"][0].get("args") or {})
+    b = verify_bundle(bundle or args.bundle)  # exit 2 here, naming the bad file
+    app_args["bundle"] = str(b.path.resolve())
+    doc["applications"][0]["args"] = app_args
+    return doc, parse_app_args(app_args)
+
+
+def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
+                  ready_file: str | None = None) -> None:
+    """Start everything, print where, block until SIGINT/SIGTERM, then stop everything."""
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    doc, args = resolved_config(config_path, bundle)
+    try:
+        schema = ServeDeploySchema.model_validate(doc)
+    except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
+        raise ServeConfigError(f"{config_path}: not a valid Ray Serve config: {e}") from e
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    supervisor = None
+    if triton == "local":
+        supervisor = TritonSupervisor(bundle=args.bundle, config_path=config_path, say=say)
+        say(f"starting Triton (ranker) on grpc {args.triton.host}:{args.triton.grpc_port}")
+        supervisor.start()
+    try:
+        say("starting Ray (local) and the Serve app")
+        ray.init(address="local", include_dashboard=False, log_to_driver=True,
+                 configure_logging=False, namespace="funnel")
+        client = serve_api.serve_start(
+            http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+            grpc_options=None)
+        client.deploy_apps(schema, _blocking=False)
+        host, port = schema.http_options.host, schema.http_options.port
+        base = f"http://{host}:{port}"
+        while not stop.is_set():
+            if _wait_http(f"{base}/healthz", timeout_s=2, ok=lambda s: s == 200):
+                break
+        if not stop.is_set():
+            ready = _wait_http(f"{base}/readyz", timeout_s=60, ok=lambda s: s == 200)
+            say(f"serving on {base}  (POST {base}/v1/feed, GET {base}/readyz)"
+                + ("" if ready else "  [not ready yet: see GET /readyz]"))
+            if ready_file:
+                Path(ready_file).write_text(json.dumps({"url": base, "pid": os.getpid()}))
+        stop.wait()
+        say("stopping")
+    finally:
+        with contextlib.suppress(Exception):
+            from ray import serve
+
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if supervisor is not None:
+            supervisor.stop()
+        say("stopped")
+
+
+def run_triton_process(*, config_path: str, bundle: str | None, say: Say) -> None:
+    """`funnel triton`: only Triton, in the foreground, until SIGINT/SIGTERM."""
+    from serve.triton_server import run_triton
+
+    _, args = resolved_config(config_path, bundle)
+    run_triton(args.bundle, args.triton,
+               on_ready=lambda: say(f"triton ready: grpc {args.triton.host}:"
+                                    f"{args.triton.grpc_port}"))

@@ -1,0 +1,26 @@
+"""Candidate sources: one strategy per module behind `CandidateSource`; `SOURCES` is the
+explicit registry the feed config names them from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from serve.catalog import Catalog
+from serve.retrieval import TwoTowerRetrieval
+from serve.sources.ann import AnnSource
+from serve.sources.base import CandidateSource, SourceQuery
+from serve.sources.fresh import FreshSource
+from serve.sources.social import SocialSource
+from serve.sources.trending import TrendingSource
+
+SourceFactory = Callable[[Catalog, TwoTowerRetrieval], CandidateSource]
+
+SOURCES: dict[str, SourceFactory] = {
+    "ann": lambda catalog, retrieval: AnnSource(retrieval),
+    "social": lambda catalog, retrieval: SocialSource(catalog),
+    "trending": lambda catalog, retrieval: TrendingSource(catalog),
+    "fresh": lambda catalog, retrieval: FreshSource(catalog),
+}
+
+__all__ = ["SOURCES", "AnnSource", "CandidateSource", "FreshSource", "SocialSource",
+           "SourceFactory", "SourceQuery", "TrendingSource"]

@@ -1,0 +1,21 @@
+"""Two-tower ANN: the user's vector against the HNSW index of item vectors."""
+
+from __future__ import annotations
+
+from serve.retrieval import TwoTowerRetrieval
+from serve.sources.base import SourceQuery
+from serve.types import Candidate
+
+
+class AnnSource:
+    name = "ann"
+    cold_start = False  # an unknown user's vector carries no signal
+
+    def __init__(self, retrieval: TwoTowerRetrieval) -> None:
+        self._retrieval = retrieval
+
+    def generate(self, query: SourceQuery, k: int) -> list[Candidate]:
+        if query.user_vec is None:
+            return []
+        ids, scores = self._retrieval.search(query.user_vec, k)
+        return [Candidate(int(i), self.name, float(s)) for i, s in zip(ids, scores, strict=True)]

@@ -1,0 +1,125 @@
+"""Session fixtures for integration tests: one tiny bundle, one Triton, one Serve app.
+
+Everything runs as a user runs it: `funnel train`, `funnel triton` and `funnel serve` as
+subprocesses (servers and stock clients never share a process), on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+FUNNEL = [sys.executable, "-m", "serve"]
+LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "configs" / "local.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`funnel train --profile tiny` once per test session."""
+    out = tmp_path_factory.mktemp("artifacts")
+    r = subprocess.run([*FUNNEL, "train", "--profile", "tiny", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return out / "latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    config: Path
+    bundle: Path
+    triton_grpc: str
+    triton: subprocess.Popen[bytes] | None = None
+
+    def start_triton(self, timeout_s: float = 120.0) -> float:
+        """Start `funnel triton`; returns the monotonic time it became ready."""
+        import tritonclient.grpc as grpcclient
+
+        self.triton = subprocess.Popen([*FUNNEL, "triton", "--bundle", str(self.bundle),
+                                        "--config", str(self.config)],
+                                       start_new_session=True)
+        client = grpcclient.InferenceServerClient(self.triton_grpc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.triton.poll() is None, "funnel triton exited during start-up"
+            with contextlib.suppress(Exception):
+                if client.is_model_ready("ranker"):
+                    return time.monotonic()
+            time.sleep(0.2)
+        raise AssertionError(f"Triton not ready within {timeout_s}s")
+
+    def stop_triton(self) -> None:
+        p = self.triton
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        self.triton = None
+
+
+def _stop(p: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Triton (`funnel triton`) + the Serve app (`funnel serve --triton external`)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    doc = yaml.safe_load(LOCAL_CONFIG.read_text())
+    http_port, grpc_port = free_port(), free_port()
+    doc["http_options"]["port"] = http_port
+    args = doc["applications"][0]["args"]
+    args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
+    args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
+    config = tmp / "serve.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    s = Stack(url=f"http://127.0.0.1:{http_port}", config=config, bundle=tiny_bundle,
+              triton_grpc=f"127.0.0.1:{grpc_port}")
+    s.start_triton()
+    ready = tmp / "ready.json"
+    log = (tmp / "serve.log").open("wb")
+    proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
+                             str(config), "--triton", "external", "--ready-file", str(ready)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise AssertionError("funnel serve did not become ready:\n"
+                                     + (tmp / "serve.log").read_text()[-4000:])
+            time.sleep(0.5)
+        assert json.loads(ready.read_text())["url"] == s.url
+        yield s
+    finally:
+        _stop(proc)
+        s.stop_triton()
+        log.close()
