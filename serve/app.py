@@ -11,8 +11,9 @@ the Helm chart's RayService): args are parsed once there, invalid ones refused w
 named.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI resolves endpoint annotations at
+# run time, and Serve's ingress wrapper moves the methods away from this module's globals, so
+# string annotations would turn `request: Request` into a required query parameter.
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
@@ -49,6 +51,13 @@ def error(status: int, code: str, detail: Any, request_id: str) -> JSONResponse:
 @fastapi_app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error(exc.status_code, "http_error", exc.detail, request_id_of(request))
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")}
+              for e in exc.errors()]
+    return error(422, "validation_error", detail, request_id_of(request))
 
 
 @fastapi_app.exception_handler(Exception)

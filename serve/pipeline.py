@@ -133,26 +133,36 @@ class FeedPipeline:
         return ft.ranker_inputs(rows, counts, retrieval_score)
 
     async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
-                    rscore: np.ndarray, now_s: float, degraded: list[str]) -> list[Scored]:
+                    rscore: np.ndarray, now_s: float, degraded: list[str]
+                ) -> tuple[list[Scored], dict[int, np.ndarray]]:
+        """Scored items, and each item's per-task probabilities (empty when degraded)."""
         if not items:
-            return []
+            return [], {}
         if self._monotonic() >= self._ranker_down_until:
             try:
                 inputs = self.ranker_inputs(user_id, user, items, rscore, now_s)
                 logits = await self.ranker.logits(inputs)
                 probs = 1.0 / (1.0 + np.exp(-logits))
                 final = probs @ self._weights
-                return [Scored(m, float(final[i]),
-                               {t: round(float(probs[i, j]), 5) for j, t in enumerate(TASKS)})
-                        for i, m in enumerate(items)]
+                # per-task probabilities go into `explain` for the page only (see run)
+                return ([Scored(m, float(final[i])) for i, m in enumerate(items)],
+                        {m.item_id: probs[i] for i, m in enumerate(items)})
             except RankerUnavailable:
                 self._ranker_down_until = (self._monotonic()
                                            + self.settings.ranker.retry_after_s)
         degraded.append("ranker")
         if rscore.any():
-            return [Scored(m, float(rscore[i])) for i, m in enumerate(items)]
+            return [Scored(m, float(rscore[i])) for i, m in enumerate(items)], {}
         # cold start, no user vector: keep merge order
-        return [Scored(m, 1.0 / (1.0 + i)) for i, m in enumerate(items)]
+        return [Scored(m, 1.0 / (1.0 + i)) for i, m in enumerate(items)], {}
+
+    @staticmethod
+    def _with_probs(item: FeedItem, probs: np.ndarray | None) -> FeedItem:
+        if probs is None or item.explain.get("exploration"):
+            return item
+        explain = {**item.explain, "probs": {t: round(float(probs[j]), 5)
+                                             for j, t in enumerate(TASKS)}}
+        return FeedItem(item.item_id, item.rank, item.score, item.sources, explain)
 
     # ---- the request ---------------------------------------------------------------------
     async def run(self, q: FeedQuery) -> FeedResult:
@@ -197,12 +207,13 @@ class FeedPipeline:
                   else np.zeros(len(kept), np.float32)).astype(np.float32)
         kept = [Merged(m.item_id, m.sources, m.source_scores, float(rscore[i]))
                 for i, m in enumerate(kept)]
-        scored = await self._rank(q.user_id, user, kept, rscore, now_s, degraded)
+        scored, probs = await self._rank(q.user_id, user, kept, rscore, now_s, degraded)
         t = lap("rank", t)
 
         emb = {int(i): vecs[j] for j, i in enumerate(kept_ids)}
-        items = rerank(scored, infos, emb, limit=q.limit, now_s=now_s,
-                       rng=_rng_for(q.request_id), params=self._rerank)
+        items = [self._with_probs(i, probs.get(i.item_id)) for i in rerank(
+            scored, infos, emb, limit=q.limit, now_s=now_s, rng=_rng_for(q.request_id),
+            params=self._rerank)]
         lap("rerank", t)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
         return FeedResult(items=items, degraded=degraded, cold_start=not known,

@@ -179,13 +179,12 @@ def _unit_rows(vectors: Sequence[np.ndarray | None]) -> np.ndarray:
         raise ValueError(f"embeddings must all have one length, got lengths {sorted(dims)}")
     dim = dims.pop() if dims else 0
     out = np.zeros((len(vectors), dim))
-    for k, v in enumerate(vectors):
-        if v is None:
-            continue
-        row = np.asarray(v, dtype=np.float64).ravel()
-        norm = float(np.linalg.norm(row))
-        # Embeddings should already be unit vectors; normalising again is cheap and keeps a
-        # stale or unnormalised bundle from skewing the similarity penalty.
-        if norm > 0 and np.isfinite(norm):
-            out[k] = row / norm
-    return out
+    present = [k for k, v in enumerate(vectors) if v is not None]
+    if present:
+        out[present] = np.stack([np.asarray(vectors[k], dtype=np.float64).ravel()
+                                 for k in present])
+    # Embeddings should already be unit vectors; normalising again is cheap and keeps a stale
+    # or unnormalised bundle from skewing the similarity penalty.
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    ok = (norms > 0) & np.isfinite(norms)
+    return np.where(ok, out / np.where(ok, norms, 1.0), 0.0)
