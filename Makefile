@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the serving issue lands, `make run` trains the demo bundle if there is none.
+# `make run`: train the demo bundle if there is none, then serve it on 127.0.0.1:8000
+# (local Ray, Triton via PyTriton, the Serve app). Ctrl-C stops everything.
 run: $(STAMP)
-	@if [ -e $(ARTIFACTS)/latest/manifest.json ]; then \
-		echo "bundle present: $(ARTIFACTS)/latest"; $(BIN)/funnel bundle-verify $(ARTIFACTS)/latest; \
-	else \
-		$(BIN)/funnel train --profile $(PROFILE) --out $(ARTIFACTS); \
+	@if [ ! -e $(ARTIFACTS)/latest/manifest.json ]; then \
+		$(BIN)/funnel train --profile $(PROFILE) --out $(ARTIFACTS) || exit $$?; \
 	fi
+	$(BIN)/funnel serve --bundle $(ARTIFACTS)/latest
 
 train: $(STAMP)
 	$(BIN)/funnel train --profile $(PROFILE) --out $(ARTIFACTS)

@@ -39,13 +39,23 @@ fastapi_app = FastAPI(title="Funnel", version="1", docs_url="/docs", redoc_url=N
 
 
 def request_id_of(request: Request) -> str:
+    """Serve's own request id: the proxy takes the client's `X-Request-ID` or makes one, logs
+    it and returns it in the response's `x-request-id` header; the body repeats it."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        rid = _get_serve_request_context().request_id
+    except ImportError:  # pragma: no cover - Ray moved it; fall back to our own
+        rid = ""
+    if rid:
+        return rid
     rid = request.headers.get("x-request-id", "")
     return rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
 
 
 def error(status: int, code: str, detail: Any, request_id: str) -> JSONResponse:
     body = ErrorBody(error=code, detail=detail, request_id=request_id).model_dump()
-    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+    return JSONResponse(body, status_code=status)
 
 
 @fastapi_app.exception_handler(StarletteHTTPException)
@@ -147,7 +157,7 @@ class FeedIngress:
             model_versions=self.versions,
             variants={"retrieval": "primary", "ranker": "primary"},
             degraded=result.degraded, cold_start=result.cold_start)
-        return JSONResponse(body.model_dump(), headers={"x-request-id": rid})
+        return JSONResponse(body.model_dump())
 
 
 def build_app(args: dict[str, Any]) -> Application:

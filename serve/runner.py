@@ -114,8 +114,12 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
     except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
         raise ServeConfigError(f"{config_path}: not a valid Ray Serve config: {e}") from e
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
     supervisor = None
     if triton == "local":
@@ -126,6 +130,8 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
         say("starting Ray (local) and the Serve app")
         ray.init(address="local", include_dashboard=False, log_to_driver=True,
                  configure_logging=False, namespace="funnel")
+        for sig in (signal.SIGINT, signal.SIGTERM):  # ray.init installs its own handlers
+            signal.signal(sig, on_signal)
         client = serve_api.serve_start(
             http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
             grpc_options=None)

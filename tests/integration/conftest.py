@@ -27,7 +27,11 @@ LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "configs" / "loca
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`funnel train --profile tiny` once per test session."""
+    """`funnel train --profile tiny` once per test session. FUNNEL_TEST_BUNDLE names an
+    existing tiny bundle to reuse instead (local iteration only; CI always trains)."""
+    reuse = os.environ.get("FUNNEL_TEST_BUNDLE")
+    if reuse:
+        return Path(reuse)
     out = tmp_path_factory.mktemp("artifacts")
     r = subprocess.run([*FUNNEL, "train", "--profile", "tiny", "--out", str(out)],
                        capture_output=True, text=True, timeout=600, check=False)
