@@ -64,8 +64,7 @@ def _vectors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
     # Large-profile posts are new to the bundle: encode their (highly repetitive) text.
     enc = MiniLMEncoder()
     posts = ds.posts.sort_values("post_id").reset_index(drop=True)
-    ft.post_ids = posts["post_id"].to_numpy(np.int64)
-    ft.post_text = enc.encode(posts["text"].tolist())
+    ft.set_posts(posts["post_id"].to_numpy(np.int64), posts["text"], enc)
     item_tower = torch.jit.load(str(b.file("models/item_tower.pt")))
     user_tower = torch.jit.load(str(b.file("models/user_tower.pt")))
     torch.set_num_threads(2)

@@ -73,6 +73,66 @@ def triton_cmd(
                        say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False))
 
 
+bench_app = typer.Typer(help="Performance harness (results: benchmarks/results/*.json).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _write_result(result: dict[str, object], out: str) -> None:
+    import json
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    Console(stderr=True).print(f"[bold]funnel[/] wrote {out}", highlight=False)
+
+
+@bench_app.command("feed")
+def bench_feed(
+    profile: Annotated[str, typer.Option(help="Catalog profile to serve.")] = "large",
+    bundle: Annotated[str, typer.Option(help="Trained bundle whose models are served.")] = (
+        "artifacts/latest"),
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/feed.json",
+    duration_s: Annotated[float, typer.Option(min=1, help="Seconds per offered load.")] = 10,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="Items per feed.")] = 50,
+    work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
+    configs: Annotated[str, typer.Option(
+        help="Comma-separated: in_process,naive,funnel.")] = "in_process,naive,funnel",
+) -> None:
+    """In-process vs naive Serve vs Funnel: latency at fixed loads, max throughput."""
+    from benchmarks.feed import run
+
+    wanted = [c.strip() for c in configs.split(",") if c.strip()]
+    bad = sorted(set(wanted) - {"in_process", "naive", "funnel"})
+    if bad:
+        raise typer.BadParameter(f"unknown config(s) {bad}; allowed: in_process, naive, funnel",
+                                 param_hint="--configs")
+    console = Console(stderr=True)
+    result = run(base_bundle=bundle, profile=profile, duration_s=duration_s, limit=limit,
+                 work_dir=Path(work_dir), configs=wanted,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
+@bench_app.command("triton")
+def bench_triton(
+    bundle: Annotated[str, typer.Option(help="Bundle with the ranker.")] = "artifacts/latest",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = (
+        "benchmarks/results/triton_batching.json"),
+    callers: Annotated[int, typer.Option(min=1, max=256)] = 16,
+    rows: Annotated[list[int] | None, typer.Option(
+        help="Rows (candidates) per request; repeat for several.")] = None,
+    duration_s: Annotated[float, typer.Option(min=1)] = 10,
+) -> None:
+    """Ranker throughput on Triton with dynamic batching on vs off."""
+    from benchmarks.triton_batching import run
+
+    console = Console(stderr=True)
+    result = run(bundle=bundle, rows=rows or [1, 8, 64, 400], callers=callers,
+                 duration_s=duration_s,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
 def main() -> None:
     try:
         app()

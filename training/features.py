@@ -100,7 +100,10 @@ class FeatureTransform:
     prior_strength: float
     counters: dict[str, pd.DataFrame]  # key -> DataFrame(key, imps, clicks)
     post_ids: np.ndarray  # int64, sorted
-    post_text: np.ndarray  # float32 [n_posts, text_dim], aligned with post_ids
+    # Text embeddings, deduplicated: posts share wording (reposts, templates), and a 1M-post
+    # catalog would otherwise carry a 1.5 GB matrix. Post i's vector is text_table[idx[i]].
+    post_text_idx: np.ndarray  # int32 [n_posts], aligned with post_ids
+    text_table: np.ndarray  # float32 [n_distinct_texts, text_dim]
     user_profile_ids: np.ndarray  # int64, sorted
     user_profile: np.ndarray  # float32 [n_users, text_dim]: mean text of clicked posts
     text_model: str
@@ -116,7 +119,8 @@ class FeatureTransform:
             prior_strength: float = 20.0, history_len: int = 50) -> FeatureTransform:
         vocabs = {f"{t}.{c}": sorted(map(str, ds.table(t)[c].unique())) for t, c in CATEGORICALS}
         posts = ds.posts.sort_values("post_id")
-        text = encoder.encode(posts["text"].tolist())
+        text_idx, table = encode_texts(posts["text"], encoder)
+        text = table[text_idx]
         train = ds.impressions[train_mask]
         merged = _with_post_cols(train, posts, vocabs)
         counters = {}
@@ -141,7 +145,7 @@ class FeatureTransform:
         return cls(vocabs=vocabs, id_buckets=id_buckets, author_buckets=author_buckets,
                    global_ctr=float(click.mean()) if len(click) else 0.05,
                    prior_strength=prior_strength, counters=counters,
-                   post_ids=pid.astype(np.int64), post_text=text.astype(np.float32),
+                   post_ids=pid.astype(np.int64), post_text_idx=text_idx, text_table=table,
                    user_profile_ids=prof.index.to_numpy(np.int64), user_profile=prof_v,
                    text_model=encoder.name, user_history_ids=hist_ids, user_history=hist)
 
@@ -154,15 +158,31 @@ class FeatureTransform:
     def vocab_size(self, name: str) -> int:
         return len(self.vocabs[name]) + 1
 
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_table.shape[1])
+
+    @property
+    def post_text(self) -> np.ndarray:
+        """[n_posts, text_dim] text embeddings aligned with post_ids (materialised)."""
+        return self.text_table[self.post_text_idx]
+
+    def set_posts(self, post_ids: np.ndarray, texts: Sequence[str] | pd.Series,
+                  encoder: TextEncoder) -> None:
+        """Replace the post catalog (ids sorted ascending, texts aligned) and its text
+        embeddings, e.g. to embed a new catalog with an existing bundle's towers."""
+        self.post_ids = np.asarray(post_ids, dtype=np.int64)
+        self.post_text_idx, self.text_table = encode_texts(texts, encoder)
+
     def text_of(self, post_ids: np.ndarray) -> np.ndarray:
         idx = np.searchsorted(self.post_ids, post_ids).clip(0, len(self.post_ids) - 1)
         found = self.post_ids[idx] == post_ids
-        out = np.zeros((len(post_ids), self.post_text.shape[1]), dtype=np.float32)
-        out[found] = self.post_text[idx[found]]
+        out = np.zeros((len(post_ids), self.text_dim), dtype=np.float32)
+        out[found] = self.text_table[self.post_text_idx[idx[found]]]
         return out
 
     def profile_of(self, user_ids: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(user_ids), self.post_text.shape[1]), dtype=np.float32)
+        out = np.zeros((len(user_ids), self.text_dim), dtype=np.float32)
         if len(self.user_profile_ids) == 0:
             return out
         idx = np.searchsorted(self.user_profile_ids, user_ids).clip(
@@ -259,7 +279,8 @@ class FeatureTransform:
                 "dense_features": list(RANKER_DENSE), "counter_keys": list(COUNTER_KEYS)}
         paths = [directory / "transform.json", directory / "embeddings.safetensors"]
         paths[0].write_text(json.dumps(meta, indent=2, sort_keys=True))
-        save_file({"post_ids": self.post_ids, "post_text": self.post_text,
+        save_file({"post_ids": self.post_ids, "post_text_idx": self.post_text_idx,
+                   "text_table": self.text_table,
                    "user_profile_ids": self.user_profile_ids,
                    "user_profile": self.user_profile,
                    "user_history_ids": self.user_history_ids,
@@ -279,10 +300,20 @@ class FeatureTransform:
         return cls(vocabs=meta["vocabs"], id_buckets=meta["id_buckets"],
                    author_buckets=meta["author_buckets"], global_ctr=meta["global_ctr"],
                    prior_strength=meta["prior_strength"], counters=counters,
-                   post_ids=t["post_ids"], post_text=t["post_text"],
+                   post_ids=t["post_ids"], post_text_idx=t["post_text_idx"],
+                   text_table=t["text_table"],
                    user_profile_ids=t["user_profile_ids"], user_profile=t["user_profile"],
                    text_model=meta["text_model"], user_history_ids=t["user_history_ids"],
                    user_history=t["user_history"])
+
+
+def encode_texts(texts: Sequence[str] | pd.Series, encoder: TextEncoder
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(index per text int32, table of distinct-text embeddings float32)."""
+    uniq, inverse = np.unique(np.asarray(list(texts), dtype=object).astype(str),
+                              return_inverse=True)
+    table = np.asarray(encoder.encode(uniq.tolist()), dtype=np.float32)
+    return inverse.astype(np.int32), table
 
 
 def _histories(clicked: pd.DataFrame, id_buckets: int, length: int

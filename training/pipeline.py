@@ -138,7 +138,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     test_pairs = _pairs(ds.impressions, split.test, uix, pix)
     counts = np.bincount(train_pairs[:, 1], minlength=len(posts)).astype(np.float64)
     log_q = np.log((counts + 1.0) / (counts.sum() + len(posts)))
-    ret_meta = {"text_dim": int(ft.post_text.shape[1]), "id_buckets": ft.id_buckets,
+    ret_meta = {"text_dim": ft.text_dim, "id_buckets": ft.id_buckets,
                 "author_buckets": ft.author_buckets,
                 "n_age": ft.vocab_size("users.age_band"),
                 "n_country": ft.vocab_size("users.country"),

@@ -1,0 +1,199 @@
+"""Feed benchmark: three compositions of the same pipeline, side by side in one run.
+
+(a) in_process: `FeedPipeline` called as plain async functions in this process, the ranker
+    in-process TorchScript: no Ray, no Triton, no HTTP (the floor);
+(b) naive: one Serve deployment per stage, awaited one after another, no batching, the
+    ranker called per request (benchmarks/naive_app.py);
+(c) funnel: the Funnel Serve app (`serve.app`) with the ranker on Triton (PyTriton,
+    dynamic batching).
+
+Each is driven open-loop at fixed offered loads (requests scheduled at a constant rate, not
+waiting for answers), for `duration_s` per load; the sweep goes up until p99 passes 150 ms,
+errors pass 1 %, or the achieved rate falls under 90 % of the offered one. The load
+generator runs in this process for all three, so each pays the same client cost.
+
+    funnel bench feed --profile large --out benchmarks/results/feed.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.serving_bundle import build_serving_bundle
+from benchmarks.triton_batching import DEFAULT_CONFIG, TritonProcess, free_port
+from serve.config import load_serve_config
+
+Say = Callable[[str], None]
+P99_BUDGET_MS = 150.0
+SWEEP = (5, 10, 20, 30, 40, 50, 60, 80, 100, 120, 150, 200)
+
+
+async def open_loop(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *,
+                    rate: float, duration_s: float) -> dict[str, float]:
+    """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates."""
+    lat: list[float] = []
+    errors = 0
+    n = max(1, int(rate * duration_s))
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        try:
+            ok = await asyncio.wait_for(call(int(users[i % len(users)])), timeout=10)
+        except Exception:
+            ok = False
+        lat.append((time.perf_counter() - t0) * 1000)
+        if not ok:
+            errors += 1
+
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    a = np.asarray(lat)
+    return {"offered_rps": rate, "achieved_rps": round(n / elapsed, 1),
+            "p50_ms": round(float(np.percentile(a, 50)), 2),
+            "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "error_rate": round(errors / n, 4), "requests": n}
+
+
+async def sweep(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *,
+                duration_s: float, say: Say, name: str) -> dict[str, Any]:
+    for i in range(20):  # warm-up: first calls load lazily-built state
+        await call(int(users[i % len(users)]))
+    points = []
+    best = 0.0
+    for rate in SWEEP:
+        r = await open_loop(call, users, rate=rate, duration_s=duration_s)
+        points.append(r)
+        ok = (r["p99_ms"] <= P99_BUDGET_MS and r["error_rate"] <= 0.01
+              and r["achieved_rps"] >= 0.9 * rate)
+        say(f"{name}: {rate:>4} req/s offered -> p50 {r['p50_ms']:.1f} ms, p99 "
+            f"{r['p99_ms']:.1f} ms, errors {r['error_rate']:.1%}" + ("" if ok else "  (over)"))
+        if not ok:
+            break
+        best = float(rate)
+    low = points[0]
+    return {"p50_ms": low["p50_ms"], "p99_ms": low["p99_ms"], "max_rps_p99_150ms": best,
+            "points": points}
+
+
+def _http_call(url: str, limit: int) -> tuple[Callable[[int], Awaitable[bool]], Any]:
+    import httpx
+
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
+                                                   max_keepalive_connections=256),
+                               timeout=10)
+
+    async def call(user_id: int) -> bool:
+        r = await client.post(url, json={"user_id": user_id, "limit": limit})
+        return r.status_code == 200
+
+    return call, client
+
+
+def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
+        work_dir: Path, configs: list[str], say: Say = print) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    doc, _ = load_serve_config(DEFAULT_CONFIG)
+    sb = build_serving_bundle(base_bundle, profile, work_dir, say=say)
+    raw_args = dict(doc["applications"][0]["args"])
+    raw_args["bundle"] = str(sb.path.resolve())
+    from serve.catalog import Catalog
+
+    cat = Catalog(sb.file("catalog/catalog.json").parent)
+    rng = np.random.default_rng(0)
+    users = rng.choice(cat.user_ids, size=2000, replace=False)
+    users[::20] = 10**12 + np.arange(len(users[::20]))  # 5 % unknown users: cold start
+    del cat
+    results: dict[str, Any] = {}
+
+    if "in_process" in configs:
+        from serve.config import parse_app_args
+        from serve.loader import load_pipeline, local_ranker
+        from serve.pipeline import FeedQuery
+
+        args = parse_app_args(raw_args)
+        pipeline, _v = load_pipeline(args, ranker=local_ranker(args))
+        k = 0
+
+        async def direct(user_id: int) -> bool:
+            nonlocal k
+            k += 1
+            r = await pipeline.run(FeedQuery(user_id=user_id, limit=limit,
+                                             request_id=f"bench-{k}"))
+            return bool(r.items)
+
+        results["in_process"] = asyncio.run(sweep(direct, users, duration_s=duration_s,
+                                                  say=say, name="in_process"))
+        del pipeline
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/feed"
+
+    def http_sweep(name: str) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            call, client = _http_call(url, limit)
+            try:
+                return await sweep(call, users, duration_s=duration_s, say=say, name=name)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(go())
+
+    if "naive" in configs or "funnel" in configs:
+        ray.init(address="local", include_dashboard=False, namespace="funnel-bench",
+                 configure_logging=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        if "naive" in configs:
+            from benchmarks.naive_app import build_naive_app
+
+            say("naive: deploying one Serve deployment per stage")
+            serve.run(build_naive_app(raw_args), name="naive", route_prefix="/")
+            results["naive"] = http_sweep("naive")
+            serve.delete("naive")
+        if "funnel" in configs:
+            with TritonProcess(str(sb.path), dynamic_batching=True,
+                               base_config=DEFAULT_CONFIG) as t:
+                fargs = {**raw_args, "feed": {**raw_args["feed"], "ranker": {
+                    **raw_args["feed"]["ranker"], "url": f"127.0.0.1:{t.grpc_port}"}}}
+                from serve.app import build_app
+
+                say("funnel: deploying the Funnel app, ranker on Triton")
+                serve.run(build_app(fargs), name="funnel", route_prefix="/")
+                results["funnel"] = http_sweep("funnel")
+                serve.delete("funnel")
+    finally:
+        if "naive" in configs or "funnel" in configs:
+            serve.shutdown()
+            ray.shutdown()
+    out: dict[str, Any] = {
+        "date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
+        "cpus": os.cpu_count(), "profile": profile, "bundle": sb.version,
+        "items": sb.manifest["dataset"]["posts"], "limit": limit, "duration_s": duration_s,
+        "p99_budget_ms": P99_BUDGET_MS, "configs": results,
+    }
+    if "funnel" in results and "naive" in results and results["naive"]["max_rps_p99_150ms"]:
+        out["funnel_vs_naive_max_rps"] = round(results["funnel"]["max_rps_p99_150ms"]
+                                               / results["naive"]["max_rps_p99_150ms"], 2)
+    if "funnel" in results and "in_process" in results:
+        out["funnel_minus_in_process_p50_ms"] = round(results["funnel"]["p50_ms"]
+                                                      - results["in_process"]["p50_ms"], 2)
+    return out

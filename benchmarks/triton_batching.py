@@ -1,0 +1,153 @@
+"""Triton dynamic batching on vs off: ranker throughput with concurrent callers.
+
+Two Triton processes, one after the other, each hosting the bundle's ranker exactly as
+`funnel triton` does, differing only in `dynamic_batching`. For each request size (rows =
+candidates per request) `callers` asyncio gRPC clients send requests back to back for
+`duration_s`; the result is requests/s and rows/s, and the on/off ratio.
+
+    funnel bench triton [--bundle artifacts/latest] [--callers 16] [--rows 1 8 64 400]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from serve.config import load_serve_config
+from training.bundle import verify_bundle
+from training.loops import RANKER_KEYS
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve" / "configs" / "local.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _inputs(rows: int, n_dense: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {"dense": rng.normal(size=(rows, n_dense)).astype(np.float32)}
+    for k in RANKER_KEYS[1:]:
+        out[k] = rng.integers(1, 5, size=(rows, 1)).astype(np.int64)
+    return out
+
+
+class TritonProcess:
+    """`python -m serve triton` on free ports with one setting changed."""
+
+    def __init__(self, bundle: str, *, dynamic_batching: bool, base_config: Path) -> None:
+        doc = yaml.safe_load(base_config.read_text())
+        args = doc["applications"][0]["args"]
+        self.grpc_port = free_port()
+        args["triton"].update(http_port=free_port(), grpc_port=self.grpc_port,
+                              metrics_port=free_port(), dynamic_batching=dynamic_batching)
+        self._dir = tempfile.TemporaryDirectory(prefix="funnel-bench-")
+        self.config = Path(self._dir.name) / "serve.yaml"
+        self.config.write_text(yaml.safe_dump(doc))
+        self._cmd = [sys.executable, "-m", "serve", "triton", "--bundle", bundle, "--config",
+                     str(self.config)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> TritonProcess:
+        import tritonclient.grpc as grpcclient
+
+        self.proc = subprocess.Popen(self._cmd, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"triton exited with {self.proc.returncode}")
+            with contextlib.suppress(Exception):
+                if client.is_model_ready("ranker"):
+                    return self
+            time.sleep(0.3)
+        raise RuntimeError("triton did not become ready within 180 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._dir.cleanup()
+
+
+async def _drive(url: str, rows: int, n_dense: int, *, callers: int,
+                 duration_s: float) -> dict[str, float]:
+    import tritonclient.grpc.aio as g
+
+    rng = np.random.default_rng(0)
+    payload = _inputs(rows, n_dense, rng)
+    client = g.InferenceServerClient(url)
+
+    def request() -> list[Any]:
+        out = []
+        for k in RANKER_KEYS:
+            t = g.InferInput(k, list(payload[k].shape),
+                             "FP32" if payload[k].dtype == np.float32 else "INT64")
+            t.set_data_from_numpy(payload[k])
+            out.append(t)
+        return out
+
+    for _ in range(5):  # warm-up
+        await client.infer("ranker", request())
+    done = 0
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + duration_s
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            await client.infer("ranker", request())
+            latencies.append(time.perf_counter() - t0)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    lat = np.asarray(latencies) * 1000
+    return {"requests_per_s": round(done / elapsed, 1),
+            "rows_per_s": round(done * rows / elapsed, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def run(*, bundle: str, rows: list[int], callers: int, duration_s: float,
+        config: Path = DEFAULT_CONFIG, say: Callable[[str], None] = print) -> dict[str, Any]:
+    load_serve_config(config)  # refuse a bad config before starting anything
+    b = verify_bundle(bundle)
+    n_dense = len(b.manifest["models"]["ranker"]["dense_features"])
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for batching in (True, False):
+        name = "dynamic_batching_on" if batching else "dynamic_batching_off"
+        with TritonProcess(str(b.path), dynamic_batching=batching, base_config=config) as t:
+            for r in rows:
+                say(f"triton {name}: {callers} callers x {r} rows/request for {duration_s:.0f}s")
+                res = asyncio.run(_drive(f"127.0.0.1:{t.grpc_port}", r, n_dense,
+                                         callers=callers, duration_s=duration_s))
+                results.setdefault(name, {})[str(r)] = res
+                say(f"  {res}")
+    speedup = {str(r): round(results["dynamic_batching_on"][str(r)]["requests_per_s"]
+                             / results["dynamic_batching_off"][str(r)]["requests_per_s"], 2)
+               for r in rows}
+    return {"callers": callers, "duration_s": duration_s, "rows_per_request": rows,
+            "bundle": b.version, "results": results, "speedup_on_vs_off": speedup}

@@ -1,0 +1,43 @@
+"""The open-loop load generator and sweep, against fake services with known latency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from benchmarks import feed
+
+
+def test_open_loop_keeps_the_offered_rate_and_measures_latency() -> None:
+    async def service(user_id: int) -> bool:
+        await asyncio.sleep(0.02)
+        return True
+
+    r = asyncio.run(feed.open_loop(service, np.arange(10), rate=50, duration_s=1.0))
+    assert r["requests"] == 50
+    assert r["achieved_rps"] >= 40  # open loop: the 20 ms service time does not throttle it
+    assert 19 <= r["p50_ms"] <= 60
+    assert r["error_rate"] == 0.0
+
+
+def test_sweep_stops_at_the_first_load_over_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feed, "SWEEP", (5, 10, 20, 40))
+    in_flight = 0
+
+    async def service(user_id: int) -> bool:
+        # latency grows with concurrency: past ~10 req/s p99 exceeds 150 ms
+        nonlocal in_flight
+        in_flight += 1
+        await asyncio.sleep(0.05 * in_flight)
+        in_flight -= 1
+        return user_id != 3  # one user always fails
+
+    said: list[str] = []
+    r = asyncio.run(feed.sweep(service, np.array([1, 2]), duration_s=1.0, say=said.append,
+                               name="fake"))
+    assert r["max_rps_p99_150ms"] in (5.0, 10.0)
+    assert len(r["points"]) < 4
+    assert r["p50_ms"] == r["points"][0]["p50_ms"]
+    assert any("(over)" in s for s in said)
