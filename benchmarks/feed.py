@@ -73,7 +73,7 @@ async def open_loop(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *
 
 async def sweep(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *,
                 duration_s: float, say: Say, name: str) -> dict[str, Any]:
-    for i in range(20):  # warm-up: first calls load lazily-built state
+    for i in range(200):  # warm-up: first calls load lazily-built state, warm caches
         await call(int(users[i % len(users)]))
     points = []
     best = 0.0

@@ -18,8 +18,18 @@ from training.features import FeatureTransform
 log = logging.getLogger("funnel.serve")
 
 
+def limit_threads(n: int) -> None:
+    """Cap torch's and the BLAS libraries' thread pools for this process."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
 def load_parts(args: AppArgs) -> tuple[VerifiedBundle, Catalog, TwoTowerRetrieval]:
     started = time.time()
+    limit_threads(args.feed.intra_op_threads)
     b = verify_bundle(args.bundle)
     if "catalog" not in b.manifest.get("models", {}):
         raise BundleError(f"{b.path}: bundle {b.version} has no serving catalog (catalog/); "

@@ -73,6 +73,10 @@ def run_triton(bundle_path: str, settings: TritonSettings, *,
     b = verify_bundle(bundle_path)
     meta = b.manifest["models"]["ranker"]
     device = _device(settings.device)
+    if device.type == "cpu":
+        from serve.loader import limit_threads
+
+        limit_threads(settings.intra_op_threads)
     model = torch.jit.load(str(b.file(meta["path"])), map_location=device).eval()
     n_dense = len(meta["dense_features"])
     inputs = [Tensor(name="dense", dtype=np.float32, shape=(n_dense,)),

@@ -1,0 +1,66 @@
+"""`funnel serve` with its own supervised Triton: it starts, serves, and on SIGTERM stops
+everything it started (Ray, the Serve app, Triton), leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.integration.conftest import FUNNEL, LOCAL_CONFIG, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
+                                                              tmp_path: Path) -> None:
+    doc = yaml.safe_load(LOCAL_CONFIG.read_text())
+    port, grpc = free_port(), free_port()
+    doc["http_options"]["port"] = port
+    args = doc["applications"][0]["args"]
+    args["triton"].update(http_port=free_port(), grpc_port=grpc, metrics_port=free_port())
+    args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc}"
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    ready = tmp_path / "ready.json"
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
+                             str(config), "--ready-file", str(ready)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        url = json.loads(ready.read_text())["url"]
+        # Triton comes up beside the app; the feed is ranked once it is ready
+        ranked = False
+        for _ in range(120):
+            r = httpx.post(f"{url}/v1/feed", json={"user_id": 1, "limit": 5}, timeout=30)
+            assert r.status_code == 200
+            if not r.json()["degraded"]:
+                ranked = True
+                break
+            time.sleep(0.5)
+        assert ranked, "the supervised Triton never answered"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(p.name() for p in tree)
+        assert "tritonserver" in names and "raylet" in names, names
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+        time.sleep(2)
+        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [(p.pid, p.name()) for p in alive]
+        assert b"stopped" in (tmp_path / "serve.log").read_bytes()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
