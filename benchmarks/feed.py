@@ -34,7 +34,7 @@ from serve.config import load_serve_config
 
 Say = Callable[[str], None]
 P99_BUDGET_MS = 150.0
-SWEEP = (5, 10, 20, 30, 40, 50, 60, 80, 100, 120, 150, 200)
+SWEEP = (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100, 120, 150, 200)
 
 
 async def open_loop(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *,
