@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sysconfig
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,11 @@ def run_triton(bundle_path: str, settings: TritonSettings, *,
                           grpc_address=settings.host, grpc_port=settings.grpc_port,
                           metrics_port=settings.metrics_port, log_verbose=0,
                           exit_timeout_secs=5)
+    # SIGTERM (what a supervisor or Kubernetes sends) takes the same path as Ctrl-C: PyTriton's
+    # serve() catches KeyboardInterrupt and stops tritonserver, waiting for it to exit, so
+    # this process ends only once Triton is gone. The default SIGTERM action would end it at
+    # once and leave tritonserver to shut down on its own, after we have said "stopped".
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Triton(config=config) as triton:
         triton.bind(model_name="ranker", infer_func=batch(make_infer(model, device)),
                     inputs=inputs,
