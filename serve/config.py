@@ -8,6 +8,7 @@ typo in a values file fails at deploy time instead of serving with a default.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,14 @@ from training.models.ranker import TASKS
 
 SOURCE_NAMES = ("ann", "social", "trending", "fresh")
 FILTER_NAMES = ("excluded", "seen", "blocked_author", "locale", "moderation")
+
+
+def _only_known(names: Iterable[str], allowed: Sequence[str], what: str) -> Any:
+    """`names` unchanged if every one is in `allowed`; else ValueError listing both."""
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; allowed: {list(allowed)}")
+    return names
 
 
 class _Strict(BaseModel):
@@ -50,10 +59,7 @@ class RankerSettings(_Strict):
     @field_validator("weights")
     @classmethod
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; allowed: {list(TASKS)}")
-        return v
+        return _only_known(v, TASKS, "task")
 
 
 class RerankSettings(_Strict):
@@ -74,9 +80,7 @@ class FilterSettings(_Strict):
     @field_validator("enabled")
     @classmethod
     def _known_filters(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(FILTER_NAMES))
-        if unknown:
-            raise ValueError(f"unknown filter(s) {unknown}; allowed: {list(FILTER_NAMES)}")
+        _only_known(v, FILTER_NAMES, "filter")
         if len(set(v)) != len(v):
             raise ValueError(f"a filter is listed twice: {v}")
         return v
@@ -101,10 +105,7 @@ class FeedSettings(_Strict):
     @field_validator("sources")
     @classmethod
     def _known_sources(cls, v: dict[str, SourceSettings]) -> dict[str, SourceSettings]:
-        unknown = sorted(set(v) - set(SOURCE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown source(s) {unknown}; allowed: {list(SOURCE_NAMES)}")
-        return v
+        return _only_known(v, SOURCE_NAMES, "source")
 
 
 class TritonSettings(_Strict):

@@ -182,25 +182,12 @@ class FeatureTransform:
         return out
 
     def profile_of(self, user_ids: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(user_ids), self.text_dim), dtype=np.float32)
-        if len(self.user_profile_ids) == 0:
-            return out
-        idx = np.searchsorted(self.user_profile_ids, user_ids).clip(
-            0, len(self.user_profile_ids) - 1)
-        found = self.user_profile_ids[idx] == user_ids
-        out[found] = self.user_profile[idx[found]]
-        return out
+        """[n, text_dim] mean text of each user's clicked posts; zeros if unknown."""
+        return _rows_by_key(self.user_profile_ids, self.user_profile, user_ids)
 
     def history_of(self, user_ids: np.ndarray) -> np.ndarray:
         """[n, history_len] item hashes of each user's recent clicks; all 0 if unknown."""
-        out = np.zeros((len(user_ids), self.user_history.shape[1]), dtype=np.int64)
-        if len(self.user_history_ids) == 0:
-            return out
-        idx = np.searchsorted(self.user_history_ids, user_ids).clip(
-            0, len(self.user_history_ids) - 1)
-        found = self.user_history_ids[idx] == user_ids
-        out[found] = self.user_history[idx[found]]
-        return out
+        return _rows_by_key(self.user_history_ids, self.user_history, user_ids)
 
     def final_counts(self, user_ids: np.ndarray, post_ids: np.ndarray, author_ids: np.ndarray,
                      topic_idx: np.ndarray) -> Counts:
@@ -305,6 +292,17 @@ class FeatureTransform:
                    user_profile_ids=t["user_profile_ids"], user_profile=t["user_profile"],
                    text_model=meta["text_model"], user_history_ids=t["user_history_ids"],
                    user_history=t["user_history"])
+
+
+def _rows_by_key(keys: np.ndarray, table: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """table[i] for each wanted key == keys[i] (keys sorted); zero rows for unknown keys."""
+    out = np.zeros((len(wanted), *table.shape[1:]), dtype=table.dtype)
+    if len(keys) == 0:
+        return out
+    idx = np.searchsorted(keys, wanted).clip(0, len(keys) - 1)
+    found = keys[idx] == wanted
+    out[found] = table[idx[found]]
+    return out
 
 
 def encode_texts(texts: Sequence[str] | pd.Series, encoder: TextEncoder

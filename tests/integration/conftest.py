@@ -45,6 +45,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_serve_config(directory: Path) -> tuple[Path, int, int]:
+    """The shipped local Serve config on free ports: (path, HTTP port, Triton gRPC port)."""
+    doc = yaml.safe_load(LOCAL_CONFIG.read_text())
+    http_port, grpc_port = free_port(), free_port()
+    doc["http_options"]["port"] = http_port
+    args = doc["applications"][0]["args"]
+    args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
+    args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
+    config = directory / "serve.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    return config, http_port, grpc_port
+
+
 @dataclass
 class Stack:
     url: str
@@ -97,14 +110,7 @@ def _stop(p: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
 def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Triton (`funnel triton`) + the Serve app (`funnel serve --triton external`)."""
     tmp = tmp_path_factory.mktemp("serve")
-    doc = yaml.safe_load(LOCAL_CONFIG.read_text())
-    http_port, grpc_port = free_port(), free_port()
-    doc["http_options"]["port"] = http_port
-    args = doc["applications"][0]["args"]
-    args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
-    args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
-    config = tmp / "serve.yaml"
-    config.write_text(yaml.safe_dump(doc))
+    config, http_port, grpc_port = write_serve_config(tmp)
     s = Stack(url=f"http://127.0.0.1:{http_port}", config=config, bundle=tiny_bundle,
               triton_grpc=f"127.0.0.1:{grpc_port}")
     s.start_triton()

@@ -12,23 +12,15 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import yaml
 
-from tests.integration.conftest import FUNNEL, LOCAL_CONFIG, free_port
+from tests.integration.conftest import FUNNEL, write_serve_config
 
 pytestmark = pytest.mark.integration
 
 
 def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
                                                               tmp_path: Path) -> None:
-    doc = yaml.safe_load(LOCAL_CONFIG.read_text())
-    port, grpc = free_port(), free_port()
-    doc["http_options"]["port"] = port
-    args = doc["applications"][0]["args"]
-    args["triton"].update(http_port=free_port(), grpc_port=grpc, metrics_port=free_port())
-    args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc}"
-    config = tmp_path / "serve.yaml"
-    config.write_text(yaml.safe_dump(doc))
+    config, _port, _grpc = write_serve_config(tmp_path)
     ready = tmp_path / "ready.json"
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
