@@ -61,6 +61,8 @@ def test_a_known_user_gets_a_ranked_feed(stack: Stack, client: httpx.Client,
     assert all(set(i["explain"]["probs"]) == {"click", "like", "comment", "share", "hide"}
                for i in ranked)
     assert body["model_versions"]["ranker"] == body["model_versions"]["bundle"]
+    stages = {part.split(";")[0].strip() for part in r.headers["server-timing"].split(",")}
+    assert {"candidates", "merge_filter", "rank", "rerank", "total"} <= stages
 
 
 def test_an_unknown_user_gets_a_cold_start_feed(stack: Stack, client: httpx.Client) -> None:
