@@ -18,6 +18,7 @@ generator runs in this process for all three, so each pays the same client cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import time
@@ -37,10 +38,22 @@ P99_BUDGET_MS = 150.0
 SWEEP = (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100, 120, 150, 200)
 
 
-async def open_loop(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *,
-                    rate: float, duration_s: float) -> dict[str, float]:
-    """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates."""
+# One request for a user: whether it succeeded, and the server's per-stage milliseconds
+# (the Server-Timing header; the pipeline's own timings in-process; {} where unknown).
+Call = Callable[[int], Awaitable[tuple[bool, dict[str, float]]]]
+
+
+def _stage_medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({k for s in samples for k in s})
+    return {k: round(float(np.median([s[k] for s in samples if k in s])), 2) for k in names}
+
+
+async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: float
+                    ) -> dict[str, Any]:
+    """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates, and the
+    server-side median of each stage."""
     lat: list[float] = []
+    stages: list[dict[str, float]] = []
     errors = 0
     n = max(1, int(rate * duration_s))
     start = time.perf_counter()
@@ -49,9 +62,11 @@ async def open_loop(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *
         nonlocal errors
         t0 = time.perf_counter()
         try:
-            ok = await asyncio.wait_for(call(int(users[i % len(users)])), timeout=10)
+            ok, timing = await asyncio.wait_for(call(int(users[i % len(users)])), timeout=10)
         except Exception:
-            ok = False
+            ok, timing = False, {}
+        if timing:
+            stages.append(timing)
         lat.append((time.perf_counter() - t0) * 1000)
         if not ok:
             errors += 1
@@ -68,46 +83,64 @@ async def open_loop(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *
     return {"offered_rps": rate, "achieved_rps": round(n / elapsed, 1),
             "p50_ms": round(float(np.percentile(a, 50)), 2),
             "p99_ms": round(float(np.percentile(a, 99)), 2),
-            "error_rate": round(errors / n, 4), "requests": n}
+            "error_rate": round(errors / n, 4), "requests": n,
+            "server_stages_p50_ms": _stage_medians(stages)}
 
 
-async def sweep(call: Callable[[int], Awaitable[bool]], users: np.ndarray, *,
-                duration_s: float, say: Say, name: str) -> dict[str, Any]:
+async def sweep(call: Call, users: np.ndarray, *, duration_s: float, say: Say, name: str,
+                loads: tuple[float, ...] | None = None) -> dict[str, Any]:
     for i in range(200):  # warm-up: first calls load lazily-built state, warm caches
         await call(int(users[i % len(users)]))
     points = []
     best = 0.0
-    for rate in SWEEP:
+    for rate in loads or SWEEP:
         r = await open_loop(call, users, rate=rate, duration_s=duration_s)
         points.append(r)
         ok = (r["p99_ms"] <= P99_BUDGET_MS and r["error_rate"] <= 0.01
               and r["achieved_rps"] >= 0.9 * rate)
+        server = r["server_stages_p50_ms"].get("total")
         say(f"{name}: {rate:>4} req/s offered -> p50 {r['p50_ms']:.1f} ms, p99 "
-            f"{r['p99_ms']:.1f} ms, errors {r['error_rate']:.1%}" + ("" if ok else "  (over)"))
+            f"{r['p99_ms']:.1f} ms, errors {r['error_rate']:.1%}"
+            + (f", server p50 {server:.1f} ms" if server is not None else "")
+            + ("" if ok else "  (over)"))
         if not ok:
             break
         best = float(rate)
     low = points[0]
     return {"p50_ms": low["p50_ms"], "p99_ms": low["p99_ms"], "max_rps_p99_150ms": best,
-            "points": points}
+            "server_stages_p50_ms": low["server_stages_p50_ms"], "points": points}
 
 
-def _http_call(url: str, limit: int) -> tuple[Callable[[int], Awaitable[bool]], Any]:
+def parse_server_timing(header: str) -> dict[str, float]:
+    """`a;dur=1.5, b;dur=2` -> {"a": 1.5, "b": 2.0}; entries without a duration are skipped."""
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+    return out
+
+
+def _http_call(url: str, limit: int) -> tuple[Call, Any]:
     import httpx
 
     client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
                                                    max_keepalive_connections=256),
                                timeout=10)
 
-    async def call(user_id: int) -> bool:
+    async def call(user_id: int) -> tuple[bool, dict[str, float]]:
         r = await client.post(url, json={"user_id": user_id, "limit": limit})
-        return r.status_code == 200
+        return r.status_code == 200, parse_server_timing(r.headers.get("server-timing", ""))
 
     return call, client
 
 
 def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
-        work_dir: Path, configs: list[str], say: Say = print) -> dict[str, Any]:
+        work_dir: Path, configs: list[str], loads: tuple[float, ...] | None = None,
+        say: Say = print) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -133,15 +166,15 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         pipeline, _v = load_pipeline(args, ranker=local_ranker(args))
         k = 0
 
-        async def direct(user_id: int) -> bool:
+        async def direct(user_id: int) -> tuple[bool, dict[str, float]]:
             nonlocal k
             k += 1
             r = await pipeline.run(FeedQuery(user_id=user_id, limit=limit,
                                              request_id=f"bench-{k}"))
-            return bool(r.items)
+            return bool(r.items), r.timings_ms
 
         results["in_process"] = asyncio.run(sweep(direct, users, duration_s=duration_s,
-                                                  say=say, name="in_process"))
+                                                  say=say, name="in_process", loads=loads))
         del pipeline
 
     port = free_port()
@@ -151,7 +184,8 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         async def go() -> dict[str, Any]:
             call, client = _http_call(url, limit)
             try:
-                return await sweep(call, users, duration_s=duration_s, say=say, name=name)
+                return await sweep(call, users, duration_s=duration_s, say=say, name=name,
+                                   loads=loads)
             finally:
                 await client.aclose()
 

@@ -6,6 +6,10 @@ candidates per request) `callers` asyncio gRPC clients send requests back to bac
 `duration_s`; the result is requests/s and rows/s, and the on/off ratio.
 
     funnel bench triton [--bundle artifacts/latest] [--callers 16] [--rows 1 8 64 400]
+                        [--runtime python_backend|pytriton]
+
+With batching on, each request size is also sent by one caller alone (`one_caller_latency`):
+the cost of a call without queueing, which is what a feed request pays at low load.
 """
 
 from __future__ import annotations
@@ -49,12 +53,15 @@ def _inputs(rows: int, n_dense: int, rng: np.random.Generator) -> dict[str, np.n
 class TritonProcess:
     """`python -m serve triton` on free ports with one setting changed."""
 
-    def __init__(self, bundle: str, *, dynamic_batching: bool, base_config: Path) -> None:
+    def __init__(self, bundle: str, *, dynamic_batching: bool, base_config: Path,
+                 runtime: str | None = None) -> None:
         doc = yaml.safe_load(base_config.read_text())
         args = doc["applications"][0]["args"]
         self.grpc_port = free_port()
         args["triton"].update(http_port=free_port(), grpc_port=self.grpc_port,
                               metrics_port=free_port(), dynamic_batching=dynamic_batching)
+        if runtime:
+            args["triton"]["runtime"] = runtime
         self._dir = tempfile.TemporaryDirectory(prefix="funnel-bench-")
         self.config = Path(self._dir.name) / "serve.yaml"
         self.config.write_text(yaml.safe_dump(doc))
@@ -136,22 +143,34 @@ async def _drive(url: str, rows: int, n_dense: int, *, callers: int,
 
 
 def run(*, bundle: str, rows: list[int], callers: int, duration_s: float,
-        config: Path = DEFAULT_CONFIG, say: Callable[[str], None] = print) -> dict[str, Any]:
-    load_serve_config(config)  # refuse a bad config before starting anything
+        config: Path = DEFAULT_CONFIG, runtime: str | None = None,
+        say: Callable[[str], None] = print) -> dict[str, Any]:
+    _, args = load_serve_config(config)  # refuse a bad config before starting anything
+    runtime = runtime or args.triton.runtime
     b = verify_bundle(bundle)
     n_dense = len(b.manifest["models"]["ranker"]["dense_features"])
     results: dict[str, dict[str, dict[str, float]]] = {}
+    single: dict[str, dict[str, float]] = {}
     for batching in (True, False):
         name = "dynamic_batching_on" if batching else "dynamic_batching_off"
-        with TritonProcess(str(b.path), dynamic_batching=batching, base_config=config) as t:
+        with TritonProcess(str(b.path), dynamic_batching=batching, base_config=config,
+                           runtime=runtime) as t:
+            url = f"127.0.0.1:{t.grpc_port}"
             for r in rows:
-                say(f"triton {name}: {callers} callers x {r} rows/request for {duration_s:.0f}s")
-                res = asyncio.run(_drive(f"127.0.0.1:{t.grpc_port}", r, n_dense,
-                                         callers=callers, duration_s=duration_s))
+                say(f"triton {name} ({runtime}): {callers} callers x {r} rows/request for "
+                    f"{duration_s:.0f}s")
+                res = asyncio.run(_drive(url, r, n_dense, callers=callers,
+                                         duration_s=duration_s))
                 results.setdefault(name, {})[str(r)] = res
                 say(f"  {res}")
+                if batching:  # one caller: the per-call cost of the hops, no queueing
+                    one = asyncio.run(_drive(url, r, n_dense, callers=1,
+                                             duration_s=min(duration_s, 5.0)))
+                    single[str(r)] = one
+                    say(f"  one caller: p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms")
     speedup = {str(r): round(results["dynamic_batching_on"][str(r)]["requests_per_s"]
                              / results["dynamic_batching_off"][str(r)]["requests_per_s"], 2)
                for r in rows}
-    return {"callers": callers, "duration_s": duration_s, "rows_per_request": rows,
-            "bundle": b.version, "results": results, "speedup_on_vs_off": speedup}
+    return {"runtime": runtime, "callers": callers, "duration_s": duration_s,
+            "rows_per_request": rows, "bundle": b.version, "results": results,
+            "speedup_on_vs_off": speedup, "one_caller_latency": single}

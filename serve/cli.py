@@ -39,6 +39,11 @@ class TritonMode(StrEnum):
     external = "external"
 
 
+class TritonRuntime(StrEnum):
+    python_backend = "python_backend"
+    pytriton = "pytriton"
+
+
 @app.command("serve")
 def serve_cmd(
     bundle: Annotated[str | None, typer.Option(
@@ -97,6 +102,9 @@ def bench_feed(
     work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
     configs: Annotated[str, typer.Option(
         help="Comma-separated: in_process,naive,funnel.")] = "in_process,naive,funnel",
+    loads: Annotated[str, typer.Option(
+        help="Comma-separated offered loads in req/s, ascending (default: the full sweep, "
+        "1 to 200, stopping at the first over budget).")] = "",
 ) -> None:
     """In-process vs naive Serve vs Funnel: latency at fixed loads, max throughput."""
     from benchmarks.feed import run
@@ -106,9 +114,17 @@ def bench_feed(
     if bad:
         raise typer.BadParameter(f"unknown config(s) {bad}; allowed: in_process, naive, funnel",
                                  param_hint="--configs")
+    try:
+        rates = tuple(float(x) for x in loads.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{loads!r}: expected numbers such as 1,5,20",
+                                 param_hint="--loads") from None
+    if any(r <= 0 for r in rates) or list(rates) != sorted(rates):
+        raise typer.BadParameter(f"{loads!r}: loads must be positive and ascending",
+                                 param_hint="--loads")
     console = Console(stderr=True)
     result = run(base_bundle=bundle, profile=profile, duration_s=duration_s, limit=limit,
-                 work_dir=Path(work_dir), configs=wanted,
+                 work_dir=Path(work_dir), configs=wanted, loads=rates or None,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 
@@ -122,13 +138,15 @@ def bench_triton(
     rows: Annotated[list[int] | None, typer.Option(
         help="Rows (candidates) per request; repeat for several.")] = None,
     duration_s: Annotated[float, typer.Option(min=1)] = 10,
+    runtime: Annotated[TritonRuntime | None, typer.Option(
+        help="How Triton hosts the model (default: the config's args.triton.runtime).")] = None,
 ) -> None:
     """Ranker throughput on Triton with dynamic batching on vs off."""
     from benchmarks.triton_batching import run
 
     console = Console(stderr=True)
     result = run(bundle=bundle, rows=rows or [1, 8, 64, 400], callers=callers,
-                 duration_s=duration_s,
+                 duration_s=duration_s, runtime=runtime.value if runtime else None,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 

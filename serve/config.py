@@ -116,10 +116,15 @@ class TritonSettings(_Strict):
     grpc_port: int = Field(8011, ge=1, le=65535)
     metrics_port: int = Field(8012, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # python_backend: the model runs in Triton's Python-backend stub (one process hop);
+    # pytriton: bound through PyTriton's API, a second hop (~4 ms a call; see BENCHMARKS.md)
+    runtime: Literal["python_backend", "pytriton"] = "python_backend"
     max_batch_size: int = Field(1024, ge=1, le=65536)
     dynamic_batching: bool = True
-    max_queue_delay_us: int = Field(2000, ge=0, le=1_000_000)
-    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [256, 512])
+    # 0: a lone request is not held back; under load, requests that queue while the model
+    # runs still form the next batch (BENCHMARKS.md: Triton batching)
+    max_queue_delay_us: int = Field(0, ge=0, le=1_000_000)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
     instances: int = Field(1, ge=1, le=16)
     intra_op_threads: int = Field(1, ge=1, le=64, description="torch threads on CPU")
 

@@ -40,3 +40,10 @@ class RankerUnavailable(ServeError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+class TritonExited(ServeError):
+    """tritonserver stopped without being asked to (a crash, a port in use). CLI exit 1; the
+    supervisor of `funnel serve` starts it again."""
+
+    exit_code = 1

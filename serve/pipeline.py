@@ -133,15 +133,20 @@ class FeedPipeline:
         return ft.ranker_inputs(rows, counts, retrieval_score)
 
     async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
-                    rscore: np.ndarray, now_s: float, degraded: list[str]
-                ) -> tuple[list[Scored], dict[int, np.ndarray]]:
-        """Scored items, and each item's per-task probabilities (empty when degraded)."""
+                    rscore: np.ndarray, now_s: float, degraded: list[str],
+                    timings: dict[str, float]) -> tuple[list[Scored], dict[int, np.ndarray]]:
+        """Scored items, and each item's per-task probabilities (empty when degraded).
+        `timings` gets `ranker_call`: the wait for the model alone, features excluded."""
         if not items:
             return [], {}
         if self._monotonic() >= self._ranker_down_until:
             try:
                 inputs = self.ranker_inputs(user_id, user, items, rscore, now_s)
-                logits = await self.ranker.logits(inputs)
+                t0 = time.perf_counter()
+                try:
+                    logits = await self.ranker.logits(inputs)
+                finally:
+                    timings["ranker_call"] = round((time.perf_counter() - t0) * 1000, 3)
                 probs = 1.0 / (1.0 + np.exp(-logits))
                 final = probs @ self._weights
                 # per-task probabilities go into `explain` for the page only (see run)
@@ -207,7 +212,8 @@ class FeedPipeline:
                   else np.zeros(len(kept), np.float32)).astype(np.float32)
         kept = [Merged(m.item_id, m.sources, m.source_scores, float(rscore[i]))
                 for i, m in enumerate(kept)]
-        scored, probs = await self._rank(q.user_id, user, kept, rscore, now_s, degraded)
+        scored, probs = await self._rank(q.user_id, user, kept, rscore, now_s, degraded,
+                                         timings)
         t = lap("rank", t)
 
         emb = {int(i): vecs[j] for j, i in enumerate(kept_ids)}

@@ -11,28 +11,29 @@ from benchmarks import feed
 
 
 def test_open_loop_keeps_the_offered_rate_and_measures_latency() -> None:
-    async def service(user_id: int) -> bool:
+    async def service(user_id: int) -> tuple[bool, dict[str, float]]:
         await asyncio.sleep(0.02)
-        return True
+        return True, {"total": 20.0 + user_id % 2}
 
     r = asyncio.run(feed.open_loop(service, np.arange(10), rate=50, duration_s=1.0))
     assert r["requests"] == 50
     assert r["achieved_rps"] >= 40  # open loop: the 20 ms service time does not throttle it
     assert 19 <= r["p50_ms"] <= 60
     assert r["error_rate"] == 0.0
+    assert r["server_stages_p50_ms"] == {"total": 20.5}
 
 
 def test_sweep_stops_at_the_first_load_over_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feed, "SWEEP", (5, 10, 20, 40))
     in_flight = 0
 
-    async def service(user_id: int) -> bool:
+    async def service(user_id: int) -> tuple[bool, dict[str, float]]:
         # latency grows with concurrency: past ~10 req/s p99 exceeds 150 ms
         nonlocal in_flight
         in_flight += 1
         await asyncio.sleep(0.05 * in_flight)
         in_flight -= 1
-        return True
+        return True, {}
 
     said: list[str] = []
     r = asyncio.run(feed.sweep(service, np.array([1, 2]), duration_s=1.0, say=said.append,
@@ -41,3 +42,20 @@ def test_sweep_stops_at_the_first_load_over_budget(monkeypatch: pytest.MonkeyPat
     assert len(r["points"]) < 4
     assert r["p50_ms"] == r["points"][0]["p50_ms"]
     assert any("(over)" in s for s in said)
+
+
+def test_an_explicit_load_list_replaces_the_sweep() -> None:
+    async def service(user_id: int) -> tuple[bool, dict[str, float]]:
+        return True, {}
+
+    r = asyncio.run(feed.sweep(service, np.array([1]), duration_s=1.0, say=lambda s: None,
+                               name="fake", loads=(3, 7)))
+    assert [p["offered_rps"] for p in r["points"]] == [3, 7]
+    assert r["max_rps_p99_150ms"] == 7.0
+
+
+def test_server_timing_header_parses_to_stage_milliseconds() -> None:
+    assert feed.parse_server_timing("candidates;dur=4.2, rank;dur=9, total;dur=20.5") == {
+        "candidates": 4.2, "rank": 9.0, "total": 20.5}
+    assert feed.parse_server_timing("") == {}
+    assert feed.parse_server_timing("cache;desc=hit, db;dur=x, app;dur=1") == {"app": 1.0}

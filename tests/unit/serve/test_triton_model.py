@@ -1,0 +1,82 @@
+"""The Python-backend ranker model: batching logic, and the config.pbtxt Triton reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serve.config import TritonSettings
+from serve.triton_model import run_batch
+from serve.triton_server import model_config_pbtxt
+from training.loops import RANKER_KEYS
+from training.models.ranker import TASKS
+
+KEYS = ("dense", "a", "b")
+
+
+def _request(n: int, start: int) -> dict[str, np.ndarray]:
+    ids = np.arange(start, start + n, dtype=np.int64).reshape(-1, 1)
+    return {"dense": np.full((n, 2), start, np.float32), "a": ids, "b": ids * 10}
+
+
+def _forward(dense: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    assert a.ndim == 1 and b.ndim == 1 and dense.ndim == 2  # ids flattened, dense kept
+    return np.stack([dense[:, 0], a.astype(np.float32), b.astype(np.float32)], axis=1)
+
+
+def test_one_forward_pass_serves_every_request_of_the_batch_in_order() -> None:
+    calls = []
+
+    def forward(*cols: np.ndarray) -> np.ndarray:
+        calls.append(len(cols[0]))
+        return _forward(*cols)
+
+    outs = run_batch(forward, KEYS, [_request(3, 0), _request(1, 100), _request(2, 200)])
+    assert calls == [6]
+    assert [len(o) for o in outs] == [3, 1, 2]
+    assert outs[1].tolist() == [[100.0, 100.0, 1000.0]]
+    assert outs[2][:, 1].tolist() == [200.0, 201.0]
+
+
+def test_no_requests_no_forward_pass() -> None:
+    assert run_batch(lambda *c: pytest.fail("called"), KEYS, []) == []
+
+
+def test_a_request_with_ragged_inputs_is_refused_naming_the_input() -> None:
+    bad = _request(3, 0)
+    bad["b"] = bad["b"][:2]
+    with pytest.raises(ValueError, match="'b' has 2 rows"):
+        run_batch(_forward, KEYS, [bad])
+
+
+def _parse(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_config_pbtxt_is_a_valid_triton_model_config() -> None:
+    cfg = _parse(model_config_pbtxt(n_dense=14, settings=TritonSettings(),
+                                    device=torch.device("cpu"), model_path='/b/m "x".pt'))
+    assert cfg.name == "ranker" and cfg.backend == "python" and cfg.max_batch_size == 1024
+    assert [i.name for i in cfg.input] == list(RANKER_KEYS)
+    assert list(cfg.input[0].dims) == [14]
+    assert cfg.output[0].name == "logits" and list(cfg.output[0].dims) == [len(TASKS)]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cfg.parameters["model_path"].string_value == '/b/m "x".pt'
+    assert cfg.parameters["keys"].string_value.split(",") == list(RANKER_KEYS)
+
+
+def test_config_pbtxt_follows_the_batching_and_device_settings() -> None:
+    s = TritonSettings(max_queue_delay_us=500, preferred_batch_sizes=[64, 256], instances=2)
+    cfg = _parse(model_config_pbtxt(n_dense=3, settings=s, device=torch.device("cuda"),
+                                    model_path="/m.pt"))
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [64, 256]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert cfg.instance_group[0].count == 2
+    off = _parse(model_config_pbtxt(n_dense=3, settings=TritonSettings(dynamic_batching=False),
+                                    device=torch.device("cpu"), model_path="/m.pt"))
+    assert not off.HasField("dynamic_batching")
