@@ -4,8 +4,12 @@
     in-process TorchScript: no Ray, no Triton, no HTTP (the floor);
 (b) naive: one Serve deployment per stage, awaited one after another, no batching, the
     ranker called per request (benchmarks/naive_app.py);
-(c) funnel: the Funnel Serve app (`serve.app`) with the ranker on Triton (PyTriton,
-    dynamic batching).
+(c) funnel: the Funnel Serve app (`serve.app`) with the ranker on Triton (Python backend,
+    dynamic batching), behind the ingress `funnel serve` would pick (`--ingress`, default
+    auto: HAProxy in Ray Serve's high-throughput mode when installed).
+
+naive and funnel each get a Ray of their own: Ray Serve reads its ingress flags when its
+processes start, and naive runs stock Ray Serve.
 
 Each is driven open-loop at fixed offered loads (requests scheduled at a constant rate, not
 waiting for answers), for `duration_s` per load; the sweep goes up until p99 passes 150 ms,
@@ -22,7 +26,7 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,7 +144,7 @@ def _http_call(url: str, limit: int) -> tuple[Call, Any]:
 
 def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         work_dir: Path, configs: list[str], loads: tuple[float, ...] | None = None,
-        say: Say = print) -> dict[str, Any]:
+        ingress: str = "auto", say: Say = print) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -191,33 +195,46 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
 
         return asyncio.run(go())
 
-    if "naive" in configs or "funnel" in configs:
+    @contextlib.contextmanager
+    def ray_session(env: dict[str, str]) -> Iterator[None]:
+        """A local Ray + Serve whose processes see `env` (Ray reads its flags at start)."""
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         ray.init(address="local", include_dashboard=False, namespace="funnel-bench",
                  configure_logging=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        if "naive" in configs:
-            from benchmarks.naive_app import build_naive_app
-
-            say("naive: deploying one Serve deployment per stage")
-            serve.run(build_naive_app(raw_args), name="naive", route_prefix="/")
-            results["naive"] = http_sweep("naive")
-            serve.delete("naive")
-        if "funnel" in configs:
-            with TritonProcess(str(sb.path), dynamic_batching=True,
-                               base_config=DEFAULT_CONFIG) as t:
-                fargs = {**raw_args, "feed": {**raw_args["feed"], "ranker": {
-                    **raw_args["feed"]["ranker"], "url": f"127.0.0.1:{t.grpc_port}"}}}
-                from serve.app import build_app
-
-                say("funnel: deploying the Funnel app, ranker on Triton")
-                serve.run(build_app(fargs), name="funnel", route_prefix="/")
-                results["funnel"] = http_sweep("funnel")
-                serve.delete("funnel")
-    finally:
-        if "naive" in configs or "funnel" in configs:
-            serve.shutdown()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
             ray.shutdown()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    if "naive" in configs:
+        from benchmarks.naive_app import build_naive_app
+
+        # stock Ray Serve: its Python proxy, default settings
+        with ray_session({}):
+            say("naive: deploying one Serve deployment per stage (Ray Serve proxy)")
+            serve.run(build_naive_app(raw_args), name="naive", route_prefix="/")
+            results["naive"] = {"ingress": "proxy", **http_sweep("naive")}
+    if "funnel" in configs:
+        from serve.app import build_app
+        from serve.ingress import ray_serve_env
+
+        mode, env = ray_serve_env(ingress)
+        with TritonProcess(str(sb.path), dynamic_batching=True,
+                           base_config=DEFAULT_CONFIG) as t, ray_session(env):
+            fargs = {**raw_args, "feed": {**raw_args["feed"], "ranker": {
+                **raw_args["feed"]["ranker"], "url": f"127.0.0.1:{t.grpc_port}"}}}
+            say(f"funnel: deploying the Funnel app, ranker on Triton, ingress {mode}")
+            serve.run(build_app(fargs), name="funnel", route_prefix="/")
+            results["funnel"] = {"ingress": mode, **http_sweep("funnel")}
     out: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "profile": profile, "bundle": sb.version,

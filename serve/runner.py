@@ -102,13 +102,16 @@ def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any
 
 
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
-                  ready_file: str | None = None) -> None:
+                  ready_file: str | None = None, ingress: str = "auto") -> None:
     """Start everything, print where, block until SIGINT/SIGTERM, then stop everything."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
+    from serve.ingress import apply_ray_serve_env
+
     doc, args = resolved_config(config_path, bundle)
+    ingress = apply_ray_serve_env(ingress)  # before ray.init: Ray's processes read it
     try:
         schema = ServeDeploySchema.model_validate(doc)
     except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
@@ -127,7 +130,7 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
         say(f"starting Triton (ranker) on grpc {args.triton.host}:{args.triton.grpc_port}")
         supervisor.start()
     try:
-        say("starting Ray (local) and the Serve app")
+        say(f"starting Ray (local) and the Serve app; HTTP ingress: {ingress}")
         ray.init(address="local", include_dashboard=False, log_to_driver=True,
                  configure_logging=False, namespace="funnel")
         for sig in (signal.SIGINT, signal.SIGTERM):  # ray.init installs its own handlers

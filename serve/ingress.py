@@ -1,0 +1,54 @@
+"""Which HTTP ingress Ray Serve puts in front of the feed replicas.
+
+- `proxy`: Ray Serve's own Python proxy actor (the default of stock Ray Serve). Every request
+  crosses two actor hops, and the replica calls back into the proxy for the request body:
+  ~11 ms per feed request on 2 CPU cores (BENCHMARKS.md).
+- `haproxy`: Ray Serve's high-throughput mode (Ray >= 2.55, documented for KubeRay):
+  `RAY_SERVE_ENABLE_HA_PROXY=1` puts HAProxy on the HTTP port and
+  `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` has the ingress replica serve HTTP itself (direct
+  ingress), so HAProxy forwards straight to it: ~4 ms. Needs the `haproxy` binary
+  (`apt-get install haproxy`; the container image ships it).
+- `auto` (default): `haproxy` when the binary is on PATH, else `proxy`.
+
+These are Ray's own environment variables, read when Ray's processes start, so they are set
+before `ray.init`; a variable the user has already set wins.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from serve.errors import ServeConfigError
+
+INGRESS_MODES = ("auto", "haproxy", "proxy")
+# Direct ingress holds a stopping replica open this long so that a load balancer can
+# deregister it (Ray's default: 30 s). Locally nothing needs deregistering, and Ctrl-C should
+# not take half a minute; the Helm chart keeps Ray's default.
+LOCAL_DRAIN_S = "1"
+
+
+def ray_serve_env(mode: str) -> tuple[str, dict[str, str]]:
+    """(the resolved mode, the environment variables it needs)."""
+    if mode not in INGRESS_MODES:
+        raise ServeConfigError(f"--ingress {mode!r}: allowed: {', '.join(INGRESS_MODES)}")
+    binary = shutil.which("haproxy")
+    if mode == "auto":
+        mode = "haproxy" if binary else "proxy"
+    if mode == "proxy":
+        return mode, {}
+    if binary is None:
+        raise ServeConfigError("--ingress haproxy: no `haproxy` on PATH; install it "
+                               "(apt-get install haproxy) or use --ingress proxy")
+    return mode, {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                  "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
+                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": LOCAL_DRAIN_S}
+
+
+def apply_ray_serve_env(mode: str) -> str:
+    """Set the mode's variables in this process (inherited by the Ray it starts) unless the
+    user set them; returns the resolved mode."""
+    resolved, env = ray_serve_env(mode)
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    return resolved
