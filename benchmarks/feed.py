@@ -6,7 +6,9 @@
     ranker called per request (benchmarks/naive_app.py);
 (c) funnel: the Funnel Serve app (`serve.app`) with the ranker on Triton (Python backend,
     dynamic batching), behind the ingress `funnel serve` would pick (`--ingress`, default
-    auto: HAProxy in Ray Serve's high-throughput mode when installed).
+    haproxy: Ray Serve's high-throughput mode, the cluster's ingress; needs haproxy);
+(d) funnel_proxy: the same app behind Ray Serve's Python proxy (`funnel serve`'s local
+    default).
 
 naive and funnel each get a Ray of their own: Ray Serve reads its ingress flags when its
 processes start, and naive runs stock Ray Serve.
@@ -144,7 +146,7 @@ def _http_call(url: str, limit: int) -> tuple[Call, Any]:
 
 def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         work_dir: Path, configs: list[str], loads: tuple[float, ...] | None = None,
-        ingress: str = "auto", say: Say = print) -> dict[str, Any]:
+        ingress: str = "haproxy", say: Say = print) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -223,18 +225,20 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
             say("naive: deploying one Serve deployment per stage (Ray Serve proxy)")
             serve.run(build_naive_app(raw_args), name="naive", route_prefix="/")
             results["naive"] = {"ingress": "proxy", **http_sweep("naive")}
-    if "funnel" in configs:
+    for name, mode in (("funnel", ingress), ("funnel_proxy", "proxy")):
+        if name not in configs:
+            continue
         from serve.app import build_app
         from serve.ingress import ray_serve_env
 
-        mode, env = ray_serve_env(ingress)
+        mode, env = ray_serve_env(mode)
         with TritonProcess(str(sb.path), dynamic_batching=True,
                            base_config=DEFAULT_CONFIG) as t, ray_session(env):
             fargs = {**raw_args, "feed": {**raw_args["feed"], "ranker": {
                 **raw_args["feed"]["ranker"], "url": f"127.0.0.1:{t.grpc_port}"}}}
-            say(f"funnel: deploying the Funnel app, ranker on Triton, ingress {mode}")
+            say(f"{name}: deploying the Funnel app, ranker on Triton, ingress {mode}")
             serve.run(build_app(fargs), name="funnel", route_prefix="/")
-            results["funnel"] = {"ingress": mode, **http_sweep("funnel")}
+            results[name] = {"ingress": mode, **http_sweep(name)}
     out: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "profile": profile, "bundle": sb.version,

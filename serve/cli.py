@@ -40,9 +40,8 @@ class TritonMode(StrEnum):
 
 
 class Ingress(StrEnum):
-    auto = "auto"
-    haproxy = "haproxy"
     proxy = "proxy"
+    haproxy = "haproxy"
 
 
 class TritonRuntime(StrEnum):
@@ -61,9 +60,9 @@ def serve_cmd(
     ready_file: Annotated[str | None, typer.Option(
         help="Write {url, pid} here once the app is ready.")] = None,
     ingress: Annotated[Ingress, typer.Option(
-        help="HTTP ingress: 'haproxy' (Ray Serve's high-throughput mode, ~7 ms less per "
-             "request), 'proxy' (Ray Serve's Python proxy), 'auto': haproxy if installed.")
-    ] = Ingress.auto,
+        help="HTTP ingress: 'proxy' (Ray Serve's Python proxy) or 'haproxy' (Ray Serve's "
+             "high-throughput mode, ~7 ms less per request; needs haproxy installed, and its "
+             "stats/metrics ports listen on all interfaces).")] = Ingress.proxy,
 ) -> None:
     """Serve the feed: local Ray, Triton and the Serve app on 127.0.0.1."""
     from serve.runner import serve_forever
@@ -111,21 +110,23 @@ def bench_feed(
     limit: Annotated[int, typer.Option(min=1, max=200, help="Items per feed.")] = 50,
     work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
     configs: Annotated[str, typer.Option(
-        help="Comma-separated: in_process,naive,funnel.")] = "in_process,naive,funnel",
+        help="Comma-separated: in_process,naive,funnel,funnel_proxy.")] = (
+        "in_process,naive,funnel,funnel_proxy"),
     loads: Annotated[str, typer.Option(
         help="Comma-separated offered loads in req/s, ascending (default: the full sweep, "
         "1 to 200, stopping at the first over budget).")] = "",
     ingress: Annotated[Ingress, typer.Option(
-        help="Funnel's HTTP ingress (see `funnel serve --help`); naive always uses Ray "
-             "Serve's proxy.")] = Ingress.auto,
+        help="Ingress of the 'funnel' config (see `funnel serve --help`); 'funnel_proxy' "
+             "and 'naive' always use Ray Serve's proxy.")] = Ingress.haproxy,
 ) -> None:
     """In-process vs naive Serve vs Funnel: latency at fixed loads, max throughput."""
     from benchmarks.feed import run
 
     wanted = [c.strip() for c in configs.split(",") if c.strip()]
-    bad = sorted(set(wanted) - {"in_process", "naive", "funnel"})
+    bad = sorted(set(wanted) - {"in_process", "naive", "funnel", "funnel_proxy"})
     if bad:
-        raise typer.BadParameter(f"unknown config(s) {bad}; allowed: in_process, naive, funnel",
+        raise typer.BadParameter(f"unknown config(s) {bad}; allowed: in_process, naive, "
+                                 "funnel, funnel_proxy",
                                  param_hint="--configs")
     try:
         rates = tuple(float(x) for x in loads.split(",") if x.strip())

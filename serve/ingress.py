@@ -8,7 +8,11 @@
   `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` has the ingress replica serve HTTP itself (direct
   ingress), so HAProxy forwards straight to it: ~4 ms. Needs the `haproxy` binary
   (`apt-get install haproxy`; the container image ships it).
-- `auto` (default): `haproxy` when the binary is on PATH, else `proxy`.
+
+`funnel serve` defaults to `proxy`: Ray's HAProxy template binds its stats (8404) and metrics
+(9101) listeners on all interfaces, which a laptop should not get by surprise; with
+`--ingress haproxy` they go to free ports, still on all interfaces. In the cluster (the Helm
+chart) HAProxy is the production ingress.
 
 These are Ray's own environment variables, read when Ray's processes start, so they are set
 before `ray.init`; a variable the user has already set wins.
@@ -18,14 +22,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 from serve.errors import ServeConfigError
 
-INGRESS_MODES = ("auto", "haproxy", "proxy")
+INGRESS_MODES = ("proxy", "haproxy")
 # Direct ingress holds a stopping replica open this long so that a load balancer can
 # deregister it (Ray's default: 30 s). Locally nothing needs deregistering, and Ctrl-C should
 # not take half a minute; the Helm chart keeps Ray's default.
 LOCAL_DRAIN_S = "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def ray_serve_env(mode: str) -> tuple[str, dict[str, str]]:
@@ -33,8 +44,6 @@ def ray_serve_env(mode: str) -> tuple[str, dict[str, str]]:
     if mode not in INGRESS_MODES:
         raise ServeConfigError(f"--ingress {mode!r}: allowed: {', '.join(INGRESS_MODES)}")
     binary = shutil.which("haproxy")
-    if mode == "auto":
-        mode = "haproxy" if binary else "proxy"
     if mode == "proxy":
         return mode, {}
     if binary is None:
@@ -42,7 +51,10 @@ def ray_serve_env(mode: str) -> tuple[str, dict[str, str]]:
                                "(apt-get install haproxy) or use --ingress proxy")
     return mode, {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                   "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
-                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": LOCAL_DRAIN_S}
+                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": LOCAL_DRAIN_S,
+                  # fixed by default (8404, 9101): two local stacks would collide
+                  "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+                  "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
 
 
 def apply_ray_serve_env(mode: str) -> str:

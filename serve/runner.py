@@ -102,7 +102,7 @@ def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any
 
 
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
-                  ready_file: str | None = None, ingress: str = "auto") -> None:
+                  ready_file: str | None = None, ingress: str = "proxy") -> None:
     """Start everything, print where, block until SIGINT/SIGTERM, then stop everything."""
     import ray
     from ray.serve._private import api as serve_api

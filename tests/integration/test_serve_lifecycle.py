@@ -4,6 +4,7 @@ everything it started (Ray, the Serve app, Triton), leaving no process behind.""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -18,13 +19,20 @@ from tests.integration.conftest import FUNNEL, write_serve_config
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("ingress", [
+    "proxy",
+    pytest.param("haproxy", marks=pytest.mark.skipif(
+        shutil.which("haproxy") is None,
+        reason="haproxy not installed (apt-get install haproxy): --ingress haproxy untested")),
+])
 def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              ingress: str) -> None:
     config, _port, _grpc = write_serve_config(tmp_path)
     ready = tmp_path / "ready.json"
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
-                             str(config), "--ready-file", str(ready)],
+                             str(config), "--ready-file", str(ready), "--ingress", ingress],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -46,6 +54,8 @@ def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
         tree = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(p.name() for p in tree)
         assert "tritonserver" in names and "raylet" in names, names
+        if ingress == "haproxy":
+            assert "haproxy" in names, names
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0
         time.sleep(2)

@@ -15,18 +15,18 @@ def _which(found: str | None) -> Callable[[str], str | None]:
     return lambda name: found if name == "haproxy" else None
 
 
-def test_auto_picks_haproxy_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_haproxy_mode_sets_rays_high_throughput_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingress.shutil, "which", _which("/usr/sbin/haproxy"))
-    mode, env = ingress.ray_serve_env("auto")
+    mode, env = ingress.ray_serve_env("haproxy")
     assert mode == "haproxy"
+    assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) != 8404
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/usr/sbin/haproxy"
 
 
-def test_auto_falls_back_to_the_serve_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingress.shutil, "which", _which(None))
-    assert ingress.ray_serve_env("auto") == ("proxy", {})
+def test_proxy_mode_leaves_ray_serve_stock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingress.shutil, "which", _which("/usr/sbin/haproxy"))
     assert ingress.ray_serve_env("proxy") == ("proxy", {})
 
 
@@ -34,7 +34,7 @@ def test_haproxy_asked_for_but_missing_is_a_clear_error(monkeypatch: pytest.Monk
     monkeypatch.setattr(ingress.shutil, "which", _which(None))
     with pytest.raises(ServeConfigError, match="apt-get install haproxy"):
         ingress.ray_serve_env("haproxy")
-    with pytest.raises(ServeConfigError, match="allowed: auto, haproxy, proxy"):
+    with pytest.raises(ServeConfigError, match="allowed: proxy, haproxy"):
         ingress.ray_serve_env("nginx")
 
 
@@ -44,6 +44,8 @@ def test_a_variable_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED",
               "RAY_SERVE_HAPROXY_BINARY_PATH"):
         monkeypatch.delenv(k, raising=False)
-    assert ingress.apply_ray_serve_env("auto") == "haproxy"
+    for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert ingress.apply_ray_serve_env("haproxy") == "haproxy"
     assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "30"
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
