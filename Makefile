@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # `make run`: train the demo bundle if there is none, then serve it on 127.0.0.1:8000
-# (local Ray, Triton via PyTriton, the Serve app). Ctrl-C stops everything.
+# (local Ray, Triton (PyTriton's tritonserver), the Serve app). Ctrl-C stops everything.
 run: $(STAMP)
 	@if [ ! -e $(ARTIFACTS)/latest/manifest.json ]; then \
 		$(BIN)/funnel train --profile $(PROFILE) --out $(ARTIFACTS) || exit $$?; \

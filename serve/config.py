@@ -109,7 +109,7 @@ class FeedSettings(_Strict):
 
 
 class TritonSettings(_Strict):
-    """How `funnel serve` launches Triton (PyTriton) for the ranker."""
+    """How `funnel serve` launches Triton (nvidia-pytriton's tritonserver) for the ranker."""
 
     host: str = "127.0.0.1"
     http_port: int = Field(8010, ge=1, le=65535)

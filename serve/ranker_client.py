@@ -40,9 +40,9 @@ _TRITON_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 class TritonRanker:
     """tritonclient's asyncio gRPC client against the `ranker` model.
 
-    Scalar id inputs travel as [n, 1] (PyTriton's batched shape). Any failure, a timeout
-    included, becomes RankerUnavailable, which the pipeline turns into retrieval order and
-    `degraded: ["ranker"]`.
+    Scalar id inputs travel as [n, 1] (the model config declares them dims [1], batched).
+    Any failure, a timeout included, becomes RankerUnavailable, which the pipeline turns into
+    retrieval order and `degraded: ["ranker"]`.
     """
 
     def __init__(self, url: str, *, model_name: str = "ranker", timeout_s: float = 0.15) -> None:

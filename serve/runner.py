@@ -1,4 +1,4 @@
-"""`funnel serve`: local Ray + Triton (PyTriton) + the Serve app, stopped cleanly on a signal.
+"""`funnel serve`: local Ray + Triton + the Serve app, stopped cleanly on a signal.
 
 Triton runs in its own process (`python -m serve triton`), supervised: if it exits while
 serving, it is started again after `restart_delay_s`. `--triton external` skips that, for

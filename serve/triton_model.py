@@ -46,6 +46,18 @@ def run_batch(forward: Callable[..., np.ndarray], keys: Sequence[str],
     return np.split(out, np.cumsum(sizes)[:-1])
 
 
+def torch_forward(model: torch.jit.ScriptModule, device: torch.device
+                  ) -> Callable[..., np.ndarray]:
+    """numpy arrays in, float32 logits out, on `device`, without autograd."""
+
+    def forward(*arrays: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = model(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays))
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    return forward
+
+
 class TritonPythonModel:
     """Triton Python-backend entry points: initialize / execute / finalize."""
 
@@ -59,14 +71,9 @@ class TritonPythonModel:
         else:
             torch.set_num_threads(int(params.get("intra_op_threads", "1")))
             torch.set_num_interop_threads(1)
-        self.device = torch.device(device)
-        self.model = torch.jit.load(params["model_path"], map_location=self.device).eval()
-
-    def _forward(self, *arrays: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = self.model(*(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-                               for a in arrays))
-        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+        dev = torch.device(device)
+        self.model = torch.jit.load(params["model_path"], map_location=dev).eval()
+        self._forward = torch_forward(self.model, dev)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
@@ -82,4 +89,4 @@ class TritonPythonModel:
                 for o in outs]
 
     def finalize(self) -> None:
-        self.model = None
+        del self._forward, self.model

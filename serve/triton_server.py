@@ -42,6 +42,7 @@ import torch
 
 from serve.config import TritonSettings
 from serve.errors import TritonExited
+from serve.triton_model import run_batch, torch_forward
 from training.bundle import VerifiedBundle, verify_bundle
 from training.loops import RANKER_KEYS
 from training.models.ranker import TASKS
@@ -56,29 +57,27 @@ def _device(setting: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_environment() -> None:
-    """The Triton Python-backend stub links the system libpython; with a venv interpreter
-    whose libpython differs it crashes. Point the loader at the running interpreter's."""
+def _ld_library_path(*dirs: str) -> str:
+    """LD_LIBRARY_PATH with `dirs` first. The Triton Python-backend stub links the system
+    libpython; with a venv interpreter whose libpython differs it crashes, so the running
+    interpreter's LIBDIR goes first."""
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    current = os.environ.get("LD_LIBRARY_PATH", "")
-    if libdir and libdir not in current.split(":"):
-        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
+    parts = [libdir, *dirs, *os.environ.get("LD_LIBRARY_PATH", "").split(":")]
+    return ":".join(dict.fromkeys(p for p in parts if p))
+
+
+def prepare_environment() -> None:
+    """For PyTriton, which starts tritonserver with this process's environment."""
+    os.environ["LD_LIBRARY_PATH"] = _ld_library_path()
 
 
 def make_infer(model: torch.jit.ScriptModule, device: torch.device
                ) -> Callable[..., dict[str, np.ndarray]]:
-    """The batched infer function: id inputs arrive as [n, 1] and the model wants [n]."""
+    """PyTriton's batched infer function (PyTriton's @batch has already merged requests)."""
+    forward = torch_forward(model, device)
 
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        tensors = []
-        for k in RANKER_KEYS:
-            a = inputs[k]
-            if k != "dense":
-                a = a.reshape(-1)
-            tensors.append(torch.from_numpy(np.ascontiguousarray(a)).to(device))
-        with torch.no_grad():
-            logits = model(*tensors)
-        return {"logits": logits.float().cpu().numpy()}
+        return {"logits": run_batch(forward, RANKER_KEYS, [inputs])[0]}
 
     return infer
 
@@ -203,11 +202,8 @@ def tritonserver_command(repo: Path, root: Path, settings: TritonSettings
     shutil.copytree(dist / "backends", backends)
     shutil.copy(stub, backends / "python" / "triton_python_backend_stub")
     env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    # the stub links libpython: point it at this interpreter's (see prepare_environment);
-    # tritonserver's own libraries ship in nvidia_pytriton.libs
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, str(libs),
-                                                  env.get("LD_LIBRARY_PATH", "")) if p)
+    # this interpreter's libpython for the stub; tritonserver's own libraries
+    env["LD_LIBRARY_PATH"] = _ld_library_path(str(libs))
     # the stub's embedded Python finds this environment's packages through PATH
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     cmd = [str(dist / "bin" / "tritonserver"),
@@ -272,6 +268,9 @@ def run_python_backend(bundle_path: str, settings: TritonSettings, *,
                          "dynamic" if settings.dynamic_batching else "off")
                 if on_ready:
                     on_ready()
+            elif proc.poll() is None:
+                log.warning("triton: model %r not ready after %.0f s; still waiting on "
+                            "tritonserver (its log is above)", MODEL_NAME, ready_timeout_s)
             code = proc.wait()
         finally:
             if proc.poll() is None:

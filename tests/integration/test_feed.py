@@ -1,4 +1,4 @@
-"""The feed over HTTP against the real stack: local Ray Serve + PyTriton, tiny bundle."""
+"""The feed over HTTP against the real stack: local Ray Serve + Triton, tiny bundle."""
 
 from __future__ import annotations
 
