@@ -6,7 +6,16 @@ candidates per request) `callers` asyncio gRPC clients send requests back to bac
 `duration_s`; the result is requests/s and rows/s, and the on/off ratio.
 
     funnel bench triton [--bundle artifacts/latest] [--callers 16] [--rows 1 8 64 400]
-                        [--runtime python_backend|pytriton]
+                        [--runtime python_backend|pytriton] [--load-generator python|h2load]
+
+Load generators: `python` is tritonclient's asyncio gRPC client in this process; `h2load`
+(nghttp2's C load generator, Debian package nghttp2-client) sends the same ModelInfer call,
+serialised once, as raw gRPC over HTTP/2 with `callers` connections. On a 2-core machine the
+Python client takes most of a core at a few thousand calls/s, so the server's batching gain
+is capped by the client; h2load is the stand-in for Triton's perf_analyzer (C++), which has
+no build for every platform. Either way, Triton's own counters (`nv_inference_request_success`,
+`nv_inference_exec_count`) are read before and after: the request rate is checked against
+them and the mean batch size comes from them.
 
 With batching on, each request size is also sent by one caller alone (`one_caller_latency`):
 the cost of a call without queueing, which is what a feed request pays at low load.
@@ -30,6 +39,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.h2load import H2LoadError, run_h2load
 from serve.config import load_serve_config
 from training.bundle import verify_bundle
 from training.loops import RANKER_KEYS
@@ -58,8 +68,9 @@ class TritonProcess:
         doc = yaml.safe_load(base_config.read_text())
         args = doc["applications"][0]["args"]
         self.grpc_port = free_port()
+        self.metrics_port = free_port()
         args["triton"].update(http_port=free_port(), grpc_port=self.grpc_port,
-                              metrics_port=free_port(), dynamic_batching=dynamic_batching)
+                              metrics_port=self.metrics_port, dynamic_batching=dynamic_batching)
         if runtime:
             args["triton"]["runtime"] = runtime
         self._dir = tempfile.TemporaryDirectory(prefix="funnel-bench-")
@@ -94,6 +105,63 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._dir.cleanup()
+
+
+def triton_counters(metrics_port: int, model: str = "ranker") -> dict[str, float]:
+    """Triton's cumulative request and execution counters for `model` (Prometheus text)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    want = {"nv_inference_request_success": "success", "nv_inference_request_failure": "failure",
+            "nv_inference_exec_count": "executions"}
+    out = dict.fromkeys(want.values(), 0.0)
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            # the parser names counter samples `<family>_total`; the family keeps Triton's name
+            if fam.name in want and sample.labels.get("model") == model:
+                out[want[fam.name]] += sample.value
+    return out
+
+
+def model_infer_frame(rows: int, n_dense: int, model: str = "ranker") -> bytes:
+    """One gRPC ModelInfer message for the ranker, framed for the wire (1-byte compressed
+    flag, 4-byte big-endian length, protobuf bytes)."""
+    from tritonclient.grpc import service_pb2
+
+    payload = _inputs(rows, n_dense, np.random.default_rng(0))
+    req = service_pb2.ModelInferRequest(model_name=model)
+    for k in RANKER_KEYS:
+        arr = payload[k]
+        req.inputs.add(name=k, datatype="FP32" if arr.dtype == np.float32 else "INT64",
+                       shape=list(arr.shape))
+        req.raw_input_contents.append(arr.tobytes())
+    msg = req.SerializeToString()
+    return b"\x00" + len(msg).to_bytes(4, "big") + msg
+
+
+def _drive_h2load(t: TritonProcess, rows: int, n_dense: int, *, callers: int,
+                  duration_s: float) -> dict[str, float]:
+    frame = model_infer_frame(rows, n_dense)
+    before = triton_counters(t.metrics_port)
+    res = run_h2load(f"http://127.0.0.1:{t.grpc_port}/inference.GRPCInferenceService/ModelInfer",
+                     frame, connections=callers, duration_s=duration_s,
+                     headers={"content-type": "application/grpc", "te": "trailers"})
+    after = triton_counters(t.metrics_port)
+    served = after["success"] - before["success"]
+    failed = after["failure"] - before["failure"]
+    # h2load counts HTTP 200s; a gRPC error is also an HTTP 200 (its status is in the
+    # trailers), so Triton's own counters are the check that every call was a real inference.
+    if failed or served < res["succeeded"]:
+        raise H2LoadError(f"Triton counted {served:.0f} successes and {failed:.0f} failures "
+                          f"for {res['succeeded']} calls h2load saw succeed")
+    executions = after["executions"] - before["executions"]
+    return {"requests_per_s": res["requests_per_s"],
+            "rows_per_s": round(res["requests_per_s"] * rows, 1),
+            "mean_ms": res["mean_ms"], "max_ms": res["max_ms"],
+            "mean_batch_requests": round(served / executions, 2) if executions else 0.0}
 
 
 async def _drive(url: str, rows: int, n_dense: int, *, callers: int,
@@ -144,6 +212,7 @@ async def _drive(url: str, rows: int, n_dense: int, *, callers: int,
 
 def run(*, bundle: str, rows: list[int], callers: int, duration_s: float,
         config: Path = DEFAULT_CONFIG, runtime: str | None = None,
+        load_generator: str = "python",
         say: Callable[[str], None] = print) -> dict[str, Any]:
     _, args = load_serve_config(config)  # refuse a bad config before starting anything
     runtime = runtime or args.triton.runtime
@@ -159,8 +228,11 @@ def run(*, bundle: str, rows: list[int], callers: int, duration_s: float,
             for r in rows:
                 say(f"triton {name} ({runtime}): {callers} callers x {r} rows/request for "
                     f"{duration_s:.0f}s")
-                res = asyncio.run(_drive(url, r, n_dense, callers=callers,
-                                         duration_s=duration_s))
+                if load_generator == "h2load":
+                    res = _drive_h2load(t, r, n_dense, callers=callers, duration_s=duration_s)
+                else:
+                    res = asyncio.run(_drive(url, r, n_dense, callers=callers,
+                                             duration_s=duration_s))
                 results.setdefault(name, {})[str(r)] = res
                 say(f"  {res}")
                 if batching:  # one caller: the per-call cost of the hops, no queueing
@@ -171,6 +243,7 @@ def run(*, bundle: str, rows: list[int], callers: int, duration_s: float,
     speedup = {str(r): round(results["dynamic_batching_on"][str(r)]["requests_per_s"]
                              / results["dynamic_batching_off"][str(r)]["requests_per_s"], 2)
                for r in rows}
-    return {"runtime": runtime, "callers": callers, "duration_s": duration_s,
+    return {"runtime": runtime, "load_generator": load_generator, "callers": callers,
+            "duration_s": duration_s,
             "rows_per_request": rows, "bundle": b.version, "results": results,
             "speedup_on_vs_off": speedup, "one_caller_latency": single}

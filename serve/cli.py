@@ -49,6 +49,11 @@ class TritonRuntime(StrEnum):
     pytriton = "pytriton"
 
 
+class LoadGenerator(StrEnum):
+    python = "python"
+    h2load = "h2load"
+
+
 @app.command("serve")
 def serve_cmd(
     bundle: Annotated[str | None, typer.Option(
@@ -155,6 +160,10 @@ def bench_triton(
     duration_s: Annotated[float, typer.Option(min=1)] = 10,
     runtime: Annotated[TritonRuntime | None, typer.Option(
         help="How Triton hosts the model (default: the config's args.triton.runtime).")] = None,
+    load_generator: Annotated[LoadGenerator, typer.Option(
+        help="python: tritonclient's asyncio gRPC client; h2load: nghttp2's C load generator "
+        "(apt install nghttp2-client), which leaves the cores to Triton.")] = (
+        LoadGenerator.python),
 ) -> None:
     """Ranker throughput on Triton with dynamic batching on vs off."""
     from benchmarks.triton_batching import run
@@ -162,6 +171,7 @@ def bench_triton(
     console = Console(stderr=True)
     result = run(bundle=bundle, rows=rows or [1, 8, 64, 400], callers=callers,
                  duration_s=duration_s, runtime=runtime.value if runtime else None,
+                 load_generator=load_generator.value,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 
