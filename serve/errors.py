@@ -47,3 +47,37 @@ class TritonExited(ServeError):
     supervisor of `funnel serve` starts it again."""
 
     exit_code = 1
+
+
+class PolicyError(InvalidInputError):
+    """A moderation policy file is unreadable, or names an unknown label, or has thresholds
+    out of order. Refused at load: the server does not start with it. CLI exit 2."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class InvalidContent(InvalidInputError):
+    """Content to moderate that cannot be read: bad base64, not an image, corrupt pixels.
+    HTTP 422, gRPC INVALID_ARGUMENT."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ReviewItemNotFound(ServeError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class AlreadyDecided(ServeError):
+    """A review item can be decided once; a second decision, or the loser of two concurrent
+    ones, gets this. HTTP 409, gRPC ABORTED."""
+
+    http_status = 409
+    grpc_code = "ABORTED"
+
+
+class ReviewStoreError(ServeError):
+    """The review database cannot be reached or migrated. HTTP 503: retry later."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"

@@ -1,0 +1,1 @@
+"""Content moderation: the policy (pure), the models (kserve.Model shape), media limits."""

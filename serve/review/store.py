@@ -1,0 +1,269 @@
+"""The review queue and the moderation-decision audit, stored through SQLAlchemy.
+
+SQLite (a file, embedded) by default; any SQLAlchemy URL for PostgreSQL
+(`postgresql+psycopg://...`; a plain `postgresql://` URL is read as psycopg 3) in a cluster.
+The schema is created or migrated on open by Alembic (`serve/review/migrations`).
+
+Two tables:
+- `review_items`: one row per `review` verdict: the content, its scores, the labels that
+  crossed a threshold, the policy version; `status` goes pending -> allow | block once.
+- `moderation_decisions`: every decision, the model's (on each /v1/moderate) and each
+  reviewer's, with who made it. Append-only, enforced by a database trigger. It is also
+  the feed's change log: replicas read it by increasing id to learn new verdicts.
+
+A decision is one conditional UPDATE (`... WHERE id = :id AND status = 'pending'`) and its
+audit row, in one transaction. Of two concurrent deciders exactly one updates a row; the
+other sees 0 rows and gets `AlreadyDecided` (HTTP 409), on SQLite (one writer at a time) and
+on PostgreSQL (the second UPDATE waits on the row lock, then re-checks the WHERE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from serve.errors import AlreadyDecided, ReviewItemNotFound, ReviewStoreError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # never used: created_at is NOT NULL
+ReviewStatus = Literal["pending", "allow", "block"]
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = sa.MetaData()
+review_items = sa.Table(
+    "review_items", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("content_id", sa.String(128)), sa.Column("text", sa.Text()),
+    sa.Column("has_image", sa.Boolean()), sa.Column("author_id", sa.BigInteger()),
+    sa.Column("scores", sa.JSON()), sa.Column("flagged_labels", sa.JSON()),
+    sa.Column("reasons", sa.JSON()), sa.Column("policy_version", sa.String(64)),
+    sa.Column("model_versions", sa.JSON()), sa.Column("request_id", sa.String(64)),
+    sa.Column("status", sa.String(16)), sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("decided_at", sa.DateTime(timezone=True)), sa.Column("decided_by", sa.String(128)),
+    sa.Column("decision_note", sa.Text()),
+)
+decisions = sa.Table(
+    "moderation_decisions", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("content_id", sa.String(128)), sa.Column("review_item_id", sa.BigInteger()),
+    sa.Column("source", sa.String(16)), sa.Column("decision", sa.String(16)),
+    sa.Column("actor", sa.String(128)), sa.Column("policy_version", sa.String(64)),
+    sa.Column("note", sa.Text()), sa.Column("request_id", sa.String(64)),
+    sa.Column("at", sa.DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: int
+    content_id: str
+    text: str | None
+    has_image: bool
+    author_id: int | None
+    scores: Mapping[str, float]
+    flagged_labels: tuple[str, ...]
+    reasons: tuple[str, ...]
+    policy_version: str
+    model_versions: Mapping[str, str]
+    request_id: str
+    status: ReviewStatus
+    created_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_note: str | None
+
+
+@dataclass(frozen=True)
+class DecisionEvent:
+    """One row of the decision log, as the feed reads it."""
+
+    id: int
+    content_id: str
+    source: Literal["model", "reviewer"]
+    decision: Literal["allow", "review", "block"]
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` -> psycopg 3 (the driver installed); other URLs unchanged."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time here is UTC
+    return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+class ReviewStore:
+    """Thread-safe (SQLAlchemy's connection pool); every method is one transaction."""
+
+    def __init__(self, url: str, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 engine: Engine | None = None) -> None:
+        self.url = normalise_url(url)
+        self._clock = clock
+        kw: dict[str, Any] = {"pool_pre_ping": True}
+        if self.url.startswith("sqlite"):
+            # a writer waits up to 30 s for another's lock instead of failing at once
+            kw["connect_args"] = {"timeout": 30}
+            path = sa.engine.make_url(self.url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = engine or sa.create_engine(self.url, **kw)
+        except (sa.exc.ArgumentError, ImportError) as e:
+            raise ReviewStoreError(f"review database URL {url!r} is not usable: {e}") from e
+        self.migrate()
+
+    # ---- schema ----------------------------------------------------------------------------
+    def migrate(self, *, attempts: int = 5) -> None:
+        """Create or upgrade the schema to the newest Alembic revision.
+
+        Several replicas may start at once against one database: on PostgreSQL an advisory
+        lock serialises them; on SQLite the losing writer retries after the winner commits.
+        """
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7247810001)"))
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                return
+            except sa.exc.OperationalError as e:
+                if attempt == attempts - 1:
+                    raise ReviewStoreError(f"cannot migrate the review database "
+                                           f"({self.safe_url}): {e.orig}") from e
+                time.sleep(0.5 * (attempt + 1))
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for logs and errors."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as e:
+            raise ReviewStoreError(f"review database unavailable ({self.safe_url}): "
+                                   f"{e.orig}") from e
+
+    # ---- writes ----------------------------------------------------------------------------
+    def record_model_decision(self, *, content_id: str, decision: str, model: str,
+                              policy_version: str, request_id: str, text: str | None,
+                              has_image: bool, author_id: int | None,
+                              scores: Mapping[str, float], flagged_labels: Sequence[str],
+                              reasons: Sequence[str], model_versions: Mapping[str, str]
+                              ) -> int | None:
+        """Log the model's decision; for `review`, also queue an item. Returns its id."""
+        now = self._clock()
+        with self._tx() as conn:
+            item_id = None
+            if decision == "review":
+                item_id = conn.execute(sa.insert(review_items).values(
+                    content_id=content_id, text=text, has_image=has_image, author_id=author_id,
+                    scores={k: float(v) for k, v in scores.items()},
+                    flagged_labels=list(flagged_labels), reasons=list(reasons),
+                    policy_version=policy_version, model_versions=dict(model_versions),
+                    request_id=request_id, status="pending", created_at=now,
+                ).returning(review_items.c.id)).scalar_one()
+            conn.execute(sa.insert(decisions).values(
+                content_id=content_id, review_item_id=item_id, source="model",
+                decision=decision, actor=model, policy_version=policy_version,
+                request_id=request_id, at=now))
+        return item_id
+
+    def decide(self, item_id: int, *, decision: Literal["allow", "block"], reviewer: str,
+               note: str | None = None) -> ReviewItem:
+        """A reviewer's decision on a pending item: exactly once (else AlreadyDecided)."""
+        now = self._clock()
+        with self._tx() as conn:
+            updated = conn.execute(
+                sa.update(review_items)
+                .where(review_items.c.id == item_id, review_items.c.status == "pending")
+                .values(status=decision, decided_at=now, decided_by=reviewer,
+                        decision_note=note)
+                .returning(review_items.c.content_id, review_items.c.policy_version)
+            ).first()
+            if updated is not None:
+                conn.execute(sa.insert(decisions).values(
+                    content_id=updated.content_id, review_item_id=item_id, source="reviewer",
+                    decision=decision, actor=reviewer, policy_version=updated.policy_version,
+                    note=note, at=now))
+        item = self.get(item_id)  # after commit: what everyone now sees
+        if updated is None:
+            raise AlreadyDecided(f"review item {item_id} was already decided "
+                                 f"({item.status}) by {item.decided_by} at "
+                                 f"{item.decided_at.isoformat() if item.decided_at else '?'}")
+        return item
+
+    # ---- reads -----------------------------------------------------------------------------
+    def get(self, item_id: int) -> ReviewItem:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(review_items)
+                               .where(review_items.c.id == item_id)).mappings().first()
+        if row is None:
+            raise ReviewItemNotFound(f"no review item with id {item_id}")
+        return _item(row)
+
+    def list_items(self, *, status: ReviewStatus | None = "pending", limit: int = 50,
+             after_id: int = 0) -> list[ReviewItem]:
+        """Oldest first (a queue), `limit` at most, ids above `after_id` (paging)."""
+        q = sa.select(review_items).where(review_items.c.id > after_id)
+        if status is not None:
+            q = q.where(review_items.c.status == status)
+        with self._tx() as conn:
+            rows = conn.execute(q.order_by(review_items.c.id).limit(limit)).mappings().all()
+        return [_item(r) for r in rows]
+
+    def decided(self) -> Iterator[ReviewItem]:
+        """Every decided item, oldest decision first (for `funnel review export`)."""
+        q = (sa.select(review_items).where(review_items.c.status != "pending")
+             .order_by(review_items.c.decided_at, review_items.c.id))
+        with self._tx() as conn:
+            for r in conn.execute(q).mappings():
+                yield _item(r)
+
+    def decision_log(self, *, after_id: int = 0, limit: int = 10_000) -> list[DecisionEvent]:
+        """Decisions with id > after_id, in id order: what the feed's filter replays."""
+        q = (sa.select(decisions.c.id, decisions.c.content_id, decisions.c.source,
+                       decisions.c.decision)
+             .where(decisions.c.id > after_id).order_by(decisions.c.id).limit(limit))
+        with self._tx() as conn:
+            return [DecisionEvent(id=r.id, content_id=r.content_id, source=r.source,
+                                  decision=r.decision) for r in conn.execute(q)]
+
+    def audit(self, *, content_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(decisions).order_by(decisions.c.id)
+        if content_id is not None:
+            q = q.where(decisions.c.content_id == content_id)
+        with self._tx() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _item(r: Any) -> ReviewItem:
+    return ReviewItem(
+        id=int(r["id"]), content_id=r["content_id"], text=r["text"],
+        has_image=bool(r["has_image"]), author_id=r["author_id"], scores=dict(r["scores"]),
+        flagged_labels=tuple(r["flagged_labels"]), reasons=tuple(r["reasons"]),
+        policy_version=r["policy_version"], model_versions=dict(r["model_versions"]),
+        request_id=r["request_id"], status=r["status"], created_at=_utc(r["created_at"]) or _EPOCH,
+        decided_at=_utc(r["decided_at"]), decided_by=r["decided_by"],
+        decision_note=r["decision_note"])

@@ -1,0 +1,54 @@
+"""Input limits for moderation: text size, base64, image format and dimensions."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from serve.errors import InvalidContent, RequestTooLarge
+from serve.moderation import media
+
+
+def _png(w: int, h: int) -> bytes:
+    b = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 20, 30)).save(b, "PNG")
+    return b.getvalue()
+
+
+def test_text_limit_counts_utf8_bytes() -> None:
+    assert media.check_text("a" * 10, max_bytes=10) == "a" * 10
+    with pytest.raises(RequestTooLarge, match="text is 12 bytes of UTF-8; the limit is 10"):
+        media.check_text("é" * 6, max_bytes=10)
+
+
+def test_valid_image_is_inspected_from_its_header() -> None:
+    info = media.decode_base64_image(base64.b64encode(_png(30, 20)).decode())
+    assert (info.format, info.width, info.height) == ("PNG", 30, 20)
+
+
+def test_corrupt_base64_is_invalid_content() -> None:
+    with pytest.raises(InvalidContent, match="image_base64 is not valid base64"):
+        media.decode_base64_image("not*base64!")
+
+
+def test_non_image_payload_is_invalid_content() -> None:
+    with pytest.raises(InvalidContent, match="not an image Pillow can read"):
+        media.decode_base64_image(base64.b64encode(b"%PDF-1.4 hello").decode())
+
+
+def test_oversized_image_bytes_and_sides_are_too_large() -> None:
+    big = base64.b64encode(b"\0" * 2000).decode()
+    with pytest.raises(RequestTooLarge, match="the limit"):
+        media.decode_base64_image(big, max_bytes=1000)
+    with pytest.raises(RequestTooLarge, match="is 40x20 pixels; the limit is 32 a side"):
+        media.decode_base64_image(base64.b64encode(_png(40, 20)).decode(), max_side=32)
+
+
+def test_truncated_image_fails_at_decode_not_at_header() -> None:
+    data = _png(64, 64)[:60]
+    with pytest.raises(InvalidContent):
+        media.decode_image(data)
+    assert media.decode_image(_png(8, 8)).size == (8, 8)

@@ -1,0 +1,153 @@
+"""The review store on SQLite and, when FUNNEL_TEST_POSTGRES_URL is set (CI sets it), on a
+real PostgreSQL server: queueing, listing, single and concurrent decisions, the audit."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from serve.errors import AlreadyDecided, ReviewItemNotFound
+from serve.review.store import ReviewStore, normalise_url
+
+PG_URL = os.environ.get("FUNNEL_TEST_POSTGRES_URL")
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.t = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.t += timedelta(seconds=1)
+        return self.t
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReviewStore]:
+    if request.param == "sqlite":
+        s = ReviewStore(f"sqlite:///{tmp_path / 'review.sqlite3'}", clock=StepClock())
+        yield s
+        s.close()
+        return
+    if not PG_URL:
+        pytest.skip("FUNNEL_TEST_POSTGRES_URL is not set (CI sets it): PostgreSQL not tested")
+    schema = f"funnel_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalise_url(PG_URL))
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    s = ReviewStore(f"{PG_URL}{sep}options=-csearch_path%3D{schema}", clock=StepClock())
+    yield s
+    s.close()
+    with admin.begin() as c:
+        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def _queue(s: ReviewStore, content_id: str = "101", decision: str = "review") -> int | None:
+    return s.record_model_decision(
+        content_id=content_id, decision=decision, model="moderation_text:v1",
+        policy_version="p1", request_id="req-1", text="some words", has_image=False,
+        author_id=7, scores={"hate": 0.4, "spam": 0.1}, flagged_labels=["hate"],
+        reasons=["hate: score 0.400 >= review_at 0.25"], model_versions={"text": "v1"})
+
+
+def test_review_decision_queues_an_item_and_logs_it(store: ReviewStore) -> None:
+    item_id = _queue(store)
+    assert item_id is not None
+    [item] = store.list_items(status="pending")
+    assert (item.id, item.content_id, item.status, item.flagged_labels) == (
+        item_id, "101", "pending", ("hate",))
+    assert item.scores["hate"] == pytest.approx(0.4)
+    assert item.created_at.tzinfo is not None
+    [event] = store.decision_log()
+    assert (event.content_id, event.source, event.decision) == ("101", "model", "review")
+
+
+def test_allow_and_block_are_logged_but_not_queued(store: ReviewStore) -> None:
+    assert _queue(store, "1", "allow") is None
+    assert _queue(store, "2", "block") is None
+    assert store.list_items(status=None) == []
+    assert [e.decision for e in store.decision_log()] == ["allow", "block"]
+
+
+def test_list_is_oldest_first_with_limit_and_paging(store: ReviewStore) -> None:
+    ids = [_queue(store, str(i)) for i in range(5)]
+    first = store.list_items(limit=2)
+    assert [i.id for i in first] == ids[:2]
+    assert [i.id for i in store.list_items(limit=2, after_id=first[-1].id)] == ids[2:4]
+
+
+def test_decide_once_then_409_naming_who_decided(store: ReviewStore) -> None:
+    item_id = _queue(store)
+    assert item_id is not None
+    item = store.decide(item_id, decision="block", reviewer="ana", note="slur")
+    assert (item.status, item.decided_by, item.decision_note) == ("block", "ana", "slur")
+    with pytest.raises(AlreadyDecided, match="already decided \\(block\\) by ana"):
+        store.decide(item_id, decision="allow", reviewer="bo")
+    assert store.get(item_id).status == "block"
+    assert store.list_items(status="pending") == []
+    reviewer = [e for e in store.audit(content_id="101") if e["source"] == "reviewer"]
+    assert [(e["actor"], e["decision"], e["note"]) for e in reviewer] == [("ana", "block", "slur")]
+
+
+def test_unknown_item_is_not_found(store: ReviewStore) -> None:
+    with pytest.raises(ReviewItemNotFound):
+        store.decide(999, decision="allow", reviewer="ana")
+
+
+def test_concurrent_deciders_exactly_one_wins(store: ReviewStore) -> None:
+    item_id = _queue(store)
+    assert item_id is not None
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def decide(n: int) -> None:
+        barrier.wait()
+        try:
+            store.decide(item_id, decision="allow" if n % 2 else "block", reviewer=f"r{n}")
+            result = f"won:r{n}"
+        except AlreadyDecided:
+            result = "409"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=decide, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [o for o in outcomes if o.startswith("won")]
+    assert len(winners) == 1 and outcomes.count("409") == 7
+    item = store.get(item_id)
+    assert f"won:{item.decided_by}" == winners[0]
+    reviewer_rows = [e for e in store.audit() if e["source"] == "reviewer"]
+    assert [e["actor"] for e in reviewer_rows] == [item.decided_by]
+
+
+def test_audit_is_append_only_in_the_database(store: ReviewStore) -> None:
+    _queue(store)
+    for stmt in ("UPDATE moderation_decisions SET actor = 'someone else'",
+                 "DELETE FROM moderation_decisions"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), store.engine.begin() as c:
+            c.execute(sa.text(stmt))
+    assert len(store.audit()) == 1
+
+
+def test_reopening_migrates_nothing_twice(store: ReviewStore) -> None:
+    _queue(store)
+    again = ReviewStore(store.url)
+    assert len(again.list_items()) == 1
+    again.close()
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
