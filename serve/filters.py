@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from serve.moderation.verdicts import LiveVerdicts
 from serve.types import ItemInfo, Merged
 
 REVIEW_POLICIES: tuple[str, ...] = ("hold", "allow")
@@ -22,7 +23,8 @@ class FilterContext:
 
     `languages` is None when any language is allowed. `review_policy` decides what happens to
     items whose moderation verdict is "review": "hold" keeps them off the page until a human
-    has looked, "allow" serves them meanwhile.
+    has looked, "allow" serves them meanwhile. `live_verdicts`, when given, holds verdicts
+    decided after the bundle was built (live scores, reviewer decisions).
     """
 
     exclude_ids: frozenset[int]
@@ -30,6 +32,7 @@ class FilterContext:
     blocked_authors: frozenset[int]
     languages: frozenset[str] | None
     review_policy: Literal["hold", "allow"] = "hold"
+    live_verdicts: LiveVerdicts | None = None
 
     def __post_init__(self) -> None:
         # Literal is not enforced at run time; a typo here would silently mean "hold" or worse.
@@ -102,9 +105,11 @@ class Moderation:
     def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
         if info is None:
             return False
-        if info.verdict == "allow":
+        verdict = (ctx.live_verdicts.effective(item.item_id, info.verdict)
+                   if ctx.live_verdicts is not None else info.verdict)
+        if verdict == "allow":
             return True
-        if info.verdict == "review":
+        if verdict == "review":
             return ctx.review_policy == "allow"
         # "block" and any verdict this code does not know: fail closed.
         return False

@@ -28,6 +28,7 @@ from serve.config import FeedSettings
 from serve.errors import RankerUnavailable
 from serve.filters import FilterContext, apply_filters, build_filters
 from serve.merge import merge_candidates
+from serve.moderation.verdicts import LiveVerdicts
 from serve.ranker_client import Ranker
 from serve.rerank import RerankParams, rerank
 from serve.retrieval import TwoTowerRetrieval
@@ -67,8 +68,10 @@ class FeedPipeline:
     def __init__(self, *, catalog: Catalog, retrieval: TwoTowerRetrieval, ranker: Ranker,
                  sources: Mapping[str, CandidateSource], settings: FeedSettings,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 live_verdicts: LiveVerdicts | None = None) -> None:
         self.catalog = catalog
+        self.live_verdicts = live_verdicts
         self.retrieval = retrieval
         self.features = retrieval.features
         self.ranker = ranker
@@ -202,7 +205,8 @@ class FeedPipeline:
                             seen_ids=frozenset(self.catalog.seen(q.user_id).tolist()),
                             blocked_authors=frozenset(
                                 self.catalog.reported_authors(q.user_id).tolist()),
-                            languages=languages, review_policy=fs.review_policy)
+                            languages=languages, review_policy=fs.review_policy,
+                            live_verdicts=self.live_verdicts)
         kept, removed = apply_filters(merged, infos, ctx, self._filters)
         t = lap("merge_filter", t)
 

@@ -90,15 +90,37 @@ def _wait_http(url: str, *, timeout_s: float, ok: Callable[[int], bool]) -> bool
     return False
 
 
+def absolute_sqlite_url(url: str) -> str:
+    """`sqlite:///relative.db` -> an absolute path (replicas do not share our cwd)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/") or ":memory:" in url:
+        return url
+    return prefix + str(Path(url[len(prefix):]).resolve())
+
+
 def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any], AppArgs]:
-    """The Serve config with the bundle made absolute (replicas do not share our cwd)."""
+    """The Serve config with the bundle, the moderation policy and a SQLite review database
+    made absolute (replicas do not share our cwd); the policy is checked here (exit 2)."""
+    from serve.app import moderation_labels, policy_labels
+    from serve.moderation.policy import load_policy
+
     doc, args = load_serve_config(config_path)
     doc = copy.deepcopy(doc)
     app_args = dict(doc["applications"][0].get("args") or {})
     b = verify_bundle(bundle or args.bundle)  # exit 2 here, naming the bad file
     app_args["bundle"] = str(b.path.resolve())
+    moderation = dict(app_args.get("moderation") or {})
+    moderation["policy"] = str(Path(args.moderation.policy).resolve())
+    app_args["moderation"] = moderation
+    review = dict(app_args.get("review") or {})
+    review["database_url"] = absolute_sqlite_url(args.review.database_url)
+    app_args["review"] = review
     doc["applications"][0]["args"] = app_args
-    return doc, parse_app_args(app_args)
+    parsed = parse_app_args(app_args)
+    if parsed.moderation.enabled:
+        load_policy(parsed.moderation.policy,
+                    labels=policy_labels(moderation_labels(b.manifest)[0]))
+    return doc, parsed
 
 
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
@@ -146,7 +168,8 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
                 break
         if not stop.is_set():
             ready = _wait_http(f"{base}/readyz", timeout_s=60, ok=lambda s: s == 200)
-            say(f"serving on {base}  (POST {base}/v1/feed, GET {base}/readyz)"
+            say(f"serving on {base}  (POST {base}/v1/feed, POST {base}/v1/moderate, "
+                f"GET {base}/readyz)"
                 + ("" if ready else "  [not ready yet: see GET /readyz]"))
             if ready_file:
                 Path(ready_file).write_text(json.dumps({"url": base, "pid": os.getpid()}))

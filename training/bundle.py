@@ -84,8 +84,9 @@ def resolve_bundle(path: str | Path) -> Path:
     return p.resolve()
 
 
-def verify_bundle(path: str | Path) -> VerifiedBundle:
-    """Verify manifest and checksums; raise BundleError naming the first bad file."""
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest alone, checksums not verified: for reading settings (labels, versions)
+    before the component that loads the files verifies them."""
     root = resolve_bundle(path)
     mpath = root / MANIFEST
     if not mpath.is_file():
@@ -96,6 +97,14 @@ def verify_bundle(path: str | Path) -> VerifiedBundle:
         raise BundleError(f"{mpath}: unreadable manifest: {e}") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise BundleError(f"{mpath}: manifest has no 'files' mapping")
+    return manifest
+
+
+def verify_bundle(path: str | Path) -> VerifiedBundle:
+    """Verify manifest and checksums; raise BundleError naming the first bad file."""
+    root = resolve_bundle(path)
+    mpath = root / MANIFEST
+    manifest = read_manifest(root)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not "
                           f"supported; this Funnel reads {FORMAT_VERSION}")

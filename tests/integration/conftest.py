@@ -53,9 +53,14 @@ def write_serve_config(directory: Path) -> tuple[Path, int, int]:
     args = doc["applications"][0]["args"]
     args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
     args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
+    args["review"]["database_url"] = f"sqlite:///{directory / 'review.sqlite3'}"
+    args["review"]["verdict_poll_s"] = 0.5
     config = directory / "serve.yaml"
     config.write_text(yaml.safe_dump(doc))
     return config, http_port, grpc_port
+
+
+ADMIN_TOKEN = "integration-admin-token"
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Stack:
     bundle: Path
     triton_grpc: str
     triton: subprocess.Popen[bytes] | None = None
+    admin_token: str = ADMIN_TOKEN
 
     def start_triton(self, timeout_s: float = 120.0) -> float:
         """Start `funnel triton`; returns the monotonic time it became ready."""
@@ -122,7 +128,8 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
                              str(config), "--triton", "external", "--ready-file", str(ready)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
     try:
         deadline = time.monotonic() + 240
         while not ready.exists():

@@ -1,0 +1,118 @@
+"""`/v1/moderate` without the web framework: score, decide by policy, record, answer.
+
+Text and image are scored concurrently by a `Scorer` (in the app: the moderation deployment,
+which batches). Labels scored by both (nudity) take the higher score. The policy turns the
+scores into allow | review | block. Every decision goes to the decision log, and a `review`
+also creates a review-queue item, in one transaction (`ReviewStore.record_model_decision`).
+
+Degrading safely: if a model does not answer within `timeout_s` or fails, the response is
+still 200 with `degraded` naming it, and the decision is at least `review` (never `allow` on
+missing evidence), so the item lands in the human-review queue. Bad content (corrupt image)
+is the caller's error (InvalidContent, 422), not a degradation. If the decision cannot be
+recorded, the request fails with 503 (retry): a review item is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from serve.errors import InvalidContent, RequestTooLarge
+from serve.moderation.media import ImageInfo
+from serve.moderation.policy import Decision, ModerationPolicy, more_severe
+from serve.review.store import ReviewStore
+
+log = logging.getLogger("funnel.moderation")
+T = TypeVar("T")
+
+
+class Scorer(Protocol):
+    async def score_text(self, text: str) -> Mapping[str, float]:
+        """Scores in [0, 1] per text label."""
+        ...
+
+    async def score_image(self, image: bytes) -> Mapping[str, float]:
+        """Scores per image label; InvalidContent if the image cannot be decoded."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModerationInput:
+    content_id: str
+    request_id: str
+    text: str | None = None
+    image: ImageInfo | None = None
+    author_id: int | None = None
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class ModerationOutcome:
+    content_id: str
+    labels: dict[str, float]
+    decision: Decision
+    reasons: tuple[str, ...]
+    policy_version: str
+    model_versions: dict[str, str]
+    request_id: str
+    review_id: int | None
+    degraded: tuple[str, ...] = field(default=())
+
+
+class ModerationService:
+    def __init__(self, *, scorer: Scorer, policy: ModerationPolicy, store: ReviewStore | None,
+                 model_versions: Mapping[str, str], timeout_s: float = 5.0) -> None:
+        self.scorer = scorer
+        self.policy = policy
+        self.store = store
+        self.model_versions = dict(model_versions)
+        self.timeout_s = timeout_s
+
+    async def _bounded(self, name: str, call: Awaitable[T], degraded: list[str]) -> T | None:
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except (InvalidContent, RequestTooLarge):
+            raise
+        except Exception as e:  # timeout, replica down, model error: degrade, do not fail
+            log.warning("moderation model %s failed: %r", name, e)
+            degraded.append(name)
+            return None
+
+    async def moderate(self, inp: ModerationInput) -> ModerationOutcome:
+        degraded: list[str] = []
+        calls: list[tuple[str, Awaitable[Any]]] = []
+        if inp.text is not None:
+            calls.append(("moderation_text", self.scorer.score_text(inp.text)))
+        if inp.image is not None:
+            calls.append(("moderation_image", self.scorer.score_image(inp.image.data)))
+        results = await asyncio.gather(*(self._bounded(n, c, degraded) for n, c in calls))
+        labels: dict[str, float] = {}
+        used: dict[str, str] = {}
+        for (name, _), scores in zip(calls, results, strict=True):
+            if scores is None:
+                continue
+            used[name] = self.model_versions.get(name, "unknown")
+            for label, s in scores.items():
+                labels[label] = max(labels.get(label, 0.0), round(float(s), 6))
+        verdict = self.policy.decide(labels)
+        decision, reasons = verdict.decision, verdict.reasons
+        if degraded:
+            decision = more_severe(decision, "review")
+            reasons = (*reasons, *(f"{n}: unavailable; held for human review" for n in degraded))
+        flagged = [lb for lb, s in labels.items()
+                   if lb in self.policy.thresholds and s >= self.policy.thresholds[lb].review_at]
+        review_id = None
+        if self.store is not None:
+            review_id = await asyncio.to_thread(
+                self.store.record_model_decision, content_id=inp.content_id,
+                decision=decision, model="+".join(sorted(used)) or "none",
+                policy_version=self.policy.version, request_id=inp.request_id,
+                text=inp.text, has_image=inp.image is not None, author_id=inp.author_id,
+                scores=labels, flagged_labels=flagged, reasons=reasons, model_versions=used)
+        return ModerationOutcome(
+            content_id=inp.content_id, labels=labels, decision=decision, reasons=reasons,
+            policy_version=self.policy.version, model_versions=used,
+            request_id=inp.request_id, review_id=review_id, degraded=tuple(degraded))
