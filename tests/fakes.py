@@ -77,3 +77,28 @@ class FakeRanker:
         base = (inputs["item_hash"].astype(np.float64) % 97) / 10.0 - 4.0
         return np.stack([base, base - 1, base - 2, base - 2, -base - 3], axis=1).astype(
             np.float32).reshape(n, 5)
+
+
+class FakeScorer:
+    """A moderation `Scorer` returning fixed scores, or failing/hanging on demand."""
+
+    def __init__(self, text: dict[str, float] | None = None,
+                 image: dict[str, float] | None = None, *, fail: str | None = None,
+                 hang: str | None = None) -> None:
+        self.text, self.image, self.fail, self.hang = text or {}, image or {}, fail, hang
+
+    async def _maybe(self, which: str) -> None:
+        import asyncio
+
+        if self.fail == which:
+            raise RuntimeError(f"{which} replica crashed")
+        if self.hang == which:
+            await asyncio.sleep(3600)
+
+    async def score_text(self, text: str) -> dict[str, float]:
+        await self._maybe("text")
+        return dict(self.text)
+
+    async def score_image(self, image: bytes) -> dict[str, float]:
+        await self._maybe("image")
+        return dict(self.image)

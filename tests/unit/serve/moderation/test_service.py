@@ -1,0 +1,70 @@
+"""ModerationService: score combination, policy, recording, and degrading to review."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from serve.moderation.media import ImageInfo
+from serve.moderation.policy import parse_policy
+from serve.moderation.service import ModerationInput, ModerationService
+from serve.review.store import ReviewStore
+from tests.fakes import FakeScorer
+
+LABELS = ("abuse", "nudity")
+POLICY = parse_policy({"version": "t1", "labels": {
+    "abuse": {"review_at": 0.5, "block_at": 0.9},
+    "nudity": {"review_at": 0.2, "block_at": 0.8}}}, labels=LABELS)
+IMAGE = ImageInfo(data=b"img", format="JPEG", width=1, height=1)
+VERSIONS = {"moderation_text": "b1", "moderation_image": "nsfw-1"}
+
+
+def _service(scorer: FakeScorer, store: ReviewStore | None = None,
+             timeout_s: float = 1.0) -> ModerationService:
+    return ModerationService(scorer=scorer, policy=POLICY, store=store,
+                             model_versions=VERSIONS, timeout_s=timeout_s)
+
+
+def _run(svc: ModerationService, **kw: object) -> object:
+    return asyncio.run(svc.moderate(ModerationInput(content_id="c1", request_id="r1", **kw)))  # type: ignore[arg-type]
+
+
+def test_text_and_image_take_the_higher_score_per_label() -> None:
+    svc = _service(FakeScorer(text={"abuse": 0.1, "nudity": 0.1}, image={"nudity": 0.3}))
+    out = _run(svc, text="hi", image=IMAGE)
+    assert out.labels == {"abuse": 0.1, "nudity": 0.3}  # type: ignore[attr-defined]
+    assert out.decision == "review"  # type: ignore[attr-defined]
+    assert out.model_versions == VERSIONS  # type: ignore[attr-defined]
+
+
+def test_review_is_queued_and_every_decision_logged(tmp_path: Path) -> None:
+    store = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
+    svc = _service(FakeScorer(text={"abuse": 0.6, "nudity": 0.0}), store)
+    out = _run(svc, text="you idiot", author_id=9)
+    assert out.review_id is not None  # type: ignore[attr-defined]
+    [item] = store.list_items()
+    assert (item.content_id, item.text, item.author_id, item.flagged_labels) == (
+        "c1", "you idiot", 9, ("abuse",))
+    assert item.policy_version == "t1"
+    allow = _service(FakeScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
+    assert _run(allow, text="hello").review_id is None  # type: ignore[attr-defined]
+    assert [e.decision for e in store.decision_log()] == ["review", "allow"]
+
+
+@pytest.mark.parametrize("mode", ["fail", "hang"])
+def test_a_failed_model_degrades_to_review_never_allow(mode: str) -> None:
+    scorer = FakeScorer(text={"abuse": 0.0, "nudity": 0.0}, image={"nudity": 0.0},
+                        **{mode: "image"})  # type: ignore[arg-type]
+    out = _run(_service(scorer, timeout_s=0.05), text="hello", image=IMAGE)
+    assert out.degraded == ("moderation_image",)  # type: ignore[attr-defined]
+    assert out.decision == "review"  # type: ignore[attr-defined]
+    assert "moderation_image: unavailable" in out.reasons[-1]  # type: ignore[attr-defined]
+    assert set(out.model_versions) == {"moderation_text"}  # type: ignore[attr-defined]
+
+
+def test_a_block_stays_a_block_when_another_model_fails() -> None:
+    scorer = FakeScorer(text={"abuse": 0.95, "nudity": 0.0}, fail="image")
+    out = _run(_service(scorer), text="x", image=IMAGE)
+    assert out.decision == "block"  # type: ignore[attr-defined]
