@@ -92,6 +92,41 @@ def triton_cmd(
                        say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False))
 
 
+review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Option(help="Parquet file to write (training labels).")] = Path(
+        "labels.parquet"),
+    database_url: Annotated[str | None, typer.Option(
+        help="Review database (default: $FUNNEL_REVIEW_DATABASE_URL, else the serve config's "
+        "args.review.database_url).")] = None,
+    config: Annotated[str, typer.Option(help="Ray Serve config file.")] = DEFAULT_SERVE_CONFIG,
+) -> None:
+    """Reviewer decisions -> training labels for `funnel train --review-labels`."""
+    import os
+
+    from serve.config import load_serve_config
+    from serve.review.export import export_labels
+    from serve.review.store import ReviewStore
+
+    _, args = load_serve_config(config)
+    url = database_url or os.environ.get(args.review.database_url_env) or (
+        args.review.database_url)
+    store = ReviewStore(url)
+    try:
+        counts = export_labels(store, out)
+    finally:
+        store.close()
+    Console(stderr=True).print(
+        f"[bold]funnel[/] wrote {out}: {counts['rows']} decisions ({counts['blocked']} block, "
+        f"{counts['allowed']} allow, {counts['with_text']} with text) from {store.safe_url}"
+        + (f"; {counts['skipped_no_label']} blocks without a flagged label left out"
+           if counts["skipped_no_label"] else ""), highlight=False)
+
+
 bench_app = typer.Typer(help="Performance harness (results: benchmarks/results/*.json).",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

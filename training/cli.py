@@ -119,6 +119,9 @@ def train(
     gpu: Annotated[str | None, typer.Option(help="auto|true|false: use_gpu for Ray Train "
                                             "workers (overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    review_labels: Annotated[Path | None, typer.Option(
+        help="Reviewer decisions from `funnel review export` (parquet), added to the "
+        "moderation head's training split.")] = None,
 ) -> None:
     """Train retrieval, ranker and moderation with Ray Tune; write a versioned bundle."""
     from training.config import load_config, parse_config, profile_config
@@ -147,15 +150,23 @@ def train(
     if seed is not None:
         data["seed"] = seed
     cfg = parse_config(data, source=source)
+    labels = None
+    if review_labels is not None:
+        from training.review_labels import read_review_labels
+
+        labels = read_review_labels(review_labels)  # exit 2 before Ray starts if unusable
+        console.print(f"review labels: {len(labels):,} rows with text from {review_labels}")
 
     with console.status(f"loading dataset {dataset!r}"):
         ds = load_any_dataset(dataset, profile.value, cfg.seed)
     console.print(f"dataset {ds.name}: {len(ds.users):,} users, {len(ds.posts):,} posts, "
                   f"{len(ds.impressions):,} impressions")
-    run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work", source=source)
+    run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work", source=source,
+                 review_labels=labels)
 
 
-def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str) -> Path:
+def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
+                 review_labels: Any = None) -> Path:
     import ray
 
     from training.bundle import verify_bundle
@@ -190,7 +201,8 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str) -
             task, description="features: text embeddings", detail=f"{d:,}/{n:,}"))
         try:
             bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
-                                say=say, on_trial=on_trial, config_source=source)
+                                say=say, on_trial=on_trial, config_source=source,
+                                review_labels=review_labels)
         finally:
             ray.shutdown()
     bundle = verify_bundle(bdir)

@@ -114,7 +114,8 @@ def _git_commit() -> str | None:
 def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path,
                  encoder: TextEncoder, say: Say = print,
                  on_trial: Callable[[str, dict[str, Any]], None] | None = None,
-                 config_source: str = "") -> Path:
+                 config_source: str = "",
+                 review_labels: pd.DataFrame | None = None) -> Path:
     """Run the whole training pipeline and write a verified bundle; returns its directory."""
     started = time.time()
     rng = np.random.default_rng(cfg.seed)
@@ -232,8 +233,10 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     # ---- moderation -----------------------------------------------------------------------
     moderation = None
     if ds.has_harm_labels:
-        moderation, metrics["moderation"] = _train_moderation(cfg, posts, ft, work_dir,
-                                                              say, on_trial)
+        moderation, metrics["moderation"] = _train_moderation(
+            cfg, posts, ft, work_dir, say, on_trial,
+            extra=_review_examples(review_labels, encoder) if review_labels is not None
+            else None)
     else:
         say("moderation: skipped (the dataset has no harm labels)")
         metrics["moderation"] = {"roc_auc_macro": None,
@@ -312,9 +315,18 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     return bdir
 
 
+def _review_examples(labels: pd.DataFrame, encoder: TextEncoder
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Reviewer-labelled texts as (embeddings, labels) for the moderation training split."""
+    x = encoder.encode([str(t) for t in labels["text"]]).astype(np.float32)
+    y = labels[[f"label_{h}" for h in HARM_LABELS]].to_numpy(np.float32)
+    return x, y
+
+
 def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransform,
                       work_dir: Path, say: Say,
-                      on_trial: Callable[[str, dict[str, Any]], None] | None
+                      on_trial: Callable[[str, dict[str, Any]], None] | None,
+                      extra: tuple[np.ndarray, np.ndarray] | None = None,
                       ) -> tuple[torch.nn.Module, dict[str, Any]]:
     x = ft.post_text
     y = posts[[f"label_{h}" for h in HARM_LABELS]].to_numpy(np.float32)
@@ -322,15 +334,21 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
     t_test = np.quantile(ts, 1 - cfg.split.test_fraction)
     t_val = np.quantile(ts, 1 - cfg.split.test_fraction - cfg.split.val_fraction)
     tr, va, te = ts < t_val, (ts >= t_val) & (ts < t_test), ts >= t_test
-    pos = y[tr].sum(0)
+    x_tr, y_tr = x[tr], y[tr]
+    if extra is not None and len(extra[0]):
+        # reviewer labels join the training split only: val/test stay the dataset's own
+        x_tr, y_tr = np.concatenate([x_tr, extra[0]]), np.concatenate([y_tr, extra[1]])
+        say(f"moderation: {len(extra[0]):,} reviewer-labelled texts added to training "
+            f"({int(extra[1].max(axis=1).sum())} harmful)")
+    pos = y_tr.sum(0)
     meta = {"text_dim": int(x.shape[1]), "labels": list(HARM_LABELS),
-            "pos_weight": np.clip((tr.sum() - pos) / np.maximum(pos, 1), 1, 100).tolist()}
+            "pos_weight": np.clip((len(y_tr) - pos) / np.maximum(pos, 1), 1, 100).tolist()}
     mdir = work_dir / "data" / "moderation"
-    save_arrays(mdir, "train_", {"x": x[tr], "y": y[tr]})
+    save_arrays(mdir, "train_", {"x": x_tr, "y": y_tr})
     save_arrays(mdir, "val_", {"x": x[va], "y": y[va]})
     (mdir / "meta.json").write_text(json.dumps(meta))
     say(f"moderation: tuning text head ({cfg.moderation.num_samples} trials, "
-        f"{int(tr.sum()):,} posts, {int(pos.sum())} labelled harmful)")
+        f"{len(y_tr):,} texts, {int(pos.sum())} positive labels)")
     res = tune_stage(cfg.moderation, data_dir=mdir, work_dir=work_dir,
                      resources=cfg.resources, seed=cfg.seed, on_result=on_trial)
     model = _load_best(res, build_moderation, meta)
@@ -343,7 +361,8 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
     prs = [v["pr_auc"] for v in per_label.values() if v["pr_auc"] is not None]
     out = {"roc_auc_macro": float(np.mean(rocs)) if rocs else None,
            "pr_auc_macro": float(np.mean(prs)) if prs else None,
-           "per_label": per_label, "tuning": _tuning(res)}
+           "per_label": per_label, "tuning": _tuning(res),
+           "review_label_rows": 0 if extra is None else len(extra[0])}
     say(f"moderation: macro ROC-AUC {out['roc_auc_macro']}")
     return model, out
 

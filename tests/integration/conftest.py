@@ -33,10 +33,41 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if reuse:
         return Path(reuse)
     out = tmp_path_factory.mktemp("artifacts")
-    r = subprocess.run([*FUNNEL, "train", "--profile", "tiny", "--out", str(out)],
+    labels = review_labels(tmp_path_factory.mktemp("review"))
+    r = subprocess.run([*FUNNEL, "train", "--profile", "tiny", "--out", str(out),
+                        "--review-labels", str(labels)],
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-4000:]
     return out / "latest"
+
+
+REVIEWED = [("blk-1", "you people are vermin and should disappear", ["hate"], "block"),
+            ("blk-2", "send me your bank password to claim the prize", ["spam"], "block"),
+            ("ok-1", "our team won the match last night", ["abuse"], "allow")]
+
+
+def review_labels(directory: Path) -> Path:
+    """Reviewer decisions in a real review database, exported by `funnel review export` the
+    way a user would, so the session's bundle is trained with `--review-labels` (the
+    manifest's `review_label_rows` proves `funnel train` took them)."""
+    from serve.review.store import ReviewStore
+
+    url = f"sqlite:///{directory / 'review.sqlite3'}"
+    store = ReviewStore(url)
+    for cid, text, flagged, decision in REVIEWED:
+        item_id = store.record_model_decision(
+            content_id=cid, decision="review", model="moderation_text", policy_version="t",
+            request_id="fixture", text=text, has_image=False, author_id=None, scores={},
+            flagged_labels=flagged, reasons=[], model_versions={})
+        assert item_id is not None
+        store.decide(item_id, decision=decision, reviewer="fixture")  # type: ignore[arg-type]
+    store.close()
+    out = directory / "labels.parquet"
+    r = subprocess.run([*FUNNEL, "review", "export", "--database-url", url, "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{len(REVIEWED)} decisions" in r.stderr
+    return out
 
 
 def free_port() -> int:

@@ -37,6 +37,13 @@ def test_manifest_has_the_contract_keys(bundle_dir: Path) -> None:
         assert key in manifest
 
 
+def test_reviewer_labels_were_used_for_moderation(bundle_dir: Path) -> None:
+    from tests.integration.conftest import REVIEWED
+
+    m = verify_bundle(bundle_dir).manifest["metrics"]["moderation"]
+    assert m["review_label_rows"] == len(REVIEWED)
+
+
 def test_models_beat_their_baselines_on_held_out_data(bundle_dir: Path) -> None:
     m = verify_bundle(bundle_dir).manifest["metrics"]
     assert m["retrieval"]["recall_at_50"] > m["retrieval"]["baselines"]["popularity"][
