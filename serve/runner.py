@@ -133,11 +133,15 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
     from serve.ingress import apply_ray_serve_env
 
     doc, args = resolved_config(config_path, bundle)
-    ingress = apply_ray_serve_env(ingress)  # before ray.init: Ray's processes read it
     try:
         schema = ServeDeploySchema.model_validate(doc)
     except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
         raise ServeConfigError(f"{config_path}: not a valid Ray Serve config: {e}") from e
+    if ingress == "haproxy" and schema.grpc_options.grpc_servicer_functions:
+        raise ServeConfigError(
+            f"{config_path}: --ingress haproxy (Ray Serve's high-throughput mode) does not "
+            "serve gRPC; use --ingress proxy, or remove grpc_options.grpc_servicer_functions")
+    ingress = apply_ray_serve_env(ingress)  # before ray.init: Ray's processes read it
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -157,9 +161,10 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
                  configure_logging=False, namespace="funnel")
         for sig in (signal.SIGINT, signal.SIGTERM):  # ray.init installs its own handlers
             signal.signal(sig, on_signal)
+        grpc = schema.grpc_options
         client = serve_api.serve_start(
             http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-            grpc_options=None)
+            grpc_options=grpc.model_dump() if grpc and grpc.grpc_servicer_functions else None)
         client.deploy_apps(schema, _blocking=False)
         host, port = schema.http_options.host, schema.http_options.port
         base = f"http://{host}:{port}"
@@ -168,8 +173,10 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
                 break
         if not stop.is_set():
             ready = _wait_http(f"{base}/readyz", timeout_s=60, ok=lambda s: s == 200)
+            grpc_note = (f"; gRPC funnel.v1 on port {grpc.port} (all interfaces)"
+                         if grpc and grpc.grpc_servicer_functions else "")
             say(f"serving on {base}  (POST {base}/v1/feed, POST {base}/v1/moderate, "
-                f"GET {base}/readyz)"
+                f"GET {base}/readyz){grpc_note}"
                 + ("" if ready else "  [not ready yet: see GET /readyz]"))
             if ready_file:
                 Path(ready_file).write_text(json.dumps({"url": base, "pid": os.getpid()}))

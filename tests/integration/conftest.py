@@ -76,11 +76,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_serve_config(directory: Path) -> tuple[Path, int, int]:
-    """The shipped local Serve config on free ports: (path, HTTP port, Triton gRPC port)."""
+def write_serve_config(directory: Path, *, grpc: bool = True) -> tuple[Path, int, int]:
+    """The shipped local Serve config on free ports: (path, HTTP port, Triton gRPC port).
+    The app's own gRPC port is free too (`serve_grpc_port(config)`); `grpc=False` drops the
+    gRPC servicers (for --ingress haproxy, which serves no gRPC)."""
     doc = yaml.safe_load(LOCAL_CONFIG.read_text())
     http_port, grpc_port = free_port(), free_port()
     doc["http_options"]["port"] = http_port
+    doc["grpc_options"]["port"] = free_port()
+    if not grpc:
+        doc["grpc_options"]["grpc_servicer_functions"] = []
     args = doc["applications"][0]["args"]
     args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
     args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
@@ -94,6 +99,10 @@ def write_serve_config(directory: Path) -> tuple[Path, int, int]:
 ADMIN_TOKEN = "integration-admin-token"
 
 
+def serve_grpc_port(config: Path) -> int:
+    return int(yaml.safe_load(config.read_text())["grpc_options"]["port"])
+
+
 @dataclass
 class Stack:
     url: str
@@ -102,6 +111,7 @@ class Stack:
     triton_grpc: str
     triton: subprocess.Popen[bytes] | None = None
     admin_token: str = ADMIN_TOKEN
+    grpc: str = ""  # the app's gRPC address (funnel.v1), host:port
 
     def start_triton(self, timeout_s: float = 120.0) -> float:
         """Start `funnel triton`; returns the monotonic time it became ready."""
@@ -153,7 +163,8 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     tmp = tmp_path_factory.mktemp("serve")
     config, http_port, grpc_port = write_serve_config(tmp)
     s = Stack(url=f"http://127.0.0.1:{http_port}", config=config, bundle=tiny_bundle,
-              triton_grpc=f"127.0.0.1:{grpc_port}")
+              triton_grpc=f"127.0.0.1:{grpc_port}",
+              grpc=f"127.0.0.1:{serve_grpc_port(config)}")
     s.start_triton()
     ready = tmp / "ready.json"
     log = (tmp / "serve.log").open("wb")

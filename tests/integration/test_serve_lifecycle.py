@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
                                                               tmp_path: Path,
                                                               ingress: str) -> None:
-    config, _port, _grpc = write_serve_config(tmp_path)
+    config, _port, _grpc = write_serve_config(tmp_path, grpc=ingress != "haproxy")
     ready = tmp_path / "ready.json"
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",

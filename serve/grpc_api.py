@@ -1,0 +1,103 @@
+"""The gRPC edge: `funnel.v1.Feed` and `funnel.v1.Moderation` through Ray Serve's gRPC proxy.
+
+Serve routes each RPC to the ingress deployment's method of the same name (`GetFeed`,
+`Moderate`); this module holds what those methods need without the web framework: the
+servicer-registration functions the Serve config names (`grpc_options.grpc_servicer_functions`),
+message <-> payload conversion, and the one error table shared with HTTP: a status code
+chosen from the HTTP status each error class declares.
+
+Ray Serve's gRPC proxy listens on all interfaces (`[::]:<port>`); it has no host setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from serve.grpc_build import ensure_stubs
+
+# The one error table: HTTP status (what each Funnel error class and each HTTP edge answer
+# uses) -> gRPC status code.
+GRPC_BY_HTTP: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_code_for(http_status: int) -> grpc.StatusCode:
+    return GRPC_BY_HTTP.get(http_status, grpc.StatusCode.INTERNAL)
+
+
+def add_feed_servicer(servicer: Any, server: Any) -> None:
+    """`grpc_options.grpc_servicer_functions` entry for funnel.v1.Feed."""
+    ensure_stubs()
+    from serve.protos.funnel.v1 import feed_pb2_grpc
+
+    feed_pb2_grpc.add_FeedServicer_to_server(servicer, server)
+
+
+def add_moderation_servicer(servicer: Any, server: Any) -> None:
+    """`grpc_options.grpc_servicer_functions` entry for funnel.v1.Moderation."""
+    ensure_stubs()
+    from serve.protos.funnel.v1 import moderation_pb2_grpc
+
+    moderation_pb2_grpc.add_ModerationServicer_to_server(servicer, server)
+
+
+def feed_payload(msg: Any) -> dict[str, Any]:
+    """A GetFeedRequest as the HTTP API's JSON body (so one pydantic model validates both);
+    proto3's zero values mean "not given"."""
+    ctx = {k: getattr(msg.context, k) for k in ("device", "locale", "timestamp")
+           if getattr(msg.context, k)}
+    out: dict[str, Any] = {"user_id": msg.user_id, "context": ctx,
+                           "exclude_item_ids": list(msg.exclude_item_ids)}
+    if msg.limit:
+        out["limit"] = msg.limit
+    return out
+
+
+def feed_response(body: Any) -> Any:
+    """FeedResponse (pydantic) -> funnel.v1.GetFeedResponse."""
+    from serve.protos.funnel.v1 import feed_pb2
+
+    out = feed_pb2.GetFeedResponse(
+        request_id=body.request_id, user_id=body.user_id, degraded=body.degraded,
+        cold_start=body.cold_start, model_versions=body.model_versions,
+        variants=body.variants)
+    for it in body.items:
+        item = out.items.add(item_id=it.item_id, rank=it.rank, score=it.score,
+                             sources=it.sources)
+        item.explain.update(it.explain)
+    return out
+
+
+def moderate_fields(msg: Any) -> tuple[dict[str, Any], bytes | None]:
+    """A ModerateRequest as the HTTP body's fields (without the image) and the image bytes."""
+    fields: dict[str, Any] = {"content_id": msg.content_id}
+    if msg.HasField("text"):
+        fields["text"] = msg.text
+    if msg.HasField("author_id"):
+        fields["author_id"] = msg.author_id
+    if msg.locale:
+        fields["locale"] = msg.locale
+    return fields, (msg.image if msg.HasField("image") else None)
+
+
+def moderate_response(out: Any) -> Any:
+    from serve.protos.funnel.v1 import moderation_pb2
+
+    msg = moderation_pb2.ModerateResponse(
+        content_id=out.content_id, labels=out.labels, decision=out.decision,
+        reasons=list(out.reasons), policy_version=out.policy_version,
+        model_versions=out.model_versions, request_id=out.request_id,
+        degraded=list(out.degraded))
+    if out.review_id is not None:
+        msg.review_id = out.review_id
+    return msg
