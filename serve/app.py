@@ -317,6 +317,7 @@ class FeedIngress:
     async def moderate(self, request: Request) -> Response:
         from serve.moderation.media import decode_base64_image
 
+        started = time.perf_counter()
         rid = request_id_of(request)
         self._ensure_poller()
         if self.moderation is None:
@@ -341,7 +342,9 @@ class FeedIngress:
             reasons=list(out.reasons), policy_version=out.policy_version,
             model_versions=out.model_versions, request_id=rid, review_id=out.review_id,
             degraded=list(out.degraded))
-        return Response(body.model_dump_json(), media_type="application/json")
+        timings = {**out.timings_ms, "handler": round((time.perf_counter() - started) * 1000, 3)}
+        return Response(body.model_dump_json(), media_type="application/json", headers={
+            "server-timing": ", ".join(f"{k};dur={v}" for k, v in timings.items())})
 
     @fastapi_app.get("/v1/review")
     async def review_list(self, request: Request) -> Response:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -60,6 +61,7 @@ class ModerationOutcome:
     request_id: str
     review_id: int | None
     degraded: tuple[str, ...] = field(default=())
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class ModerationService:
@@ -82,6 +84,7 @@ class ModerationService:
             return None
 
     async def moderate(self, inp: ModerationInput) -> ModerationOutcome:
+        t0 = time.perf_counter()
         degraded: list[str] = []
         calls: list[tuple[str, Awaitable[Any]]] = []
         if inp.text is not None:
@@ -97,6 +100,7 @@ class ModerationService:
             used[name] = self.model_versions.get(name, "unknown")
             for label, s in scores.items():
                 labels[label] = max(labels.get(label, 0.0), round(float(s), 6))
+        t1 = time.perf_counter()
         verdict = self.policy.decide(labels)
         decision, reasons = verdict.decision, verdict.reasons
         if degraded:
@@ -112,7 +116,10 @@ class ModerationService:
                 policy_version=self.policy.version, request_id=inp.request_id,
                 text=inp.text, has_image=inp.image is not None, author_id=inp.author_id,
                 scores=labels, flagged_labels=flagged, reasons=reasons, model_versions=used)
+        t2 = time.perf_counter()
         return ModerationOutcome(
             content_id=inp.content_id, labels=labels, decision=decision, reasons=reasons,
             policy_version=self.policy.version, model_versions=used,
-            request_id=inp.request_id, review_id=review_id, degraded=tuple(degraded))
+            request_id=inp.request_id, review_id=review_id, degraded=tuple(degraded),
+            timings_ms={"score": round((t1 - t0) * 1000, 3),
+                        "record": round((t2 - t1) * 1000, 3)})
