@@ -49,8 +49,13 @@ from serve.api import (
     ReviewList,
 )
 from serve.config import AppArgs, parse_app_args
-from serve.errors import InvalidContent, RequestTooLarge
+from serve.errors import InvalidContent, InvalidTensor, RequestTooLarge
+from serve.grpc_api import inference_pb2
 from training.errors import FunnelError
+
+# Ray Serve unpickles gRPC requests in this replica before calling a method: tritonclient's
+# `inference` messages must be importable by the name they were pickled under.
+inference_pb2()
 
 log = logging.getLogger("funnel.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -164,6 +169,81 @@ def grpc_fail(grpc_context: Any, http_status: int, detail: Any, rid: str, empty:
     return empty
 
 
+def oip_error(e: FunnelError, rid: str) -> JSONResponse:
+    """Open Inference Protocol error body: `error` is the message (as the spec and stock
+    clients expect), plus the request id."""
+    return JSONResponse({"error": str(e), "request_id": rid}, status_code=e.http_status)
+
+
+def build_oip_models(ingress: Any) -> list[Any]:
+    """The three models the Open Inference Protocol serves, over this replica's parts: the
+    ranker through the pipeline's Triton client, moderation through the models' deployment."""
+    import numpy as np
+
+    from serve.moderation.media import inspect_image
+    from serve.oip import OipModel, TensorSpec
+    from training.bundle import read_manifest
+    from training.loops import RANKER_KEYS
+    from training.models.ranker import TASKS
+
+    manifest = read_manifest(ingress.args.bundle)
+    version = str(manifest["version"])
+    n_dense = len(manifest["models"]["ranker"]["dense_features"])
+    ranker = ingress.pipeline.ranker
+
+    async def rank(t: dict[str, Any]) -> dict[str, Any]:
+        return {"logits": await ranker.logits(t)}
+
+    async def ranker_ready() -> bool:
+        ready = getattr(ranker, "ready", None)
+        return bool(await ready()) if ready else True
+
+    models = [OipModel(
+        name="ranker", version=version, platform="triton_python_backend",
+        inputs=(TensorSpec("dense", "FP32", (-1, n_dense)),
+                *(TensorSpec(k, "INT64", (-1, 1)) for k in RANKER_KEYS[1:])),
+        outputs=(TensorSpec("logits", "FP32", (-1, len(TASKS))),), infer=rank,
+        ready=ranker_ready)]
+    handle = ingress.moderation_handle
+    if handle is None:
+        return models
+    text_labels, text_version = moderation_labels(manifest)
+
+    async def score_texts(t: dict[str, Any]) -> dict[str, Any]:
+        try:
+            texts = [b.decode("utf-8") for b in t["text"].reshape(-1)]
+        except (UnicodeDecodeError, AttributeError) as e:
+            raise InvalidTensor(f"input tensor 'text' must hold UTF-8 strings: {e}") from e
+        rows = await asyncio.gather(*(handle.score_text.remote(x) for x in texts))
+        return {"scores": np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)}
+
+    async def score_images(t: dict[str, Any]) -> dict[str, Any]:
+        images = list(t["image"].reshape(-1))
+        for i, b in enumerate(images):
+            try:
+                inspect_image(bytes(b), field=f"input tensor 'image'[{i}]")
+            except FunnelError as e:
+                raise InvalidTensor(str(e)) from e
+        scores = await asyncio.gather(*(handle.score_image.remote(bytes(b)) for b in images))
+        for i, sc in enumerate(scores):
+            if isinstance(sc, str):
+                raise InvalidTensor(f"input tensor 'image'[{i}]: {sc}")
+        return {"scores": np.asarray(scores, dtype=np.float32).reshape(-1, 1)}
+
+    if text_labels:
+        models.append(OipModel(
+            name="moderation_text", version=text_version, platform="funnel_kserve_model",
+            inputs=(TensorSpec("text", "BYTES", (-1,)),),
+            outputs=(TensorSpec("scores", "FP32", (-1, len(text_labels))),),
+            infer=score_texts, ready=ingress._moderation_ready))
+    models.append(OipModel(
+        name="moderation_image", version=image_model_version(), platform="onnxruntime",
+        inputs=(TensorSpec("image", "BYTES", (-1,)),),
+        outputs=(TensorSpec("scores", "FP32", (-1, 1)),), infer=score_images,
+        ready=ingress._moderation_ready))
+    return models
+
+
 class HandleScorer:
     """`Scorer` over the moderation deployment's handle (serve.moderation.service)."""
 
@@ -234,6 +314,11 @@ class FeedIngress:
         self.moderation_handle = moderation
         if moderation is not None:
             self.moderation = self._moderation_service(moderation)
+        from importlib.metadata import version
+
+        from serve.oip import OipDataPlane
+
+        self.oip = OipDataPlane(build_oip_models(self), server_version=version("funnel"))
 
     async def _moderation_ready(self) -> bool:
         """The moderation replica answers (its models are loaded: ~10 s after start)."""
@@ -508,6 +593,102 @@ class FeedIngress:
         except FunnelError as e:
             return grpc_fail(grpc_context, e.http_status, str(e), rid, empty)
         return moderate_response(out)
+
+    # ---- Open Inference Protocol (KServe V2), REST ----------------------------------------
+    @fastapi_app.get("/v2")
+    async def oip_server_metadata(self) -> dict[str, Any]:
+        return self.oip.server_metadata()
+
+    @fastapi_app.get("/v2/health/live")
+    async def oip_live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @fastapi_app.get("/v2/health/ready")
+    async def oip_ready(self) -> JSONResponse:
+        ready = await self.oip.server_ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @fastapi_app.get("/v2/models/{name}")
+    async def oip_model_metadata(self, name: str, request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(self.oip.model_metadata(name))
+        except FunnelError as e:
+            return oip_error(e, request_id_of(request))
+
+    @fastapi_app.get("/v2/models/{name}/ready")
+    async def oip_model_ready(self, name: str, request: Request) -> JSONResponse:
+        try:
+            ready = await self.oip.model_ready(name)
+        except FunnelError as e:
+            return oip_error(e, request_id_of(request))
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @fastapi_app.post("/v2/models/{name}/infer")
+    async def oip_infer(self, name: str, request: Request) -> Response:
+        from serve.oip import decode_rest, encode_rest, wants_binary_output
+
+        rid = request_id_of(request)
+        try:
+            raw = await read_body(request, self.args.moderation.max_body_bytes)
+            hl = request.headers.get("inference-header-content-length")
+            if hl is not None and not hl.isdigit():
+                raise InvalidTensor("Inference-Header-Content-Length must be an integer")
+            head, tensors = decode_rest(raw, int(hl) if hl is not None else None)
+            model = self.oip.check(name, tensors)
+            outputs = await model.infer(tensors)
+            body, header_len = encode_rest(model, outputs, request_id=str(head.get("id", "")),
+                                           binary=wants_binary_output(head))
+        except FunnelError as e:
+            return oip_error(e, rid)
+        headers = {} if header_len is None else {
+            "inference-header-content-length": str(header_len)}
+        return Response(body, media_type="application/json" if header_len is None
+                        else "application/octet-stream", headers=headers)
+
+    # ---- Open Inference Protocol, gRPC (inference.GRPCInferenceService) -------------------
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
+        return inference_pb2().ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
+        return inference_pb2().ServerReadyResponse(ready=await self.oip.server_ready())
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        m = self.oip.server_metadata()
+        return inference_pb2().ServerMetadataResponse(name=m["name"], version=m["version"],
+                                                      extensions=m["extensions"])
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = inference_pb2()
+        try:
+            return pb.ModelReadyResponse(ready=await self.oip.model_ready(request.name))
+        except FunnelError as e:
+            return grpc_fail(grpc_context, e.http_status, str(e), grpc_request_id(grpc_context),
+                             pb.ModelReadyResponse())
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = inference_pb2()
+        try:
+            m = self.oip.model_metadata(request.name)
+        except FunnelError as e:
+            return grpc_fail(grpc_context, e.http_status, str(e), grpc_request_id(grpc_context),
+                             pb.ModelMetadataResponse())
+        t = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=m["name"], versions=m["versions"], platform=m["platform"],
+            inputs=[t(**x) for x in m["inputs"]], outputs=[t(**x) for x in m["outputs"]])
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
+        from serve.oip import decode_grpc, encode_grpc
+
+        pb = inference_pb2()
+        try:
+            tensors = decode_grpc(request)
+            model = self.oip.check(request.model_name, tensors)
+            outputs = await model.infer(tensors)
+        except FunnelError as e:
+            return grpc_fail(grpc_context, e.http_status, str(e), grpc_request_id(grpc_context),
+                             pb.ModelInferResponse())
+        return encode_grpc(pb.ModelInferResponse, model, outputs, request.id)
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve config entry point (`import_path: serve.app:build_app`)."""

@@ -81,3 +81,18 @@ class ReviewStoreError(ServeError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+class ModelNotFound(ServeError):
+    """Open Inference Protocol: no model of that name. HTTP 404, gRPC NOT_FOUND."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class InvalidTensor(ServeError):
+    """Open Inference Protocol: an input tensor is missing, unknown, or of the wrong datatype
+    or shape (the message names it). HTTP 400, gRPC INVALID_ARGUMENT."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"

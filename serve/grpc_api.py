@@ -101,3 +101,26 @@ def moderate_response(out: Any) -> Any:
     if out.review_id is not None:
         msg.review_id = out.review_id
     return msg
+
+
+def inference_pb2() -> Any:
+    """tritonclient's generated `inference` messages (the KServe V2 gRPC protocol), made
+    picklable by reference: they record the flat module name `grpc_service_pb2`, which Ray
+    Serve's proxy and replicas could not import when (un)pickling a request, so that name is
+    aliased to the real module. Using tritonclient's module (not a second copy of the same
+    protos) matters: the feed ingress already loads it for the ranker client, and two
+    modules defining package `inference` cannot share a process."""
+    import sys
+
+    from tritonclient.grpc import service_pb2
+
+    sys.modules.setdefault("grpc_service_pb2", service_pb2)
+    return service_pb2
+
+
+def add_inference_servicer(servicer: Any, server: Any) -> None:
+    """`grpc_options.grpc_servicer_functions` entry for inference.GRPCInferenceService."""
+    inference_pb2()
+    from tritonclient.grpc import service_pb2_grpc
+
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
