@@ -59,7 +59,8 @@ def test_tritonclient_http_health_metadata_and_infer_on_every_model(stack: Stack
 
     m = read_manifest(stack.bundle)
     local = LocalRanker(str(Path(stack.bundle).resolve() / m["models"]["ranker"]["path"]))
-    assert logits == pytest.approx(local.logits_sync({"dense": dense, **ids}), abs=1e-5)
+    flat = {k: v.reshape(-1) for k, v in ids.items()}  # the TorchScript model takes [n] ids
+    assert logits == pytest.approx(local.logits_sync({"dense": dense, **flat}), abs=1e-5)
 
     text = httpclient.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.asarray([b"hello there", b"I will hurt you"], dtype=object))
@@ -150,7 +151,8 @@ def test_tritonclient_grpc_health_metadata_and_infer_on_every_model(stack: Stack
     m = read_manifest(stack.bundle)
     local = LocalRanker(str(Path(stack.bundle).resolve() / m["models"]["ranker"]["path"]))
     assert c.infer("ranker", inputs).as_numpy("logits") == pytest.approx(
-        local.logits_sync({"dense": dense, **ids}), abs=1e-5)
+        local.logits_sync({"dense": dense, **{k: v.reshape(-1) for k, v in ids.items()}}),
+        abs=1e-5)
     text = grpcclient.InferInput("text", [1], "BYTES")
     text.set_data_from_numpy(np.asarray([b"see you at the game"], dtype=object))
     assert c.infer("moderation_text", [text]).as_numpy("scores").shape == (1, 6)
