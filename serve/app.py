@@ -244,6 +244,18 @@ def build_oip_models(ingress: Any) -> list[Any]:
     return models
 
 
+async def parse_payload(request: Request, model: Any, limit: int, rid: str
+                        ) -> tuple[Any, JSONResponse | None]:
+    """Read (<= limit bytes), parse JSON and validate into `model`; or the 4xx answer."""
+    payload, bad = await parse_json_body(request, limit, rid)
+    if bad is not None:
+        return None, bad
+    try:
+        return model.model_validate(payload), None
+    except ValidationError as e:
+        return None, error(422, "validation_error", validation_detail(e), rid)
+
+
 class HandleScorer:
     """`Scorer` over the moderation deployment's handle (serve.moderation.service)."""
 
@@ -408,13 +420,10 @@ class FeedIngress:
         if self.moderation is None:
             return error(503, "moderation_disabled", "moderation is disabled in this "
                          "deployment (args.moderation.enabled: false)", rid)
-        payload, bad = await parse_json_body(request, self.args.moderation.max_body_bytes, rid)
+        req, bad = await parse_payload(request, ModerateRequest,
+                                       self.args.moderation.max_body_bytes, rid)
         if bad is not None:
             return bad
-        try:
-            req = ModerateRequest.model_validate(payload)
-        except ValidationError as e:
-            return error(422, "validation_error", validation_detail(e), rid)
         if req.missing_content():
             return error(422, "validation_error", req.missing_content(), rid)
         try:
@@ -474,13 +483,9 @@ class FeedIngress:
             return error(422, "validation_error", [{"field": "item_id", "message":
                                                     "an integer review item id",
                                                     "given": item_id}], rid)
-        payload, bad = await parse_json_body(request, 64 * 1024, rid)
+        d, bad = await parse_payload(request, ReviewDecisionIn, 64 * 1024, rid)
         if bad is not None:
             return bad
-        try:
-            d = ReviewDecisionIn.model_validate(payload)
-        except ValidationError as e:
-            return error(422, "validation_error", validation_detail(e), rid)
         try:
             item = await asyncio.to_thread(self.store.decide, int(item_id),
                                            decision=d.decision, reviewer=d.reviewer,
@@ -537,13 +542,9 @@ class FeedIngress:
     async def feed(self, request: Request) -> Response:
         started = time.perf_counter()
         rid = request_id_of(request)
-        payload, bad = await parse_json_body(request, self.args.max_body_bytes, rid)
+        req, bad = await parse_payload(request, FeedRequest, self.args.max_body_bytes, rid)
         if bad is not None:
             return bad
-        try:
-            req = FeedRequest.model_validate(payload)
-        except ValidationError as e:
-            return error(422, "validation_error", validation_detail(e), rid)
         body, stage_ms = await self._run_feed(req, rid)
         # pydantic-core serialises straight to JSON bytes (no dict, then json.dumps, pass)
         content = body.model_dump_json()

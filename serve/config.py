@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve.errors import ServeConfigError
+from training.config import read_yaml
 from training.models.ranker import TASKS
 
 SOURCE_NAMES = ("ann", "social", "trending", "fresh")
@@ -185,12 +185,7 @@ def parse_app_args(raw: dict[str, Any] | None) -> AppArgs:
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], AppArgs]:
     """Read a Ray Serve config file; returns it and the parsed args of its first app."""
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ServeConfigError(f"{p}: cannot read the serve config: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ServeConfigError(f"{p}: not valid YAML: {e}") from e
+    doc = read_yaml(p, what="serve config", error=ServeConfigError)
     apps = doc.get("applications") if isinstance(doc, dict) else None
     if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict):
         raise ServeConfigError(f"{p}: a Ray Serve config needs 'applications: [...]' with at "

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.errors import ConfigError
+from training.errors import ConfigError, InvalidInputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILE_NAMES = ("tiny", "demo", "large")
@@ -171,15 +171,23 @@ def parse_config(data: dict[str, Any], *, source: str = "config") -> TrainConfig
         raise ConfigError(_format_error(e, source)) from e
 
 
+def read_yaml(path: str | Path, *, what: str,
+              error: type[InvalidInputError] = ConfigError) -> Any:
+    """A YAML file's contents; `error` (exit 2) names the file when it cannot be read or
+    parsed. `what` says what the file is, for the message."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from e
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Parse a YAML training config, raising ConfigError with the file and field named."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read training config: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data = read_yaml(path, what="training config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got "
                           f"{type(data).__name__}")

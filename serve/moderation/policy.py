@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serve.errors import PolicyError
+from training.config import read_yaml
 
 Decision = Literal["allow", "review", "block"]
 DECISIONS: tuple[Decision, ...] = ("allow", "review", "block")
@@ -119,10 +119,5 @@ def parse_policy(raw: Any, *, labels: Sequence[str], source: str = "policy") -> 
 def load_policy(path: str | Path, *, labels: Sequence[str]) -> ModerationPolicy:
     """Read and validate a policy file; PolicyError (CLI exit 2) names the bad field."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise PolicyError(f"{p}: cannot read the moderation policy: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise PolicyError(f"{p}: not valid YAML: {e}") from e
+    raw = read_yaml(p, what="moderation policy", error=PolicyError)
     return parse_policy(raw, labels=labels, source=str(p))
