@@ -52,8 +52,12 @@ class TritonSupervisor:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            # its own process group, so that stop() reaches tritonserver too
-            self._proc = subprocess.Popen(self._cmd, start_new_session=True)
+            from serve.triton_server import die_with_parent
+
+            # its own process group, so that stop() reaches tritonserver too; and SIGTERM
+            # from the kernel if this process is killed outright (no orphaned Triton)
+            self._proc = subprocess.Popen(self._cmd, start_new_session=True,
+                                          preexec_fn=die_with_parent)
             code = self._proc.wait()
             if self._stopping.is_set():
                 return

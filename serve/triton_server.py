@@ -217,9 +217,10 @@ def tritonserver_command(repo: Path, root: Path, settings: TritonSettings
     return cmd, env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM this child when its parent dies, so a killed `funnel triton` leaves no
-    tritonserver behind."""
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM this child when its parent (thread) dies, so a killed parent leaves no
+    child behind (a killed `funnel triton`, no tritonserver; a killed `funnel serve`, no
+    `funnel triton`)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -257,7 +258,7 @@ def run_python_backend(bundle_path: str, settings: TritonSettings, *,
         root = Path(tmp)
         repo = write_model_repository(b, settings, device, root)
         cmd, env = tritonserver_command(repo, root, settings)
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
         try:
             ready_url = (f"http://{settings.host}:{settings.http_port}/v2/models/"
                          f"{MODEL_NAME}/ready")

@@ -167,6 +167,9 @@ def test_triton_outage_degrades_without_5xx_and_recovers(stack: Stack, client: h
         stack.stop_triton()
         stopped = time.monotonic()
         time.sleep(4)
+        # Triton is certainly down until its new process starts; it may serve a little
+        # before this test's readiness poll notices (on a loaded machine, seconds before)
+        restarting = time.monotonic()
         ready = stack.start_triton()
         deadline = ready + 10
         recovered = None
@@ -182,11 +185,11 @@ def test_triton_outage_degrades_without_5xx_and_recovers(stack: Stack, client: h
         t.join(15)
     statuses = Counter(s for _, s, _ in log)
     assert all(s < 500 for s in statuses), statuses
-    during = [e for e in log if stopped + 1 < e[0] < ready]
+    during = [e for e in log if stopped + 1 < e[0] < restarting]
     assert during and all(e[2] for e in during), (
         "responses while Triton is down are degraded: not degraded at "
         f"{[round(e[0] - stopped, 2) for e in during if not e[2]]} s after the stop, "
-        f"restarted at {ready - stopped:.2f} s")
+        f"restarted at {restarting - stopped:.2f} s")
     assert recovered is not None and recovered - ready <= 10, \
         f"normal ranking not back within 10 s of Triton's restart: {log[-5:]}"
     after = [e[2] for e in log if e[0] > recovered]
