@@ -143,7 +143,9 @@ class ModerationSettings(_Strict):
                               description="wait for model scores; after it: degraded review")
     text_max_batch_size: int = Field(32, ge=1, le=1024)
     image_max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_timeout_ms: float = Field(2.0, ge=0, le=1000)
+    # A call that finds the model idle waits this long for others; calls that arrive while
+    # the model runs always join the next batch (serve/batcher.py). 0: no wait.
+    batch_wait_timeout_ms: float = Field(0.0, ge=0, le=1000)
     intra_op_threads: int = Field(1, ge=1, le=64)
 
 

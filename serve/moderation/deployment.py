@@ -2,10 +2,12 @@
 
 A model stage earns its own deployment (ARCHITECTURE.md: hops cost ~6 ms, so only model
 stages get one): the MiniLM encoder is ~90 MB and ~10 s to load, and encoding is far cheaper
-per text in batches. `@serve.batch` gathers concurrent `/v1/moderate` calls into one
-encoder pass (texts) or one ONNX Runtime run (images); batch sizes and the wait come from
-`args.moderation`. Model code runs in a worker thread so the replica's event loop keeps
-accepting (and batching) requests meanwhile.
+per text in batches. A `GreedyBatcher` per model gathers the `/v1/moderate` calls that
+arrive while the model is busy into its next encoder pass (texts) or ONNX Runtime run
+(images), as Triton's dynamic batcher does; `@serve.batch` was replaced because it closes
+batches on a timer and made batches of one here (serve/batcher.py). Batch sizes and the
+wait come from `args.moderation`. Model code runs in a worker thread so the replica's event
+loop keeps accepting (and queueing) calls meanwhile.
 
 kserve is imported only here, inside the replica (see `serve.moderation.models`).
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from ray import serve
 
+from serve.batcher import GreedyBatcher
 from serve.config import parse_app_args
 from training.errors import BundleError
 
@@ -42,29 +45,37 @@ class ModerationModels:
         self.image = ImageModerationModel(intra_op_threads=m.intra_op_threads)
         self.image.load()
         wait_s = m.batch_wait_timeout_ms / 1000.0
-        for method, size in ((self.score_text, m.text_max_batch_size),
-                             (self.score_image, m.image_max_batch_size)):
-            batched: Any = method  # @serve.batch adds these setters at run time
-            batched.set_max_batch_size(size)
-            batched.set_batch_wait_timeout_s(wait_s)
+        self._texts = GreedyBatcher(self._score_text_batch, max_batch_size=m.text_max_batch_size,
+                                    max_wait_s=wait_s)
+        self._images = GreedyBatcher(self._score_image_batch,
+                                     max_batch_size=m.image_max_batch_size, max_wait_s=wait_s)
 
     async def info(self) -> dict[str, Any]:
+        """Models, versions, and the mean batch size each batcher has run so far."""
         return {
+            "mean_batch_size": {"moderation_text": round(self._texts.mean_batch_size, 2),
+                                "moderation_image": round(self._images.mean_batch_size, 2)},
             "moderation_text": ({"labels": list(self.text.labels), "version": self.text.version}
                                 if self.text else None),
             "moderation_image": {"labels": list(self.image.labels),
                                  "version": self.image.version},
         }
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def score_text(self, texts: list[str]) -> list[list[float]]:
+    async def score_text(self, text: str) -> list[float]:
+        """Scores of one text, one per label (batched with concurrent calls)."""
         if self.text is None:
             raise RuntimeError("no text moderation model in this bundle")
+        return await self._texts.submit(text)
+
+    async def score_image(self, image: bytes) -> float | str:
+        """P(nudity) of one image, or an error message if it cannot be decoded (a string,
+        so one bad image fails its own request only)."""
+        return await self._images.submit(image)
+
+    async def _score_text_batch(self, texts: list[str]) -> list[list[float]]:
+        assert self.text is not None
         return (await asyncio.to_thread(self.text.score_texts, texts)).tolist()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def score_image(self, images: list[bytes]) -> list[float | str]:
-        """One P(nudity) per image, or an error message for an image that cannot be decoded
-        (a string, so one bad image fails its own request only)."""
+    async def _score_image_batch(self, images: list[bytes]) -> list[float | str]:
         scores = await asyncio.to_thread(self.image.score_images, images)
         return [s if isinstance(s, float) else str(s) for s in scores]
