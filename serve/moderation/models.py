@@ -2,7 +2,7 @@
 
 The same classes run in two places:
 - inside the Serve graph (`serve.moderation.deployment`), which calls `load()` once and then
-  `score_texts` / `score_images` on batches gathered by `@serve.batch`;
+  `score_texts` / `score_images` on batches gathered by its `GreedyBatcher`s;
 - under KServe's `ModelServer` (`python -m serve.moderation.kserve_main`), where KServe calls
   preprocess -> predict -> postprocess per request, for both its V1 (`{"instances": [...]}`)
   and V2 / Open Inference Protocol (`InferRequest`) protocols.
