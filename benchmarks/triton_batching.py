@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,10 +48,31 @@ from training.loops import RANKER_KEYS
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve" / "configs" / "local.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_taken: set[int] = set()
+
+
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A loopback port that is free now and outside the kernel's ephemeral range.
+
+    A port from bind(("", 0)) is released again before the server binds it, and the kernel
+    may hand the same number to the next bind(0), which Ray makes many of while starting
+    (measured: Serve's proxy failed to bind an HTTP port chosen that way). Ports below the
+    ephemeral range (32768+ on Linux) and above Ray's worker ports (10002-19999) are never
+    handed out that way; this process also never returns the same port twice.
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port in _taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 def _inputs(rows: int, n_dense: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -71,9 +70,10 @@ def review_labels(directory: Path) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port outside the ephemeral range (see benchmarks.triton_batching)."""
+    from benchmarks.triton_batching import free_port as pick
+
+    return pick()
 
 
 def write_serve_config(directory: Path, *, grpc: bool = True) -> tuple[Path, int, int]:
