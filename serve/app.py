@@ -407,7 +407,8 @@ class FeedIngress:
         out = await self.moderation.moderate(ModerationInput(
             content_id=req.content_id, request_id=rid, text=text, image=image,
             author_id=req.author_id, locale=req.locale))
-        await self._refresh_verdicts()  # this replica's feed sees its own decision at once
+        if out.decision != "allow":  # a model's allow never changes what the feed serves
+            await self._refresh_verdicts()  # this replica's feed sees its decision at once
         return out
 
     @fastapi_app.post("/v1/moderate")

@@ -96,3 +96,7 @@ class InvalidTensor(ServeError):
 
     http_status = 400
     grpc_code = "INVALID_ARGUMENT"
+
+
+class ReviewDatabaseUrlError(InvalidInputError):
+    """The review database URL names no usable database driver. CLI exit 2."""

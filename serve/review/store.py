@@ -30,7 +30,12 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from serve.errors import AlreadyDecided, ReviewItemNotFound, ReviewStoreError
+from serve.errors import (
+    AlreadyDecided,
+    ReviewDatabaseUrlError,
+    ReviewItemNotFound,
+    ReviewStoreError,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # never used: created_at is NOT NULL
 ReviewStatus = Literal["pending", "allow", "block"]
@@ -119,7 +124,9 @@ class ReviewStore:
         try:
             self.engine = engine or sa.create_engine(self.url, **kw)
         except (sa.exc.ArgumentError, ImportError) as e:
-            raise ReviewStoreError(f"review database URL {url!r} is not usable: {e}") from e
+            raise ReviewDatabaseUrlError(
+                f"review database URL {url!r} is not usable: {e}; use sqlite:///PATH or "
+                "postgresql://USER@HOST:PORT/DB") from e
         self.migrate()
 
     # ---- schema ----------------------------------------------------------------------------

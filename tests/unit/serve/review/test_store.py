@@ -148,6 +148,14 @@ def test_reopening_migrates_nothing_twice(store: ReviewStore) -> None:
     again.close()
 
 
+def test_an_unusable_url_is_an_input_error_naming_it() -> None:
+    from serve.errors import ReviewDatabaseUrlError
+
+    with pytest.raises(ReviewDatabaseUrlError, match="'nope://x' is not usable") as e:
+        ReviewStore("nope://x")
+    assert e.value.exit_code == 2
+
+
 def test_postgres_urls_use_psycopg3() -> None:
     assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
