@@ -32,6 +32,21 @@ def _n_dense(stack: Stack) -> int:
     return len(read_manifest(stack.bundle)["models"]["ranker"]["dense_features"])
 
 
+def _ranker_case(mod: object, stack: Stack, rows: int, seed: int) -> tuple[list, np.ndarray]:
+    """Ranker inputs for `mod`'s client (tritonclient.http or .grpc) and the logits the
+    bundle's TorchScript ranker gives for them in this process."""
+    from serve.ranker_client import LocalRanker
+
+    n_dense = _n_dense(stack)
+    dense = np.random.default_rng(seed).normal(size=(rows, n_dense)).astype(np.float32)
+    first = mod.InferInput("dense", [rows, n_dense], "FP32")  # type: ignore[attr-defined]
+    first.set_data_from_numpy(dense)  # binary tensor data: tritonclient's default
+    m = read_manifest(stack.bundle)
+    local = LocalRanker(str(Path(stack.bundle).resolve() / m["models"]["ranker"]["path"]))
+    ids = {k: np.ones(rows, dtype=np.int64) for k in RANKER_KEYS[1:]}  # the model takes [n]
+    return [first, *_ranker_id_inputs(mod, rows)], local.logits_sync({"dense": dense, **ids})
+
+
 # ---- tritonclient.http --------------------------------------------------------------------
 def test_tritonclient_http_health_metadata_and_infer_on_every_model(stack: Stack) -> None:
     import tritonclient.http as httpclient
@@ -42,25 +57,8 @@ def test_tritonclient_http_health_metadata_and_infer_on_every_model(stack: Stack
         assert c.is_model_ready(name)
         meta = c.get_model_metadata(name)
         assert meta["name"] == name and meta["inputs"] and meta["outputs"]
-    n_dense = _n_dense(stack)
-    rng = np.random.default_rng(0)
-    dense = rng.normal(size=(4, n_dense)).astype(np.float32)
-    inputs = [httpclient.InferInput("dense", [4, n_dense], "FP32")]
-    inputs[0].set_data_from_numpy(dense)  # binary tensor extension: tritonclient's default
-    ids = {}
-    for k in RANKER_KEYS[1:]:
-        ids[k] = np.ones((4, 1), dtype=np.int64)
-        t = httpclient.InferInput(k, [4, 1], "INT64")
-        t.set_data_from_numpy(ids[k])
-        inputs.append(t)
-    res = c.infer("ranker", inputs)
-    logits = res.as_numpy("logits")
-    from serve.ranker_client import LocalRanker
-
-    m = read_manifest(stack.bundle)
-    local = LocalRanker(str(Path(stack.bundle).resolve() / m["models"]["ranker"]["path"]))
-    flat = {k: v.reshape(-1) for k, v in ids.items()}  # the TorchScript model takes [n] ids
-    assert logits == pytest.approx(local.logits_sync({"dense": dense, **flat}), abs=1e-5)
+    inputs, expected = _ranker_case(httpclient, stack, rows=4, seed=0)
+    assert c.infer("ranker", inputs).as_numpy("logits") == pytest.approx(expected, abs=1e-5)
 
     text = httpclient.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.asarray([b"hello there", b"I will hurt you"], dtype=object))
@@ -136,23 +134,8 @@ def test_tritonclient_grpc_health_metadata_and_infer_on_every_model(stack: Stack
         assert c.is_model_ready(name)
         meta = c.get_model_metadata(name)
         assert meta.name == name and meta.inputs and meta.outputs
-    n_dense = _n_dense(stack)
-    dense = np.random.default_rng(1).normal(size=(5, n_dense)).astype(np.float32)
-    inputs = [grpcclient.InferInput("dense", [5, n_dense], "FP32")]
-    inputs[0].set_data_from_numpy(dense)
-    ids = {}
-    for k in RANKER_KEYS[1:]:
-        ids[k] = np.ones((5, 1), dtype=np.int64)
-        t = grpcclient.InferInput(k, [5, 1], "INT64")
-        t.set_data_from_numpy(ids[k])
-        inputs.append(t)
-    from serve.ranker_client import LocalRanker
-
-    m = read_manifest(stack.bundle)
-    local = LocalRanker(str(Path(stack.bundle).resolve() / m["models"]["ranker"]["path"]))
-    assert c.infer("ranker", inputs).as_numpy("logits") == pytest.approx(
-        local.logits_sync({"dense": dense, **{k: v.reshape(-1) for k, v in ids.items()}}),
-        abs=1e-5)
+    inputs, expected = _ranker_case(grpcclient, stack, rows=5, seed=1)
+    assert c.infer("ranker", inputs).as_numpy("logits") == pytest.approx(expected, abs=1e-5)
     text = grpcclient.InferInput("text", [1], "BYTES")
     text.set_data_from_numpy(np.asarray([b"see you at the game"], dtype=object))
     assert c.infer("moderation_text", [text]).as_numpy("scores").shape == (1, 6)
