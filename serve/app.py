@@ -298,6 +298,31 @@ def policy_labels(text_labels: tuple[str, ...]) -> tuple[str, ...]:
     return labels if "nudity" in labels else (*labels, "nudity")
 
 
+def build_rollout_runtime(ingress: Any, handle: Any) -> Any:
+    """The replica's side of the rollout: variants loaded next to the pipeline's primary
+    bundle, routed by the controller's table."""
+    from pathlib import Path
+
+    from serve.ranker_client import TritonRanker
+    from serve.rollout.runtime import RolloutRuntime
+    from serve.rollout.variants import Variants, bundle_root
+
+    a = ingress.args
+    r = a.feed.ranker
+    try:
+        replica_id = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a Serve replica (tests)
+        replica_id = uuid.uuid4().hex[:8]
+    variants = Variants(
+        ingress.pipeline, primary_version=ingress.versions["bundle"],
+        root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
+        make_ranker=lambda name: TritonRanker(r.url, model_name=name,
+                                              timeout_s=r.timeout_ms / 1000.0),
+        ef_search=a.feed.ann_ef_search)
+    return RolloutRuntime(pipeline=ingress.pipeline, variants=variants, controller=handle,
+                          replica_id=replica_id, settings=a.rollout)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
                   health_check_period_s=5)
 @serve.ingress(fastapi_app)
@@ -305,7 +330,8 @@ class FeedIngress:
     """HTTP edge: parse, delegate to the pipeline / moderation service / review store, map
     errors."""
 
-    def __init__(self, args: dict[str, Any], moderation: Any = None) -> None:
+    def __init__(self, args: dict[str, Any], moderation: Any = None,
+                 rollout: Any = None) -> None:
         from serve.loader import load_pipeline
         from serve.moderation.verdicts import LiveVerdicts
         from serve.review.store import ReviewStore
@@ -331,6 +357,9 @@ class FeedIngress:
         from serve.oip import OipDataPlane
 
         self.oip = OipDataPlane(build_oip_models(self), server_version=version("funnel"))
+        self.rollout_handle = rollout
+        self.rollout = build_rollout_runtime(self, rollout) if rollout is not None else None
+        self._reporter: asyncio.Task[None] | None = None
 
     async def _moderation_ready(self) -> bool:
         """The moderation replica answers (its models are loaded: ~10 s after start)."""
@@ -379,6 +408,9 @@ class FeedIngress:
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll_verdicts())
+        if self.rollout is not None and (self._reporter is None or self._reporter.done()):
+            self._reporter = asyncio.get_running_loop().create_task(
+                self.rollout.run_reports())
 
     def _admin_denied(self, request: Request, rid: str) -> JSONResponse | None:
         env = self.args.review.admin_token_env
@@ -503,6 +535,70 @@ class FeedIngress:
                 self._poller.cancel()
             self.store.close()
 
+    # ---- rollout (admin) -----------------------------------------------------------------
+    async def _rollout_call(self, request: Request, method: str, *args: Any) -> Response:
+        rid = request_id_of(request)
+        denied = self._admin_denied(request, rid)
+        if denied is not None:
+            return denied
+        if self.rollout_handle is None:
+            return error(503, "rollout_disabled", "this deployment has no rollout controller",
+                         rid)
+        self._ensure_poller()
+        out = await getattr(self.rollout_handle, method).remote(*args)
+        if isinstance(out, dict) and out.get("ok") is False:
+            return error(int(out["status"]), "rollout_refused",
+                         out.get("fields") or out.get("error"), rid)
+        if method != "status" and self.rollout is not None:
+            await self.rollout.report_once()  # this replica routes by the change at once
+        return JSONResponse(out)
+
+    @fastapi_app.get("/v1/admin/rollout")
+    async def rollout_status(self, request: Request) -> Response:
+        return await self._rollout_call(request, "status")
+
+    @fastapi_app.put("/v1/admin/rollout")
+    async def rollout_apply(self, request: Request) -> Response:
+        rid = request_id_of(request)
+        denied = self._admin_denied(request, rid)
+        if denied is not None:
+            return denied
+        raw, bad = await parse_json_body(request, self.args.max_body_bytes, rid)
+        if bad is not None:
+            return bad
+        return await self._rollout_call(request, "apply", raw)
+
+    @fastapi_app.post("/v1/admin/rollout/{stage}/{action}")
+    async def rollout_act(self, stage: str, action: str, request: Request) -> Response:
+        from serve.rollout.config import STAGES
+
+        rid = request_id_of(request)
+        problems = []
+        if stage not in STAGES:
+            problems.append({"field": "stage", "message": f"one of {list(STAGES)}",
+                             "given": stage})
+        if action not in ("promote", "rollback"):
+            problems.append({"field": "action", "message": "one of ['promote', 'rollback']",
+                             "given": action})
+        if problems:
+            denied = self._admin_denied(request, rid)
+            return denied if denied is not None else error(422, "validation_error", problems,
+                                                           rid)
+        return await self._rollout_call(request, action, stage)
+
+    @fastapi_app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus exposition: the rollout's cluster-wide numbers (from the controller)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from monitoring.rollout_metrics import render
+
+        body = b""
+        if self.rollout_handle is not None:
+            self._ensure_poller()
+            body = render(await self.rollout_handle.status.remote())
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -524,18 +620,32 @@ class FeedIngress:
     async def _run_feed(self, req: FeedRequest, rid: str) -> tuple[FeedResponse, dict[str, float]]:
         from serve.pipeline import FeedQuery
 
+        self._ensure_poller()
         ts = req.context.timestamp.timestamp() if req.context.timestamp else None
-        result = await self.pipeline.run(FeedQuery(
+        query = FeedQuery(
             user_id=req.user_id, limit=req.limit, request_id=rid,
             exclude_ids=frozenset(req.exclude_item_ids), locale=req.context.locale,
-            timestamp_s=ts))
+            timestamp_s=ts)
+        versions, variants = dict(self.versions), {"retrieval": "primary", "ranker": "primary"}
+        if self.rollout is None:
+            result = await self.pipeline.run(query)
+        else:
+            models, assigned = self.rollout.models_for(req.user_id)
+            try:
+                result = await self.pipeline.run(query, models)
+            except BaseException:
+                self.rollout.abandon(assigned)
+                raise
+            self.rollout.after_feed(assigned, result)
+            for stage, a in assigned.items():
+                if a is not None:
+                    variants[stage], versions[stage] = a.variant, a.bundle_version
         body = FeedResponse(
             request_id=rid, user_id=req.user_id,
             items=[FeedItemOut(item_id=i.item_id, rank=i.rank, score=round(i.score, 6),
                                sources=list(i.sources), explain=dict(i.explain))
                    for i in result.items],
-            model_versions=self.versions,
-            variants={"retrieval": "primary", "ranker": "primary"},
+            model_versions=versions, variants=variants,
             degraded=result.degraded, cold_start=result.cold_start)
         return body, result.timings_ms
 
@@ -696,11 +806,28 @@ def build_app(args: dict[str, Any]) -> Application:
     """Serve config entry point (`import_path: serve.app:build_app`)."""
     from serve.moderation.deployment import ModerationModels
     from serve.moderation.policy import load_policy
+    from serve.rollout.deployment import RolloutController
     from training.bundle import read_manifest
 
     parsed = parse_app_args(args)  # refuse a bad config before any replica starts
+    check_rollout_args(parsed)
+    controller = RolloutController.bind(args)  # type: ignore[attr-defined]
     if not parsed.moderation.enabled:
-        return FeedIngress.bind(args)  # type: ignore[attr-defined]
+        return FeedIngress.bind(args, None, controller)  # type: ignore[attr-defined]
     text_labels, _ = moderation_labels(read_manifest(parsed.bundle))
     load_policy(parsed.moderation.policy, labels=policy_labels(text_labels))  # refuse it now
-    return FeedIngress.bind(args, ModerationModels.bind(args))  # type: ignore[attr-defined]
+    return FeedIngress.bind(args, ModerationModels.bind(args),  # type: ignore[attr-defined]
+                            controller)
+
+
+def check_rollout_args(parsed: AppArgs) -> None:
+    """The start-up rollout config is valid and names bundles that exist (else exit 2)."""
+    from pathlib import Path
+
+    from serve.rollout.deployment import load_rollout_source, validate_rollout
+    from serve.rollout.variants import bundle_root
+
+    ro = parsed.rollout
+    root = Path(ro.bundle_root) if ro.bundle_root else bundle_root(parsed.bundle)
+    validate_rollout(load_rollout_source(ro.config), root=root,
+                     allow_faults=ro.allow_fault_injection)

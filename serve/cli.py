@@ -92,6 +92,14 @@ def triton_cmd(
                        say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False))
 
 
+def _rollout_app() -> typer.Typer:
+    from serve.rollout.cli import rollout_app
+
+    return rollout_app
+
+
+app.add_typer(_rollout_app(), name="rollout")
+
 review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 

@@ -163,6 +163,24 @@ class ReviewSettings(_Strict):
     max_list_limit: int = Field(200, ge=1, le=10_000)
 
 
+class RolloutSettings(_Strict):
+    """Canary and shadow rollout (serve/rollout): the config applied at start and how the
+    replicas and the controller exchange routing and live numbers."""
+
+    # A rollout YAML file, or the rollout config inline (the Helm chart renders it inline).
+    # Later changes: `funnel rollout apply`, or a new `user_config` of RolloutController.
+    config: str | dict[str, Any] | None = None
+    bundle_root: str | None = Field(None, description="directory of bundle versions; default "
+                                    "the parent of `bundle`")
+    report_interval_s: float = Field(0.5, gt=0, le=60,
+                                     description="replica -> controller: numbers and routing")
+    shadow_queue_size: int = Field(64, ge=1, le=100_000,
+                                   description="pending shadow/compare jobs; more are dropped")
+    shadow_concurrency: int = Field(2, ge=1, le=64)
+    allow_fault_injection: bool = False
+    triton_unload_grace_s: float = Field(30.0, ge=0, le=3600)
+
+
 class AppArgs(_Strict):
     """Everything under `applications[].args` of the Serve config."""
 
@@ -171,6 +189,7 @@ class AppArgs(_Strict):
     triton: TritonSettings = Field(default_factory=TritonSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 
 

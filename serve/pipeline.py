@@ -32,9 +32,51 @@ from serve.moderation.verdicts import LiveVerdicts
 from serve.ranker_client import Ranker
 from serve.rerank import RerankParams, rerank
 from serve.retrieval import TwoTowerRetrieval
-from serve.sources import CandidateSource, SourceQuery
-from serve.types import Candidate, FeedItem, Merged, Scored
+from serve.sources import AnnSource, CandidateSource, SourceQuery
+from serve.types import Candidate, FeedItem, ItemInfo, Merged, Scored
+from training.features import FeatureTransform
 from training.models.ranker import TASKS
+
+
+@dataclass(frozen=True)
+class RankerModel:
+    """One ranker version: its client (Triton model) and the feature transform of its bundle
+    (a ranker's inputs are built by the features it was trained with)."""
+
+    name: str
+    version: str
+    ranker: Ranker
+    features: FeatureTransform
+
+
+@dataclass(frozen=True)
+class Models:
+    """The model versions one request is served by (the rollout's assignment)."""
+
+    retrieval: TwoTowerRetrieval
+    ranker: RankerModel
+    retrieval_variant: str = "primary"
+    ranker_variant: str = "primary"
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a request's stages produced, kept for comparisons off the critical path (a shadow
+    re-ranks the same candidates; a canary's list is compared with the primary's)."""
+
+    user_id: int
+    user: pd.DataFrame
+    known: bool
+    now_s: float
+    request_id: str
+    limit: int
+    ann_ids: tuple[int, ...]
+    ann_scores: tuple[float, ...]
+    kept: list[Merged]
+    rscore: np.ndarray
+    infos: dict[int, ItemInfo]
+    vecs: np.ndarray
+    kept_ids: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -54,6 +96,7 @@ class FeedResult:
     cold_start: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
+    trace: Trace | None = None
 
 
 def _rng_for(request_id: str) -> np.random.Generator:
@@ -87,7 +130,20 @@ class FeedPipeline:
             author_cap=r.author_cap, topic_cap=r.topic_cap, mmr_lambda=r.mmr_lambda,
             freshness_weight=r.freshness_weight, freshness_half_life_h=r.freshness_half_life_h,
             explore_slots=r.explore_slots, explore_min_rank=r.explore_min_rank)
-        self._ranker_down_until = 0.0
+        # per ranker client: a failing canary must not switch off the primary
+        self._ranker_down_until: dict[int, float] = {}
+        self.primary_models = Models(retrieval=retrieval, ranker=RankerModel(
+            "primary", "", ranker, retrieval.features))
+        self._ann: dict[int, AnnSource] = {}
+
+    def _source(self, name: str, retrieval: TwoTowerRetrieval) -> CandidateSource:
+        """The `ann` source of the request's retrieval version; the others are shared."""
+        if name != "ann" or retrieval is self.retrieval:
+            return self.sources[name]
+        src = self._ann.get(id(retrieval))
+        if src is None:
+            src = self._ann[id(retrieval)] = AnnSource(retrieval)
+        return src
 
     def now_s(self, q: FeedQuery) -> float:
         if q.timestamp_s is not None:
@@ -95,8 +151,8 @@ class FeedPipeline:
         return self.catalog.as_of_s if self.settings.clock == "catalog" else self._clock()
 
     # ---- stages --------------------------------------------------------------------------
-    async def _candidates(self, query: SourceQuery, degraded: list[str]
-                          ) -> dict[str, list[Candidate]]:
+    async def _candidates(self, query: SourceQuery, degraded: list[str],
+                          retrieval: TwoTowerRetrieval) -> dict[str, list[Candidate]]:
         names = [n for n, s in self.settings.sources.items()
                  if s.enabled and n in self.sources
                  and (query.known_user or self.sources[n].cold_start)]
@@ -104,7 +160,7 @@ class FeedPipeline:
         async def one(name: str) -> list[Candidate]:
             s = self.settings.sources[name]
             return await asyncio.wait_for(
-                asyncio.to_thread(self.sources[name].generate, query, s.quota),
+                asyncio.to_thread(self._source(name, retrieval).generate, query, s.quota),
                 timeout=s.timeout_ms / 1000.0)
 
         results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
@@ -117,8 +173,10 @@ class FeedPipeline:
         return out
 
     def ranker_inputs(self, user_id: int, user: pd.DataFrame, items: list[Merged],
-                      retrieval_score: np.ndarray, now_s: float) -> dict[str, np.ndarray]:
-        """The ranker's inputs for (user, each item, now), from the shared feature module."""
+                      retrieval_score: np.ndarray, now_s: float,
+                      features: FeatureTransform | None = None) -> dict[str, np.ndarray]:
+        """The ranker's inputs for (user, each item, now), from the shared feature module (the
+        ranker version's own fitted transform when given)."""
         ids = np.asarray([m.item_id for m in items], dtype=np.int64)
         rows = self.catalog.item_frame(ids)
         n = len(rows)
@@ -129,7 +187,7 @@ class FeedPipeline:
             country=np.repeat(user["country"].to_numpy(), n),
             timestamp=pd.Timestamp(now_s, unit="s", tz="UTC"),
             follows_author=np.isin(rows["author_id"].to_numpy(), followees))
-        ft = self.features
+        ft = features or self.features
         topic_idx = ft.vocab_index("posts.topic", rows["topic"].to_numpy())
         counts = ft.final_counts(rows["user_id"].to_numpy(), rows["post_id"].to_numpy(),
                                  rows["author_id"].to_numpy(), topic_idx)
@@ -137,17 +195,19 @@ class FeedPipeline:
 
     async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
                     rscore: np.ndarray, now_s: float, degraded: list[str],
-                    timings: dict[str, float]) -> tuple[list[Scored], dict[int, np.ndarray]]:
+                    timings: dict[str, float], model: RankerModel | None = None
+                    ) -> tuple[list[Scored], dict[int, np.ndarray]]:
         """Scored items, and each item's per-task probabilities (empty when degraded).
         `timings` gets `ranker_call`: the wait for the model alone, features excluded."""
         if not items:
             return [], {}
-        if self._monotonic() >= self._ranker_down_until:
+        m = model or self.primary_models.ranker
+        if self._monotonic() >= self._ranker_down_until.get(id(m.ranker), 0.0):
             try:
-                inputs = self.ranker_inputs(user_id, user, items, rscore, now_s)
+                inputs = self.ranker_inputs(user_id, user, items, rscore, now_s, m.features)
                 t0 = time.perf_counter()
                 try:
-                    logits = await self.ranker.logits(inputs)
+                    logits = await m.ranker.logits(inputs)
                 finally:
                     timings["ranker_call"] = round((time.perf_counter() - t0) * 1000, 3)
                 probs = 1.0 / (1.0 + np.exp(-logits))
@@ -156,8 +216,8 @@ class FeedPipeline:
                 return ([Scored(m, float(final[i])) for i, m in enumerate(items)],
                         {m.item_id: probs[i] for i, m in enumerate(items)})
             except RankerUnavailable:
-                self._ranker_down_until = (self._monotonic()
-                                           + self.settings.ranker.retry_after_s)
+                self._ranker_down_until[id(m.ranker)] = (self._monotonic()
+                                                         + self.settings.ranker.retry_after_s)
         degraded.append("ranker")
         if rscore.any():
             return [Scored(m, float(rscore[i])) for i, m in enumerate(items)], {}
@@ -173,7 +233,10 @@ class FeedPipeline:
         return FeedItem(item.item_id, item.rank, item.score, item.sources, explain)
 
     # ---- the request ---------------------------------------------------------------------
-    async def run(self, q: FeedQuery) -> FeedResult:
+    async def run(self, q: FeedQuery, models: Models | None = None) -> FeedResult:
+        """The feed for `q`, served by `models` (the primary versions by default)."""
+        m = models or self.primary_models
+        retrieval = m.retrieval
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -186,9 +249,9 @@ class FeedPipeline:
         now_s = self.now_s(q)
         known = self.catalog.has_user(q.user_id)
         user = self.catalog.user_frame(q.user_id)
-        user_vec = self.retrieval.user_vector(user) if known else None
+        user_vec = retrieval.user_vector(user) if known else None
         query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s)
-        per_source = await self._candidates(query, degraded)
+        per_source = await self._candidates(query, degraded, retrieval)
         t = lap("candidates", t0)
 
         quotas = {n: s.quota for n, s in self.settings.sources.items()}
@@ -211,20 +274,44 @@ class FeedPipeline:
         t = lap("merge_filter", t)
 
         kept_ids = np.asarray([m.item_id for m in kept], dtype=np.int64)
-        vecs = self.retrieval.item_vectors(kept_ids)
+        vecs = retrieval.item_vectors(kept_ids)
         rscore = (vecs @ user_vec if user_vec is not None
                   else np.zeros(len(kept), np.float32)).astype(np.float32)
         kept = [Merged(m.item_id, m.sources, m.source_scores, float(rscore[i]))
                 for i, m in enumerate(kept)]
         scored, probs = await self._rank(q.user_id, user, kept, rscore, now_s, degraded,
-                                         timings)
+                                         timings, m.ranker)
         t = lap("rank", t)
 
-        emb = {int(i): vecs[j] for j, i in enumerate(kept_ids)}
-        items = [self._with_probs(i, probs.get(i.item_id)) for i in rerank(
-            scored, infos, emb, limit=q.limit, now_s=now_s, rng=_rng_for(q.request_id),
-            params=self._rerank)]
+        items = self._page(scored, probs, infos, kept_ids, vecs, now_s, q.limit, q.request_id)
         lap("rerank", t)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
+        ann = per_source.get("ann", [])
+        trace = Trace(user_id=q.user_id, user=user, known=known, now_s=now_s,
+                      request_id=q.request_id, limit=q.limit,
+                      ann_ids=tuple(c.item_id for c in ann),
+                      ann_scores=tuple(c.score for c in ann), kept=kept, rscore=rscore,
+                      infos=infos, vecs=vecs, kept_ids=kept_ids)
         return FeedResult(items=items, degraded=degraded, cold_start=not known,
-                          timings_ms=timings, filtered=removed)
+                          timings_ms=timings, filtered=removed, trace=trace)
+
+    def _page(self, scored: list[Scored], probs: dict[int, np.ndarray],
+              infos: dict[int, ItemInfo], kept_ids: np.ndarray, vecs: np.ndarray,
+              now_s: float, limit: int, request_id: str) -> list[FeedItem]:
+        emb = {int(i): vecs[j] for j, i in enumerate(kept_ids)}
+        return [self._with_probs(i, probs.get(i.item_id)) for i in rerank(
+            scored, infos, emb, limit=limit, now_s=now_s, rng=_rng_for(request_id),
+            params=self._rerank)]
+
+    async def rerank_with(self, trace: Trace, model: RankerModel
+                          ) -> tuple[list[FeedItem], list[str], float]:
+        """The page `model` would have served for the same candidates (a shadow ranker, or the
+        primary next to a canary): (items, degraded, ranker call ms). Same exploration seed,
+        so the lists differ only by the ranker."""
+        degraded: list[str] = []
+        timings: dict[str, float] = {}
+        scored, probs = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
+                                         trace.now_s, degraded, timings, model)
+        items = self._page(scored, probs, trace.infos, trace.kept_ids, trace.vecs,
+                           trace.now_s, trace.limit, trace.request_id)
+        return items, degraded, timings.get("ranker_call", 0.0)

@@ -105,7 +105,7 @@ def absolute_sqlite_url(url: str) -> str:
 def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any], AppArgs]:
     """The Serve config with the bundle, the moderation policy and a SQLite review database
     made absolute (replicas do not share our cwd); the policy is checked here (exit 2)."""
-    from serve.app import moderation_labels, policy_labels
+    from serve.app import check_rollout_args, moderation_labels, policy_labels
     from serve.moderation.policy import load_policy
 
     doc, args = load_serve_config(config_path)
@@ -119,11 +119,19 @@ def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any
     review = dict(app_args.get("review") or {})
     review["database_url"] = absolute_sqlite_url(args.review.database_url)
     app_args["review"] = review
+    rollout = dict(app_args.get("rollout") or {})
+    if isinstance(args.rollout.config, str):
+        rollout["config"] = str(Path(args.rollout.config).resolve())
+    if args.rollout.bundle_root:
+        rollout["bundle_root"] = str(Path(args.rollout.bundle_root).resolve())
+    if rollout:
+        app_args["rollout"] = rollout
     doc["applications"][0]["args"] = app_args
     parsed = parse_app_args(app_args)
     if parsed.moderation.enabled:
         load_policy(parsed.moderation.policy,
                     labels=policy_labels(moderation_labels(b.manifest)[0]))
+    check_rollout_args(parsed)  # exit 2 naming the field, before Ray starts
     return doc, parsed
 
 

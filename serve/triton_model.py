@@ -8,9 +8,10 @@ binding a Python function through PyTriton, this removes one inter-process hop p
 (PyTriton relays each batch from the stub to the user's process over ZeroMQ): 2.9 ms instead
 of 7.2 ms per 395-candidate call on 2 CPU cores (BENCHMARKS.md).
 
-Parameters (from config.pbtxt): `model_path` (TorchScript, checksum-verified by the process
-that wrote the repository), `keys` (input names in the model's argument order), `device`
-(`cpu` or `cuda`), `intra_op_threads`.
+Parameters (from config.pbtxt, or the JSON config of a version loaded at run time):
+`model_path` (TorchScript), `model_sha256` (when set, the file is checked against it before
+loading; a mismatch fails the load), `keys` (input names in the model's argument order),
+`device` (`cpu`, `cuda` or `auto`), `intra_op_threads`.
 
 Only numpy and torch are imported at module level besides Triton's own utilities, which
 exist only inside the stub; the batching logic is `run_batch`, a pure function with unit
@@ -19,6 +20,7 @@ tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,6 +48,14 @@ def run_batch(forward: Callable[..., np.ndarray], keys: Sequence[str],
     return np.split(out, np.cumsum(sizes)[:-1])
 
 
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def torch_forward(model: torch.jit.ScriptModule, device: torch.device
                   ) -> Callable[..., np.ndarray]:
     """numpy arrays in, float32 logits out, on `device`, without autograd."""
@@ -65,7 +75,15 @@ class TritonPythonModel:
         params = {k: v["string_value"]
                   for k, v in json.loads(args["model_config"])["parameters"].items()}
         self.keys = params["keys"].split(",")
+        expected = params.get("model_sha256", "")
+        if expected:  # a version loaded at run time checks its own file before loading it
+            actual = file_sha256(params["model_path"])
+            if actual != expected:
+                raise ValueError(f"{params['model_path']}: checksum mismatch (manifest sha256 "
+                                 f"{expected[:12]}…, file {actual[:12]}…); refusing the model")
         device = params.get("device", "cpu")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
         else:

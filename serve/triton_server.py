@@ -169,6 +169,37 @@ def model_config_pbtxt(*, n_dense: int, settings: TritonSettings, device: torch.
                       f"{_pbtxt_str(v)} }} }}\n" for k, v in params.items()))
 
 
+def model_config_json(*, name: str, n_dense: int, settings: TritonSettings,
+                      model_path: str, model_sha256: str) -> dict[str, Any]:
+    """The `ranker` model config as Triton's JSON form, for loading a bundle version at run
+    time (`load_model(name, config=...)`, with model.py sent as a file). Same shape as
+    `model_config_pbtxt`; the device is resolved by the model (`auto`: CUDA when present)."""
+    cfg: dict[str, Any] = {
+        "name": name, "backend": "python", "max_batch_size": settings.max_batch_size,
+        "input": [{"name": "dense", "data_type": "TYPE_FP32", "dims": [n_dense]},
+                  *({"name": k, "data_type": "TYPE_INT64", "dims": [1]}
+                    for k in RANKER_KEYS[1:])],
+        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [len(TASKS)]}],
+        "instance_group": [{"kind": "KIND_GPU" if settings.device == "cuda" else "KIND_CPU",
+                            "count": settings.instances}],
+        "parameters": {k: {"string_value": v} for k, v in {
+            "model_path": model_path, "model_sha256": model_sha256,
+            "keys": ",".join(RANKER_KEYS), "device": settings.device,
+            "intra_op_threads": str(settings.intra_op_threads),
+            "tasks": ",".join(TASKS)}.items()},
+    }
+    if settings.dynamic_batching:
+        cfg["dynamic_batching"] = {"max_queue_delay_microseconds": settings.max_queue_delay_us,
+                                   **({"preferred_batch_size": settings.preferred_batch_sizes}
+                                      if settings.preferred_batch_sizes else {})}
+    return cfg
+
+
+def model_py_source() -> bytes:
+    """The Python-backend model file (serve/triton_model.py), as Triton's repository holds it."""
+    return Path(__file__).with_name("triton_model.py").read_bytes()
+
+
 def write_model_repository(bundle: VerifiedBundle, settings: TritonSettings,
                            device: torch.device, root: Path) -> Path:
     """A Triton model repository under `root` serving the bundle's ranker; returns its path.
@@ -212,6 +243,9 @@ def tritonserver_command(repo: Path, root: Path, settings: TritonSettings
            f"--http-address={settings.host}", f"--http-port={settings.http_port}",
            f"--grpc-address={settings.host}", f"--grpc-port={settings.grpc_port}",
            f"--metrics-address={settings.host}", f"--metrics-port={settings.metrics_port}",
+           # explicit: the rollout controller loads other bundle versions' rankers at run
+           # time (`ranker-<version>`) next to the primary `ranker`
+           "--model-control-mode=explicit", f"--load-model={MODEL_NAME}",
            "--exit-timeout-secs=5", "--log-verbose=0", "--log-info=false",
            "--strict-readiness=true", "--allow-metrics=true"]
     return cmd, env

@@ -1,0 +1,1 @@
+"""Canary and shadow rollout: config, sticky assignment, agreement, guardrails."""

@@ -1,0 +1,199 @@
+"""`RolloutController`: the one Serve replica that holds the rollout's state.
+
+Ingress replicas report their numbers to it every `report_interval_s` and get the routing
+table back (`report`); admin routes call `apply`, `promote`, `rollback` and `status`. A
+config is applied in three steps, and a failure at any of them changes nothing:
+
+1. shape (pydantic) and bundle versions (they exist under the bundle root);
+2. load: every ranker version is checksum-verified and loaded into Triton;
+3. swap: the state takes the config; replicas pick it up with their next report, load the
+   retrieval and feature files of new versions (checksums first), and only then route to
+   them, while requests in flight finish on the models they started with.
+
+The config can also come as the deployment's `user_config` (`{"rollout": {...}}`), which
+Serve hands to `reconfigure` without restarting the replica: that is how a Helm values
+change reaches a running RayService.
+
+Results cross Ray as plain dicts ({"ok": false, "status": 422, "error": ..., "fields": [...]}
+for a refusal) rather than raised exceptions, so that the fields survive the trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from serve.config import parse_app_args
+from serve.errors import RolloutConfigError
+from serve.rollout.config import RolloutConfig, check_versions, parse_rollout
+from serve.rollout.controller import RolloutState
+from serve.rollout.variants import available_versions, bundle_root
+from training.bundle import read_manifest
+from training.config import read_yaml
+from training.errors import FunnelError
+
+log = logging.getLogger("funnel.rollout")
+HEAL_EVERY_S = 5.0
+
+
+def load_rollout_source(source: str | dict[str, Any] | None) -> Any:
+    """The raw rollout config from app args: a YAML path, an inline mapping, or nothing."""
+    if source is None:
+        return {}
+    if isinstance(source, str):
+        return read_yaml(source, what="rollout config", error=RolloutConfigError)
+    return source
+
+
+def validate_rollout(raw: Any, *, root: Path, allow_faults: bool) -> RolloutConfig:
+    cfg = parse_rollout(raw)
+    check_versions(cfg, available_versions(root), allow_faults=allow_faults)
+    return cfg
+
+
+def _refusal(e: FunnelError) -> dict[str, Any]:
+    return {"ok": False, "status": e.http_status, "error": str(e),
+            "fields": getattr(e, "fields", [])}
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1},
+                  max_ongoing_requests=1000, health_check_period_s=10)
+class RolloutController:
+    def __init__(self, args: dict[str, Any]) -> None:
+        from serve.rollout.triton_models import TritonModels
+
+        a = parse_app_args(args)
+        self.args = a
+        self.root = Path(a.rollout.bundle_root) if a.rollout.bundle_root else \
+            bundle_root(a.bundle)
+        self.primary_version = str(read_manifest(a.bundle)["version"])
+        self.state = RolloutState()
+        self.triton = TritonModels(a.feed.ranker.url, a.triton,
+                                   primary_version=self.primary_version, root=self.root,
+                                   base_name=a.feed.ranker.model_name,
+                                   grace_s=a.rollout.triton_unload_grace_s)
+        self._lock = asyncio.Lock()
+        self._last_heal = 0.0
+        raw = load_rollout_source(a.rollout.config)
+        cfg = self._validate(raw)  # a bad start-up config fails the deployment, named
+        self._pending_start = cfg if cfg.stages else None
+        self._last_start_try = -1e9
+        self.start_error = ""
+
+    def _validate(self, raw: Any) -> RolloutConfig:
+        return validate_rollout(raw, root=self.root,
+                                allow_faults=self.args.rollout.allow_fault_injection)
+
+    async def _apply(self, cfg: RolloutConfig, source: str) -> None:
+        versions = {v for name, st in cfg.stages.items() if name == "ranker"
+                    for v in st.versions()}
+        await asyncio.to_thread(self.triton.ensure, versions)
+        self.state.apply(cfg, source=source)
+        log.info("rollout: config applied (%s), revision %d", source, self.state.revision)
+
+    async def _start(self) -> None:
+        """Apply the start-up config once Triton can load its rankers (Triton starts next to
+        Serve and may not be up yet); until then the primary serves every stage."""
+        now = asyncio.get_running_loop().time()
+        if self._pending_start is None or now - self._last_start_try < 2.0:
+            return
+        self._last_start_try = now
+        try:
+            await self._apply(self._pending_start, "args.rollout.config")
+            self._pending_start, self.start_error = None, ""
+        except FunnelError as e:
+            if str(e) != self.start_error:
+                log.warning("rollout: the start-up config is not applied yet: %s", e)
+            self.start_error = str(e)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's in-place update (`user_config: {rollout: {...}}`)."""
+        raw = (user_config or {}).get("rollout")
+        if raw is None:
+            return
+        async with self._lock:
+            cfg = self._validate(raw)
+            await self._apply(cfg, "user_config")
+
+    async def apply(self, raw: Any, source: str = "api") -> dict[str, Any]:
+        async with self._lock:
+            try:
+                cfg = self._validate(raw)
+                await self._apply(cfg, source)
+            except FunnelError as e:
+                log.warning("rollout: config refused: %s", e)
+                return _refusal(e)
+        return {"ok": True, "revision": self.state.revision}
+
+    async def report(self, replica: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """A replica's numbers since its last report in; the routing table out."""
+        async with self._lock:
+            await self._start()
+            self.state.report(replica, rows)
+            for d in self.state.evaluate():
+                log.warning("rollout: %s %s (%s): %s", d.stage, d.action, d.variant, d.reason)
+            await self._heal()
+            return self.state.routing()
+
+    async def _heal(self) -> None:
+        """Reload ranker versions a restarted Triton forgot; unload retired ones."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_heal < HEAL_EVERY_S:
+            return
+        self._last_heal = now
+        st = self.state.stages.get("ranker")
+        keep = st.config.versions() if st is not None else set()
+        await asyncio.to_thread(self._heal_sync, keep)
+
+    def _heal_sync(self, keep: set[str]) -> None:
+        from serve.rollout.variants import ranker_model_name
+
+        for v in list(self.triton.loaded):
+            name = ranker_model_name(v, self.primary_version, self.args.feed.ranker.model_name)
+            try:
+                ready = bool(self.triton._c().is_model_ready(name))
+            except Exception:
+                continue  # Triton down: try again later
+            if not ready:
+                log.warning("rollout: Triton lost %s; loading it again", name)
+                self.triton.loaded.discard(v)
+        try:
+            self.triton.ensure(v for v in keep if v != self.primary_version)
+        except FunnelError as e:
+            log.warning("rollout: %s", e)
+        self.triton.retire(keep)
+
+    async def routing(self) -> dict[str, Any]:
+        async with self._lock:
+            await self._start()
+            return self.state.routing()
+
+    async def status(self) -> dict[str, Any]:
+        async with self._lock:
+            await self._start()
+            return {**self.state.status(), "primary_version": self.primary_version,
+                    "bundle_root": str(self.root),
+                    "available_versions": available_versions(self.root),
+                    "triton_models": sorted(self.triton.loaded),
+                    "pending_start_config": self._pending_start is not None,
+                    "start_error": self.start_error}
+
+    async def promote(self, stage: str) -> dict[str, Any]:
+        async with self._lock:
+            try:
+                d = self.state.promote(stage)
+            except FunnelError as e:
+                return _refusal(e)
+            return {"ok": True, "decision": d.__dict__}
+
+    async def rollback(self, stage: str) -> dict[str, Any]:
+        async with self._lock:
+            try:
+                d = self.state.rollback(stage)
+            except FunnelError as e:
+                return _refusal(e)
+            return {"ok": True, "decision": d.__dict__}

@@ -1,0 +1,268 @@
+"""The rollout inside an ingress replica: pick each request's variants, count what they did,
+and compare lists off the critical path.
+
+- `models_for(user_id)`: sticky assignment per stage -> the `Models` the pipeline runs with.
+- `after_feed(...)`: counts the request for its variants (the guardrails' numbers), then
+  queues, without waiting, the comparisons: shadows re-rank the same candidates (ranker) or
+  search the same user (retrieval) with their own version; a sampled share of canary
+  requests is compared with what the primary would have served.
+- `ShadowRunner`: the queue is bounded and worked by a fixed number of tasks; a job that
+  finds it full is dropped and counted (`dropped`), so a slow or failing shadow costs the
+  client nothing but the CPU its bounded jobs use.
+- `run_reports`: every `report_interval_s`, the counts go to the controller and the routing
+  table comes back; a new table's bundle versions are loaded (checksums first) before any
+  request is routed to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from serve.config import RolloutSettings
+from serve.pipeline import FeedPipeline, FeedResult, Models, Trace
+from serve.rollout.agreement import overlap_at_k, rbo
+from serve.rollout.router import Assignment, Router
+from serve.rollout.stats import Tally
+from serve.rollout.variants import Variants
+from serve.types import FeedItem
+
+log = logging.getLogger("funnel.rollout")
+STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann"}
+
+
+class ShadowRunner:
+    """A bounded queue of jobs run by `concurrency` tasks of the current event loop."""
+
+    def __init__(self, *, size: int, concurrency: int) -> None:
+        self._size = size
+        self._n = concurrency
+        self._q: asyncio.Queue[tuple[Callable[[], Awaitable[None]], Callable[[], None]]] | \
+            None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    def _start(self) -> asyncio.Queue[Any]:
+        if self._q is None:
+            self._q = asyncio.Queue(self._size)
+            self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
+        return self._q
+
+    def submit(self, job: Callable[[], Awaitable[None]], on_error: Callable[[], None]) -> bool:
+        """Queue `job`; False (and nothing queued) when the queue is full."""
+        try:
+            self._start().put_nowait((job, on_error))
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def _work(self) -> None:
+        assert self._q is not None
+        while True:
+            job, on_error = await self._q.get()
+            try:
+                await job()
+            except Exception:  # a shadow's failure is counted, never raised to a client
+                log.debug("shadow job failed", exc_info=True)
+                on_error()
+            finally:
+                self._q.task_done()
+
+    async def drain(self) -> None:
+        if self._q is not None:
+            await self._q.join()
+
+    def stop(self) -> None:
+        for t in self._workers:
+            t.cancel()
+
+
+def _ids(items: Sequence[FeedItem]) -> list[int]:
+    return [i.item_id for i in items]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(np.mean(xs)) if len(xs) else 0.0
+
+
+class RolloutRuntime:
+    def __init__(self, *, pipeline: FeedPipeline, variants: Variants, controller: Any,
+                 replica_id: str, settings: RolloutSettings,
+                 rng: random.Random | None = None) -> None:
+        self.pipeline = pipeline
+        self.variants = variants
+        self._controller = controller
+        self.replica_id = replica_id
+        self.settings = settings
+        self.router = Router(rng=rng)
+        self.tally = Tally()
+        self.runner = ShadowRunner(size=settings.shadow_queue_size,
+                                   concurrency=settings.shadow_concurrency)
+        self.last_report_error = ""
+
+    # ---- the table -----------------------------------------------------------------------
+    async def report_once(self) -> None:
+        rows = self.tally.drain()
+        try:
+            table = await self._controller.report.remote(self.replica_id, rows)
+        except Exception as e:  # controller restarting: keep serving the table we have
+            if str(e) != self.last_report_error:
+                log.warning("rollout: report to the controller failed: %s", e)
+            self.last_report_error = str(e)
+            return
+        self.last_report_error = ""
+        self.router.reported()
+        if int(table.get("revision", -1)) != self.router.revision:
+            await self.adopt(table)
+
+    async def adopt(self, table: dict[str, Any]) -> None:
+        """Load what `table` names, then route by it. A version that fails to load here
+        keeps the previous table in force (and is retried with the next report)."""
+        probe = Router()
+        probe.update(table)
+        wanted = {s: probe.versions(s) for s in probe.stages}
+        try:
+            for stage, keys in wanted.items():
+                await asyncio.to_thread(self.variants.load, stage, keys)
+        except Exception as e:
+            log.error("rollout: revision %s not adopted, loading failed: %s",
+                      table.get("revision"), e)
+            return
+        self.router.update(table)
+        self.variants.retain(wanted)
+        log.info("rollout: replica %s routes by revision %d", self.replica_id,
+                 self.router.revision)
+
+    async def run_reports(self) -> None:
+        while True:
+            await self.report_once()
+            await asyncio.sleep(self.settings.report_interval_s)
+
+    # ---- per request ---------------------------------------------------------------------
+    def models_for(self, user_id: int) -> tuple[Models, dict[str, Assignment | None]]:
+        a = {"retrieval": self.router.assign("retrieval", user_id),
+             "ranker": self.router.assign("ranker", user_id)}
+        for x in a.values():
+            self.router.begin(x)
+        models = Models(retrieval=self.variants.retrieval(a["retrieval"]),
+                        ranker=self.variants.ranker(a["ranker"]),
+                        retrieval_variant=a["retrieval"].variant if a["retrieval"]
+                        else "primary",
+                        ranker_variant=a["ranker"].variant if a["ranker"] else "primary")
+        return models, a
+
+    def abandon(self, assignments: dict[str, Assignment | None]) -> None:
+        """The request ended before the pipeline answered (cancelled): free its slots."""
+        for x in assignments.values():
+            self.router.end(x, failed=False)
+
+    def after_feed(self, assignments: dict[str, Assignment | None], result: FeedResult
+                   ) -> None:
+        """Count the request for its variants and queue its comparisons (never waits)."""
+        for stage, a in assignments.items():
+            failed = STAGE_ERROR[stage] in result.degraded
+            self.router.end(a, failed=failed)
+            if a is None:
+                continue
+            if stage == "ranker":
+                latency = result.timings_ms.get("ranker_call")
+                score = None if failed or not result.items else _mean(
+                    [i.score for i in result.items])
+            else:
+                if result.trace is None or not result.trace.known:
+                    continue  # cold start: no ANN, nothing to judge a retrieval by
+                latency = result.timings_ms.get("candidates")
+                score = None if failed else _mean(list(result.trace.ann_scores[:10]))
+            self.tally.served(stage, a.variant, latency_ms=latency, error=failed, score=score)
+            if failed or result.trace is None:
+                continue
+            if not a.primary and a.compare:
+                self._queue(stage, a.variant, self._compare_job(stage, a, None, result))
+            if a.primary:
+                for s in self.router.shadows(stage):
+                    self._queue(stage, s.variant, self._compare_job(stage, a, s, result))
+
+    def _queue(self, stage: str, variant: str, job: Callable[[], Awaitable[None]]) -> None:
+        if not self.runner.submit(job, lambda: self.tally.compare_failed(stage, variant)):
+            self.tally.dropped(stage, variant)
+
+    def _compare_job(self, stage: str, served: Assignment, shadow: Assignment | None,
+                     result: FeedResult) -> Callable[[], Awaitable[None]]:
+        """Shadow (`shadow` given): run it and compare with the served primary. Canary:
+        compute the primary's list and compare the served canary's with it."""
+        trace = result.trace
+        assert trace is not None
+        ks = self.router.overlap_ks(stage)
+        if stage == "ranker":
+            served_ms = result.timings_ms.get("ranker_call", 0.0)
+            return lambda: self._compare_ranker(served, shadow, result.items, served_ms,
+                                                trace, ks)
+        return lambda: self._compare_retrieval(served, shadow, trace, ks)
+
+    async def _compare_ranker(self, served: Assignment, shadow: Assignment | None,
+                              items: list[FeedItem], served_ms: float, trace: Trace,
+                              ks: list[int]) -> None:
+        other = self.variants.ranker(shadow)  # None: the primary
+        t0 = time.perf_counter()
+        other_items, degraded, call_ms = await self.pipeline.rerank_with(trace, other)
+        if shadow is not None:
+            self.tally.served("ranker", shadow.variant, latency_ms=call_ms or (
+                time.perf_counter() - t0) * 1000, error=bool(degraded),
+                score=None if degraded else _mean([i.score for i in other_items]))
+        if degraded:
+            self.tally.compare_failed("ranker", shadow.variant if shadow else served.variant)
+            return
+        primary, variant = (items, other_items) if shadow is not None else (other_items, items)
+        p_ms, v_ms = (served_ms, call_ms) if shadow is not None else (call_ms, served_ms)
+        self._record("ranker", shadow.variant if shadow else served.variant,
+                     _ids(primary), _ids(variant), ks,
+                     score_delta=_mean([i.score for i in variant])
+                     - _mean([i.score for i in primary]), latency_delta=v_ms - p_ms)
+
+    async def _compare_retrieval(self, served: Assignment, shadow: Assignment | None,
+                                 trace: Trace, ks: list[int]) -> None:
+        depth = max(max(ks), 10)
+        served_r = self.variants.retrieval(served)
+        other_r = self.variants.retrieval(shadow)
+
+        def search(r: Any) -> tuple[list[int], list[float], float]:
+            t = time.perf_counter()
+            ids, scores = r.search(r.user_vector(trace.user), depth)
+            return ids.tolist(), scores.tolist(), (time.perf_counter() - t) * 1000
+
+        try:
+            o_ids, o_scores, o_ms = await asyncio.to_thread(search, other_r)
+        except Exception:
+            if shadow is not None:
+                self.tally.served("retrieval", shadow.variant, latency_ms=None, error=True)
+            raise
+        s_ids, s_scores, s_ms = await asyncio.to_thread(search, served_r)
+        if shadow is not None:
+            self.tally.served("retrieval", shadow.variant, latency_ms=o_ms, error=False,
+                              score=_mean(o_scores[:10]))
+            primary, p_scores, p_ms, variant, v_scores, v_ms = (
+                s_ids, s_scores, s_ms, o_ids, o_scores, o_ms)
+        else:
+            primary, p_scores, p_ms, variant, v_scores, v_ms = (
+                o_ids, o_scores, o_ms, s_ids, s_scores, s_ms)
+        self._record("retrieval", shadow.variant if shadow else served.variant, primary,
+                     variant, ks, score_delta=_mean(v_scores) - _mean(p_scores),
+                     latency_delta=v_ms - p_ms)
+
+    def _record(self, stage: str, variant: str, primary: list[int], other: list[int],
+                ks: list[int], *, score_delta: float, latency_delta: float) -> None:
+        self.tally.compared(stage, variant,
+                            overlaps={k: overlap_at_k(primary, other, k) for k in ks},
+                            rbo=rbo(primary, other), score_delta=score_delta,
+                            latency_delta_ms=latency_delta)
+
+    async def close(self) -> None:
+        self.runner.stop()
+        with contextlib.suppress(Exception):
+            await self.report_once()

@@ -1,0 +1,99 @@
+"""Ranker versions on Triton: each bundle version a rollout names is a Triton model of its
+own (`ranker-<version>`), loaded through Triton's model-repository API with its config and
+model.py sent along (Triton runs in explicit model-control mode), so no repository directory
+has to be shared with Triton; only the bundle must be readable there at the same path.
+
+The bundle is checksum-verified here before Triton is asked to load it, and the model checks
+its own file's sha256 again when Triton loads it (Triton may run on another machine). A
+version no config names any more is unloaded after a grace period, so that replicas still
+routing to it under the previous table finish their calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from serve.config import TritonSettings
+from serve.errors import BundleLoadError
+from serve.rollout.variants import ranker_model_name, version_path
+from serve.triton_server import model_config_json, model_py_source
+from training.bundle import verify_bundle
+
+log = logging.getLogger("funnel.rollout")
+
+
+class TritonModels:
+    def __init__(self, url: str, settings: TritonSettings, *, primary_version: str,
+                 root: Path, base_name: str = "ranker", grace_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, client: Any = None) -> None:
+        self._url = url
+        self._settings = settings
+        self._primary = primary_version
+        self._root = root
+        self._base = base_name
+        self._grace_s = grace_s
+        self._clock = clock
+        self._client = client
+        self.loaded: set[str] = set()
+        self._retiring: dict[str, float] = {}
+
+    def _c(self) -> Any:
+        if self._client is None:
+            import tritonclient.grpc as grpcclient
+
+            self._client = grpcclient.InferenceServerClient(self._url)
+        return self._client
+
+    def ensure(self, versions: Iterable[str]) -> list[str]:
+        """Load every version not yet loaded; BundleLoadError names the one that failed
+        (checksums, or Triton's reason). Returns the model names."""
+        names = []
+        for v in sorted(set(versions)):
+            name = ranker_model_name(v, self._primary, self._base)
+            names.append(name)
+            self._retiring.pop(v, None)
+            if v == self._primary or v in self.loaded:
+                continue
+            b = verify_bundle(version_path(self._root, v))
+            meta = b.manifest["models"]["ranker"]
+            path = b.file(meta["path"])
+            cfg = model_config_json(name=name, n_dense=len(meta["dense_features"]),
+                                    settings=self._settings, model_path=str(path.resolve()),
+                                    model_sha256=b.manifest["files"][meta["path"]])
+            started = time.monotonic()
+            try:
+                self._c().load_model(name, config=json.dumps(cfg),
+                                     files={"file:1/model.py": model_py_source()},
+                                     client_timeout=180)
+            except Exception as e:
+                raise BundleLoadError(f"Triton did not load the ranker of bundle {v} as "
+                                      f"{name!r}: {e}") from e
+            self.loaded.add(v)
+            log.info("rollout: Triton loaded %s (bundle %s) in %.1fs", name, v,
+                     time.monotonic() - started)
+        return names
+
+    def retire(self, keep: Iterable[str]) -> None:
+        """Unload versions outside `keep` once they have been unused for the grace period."""
+        keep = set(keep)
+        now = self._clock()
+        for v in list(self.loaded):
+            if v in keep:
+                self._retiring.pop(v, None)
+                continue
+            since = self._retiring.setdefault(v, now)
+            if now - since < self._grace_s:
+                continue
+            name = ranker_model_name(v, self._primary, self._base)
+            try:
+                self._c().unload_model(name)
+                log.info("rollout: Triton unloaded %s (no config names bundle %s)", name, v)
+            except Exception as e:  # Triton down: it forgets its models anyway
+                log.warning("rollout: could not unload %s: %s", name, e)
+            self.loaded.discard(v)
+            self._retiring.pop(v, None)

@@ -1,0 +1,142 @@
+"""Bundle versions side by side in one ingress replica.
+
+The primary bundle is the one the pipeline was built from. Any other version a rollout names
+is loaded from the bundle root (the directory holding the versions, `artifacts/`), checksums
+verified first: its retrieval (user tower, faiss index), and its ranker, which is served by
+Triton as a model of its own (`ranker-<version>`, loaded by the rollout controller) and fed
+by that bundle's own feature transform. A variant with a `fault` wraps the loaded model.
+Loaded versions are cached; `retain` drops those no config names any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from serve.pipeline import FeedPipeline, RankerModel
+from serve.ranker_client import Ranker
+from serve.retrieval import TwoTowerRetrieval
+from serve.rollout.faults import FaultyRanker, FaultyRetrieval
+from serve.rollout.router import Assignment
+from training.bundle import MANIFEST, resolve_bundle, verify_bundle
+from training.errors import BundleError
+from training.features import FeatureTransform
+
+log = logging.getLogger("funnel.rollout")
+FaultKey = tuple[tuple[str, float], ...] | None
+_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def bundle_root(primary_bundle: str) -> Path:
+    """The directory that holds the bundle versions: the primary bundle's parent."""
+    return resolve_bundle(primary_bundle).parent
+
+
+def available_versions(root: Path) -> list[str]:
+    """Bundle versions under `root` (directories with a manifest; `latest` is a link)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                  and (p / MANIFEST).is_file())
+
+
+def version_path(root: Path, version: str) -> Path:
+    if not _VERSION.match(version) or version in (".", ".."):
+        raise BundleError(f"bad bundle version {version!r}: letters, digits, '.', '_', '-'")
+    return root / version
+
+
+def ranker_model_name(version: str, primary_version: str, base: str = "ranker") -> str:
+    """Triton model name serving a ranker version (the primary keeps the plain name)."""
+    return base if version == primary_version else f"{base}-{version}"
+
+
+class Variants:
+    """Loaded retrievals and rankers by (bundle version, fault)."""
+
+    def __init__(self, pipeline: FeedPipeline, *, primary_version: str, root: Path,
+                 make_ranker: Callable[[str], Ranker], ef_search: int | None = None,
+                 rng: random.Random | None = None) -> None:
+        self._pipeline = pipeline
+        self.primary_version = primary_version
+        self.root = root
+        self._make_ranker = make_ranker
+        self._ef = ef_search
+        self._rng = rng or random.Random()
+        self._features: dict[str, FeatureTransform] = {primary_version: pipeline.features}
+        self._retrieval: dict[tuple[str, FaultKey], Any] = {
+            (primary_version, None): pipeline.retrieval}
+        self._rankers: dict[tuple[str, FaultKey], RankerModel] = {
+            (primary_version, None): pipeline.primary_models.ranker}
+
+    def _bundle_parts(self, version: str) -> tuple[FeatureTransform, Any]:
+        if version in self._features:
+            return self._features[version], None
+        b = verify_bundle(version_path(self.root, version))
+        features = FeatureTransform.load(b.file("features/transform.json").parent)
+        self._features[version] = features
+        log.info("rollout: bundle %s verified and its features loaded", version)
+        return features, b
+
+    def load_retrieval(self, version: str, fault: FaultKey) -> None:
+        if (version, fault) in self._retrieval:
+            return
+        base = self._retrieval.get((version, None))
+        if base is None:
+            features, b = self._bundle_parts(version)
+            if b is None:
+                b = verify_bundle(version_path(self.root, version))
+            base = TwoTowerRetrieval(b, features, ef_search=self._ef)
+            self._retrieval[(version, None)] = base
+        if fault is not None:
+            self._retrieval[(version, fault)] = FaultyRetrieval(base, rng=self._rng,
+                                                                **dict(fault))
+
+    def load_ranker(self, version: str, fault: FaultKey) -> None:
+        if (version, fault) in self._rankers:
+            return
+        base = self._rankers.get((version, None))
+        if base is None:
+            features, _ = self._bundle_parts(version)
+            base = RankerModel(version, version, self._make_ranker(
+                ranker_model_name(version, self.primary_version)), features)
+            self._rankers[(version, None)] = base
+        if fault is not None:
+            self._rankers[(version, fault)] = RankerModel(
+                version, version, FaultyRanker(base.ranker, rng=self._rng, **dict(fault)),
+                base.features)
+
+    def load(self, stage: str, keys: Iterable[tuple[str, FaultKey]]) -> None:
+        for version, fault in keys:
+            if stage == "retrieval":
+                self.load_retrieval(version, fault)
+            elif stage == "ranker":
+                self.load_ranker(version, fault)
+
+    def retrieval(self, a: Assignment | None) -> TwoTowerRetrieval:
+        if a is None:
+            return self._pipeline.retrieval
+        r: TwoTowerRetrieval = self._retrieval[a.key]
+        return r
+
+    def ranker(self, a: Assignment | None) -> RankerModel:
+        if a is None:
+            return self._pipeline.primary_models.ranker
+        m = self._rankers[a.key]
+        return RankerModel(a.variant, a.bundle_version, m.ranker, m.features)
+
+    def retain(self, wanted: dict[str, set[tuple[str, FaultKey]]]) -> None:
+        """Forget loaded versions no stage names any more (the primary stays)."""
+        keep_r = wanted.get("retrieval", set()) | {(self.primary_version, None)}
+        keep_k = wanted.get("ranker", set()) | {(self.primary_version, None)}
+        keep_r |= {(v, None) for v, _ in keep_r}
+        keep_k |= {(v, None) for v, _ in keep_k}
+        self._retrieval = {k: v for k, v in self._retrieval.items() if k in keep_r}
+        self._rankers = {k: v for k, v in self._rankers.items() if k in keep_k}
+        versions = {v for v, _ in keep_r | keep_k}
+        self._features = {k: v for k, v in self._features.items() if k in versions}
