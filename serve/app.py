@@ -613,6 +613,14 @@ class FeedIngress:
         }
         if self.moderation_handle is not None:
             checks["moderation"] = await self._moderation_ready()
+        if self.rollout is not None:
+            # routing by the controller's table, its start-up config applied (until then
+            # every stage would serve the primary, whatever the config says)
+            if self.rollout.router.revision < 0 or self.rollout.pending_start:
+                self._ensure_poller()
+                await self.rollout.report_once()
+            checks["rollout"] = (self.rollout.router.revision >= 0
+                                 and not self.rollout.pending_start)
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks, "bundle": self.versions["bundle"]},
                             status_code=200 if ok else 503)

@@ -155,6 +155,14 @@ def model_config_pbtxt(*, n_dense: int, settings: TritonSettings, device: torch.
                     + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
                     + f"  max_queue_delay_microseconds: {settings.max_queue_delay_us}\n}}\n")
     kind = "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
+    warm_inputs = " ".join(
+        [f'inputs {{ key: "dense" value: {{ data_type: TYPE_FP32 dims: [ {n_dense} ] '
+         "zero_data: true } }"]
+        + [f'inputs {{ key: "{k}" value: {{ data_type: TYPE_INT64 dims: [ 1 ] '
+           "zero_data: true } }" for k in RANKER_KEYS[1:]])
+    warmup = ("model_warmup [\n" + ",\n".join(
+        f'  {{ name: "warmup_{n}" batch_size: {n} count: 3 {warm_inputs} }}'
+        for n in (1, min(256, settings.max_batch_size))) + "\n]\n")
     params = {"model_path": model_path, "keys": ",".join(RANKER_KEYS),
               "device": device.type, "intra_op_threads": str(settings.intra_op_threads),
               "tasks": ",".join(TASKS)}
@@ -165,6 +173,7 @@ def model_config_pbtxt(*, n_dense: int, settings: TritonSettings, device: torch.
             f'output [\n  {{ name: "logits", data_type: TYPE_FP32, dims: [ {len(TASKS)} ] }}\n]\n'
             f"{batching}"
             f"instance_group [ {{ kind: {kind}, count: {settings.instances} }} ]\n"
+            f"{warmup}"
             + "".join(f"parameters {{ key: {_pbtxt_str(k)} value: {{ string_value: "
                       f"{_pbtxt_str(v)} }} }}\n" for k, v in params.items()))
 
@@ -188,6 +197,15 @@ def model_config_json(*, name: str, n_dense: int, settings: TritonSettings,
             "intra_op_threads": str(settings.intra_op_threads),
             "tasks": ",".join(TASKS)}.items()},
     }
+    # Warm-up before the model takes traffic: TorchScript's profiling executor optimises
+    # during the first calls, which took over 150 ms (the ranker's timeout) here, so a canary
+    # loaded cold failed its first requests.
+    cfg["model_warmup"] = [{
+        "name": f"warmup_{n}", "batch_size": n, "count": 3,
+        "inputs": {"dense": {"data_type": "TYPE_FP32", "dims": [n_dense], "zero_data": True},
+                   **{k: {"data_type": "TYPE_INT64", "dims": [1], "zero_data": True}
+                      for k in RANKER_KEYS[1:]}}}
+        for n in (1, min(256, settings.max_batch_size))]
     if settings.dynamic_batching:
         cfg["dynamic_batching"] = {"max_queue_delay_microseconds": settings.max_queue_delay_us,
                                    **({"preferred_batch_size": settings.preferred_batch_sizes}

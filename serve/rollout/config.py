@@ -206,6 +206,8 @@ class RolloutConfig(_Strict):
 def _loc(parts: Iterable[Any]) -> str:
     out = ""
     for p in parts:
+        if p == "[key]":  # pydantic's marker for "the key itself is invalid"
+            continue
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "config"
 

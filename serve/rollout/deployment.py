@@ -137,7 +137,7 @@ class RolloutController:
             for d in self.state.evaluate():
                 log.warning("rollout: %s %s (%s): %s", d.stage, d.action, d.variant, d.reason)
             await self._heal()
-            return self.state.routing()
+            return {**self.state.routing(), "pending_start": self._pending_start is not None}
 
     async def _heal(self) -> None:
         """Reload ranker versions a restarted Triton forgot; unload retired ones."""

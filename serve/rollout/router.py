@@ -48,10 +48,16 @@ class Router:
         self.stages = dict(table.get("stages") or {})
         self.revision = int(table.get("revision", 0))
 
-    def reported(self) -> None:
-        """The failures counted so far reached the controller (its next table's budget
-        share accounts for them)."""
-        self._unreported = {}
+    def unreported(self) -> dict[str, int]:
+        """Canary failures counted here and not yet sent to the controller, per stage."""
+        return dict(self._unreported)
+
+    def reported(self, sent: dict[str, int]) -> None:
+        """`sent` (a snapshot of `unreported()` taken with the report) reached the controller:
+        its table's budget share accounts for them. Failures counted while the report was
+        on its way stay counted here until the next one."""
+        for stage, n in sent.items():
+            self._unreported[stage] = max(0, self._unreported.get(stage, 0) - n)
 
     def assign(self, stage: str, key: int | str) -> Assignment | None:
         st = self.stages.get(stage)

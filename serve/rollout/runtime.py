@@ -6,9 +6,10 @@ and compare lists off the critical path.
   queues, without waiting, the comparisons: shadows re-rank the same candidates (ranker) or
   search the same user (retrieval) with their own version; a sampled share of canary
   requests is compared with what the primary would have served.
-- `ShadowRunner`: the queue is bounded and worked by a fixed number of tasks; a job that
-  finds it full is dropped and counted (`dropped`), so a slow or failing shadow costs the
-  client nothing but the CPU its bounded jobs use.
+- `ShadowRunner`: one queue per (stage, variant), bounded and worked by a fixed number of
+  tasks; a job that finds it full is dropped and counted (`dropped`), so a slow or failing
+  shadow costs the client nothing but the CPU its bounded jobs use, and cannot starve
+  another variant's comparisons.
 - `run_reports`: every `report_interval_s`, the counts go to the controller and the routing
   table comes back; a new table's bundle versions are loaded (checksums first) before any
   request is routed to them.
@@ -36,6 +37,7 @@ from serve.types import FeedItem
 
 log = logging.getLogger("funnel.rollout")
 STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann"}
+MAX_UNSENT_ROWS = 1000  # rows kept for the next report while the controller is away
 
 
 class ShadowRunner:
@@ -102,24 +104,40 @@ class RolloutRuntime:
         self.settings = settings
         self.router = Router(rng=rng)
         self.tally = Tally()
-        self.runner = ShadowRunner(size=settings.shadow_queue_size,
-                                   concurrency=settings.shadow_concurrency)
+        # one bounded queue per (stage, variant): a slow shadow fills its own queue and
+        # cannot starve the comparisons a canary's guardrails wait for
+        self.runners: dict[tuple[str, str], ShadowRunner] = {}
         self.last_report_error = ""
+        self.pending_start = False
+        self._unsent: list[dict[str, Any]] = []
+        self._report_lock = asyncio.Lock()
 
     # ---- the table -----------------------------------------------------------------------
     async def report_once(self) -> None:
-        rows = self.tally.drain()
+        """One report; serialised, so that two callers (the loop, an admin route) cannot
+        both account for the same failures."""
+        async with self._report_lock:
+            await self._report()
+
+    async def _report(self) -> None:
+        rows = self._unsent + self.tally.drain()
+        sent = self.router.unreported()
+        self._unsent = []
         try:
             table = await self._controller.report.remote(self.replica_id, rows)
         except Exception as e:  # controller restarting: keep serving the table we have
             if str(e) != self.last_report_error:
                 log.warning("rollout: report to the controller failed: %s", e)
             self.last_report_error = str(e)
+            self._unsent = rows[-MAX_UNSENT_ROWS:]  # sent with the next report
             return
         self.last_report_error = ""
-        self.router.reported()
+        self.router.reported(sent)
+        self.pending_start = bool(table.get("pending_start"))
         if int(table.get("revision", -1)) != self.router.revision:
             await self.adopt(table)
+        else:  # same variants; the canary's budget share moves with every report
+            self.router.update(table)
 
     async def adopt(self, table: dict[str, Any]) -> None:
         """Load what `table` names, then route by it. A version that fails to load here
@@ -189,7 +207,12 @@ class RolloutRuntime:
                     self._queue(stage, s.variant, self._compare_job(stage, a, s, result))
 
     def _queue(self, stage: str, variant: str, job: Callable[[], Awaitable[None]]) -> None:
-        if not self.runner.submit(job, lambda: self.tally.compare_failed(stage, variant)):
+        runner = self.runners.get((stage, variant))
+        if runner is None:
+            runner = self.runners[(stage, variant)] = ShadowRunner(
+                size=self.settings.shadow_queue_size,
+                concurrency=self.settings.shadow_concurrency)
+        if not runner.submit(job, lambda: self.tally.compare_failed(stage, variant)):
             self.tally.dropped(stage, variant)
 
     def _compare_job(self, stage: str, served: Assignment, shadow: Assignment | None,
@@ -262,7 +285,13 @@ class RolloutRuntime:
                             rbo=rbo(primary, other), score_delta=score_delta,
                             latency_delta_ms=latency_delta)
 
+    async def drain(self) -> None:
+        """Wait until every queued comparison has run (tests, shutdown)."""
+        for r in list(self.runners.values()):
+            await r.drain()
+
     async def close(self) -> None:
-        self.runner.stop()
+        for r in self.runners.values():
+            r.stop()
         with contextlib.suppress(Exception):
             await self.report_once()

@@ -91,6 +91,9 @@ def write_serve_config(directory: Path, *, grpc: bool = True) -> tuple[Path, int
     args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
     args["review"]["database_url"] = f"sqlite:///{directory / 'review.sqlite3'}"
     args["review"]["verdict_poll_s"] = 0.5
+    # the rollout tests inject faults into canary and shadow variants (test_rollout.py)
+    args["rollout"]["allow_fault_injection"] = True
+    args["rollout"]["triton_unload_grace_s"] = 2.0
     config = directory / "serve.yaml"
     config.write_text(yaml.safe_dump(doc))
     return config, http_port, grpc_port

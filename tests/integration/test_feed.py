@@ -40,7 +40,7 @@ def test_health_and_readiness(stack: Stack, client: httpx.Client) -> None:
     r = client.get(f"{stack.url}/readyz")
     assert r.status_code == 200, r.text
     assert r.json()["checks"] == {"bundle": True, "index": True, "triton": True,
-                                  "moderation": True}
+                                  "moderation": True, "rollout": True}
 
 
 def test_a_known_user_gets_a_ranked_feed(stack: Stack, client: httpx.Client,

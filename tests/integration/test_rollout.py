@@ -1,0 +1,328 @@
+"""Canary and shadow rollout on the real stack: the session's Serve app and Triton, with two
+more bundle versions written beside the session's bundle (a copy, and a copy whose index maps
+its rows to the wrong items). Every test starts from no rollout and leaves none behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+COLD = 50_000_000  # user ids above the catalog's: cold start, the cheapest full request
+
+
+def copy_bundle(src: Path, version: str, *, scramble_index: bool = False) -> str:
+    """A new bundle version beside `src` (same models), manifest checksums rewritten."""
+    from training.bundle import write_manifest
+
+    dst = src.parent / version
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["version"] = version
+    for key in ("files", "format_version"):
+        m.pop(key, None)
+    if scramble_index:  # index rows point at the wrong items: a broken retrieval index
+        ids = np.load(dst / "index/item_ids.npy")
+        np.save(dst / "index/item_ids.npy", np.random.default_rng(0).permutation(ids))
+    write_manifest(dst, m)
+    return version
+
+
+@pytest.fixture(scope="module")
+def versions(stack: Stack) -> dict[str, str]:
+    src = Path(stack.bundle).resolve()
+    primary = json.loads((src / "manifest.json").read_text())["version"]
+    return {"primary": primary, "canary": copy_bundle(src, f"{primary}-canary"),
+            "scrambled": copy_bundle(src, f"{primary}-scrambled", scramble_index=True)}
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(headers={"authorization": f"Bearer {stack.admin_token}"},
+                      timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def no_rollout_after(stack: Stack, client: httpx.Client) -> Iterator[None]:
+    yield
+    r = client.put(f"{stack.url}/v1/admin/rollout", json={})
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def known_users(stack: Stack) -> list[int]:
+    users = pd.read_parquet(Path(stack.bundle).resolve() / "catalog" / "users.parquet")
+    return [int(u) for u in users["user_id"]]
+
+
+def apply(stack: Stack, client: httpx.Client, config: dict[str, Any]) -> httpx.Response:
+    return client.put(f"{stack.url}/v1/admin/rollout", json=config)
+
+
+def status(stack: Stack, client: httpx.Client) -> dict[str, Any]:
+    r = client.get(f"{stack.url}/v1/admin/rollout")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def feed(client: httpx.Client, stack: Stack, user: int, limit: int = 10, **headers: str
+         ) -> dict[str, Any]:
+    r = client.post(f"{stack.url}/v1/feed", json={"user_id": user, "limit": limit},
+                    headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def many(stack: Stack, users: list[int], workers: int = 4, limit: int = 10
+         ) -> list[dict[str, Any]]:
+    with httpx.Client(timeout=60) as c, ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(lambda u: feed(c, stack, u, limit), users))
+
+
+def two_variants(versions: dict[str, str], canary_weight: float, stage: str = "ranker",
+                 canary: str = "canary", **extra: Any) -> dict[str, Any]:
+    return {"stages": {stage: {"variants": [
+        {"name": "control", "bundle_version": versions["primary"],
+         "weight": 100 - canary_weight},
+        {"name": "candidate", "bundle_version": versions[canary], "weight": canary_weight,
+         **extra.pop("canary_extra", {})}], **extra}}}
+
+
+def test_refused_configs_name_the_field_and_the_old_config_keeps_serving(
+        stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
+    assert apply(stack, client, two_variants(versions, 20)).status_code == 200
+    before = status(stack, client)["revision"]
+    good = two_variants(versions, 20)["stages"]["ranker"]
+    bad = {
+        "weights": ({"stages": {"ranker": {**good, "variants": [
+            {**good["variants"][0], "weight": 70}, good["variants"][1]]}}},
+            "stages.ranker", "sum to 100, got 90"),
+        "stage": ({"stages": {"reranker": good}}, "stages.reranker", "'ranker'"),
+        "version": ({"stages": {"ranker": {**good, "variants": [
+            good["variants"][0], {**good["variants"][1], "bundle_version": "v-nope"}]}}},
+            "stages.ranker.variants[1].bundle_version", "unknown bundle version 'v-nope'"),
+        "sample rate": ({"stages": {"ranker": {**good, "shadows": [
+            {"name": "s", "bundle_version": versions["canary"], "sample_rate": -0.5}]}}},
+            "stages.ranker.shadows[0].sample_rate", "greater than or equal to 0"),
+        "metric": ({"stages": {"ranker": {**good, "guardrails": [{"max": 0.1}]}}},
+                   "stages.ranker.guardrails[0].metric", "Field required"),
+    }
+    for case, (config, field, message) in bad.items():
+        r = apply(stack, client, config)
+        assert r.status_code == 422, (case, r.text)
+        detail = r.json()["detail"]
+        assert any(d["field"] == field and message in d["message"] for d in detail), (
+            case, detail)
+    s = status(stack, client)
+    assert s["revision"] == before
+    assert s["stages"]["ranker"]["weights"] == {"control": 80.0, "candidate": 20.0}
+    assert {feed(client, stack, COLD + u)["variants"]["ranker"] for u in range(40)} == {
+        "control", "candidate"}
+
+
+def test_the_cli_applies_refuses_and_reports(stack: Stack, versions: dict[str, str],
+                                             tmp_path: Path) -> None:
+    env = {"FUNNEL_ADMIN_TOKEN": stack.admin_token, "PATH": ""}
+    cli = [sys.executable, "-m", "serve", "rollout"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(two_variants({**versions, "canary": "v-nope"}, 10)))
+    r = subprocess.run([*cli, "apply", str(bad), "--url", stack.url], env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "stages.ranker.variants[1].bundle_version" in r.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(two_variants(versions, 10)))
+    r = subprocess.run([*cli, "apply", str(good), "--url", stack.url], env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*cli, "status", "--url", stack.url, "--json"], env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stages"]["ranker"]["weights"]["candidate"] == 10.0
+    r = subprocess.run([*cli, "status", "--url", stack.url], env={"PATH": ""},
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "FUNNEL_ADMIN_TOKEN is not set" in r.stderr
+
+
+def test_weights_hold_over_2000_users_and_each_keeps_its_variant(
+        stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
+    # comparisons off: this test counts assignments, and 4,000 requests are its cost
+    r = apply(stack, client, two_variants(versions, 30, compare_sample_rate=0))
+    assert r.status_code == 200, r.text
+    assert versions["canary"] in status(stack, client)["triton_models"]
+    users = [COLD + u for u in range(2000)]
+    t0 = time.monotonic()
+    first = many(stack, users, limit=3)
+    again = many(stack, users, limit=3)
+    print(f"4,000 feed requests in {time.monotonic() - t0:.1f} s")
+    got = {u: b["variants"]["ranker"] for u, b in zip(users, first, strict=True)}
+    share = Counter(got.values())["candidate"] / len(users)
+    # binomial sd at n=2000, p=0.3 is 0.0102: 4 sd
+    assert abs(share - 0.30) < 0.041, share
+    assert got == {u: b["variants"]["ranker"] for u, b in zip(users, again, strict=True)}
+    for b in first:
+        expected = versions["canary" if b["variants"]["ranker"] == "candidate" else "primary"]
+        assert b["model_versions"]["ranker"] == expected
+
+
+def test_slow_and_failing_shadows_never_reach_the_client(
+        stack: Stack, client: httpx.Client, versions: dict[str, str],
+        known_users: list[int]) -> None:
+    users = known_users[:40]
+    baseline = {u: feed(client, stack, u, **{"x-request-id": f"shadow-{u}"})
+                for u in users}
+    config = {"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": versions["primary"],
+                      "weight": 100}],
+        "shadows": [{"name": "slow", "bundle_version": versions["canary"], "sample_rate": 1,
+                     "fault": {"delay_ms": 200}},
+                    {"name": "broken", "bundle_version": versions["canary"],
+                     "sample_rate": 1, "fault": {"error_rate": 1.0}}]}}}
+    assert apply(stack, client, config).status_code == 200
+    for _ in range(3):
+        for u in users:
+            b = feed(client, stack, u, **{"x-request-id": f"shadow-{u}"})
+            assert b["degraded"] == [] and b["variants"]["ranker"] == "control"
+            assert b["items"] == baseline[u]["items"]  # shadows never change the response
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        v = status(stack, client)["stages"]["ranker"]["variants"]
+        if v["slow"]["totals"].get("comparisons", 0) >= 10 and \
+                v["broken"]["totals"].get("errors", 0) >= 10:
+            break
+        time.sleep(0.5)
+    slow, broken = v["slow"], v["broken"]
+    assert slow["window"]["overlap_at_k"]["10"] == pytest.approx(1.0)  # the same model
+    assert slow["window"]["p99_ms"] >= 200
+    assert broken["totals"]["errors"] == broken["totals"]["requests"] > 0
+    metrics = httpx.get(f"{stack.url}/metrics", timeout=30).text
+    assert 'funnel_rollout_agreement{measure="overlap_at_10",stage="ranker",variant="slow"}' \
+        in metrics
+    assert 'funnel_rollout_agreement{measure="rbo",stage="ranker",variant="slow"}' in metrics
+    line = next(x for x in metrics.splitlines() if x.startswith(
+        'funnel_rollout_errors_total{stage="ranker",variant="broken"}'))
+    assert float(line.split()[-1]) >= 10
+
+
+def test_a_failing_canary_is_rolled_back_within_its_error_budget(
+        stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
+    budget = 10
+    config = two_variants(
+        versions, 50, canary_extra={"fault": {"error_rate": 0.2}},
+        guardrails=[{"metric": "error_rate", "max": 0.05, "min_samples": 50}],
+        promotion={"steps": [{"weight": 50, "min_requests": 100_000}, {"weight": 100}],
+                   "auto_rollback": True, "error_budget": budget})
+    assert apply(stack, client, config).status_code == 200, config
+    failed = served = 0
+    user = COLD + 100_000
+    deadline = time.monotonic() + 90
+    with httpx.Client(timeout=60) as c:
+        while time.monotonic() < deadline:
+            batch = many(stack, list(range(user, user + 40)))
+            user += 40
+            for b in batch:
+                if b["variants"]["ranker"] == "candidate":
+                    served += 1
+                    failed += "ranker" in b["degraded"]
+            if status(stack, client)["stages"]["ranker"]["status"] == "rolled_back":
+                break
+        s = status(stack, client)
+        st = s["stages"]["ranker"]
+        assert st["status"] == "rolled_back", st
+        assert st["weights"] == {"control": 100.0, "candidate": 0.0}
+        assert 0 < failed <= budget, (failed, served)
+        [d] = [d for d in s["decisions"] if d["action"] == "rollback"]
+        assert "error budget spent" in d["reason"] or "error_rate" in d["reason"]
+        after = [feed(c, stack, u) for u in range(user, user + 30)]
+    assert {b["variants"]["ranker"] for b in after} == {"control"}
+    assert all(b["degraded"] == [] for b in after)
+
+
+def test_twenty_config_changes_under_load_drop_no_request(
+        stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
+    stop = threading.Event()
+    codes: Counter[int] = Counter()
+    degraded: Counter[str] = Counter()
+    variants: Counter[str] = Counter()
+
+    def load(worker: int) -> None:
+        with httpx.Client(timeout=60) as c:
+            u = COLD + 200_000 + worker * 1_000_000
+            while not stop.is_set():
+                u += 1
+                try:
+                    r = c.post(f"{stack.url}/v1/feed", json={"user_id": u, "limit": 10})
+                except httpx.HTTPError as e:  # a dropped connection is a dropped request
+                    codes[type(e).__name__] += 1  # type: ignore[index]
+                    continue
+                codes[r.status_code] += 1
+                if r.status_code == 200:
+                    b = r.json()
+                    degraded.update(b["degraded"])
+                    variants[b["variants"]["ranker"]] += 1
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(20):
+            weight = [10, 50, 90, 0][i % 4]
+            config = two_variants(versions, weight) if i % 5 != 4 else {}
+            r = apply(stack, client, config)
+            assert r.status_code == 200, r.text
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert set(codes) == {200}, codes
+    assert codes[200] > 50
+    assert "ranker" not in degraded, degraded
+    assert variants["candidate"] > 0 and variants["control"] > 0
+
+
+def test_a_retrieval_canary_below_its_overlap_guardrail_is_not_promoted(
+        stack: Stack, client: httpx.Client, versions: dict[str, str],
+        known_users: list[int]) -> None:
+    config = two_variants(
+        versions, 20, stage="retrieval", canary="scrambled",
+        guardrails=[{"metric": "overlap_at_k", "k": 50, "min": 0.5, "min_samples": 20}],
+        promotion={"steps": [{"weight": 20, "min_requests": 10}, {"weight": 100}]})
+    assert apply(stack, client, config).status_code == 200
+    deadline = time.monotonic() + 90
+    i = 0
+    while time.monotonic() < deadline:
+        many(stack, [known_users[(i + j) % len(known_users)] for j in range(40)])
+        i += 40
+        st = status(stack, client)["stages"]["retrieval"]
+        if st["status"] != "canary":
+            break
+    s = status(stack, client)
+    st = s["stages"]["retrieval"]
+    assert st["status"] == "rolled_back", st
+    actions = [d["action"] for d in s["decisions"] if d["stage"] == "retrieval"]
+    assert "promote" not in actions and actions[-1] == "rollback"
+    reason = s["decisions"][-1]["reason"]
+    assert "overlap_at_k@50" in reason and "breaks min 0.5" in reason
+    g = st["variants"]["candidate"]["totals"]
+    assert g["comparisons"] >= 20
