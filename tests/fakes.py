@@ -102,3 +102,24 @@ class FakeScorer:
     async def score_image(self, image: bytes) -> dict[str, float]:
         await self._maybe("image")
         return dict(self.image)
+
+
+class FakeHandle:
+    """A Ray Serve deployment handle over a plain object: `h.method.remote(*a)` awaits
+    `obj.method(*a)` (sync or async), as the real handle's response does."""
+
+    def __init__(self, obj: object) -> None:
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> object:
+        import inspect
+
+        fn = getattr(self._obj, name)
+
+        class _Method:
+            @staticmethod
+            async def remote(*args: object, **kwargs: object) -> object:
+                out = fn(*args, **kwargs)
+                return await out if inspect.isawaitable(out) else out
+
+        return _Method()
