@@ -259,12 +259,14 @@ async def parse_payload(request: Request, model: Any, limit: int, rid: str
 class HandleScorer:
     """`Scorer` over the moderation deployment's handle (serve.moderation.service)."""
 
-    def __init__(self, handle: Any, text_labels: tuple[str, ...]) -> None:
+    def __init__(self, handle: Any, text_labels: tuple[str, ...],
+                 text_version: str | None = None) -> None:
         self._h = handle
         self._text_labels = text_labels
+        self._version = text_version
 
     async def score_text(self, text: str) -> Mapping[str, float]:
-        scores = await self._h.score_text.remote(text)
+        scores = await self._h.score_text.remote(text, self._version)
         return dict(zip(self._text_labels, scores, strict=True))
 
     async def score_image(self, image: bytes) -> Mapping[str, float]:
@@ -380,6 +382,7 @@ class FeedIngress:
 
         manifest = read_manifest(self.args.bundle)
         text_labels, text_version = moderation_labels(manifest)
+        self.text_labels = text_labels
         m = self.args.moderation
         policy = load_policy(m.policy, labels=policy_labels(text_labels))
         versions = {"moderation_text": text_version, "moderation_image": image_model_version()}
@@ -436,9 +439,31 @@ class FeedIngress:
 
         assert self.moderation is not None
         text = check_text(req.text) if req.text and req.text.strip() else None
-        out = await self.moderation.moderate(ModerationInput(
-            content_id=req.content_id, request_id=rid, text=text, image=image,
-            author_id=req.author_id, locale=req.locale))
+        inp = ModerationInput(content_id=req.content_id, request_id=rid, text=text,
+                              image=image, author_id=req.author_id, locale=req.locale)
+        a = self.rollout.router.assign("moderation", req.content_id) if self.rollout else None
+        if a is None:
+            out = await self.moderation.moderate(inp)
+        else:  # the rollout's text-model variant for this content (sticky by content id)
+            assert self.rollout is not None
+            self.rollout.router.begin(a)
+            try:
+                out = await self.moderation.moderate(
+                    inp, scorer=HandleScorer(self.moderation_handle, self.text_labels,
+                                             a.bundle_version),
+                    text_version=a.bundle_version)
+            except BaseException:
+                self.rollout.router.end(a, failed=False)
+                raise
+            handle = self.moderation_handle
+
+            async def score_text(t: str, version: str) -> list[float]:
+                return list(await handle.score_text.remote(t, version))
+
+            self.rollout.after_moderation(
+                a, text=text, scores=out.labels, degraded=out.degraded,
+                latency_ms=out.timings_ms.get("score", 0.0), text_labels=self.text_labels,
+                score_text=score_text)
         if out.decision != "allow":  # a model's allow never changes what the feed serves
             await self._refresh_verdicts()  # this replica's feed sees its decision at once
         return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -35,6 +36,9 @@ class ModerationModels:
 
         a = parse_app_args(args)
         m = a.moderation
+        self._args = a
+        self._heads: dict[str, tuple[TextModerationModel, GreedyBatcher[str, list[float]]]] = {}
+        self._head_lock = asyncio.Lock()
         self.text: TextModerationModel | None = TextModerationModel(
             bundle=a.bundle, intra_op_threads=m.intra_op_threads)
         try:
@@ -61,11 +65,46 @@ class ModerationModels:
                                  "version": self.image.version},
         }
 
-    async def score_text(self, text: str) -> list[float]:
-        """Scores of one text, one per label (batched with concurrent calls)."""
+    async def score_text(self, text: str, version: str | None = None) -> list[float]:
+        """Scores of one text, one per label (batched with concurrent calls). `version`: a
+        rollout's bundle version of the text head (default: the app's bundle)."""
         if self.text is None:
             raise RuntimeError("no text moderation model in this bundle")
-        return await self._texts.submit(text)
+        if not version or version == self.text.version:
+            return await self._texts.submit(text)
+        head = self._heads.get(version) or await self._load_head(version)
+        return await head[1].submit(text)
+
+    async def _load_head(self, version: str) -> tuple[Any, Any]:
+        """Another bundle version's text head, next to this one and sharing its encoder
+        (the heads are small; the encoder is not). Checksums verified before loading."""
+        from serve.moderation.models import TextModerationModel
+        from serve.rollout.variants import bundle_root, version_path
+
+        async with self._head_lock:
+            if version in self._heads:
+                return self._heads[version]
+            assert self.text is not None
+            ro = self._args.rollout
+            root = Path(ro.bundle_root) if ro.bundle_root else bundle_root(self._args.bundle)
+            model = TextModerationModel(bundle=str(version_path(root, version)),
+                                        encoder=self.text.encoder,
+                                        intra_op_threads=self._args.moderation.intra_op_threads)
+            await asyncio.to_thread(model.load)
+            if model.labels != self.text.labels:
+                raise BundleError(f"bundle {version}: text labels {list(model.labels)} differ "
+                                  f"from the serving bundle's {list(self.text.labels)}")
+
+            async def run(texts: list[str]) -> list[list[float]]:
+                return (await asyncio.to_thread(model.score_texts, texts)).tolist()
+
+            m = self._args.moderation
+            batcher = GreedyBatcher(run, max_batch_size=m.text_max_batch_size,
+                                    max_wait_s=m.batch_wait_timeout_ms / 1000.0)
+            self._heads[version] = (model, batcher)
+            log.info("moderation: text head of bundle %s loaded next to %s", version,
+                     self.text.version)
+            return self._heads[version]
 
     async def score_image(self, image: bytes) -> float | str:
         """P(nudity) of one image, or an error message if it cannot be decoded (a string,

@@ -127,6 +127,11 @@ class TextModerationModel(_ModerationModel):
         self.ready = True
         return True
 
+    @property
+    def encoder(self) -> Any:
+        """The sentence encoder (shared with other versions' heads in the same process)."""
+        return self._encoder
+
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Scores in [0, 1], shape (len(texts), len(labels))."""
         import torch

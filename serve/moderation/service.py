@@ -83,21 +83,28 @@ class ModerationService:
             degraded.append(name)
             return None
 
-    async def moderate(self, inp: ModerationInput) -> ModerationOutcome:
+    async def moderate(self, inp: ModerationInput, *, scorer: Scorer | None = None,
+                       text_version: str | None = None) -> ModerationOutcome:
+        """`scorer` / `text_version`: the rollout's variant of the text model for this item
+        (default: the service's own)."""
         t0 = time.perf_counter()
+        sc = scorer or self.scorer
+        versions = dict(self.model_versions)
+        if text_version:
+            versions["moderation_text"] = text_version
         degraded: list[str] = []
         calls: list[tuple[str, Awaitable[Any]]] = []
         if inp.text is not None:
-            calls.append(("moderation_text", self.scorer.score_text(inp.text)))
+            calls.append(("moderation_text", sc.score_text(inp.text)))
         if inp.image is not None:
-            calls.append(("moderation_image", self.scorer.score_image(inp.image.data)))
+            calls.append(("moderation_image", sc.score_image(inp.image.data)))
         results = await asyncio.gather(*(self._bounded(n, c, degraded) for n, c in calls))
         labels: dict[str, float] = {}
         used: dict[str, str] = {}
         for (name, _), scores in zip(calls, results, strict=True):
             if scores is None:
                 continue
-            used[name] = self.model_versions.get(name, "unknown")
+            used[name] = versions.get(name, "unknown")
             for label, s in scores.items():
                 labels[label] = max(labels.get(label, 0.0), round(float(s), 6))
         t1 = time.perf_counter()

@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 
-def overlap_at_k(primary: Sequence[int], other: Sequence[int], k: int) -> float:
+def overlap_at_k(primary: Sequence[Hashable], other: Sequence[Hashable], k: int) -> float:
     """|top-k(primary) ∩ top-k(other)| / min(k, |top-k(primary)|); 1.0 for two empty lists."""
     a, b = list(primary)[:k], set(list(other)[:k])
     if not a:
@@ -19,7 +19,7 @@ def overlap_at_k(primary: Sequence[int], other: Sequence[int], k: int) -> float:
     return sum(1 for x in a if x in b) / len(a)
 
 
-def rbo(primary: Sequence[int], other: Sequence[int], p: float = 0.9) -> float:
+def rbo(primary: Sequence[Hashable], other: Sequence[Hashable], p: float = 0.9) -> float:
     """Rank-biased overlap, extrapolated (RBO_ext, eq. 32 of the paper), for lists of unique
     items. Identical lists give 1.0, disjoint lists 0.0."""
     if not 0 < p < 1:
@@ -32,8 +32,8 @@ def rbo(primary: Sequence[int], other: Sequence[int], p: float = 0.9) -> float:
     if len(s) > len(t):
         s, t = t, s
     sl, ll = len(s), len(t)
-    seen_s: set[int] = set()
-    seen_t: set[int] = set()
+    seen_s: set[Hashable] = set()
+    seen_t: set[Hashable] = set()
     overlap = 0
     total = 0.0
     x_d: list[int] = [0] * (ll + 1)

@@ -5,7 +5,9 @@ table back (`report`); admin routes call `apply`, `promote`, `rollback` and `sta
 config is applied in three steps, and a failure at any of them changes nothing:
 
 1. shape (pydantic) and bundle versions (they exist under the bundle root);
-2. load: every ranker version is checksum-verified and loaded into Triton;
+2. verify and load: every version's checksums pass and it has what its stage serves (a
+   text head with the serving labels for moderation); ranker versions are loaded into
+   Triton, which warms them up before they take traffic;
 3. swap: the state takes the config; replicas pick it up with their next report, load the
    retrieval and feature files of new versions (checksums first), and only then route to
    them, while requests in flight finish on the models they started with.
@@ -55,6 +57,42 @@ def validate_rollout(raw: Any, *, root: Path, allow_faults: bool) -> RolloutConf
     return cfg
 
 
+def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) -> None:
+    """Every bundle version other than the primary passes its checksums and has what its
+    stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
+    the field of each one that does not. A corrupt bundle is refused here, at apply."""
+    from serve.rollout.variants import version_path
+    from training.bundle import verify_bundle
+
+    fields: list[dict[str, object]] = []
+    checked: dict[str, dict[str, Any] | str] = {}
+    for stage, st in cfg.stages.items():
+        named = [("variants", i, v.bundle_version) for i, v in enumerate(st.variants)] + [
+            ("shadows", i, sh.bundle_version) for i, sh in enumerate(st.shadows)]
+        for kind, i, version in named:
+            if version == primary["version"]:
+                continue
+            if version not in checked:
+                try:
+                    checked[version] = verify_bundle(version_path(root, version)).manifest
+                except FunnelError as e:
+                    checked[version] = str(e)
+            m = checked[version]
+            problem = m if isinstance(m, str) else ""
+            if not isinstance(m, str) and stage == "moderation":
+                want = (primary.get("models", {}).get("moderation") or {}).get("labels")
+                got = (m.get("models", {}).get("moderation") or {}).get("labels")
+                if got != want:
+                    problem = (f"bundle {version} has text labels {got}; the serving bundle's "
+                               f"are {want}")
+            if problem:
+                fields.append({"field": f"stages.{stage}.{kind}[{i}].bundle_version",
+                               "message": problem, "given": version})
+    if fields:
+        raise RolloutConfigError("invalid rollout config: " + "; ".join(
+            f"{f['field']}: {f['message']}" for f in fields), fields=fields)
+
+
 def _refusal(e: FunnelError) -> dict[str, Any]:
     return {"ok": False, "status": e.http_status, "error": str(e),
             "fields": getattr(e, "fields", [])}
@@ -70,7 +108,8 @@ class RolloutController:
         self.args = a
         self.root = Path(a.rollout.bundle_root) if a.rollout.bundle_root else \
             bundle_root(a.bundle)
-        self.primary_version = str(read_manifest(a.bundle)["version"])
+        self.primary_manifest = read_manifest(a.bundle)
+        self.primary_version = str(self.primary_manifest["version"])
         self.state = RolloutState()
         self.triton = TritonModels(a.feed.ranker.url, a.triton,
                                    primary_version=self.primary_version, root=self.root,
@@ -89,6 +128,8 @@ class RolloutController:
                                 allow_faults=self.args.rollout.allow_fault_injection)
 
     async def _apply(self, cfg: RolloutConfig, source: str) -> None:
+        await asyncio.to_thread(verify_versions, cfg, root=self.root,
+                                primary=self.primary_manifest)
         versions = {v for name, st in cfg.stages.items() if name == "ranker"
                     for v in st.versions()}
         await asyncio.to_thread(self.triton.ensure, versions)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,8 @@ from serve.rollout.variants import Variants
 from serve.types import FeedItem
 
 log = logging.getLogger("funnel.rollout")
-STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann"}
+STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann",
+               "moderation": "moderation_text"}
 MAX_UNSENT_ROWS = 1000  # rows kept for the next report while the controller is away
 
 
@@ -206,6 +207,54 @@ class RolloutRuntime:
                 for s in self.router.shadows(stage):
                     self._queue(stage, s.variant, self._compare_job(stage, a, s, result))
 
+    def after_moderation(self, a: Assignment | None, *, text: str | None,
+                         scores: dict[str, float], degraded: tuple[str, ...],
+                         latency_ms: float, text_labels: tuple[str, ...],
+                         score_text: Callable[[str, str], Awaitable[list[float]]]) -> None:
+        """Count a `/v1/moderate` call for its text-model variant and queue comparisons:
+        the labels ranked by score, the variant's against the primary's."""
+        failed = STAGE_ERROR["moderation"] in degraded
+        self.router.end(a, failed=failed)
+        if a is None or text is None:
+            return  # image-only: the text model's variants were not involved
+        own = {lb: scores[lb] for lb in text_labels if lb in scores}
+        self.tally.served("moderation", a.variant, latency_ms=latency_ms, error=failed,
+                          score=None if failed or not own else max(own.values()))
+        if failed:
+            return
+        ks = self.router.overlap_ks("moderation")
+        primary_version = self.router.stages["moderation"]["variants"][0]["bundle_version"]
+
+        async def compare(other: Assignment | None) -> None:
+            version = other.bundle_version if other else primary_version
+            t0 = time.perf_counter()
+            try:
+                row = await score_text(text, version)
+            except Exception:
+                if other is not None:
+                    self.tally.served("moderation", other.variant, latency_ms=None,
+                                      error=True)
+                raise
+            ms = (time.perf_counter() - t0) * 1000
+            theirs = dict(zip(text_labels, (float(x) for x in row), strict=True))
+            if other is not None:
+                self.tally.served("moderation", other.variant, latency_ms=ms, error=False,
+                                  score=max(theirs.values()) if theirs else None)
+            primary, variant = (own, theirs) if other is not None else (theirs, own)
+            p_ms, v_ms = (latency_ms, ms) if other is not None else (ms, latency_ms)
+            rank = lambda d: sorted(d, key=lambda lb: -d[lb])  # noqa: E731
+            self._record("moderation", other.variant if other else a.variant,
+                         rank(primary), rank(variant), ks,
+                         score_delta=_mean([variant[lb] - primary[lb] for lb in primary
+                                            if lb in variant]),
+                         latency_delta=v_ms - p_ms)
+
+        if not a.primary and a.compare:
+            self._queue("moderation", a.variant, lambda: compare(None))
+        if a.primary:
+            for s in self.router.shadows("moderation"):
+                self._queue("moderation", s.variant, lambda s=s: compare(s))  # type: ignore[misc]
+
     def _queue(self, stage: str, variant: str, job: Callable[[], Awaitable[None]]) -> None:
         runner = self.runners.get((stage, variant))
         if runner is None:
@@ -278,7 +327,8 @@ class RolloutRuntime:
                      variant, ks, score_delta=_mean(v_scores) - _mean(p_scores),
                      latency_delta=v_ms - p_ms)
 
-    def _record(self, stage: str, variant: str, primary: list[int], other: list[int],
+    def _record(self, stage: str, variant: str, primary: Sequence[Hashable],
+                other: Sequence[Hashable],
                 ks: list[int], *, score_delta: float, latency_delta: float) -> None:
         self.tally.compared(stage, variant,
                             overlaps={k: overlap_at_k(primary, other, k) for k in ks},

@@ -326,3 +326,46 @@ def test_a_retrieval_canary_below_its_overlap_guardrail_is_not_promoted(
     assert "overlap_at_k@50" in reason and "breaks min 0.5" in reason
     g = st["variants"]["candidate"]["totals"]
     assert g["comparisons"] >= 20
+
+
+def test_a_corrupt_bundle_is_refused_and_the_old_config_keeps_serving(
+        stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
+    src = Path(stack.bundle).resolve()
+    bad = copy_bundle(src, f"{versions['primary']}-corrupt")
+    with (src.parent / bad / "models" / "user_tower.pt").open("ab") as f:
+        f.write(b"\0")  # one byte more: the checksum no longer matches
+    assert apply(stack, client, two_variants(versions, 10)).status_code == 200
+    before = status(stack, client)["revision"]
+    r = apply(stack, client, two_variants({**versions, "canary": bad}, 10, stage="retrieval"))
+    assert r.status_code == 422, r.text
+    [d] = r.json()["detail"]
+    assert d["field"] == "stages.retrieval.variants[1].bundle_version"
+    assert "checksum mismatch" in d["message"] and "user_tower.pt" in d["message"]
+    assert status(stack, client)["revision"] == before
+    assert feed(client, stack, COLD)["degraded"] == []
+
+
+def test_moderation_text_heads_canary_side_by_side(
+        stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
+    config = two_variants(versions, 50, stage="moderation", shadows=[
+        {"name": "shadow", "bundle_version": versions["canary"], "sample_rate": 1}])
+    assert apply(stack, client, config).status_code == 200
+    seen: Counter[str] = Counter()
+    for i in range(30):
+        r = client.post(f"{stack.url}/v1/moderate", json={
+            "content_id": f"rollout-{i}", "text": f"have a look at my holiday photos {i}"})
+        assert r.status_code == 200, r.text
+        b = r.json()
+        assert b["degraded"] == []
+        seen[b["model_versions"]["moderation_text"]] += 1
+    assert set(seen) == {versions["primary"], versions["canary"]}, seen
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        v = status(stack, client)["stages"]["moderation"]["variants"]
+        if v["candidate"]["window"]["comparisons"] and v["shadow"]["window"]["comparisons"]:
+            break
+        time.sleep(0.5)
+    for name in ("candidate", "shadow"):  # the same head: identical label rankings
+        w = v[name]["window"]
+        assert w["comparisons"] > 0 and w["overlap_at_k"]["10"] == pytest.approx(1.0)
+        assert w["score_delta"] == pytest.approx(0.0, abs=1e-5)
