@@ -54,10 +54,10 @@ def _stage_medians(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(float(np.median([s[k] for s in samples if k in s])), 2) for k in names}
 
 
-async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: float
-                    ) -> dict[str, Any]:
+async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: float,
+                    keep_latencies: bool = False) -> dict[str, Any]:
     """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates, and the
-    server-side median of each stage."""
+    server-side median of each stage (and every latency, with `keep_latencies`)."""
     lat: list[float] = []
     stages: list[dict[str, float]] = []
     errors = 0
@@ -90,7 +90,8 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
             "p50_ms": round(float(np.percentile(a, 50)), 2),
             "p99_ms": round(float(np.percentile(a, 99)), 2),
             "error_rate": round(errors / n, 4), "requests": n,
-            "server_stages_p50_ms": _stage_medians(stages)}
+            "server_stages_p50_ms": _stage_medians(stages),
+            **({"latencies_ms": lat} if keep_latencies else {})}
 
 
 async def sweep(call: Call, users: np.ndarray, *, duration_s: float, say: Say, name: str,

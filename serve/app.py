@@ -315,8 +315,12 @@ def build_rollout_runtime(ingress: Any, handle: Any) -> Any:
         replica_id = serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a Serve replica (tests)
         replica_id = uuid.uuid4().hex[:8]
+    from serve.rollout.variants import features_fingerprint
+    from training.bundle import read_manifest
+
     variants = Variants(
         ingress.pipeline, primary_version=ingress.versions["bundle"],
+        primary_fingerprint=features_fingerprint(read_manifest(a.bundle)),
         root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
         make_ranker=lambda name: TritonRanker(r.url, model_name=name,
                                               timeout_s=r.timeout_ms / 1000.0),

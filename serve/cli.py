@@ -236,6 +236,24 @@ def bench_moderation(
     _write_result(result, out)
 
 
+@bench_app.command("rollout")
+def bench_rollout(
+    bundle: Annotated[str, typer.Option(help="Bundle to serve (a copy is the shadow).")] = (
+        "artifacts/latest"),
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/rollout.json",
+    rate: Annotated[float, typer.Option(min=0.1, help="Offered feed requests/s.")] = 10.0,
+    duration_s: Annotated[float, typer.Option(min=1, help="Per config and round.")] = 30,
+    rounds: Annotated[int, typer.Option(min=1, max=20)] = 5,
+) -> None:
+    """The primary's latency with no shadow, a slow one, a failing one and a real one."""
+    from benchmarks.rollout import run
+
+    console = Console(stderr=True)
+    result = run(bundle=bundle, rate=rate, duration_s=duration_s, rounds=rounds,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
 def main() -> None:
     try:
         app()

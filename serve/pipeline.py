@@ -77,6 +77,9 @@ class Trace:
     infos: dict[int, ItemInfo]
     vecs: np.ndarray
     kept_ids: np.ndarray
+    # ranker inputs by id(FeatureTransform): a shadow whose bundle has the same fitted
+    # features (Variants shares the object) re-ranks without building them again
+    inputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,8 @@ class FeedPipeline:
 
     async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
                     rscore: np.ndarray, now_s: float, degraded: list[str],
-                    timings: dict[str, float], model: RankerModel | None = None
+                    timings: dict[str, float], model: RankerModel | None = None,
+                    cache: dict[int, dict[str, np.ndarray]] | None = None
                     ) -> tuple[list[Scored], dict[int, np.ndarray]]:
         """Scored items, and each item's per-task probabilities (empty when degraded).
         `timings` gets `ranker_call`: the wait for the model alone, features excluded."""
@@ -204,7 +208,13 @@ class FeedPipeline:
         m = model or self.primary_models.ranker
         if self._monotonic() >= self._ranker_down_until.get(id(m.ranker), 0.0):
             try:
-                inputs = self.ranker_inputs(user_id, user, items, rscore, now_s, m.features)
+                key = id(m.features)
+                inputs = cache.get(key) if cache is not None else None
+                if inputs is None:
+                    inputs = self.ranker_inputs(user_id, user, items, rscore, now_s,
+                                                m.features)
+                    if cache is not None:
+                        cache[key] = inputs
                 t0 = time.perf_counter()
                 try:
                     logits = await m.ranker.logits(inputs)
@@ -279,8 +289,9 @@ class FeedPipeline:
                   else np.zeros(len(kept), np.float32)).astype(np.float32)
         kept = [Merged(m.item_id, m.sources, m.source_scores, float(rscore[i]))
                 for i, m in enumerate(kept)]
+        inputs_cache: dict[int, dict[str, np.ndarray]] = {}
         scored, probs = await self._rank(q.user_id, user, kept, rscore, now_s, degraded,
-                                         timings, m.ranker)
+                                         timings, m.ranker, inputs_cache)
         t = lap("rank", t)
 
         items = self._page(scored, probs, infos, kept_ids, vecs, now_s, q.limit, q.request_id)
@@ -291,7 +302,7 @@ class FeedPipeline:
                       request_id=q.request_id, limit=q.limit,
                       ann_ids=tuple(c.item_id for c in ann),
                       ann_scores=tuple(c.score for c in ann), kept=kept, rscore=rscore,
-                      infos=infos, vecs=vecs, kept_ids=kept_ids)
+                      infos=infos, vecs=vecs, kept_ids=kept_ids, inputs=inputs_cache)
         return FeedResult(items=items, degraded=degraded, cold_start=not known,
                           timings_ms=timings, filtered=removed, trace=trace)
 
@@ -311,7 +322,7 @@ class FeedPipeline:
         degraded: list[str] = []
         timings: dict[str, float] = {}
         scored, probs = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
-                                         trace.now_s, degraded, timings, model)
+                                         trace.now_s, degraded, timings, model, trace.inputs)
         items = self._page(scored, probs, trace.infos, trace.kept_ids, trace.vecs,
                            trace.now_s, trace.limit, trace.request_id)
         return items, degraded, timings.get("ranker_call", 0.0)

@@ -122,6 +122,7 @@ class RolloutController:
         self._pending_start = cfg if cfg.stages else None
         self._last_start_try = -1e9
         self.start_error = ""
+        self.user_config_error = ""
 
     def _validate(self, raw: Any) -> RolloutConfig:
         return validate_rollout(raw, root=self.root,
@@ -152,13 +153,18 @@ class RolloutController:
             self.start_error = str(e)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve's in-place update (`user_config: {rollout: {...}}`)."""
+        """Serve's in-place update (`user_config: {rollout: {...}}`). A config that cannot
+        serve is refused like one from the admin route: logged, shown in `status()` as
+        `user_config_error`, and the running config stays. (Raising here would make Serve
+        restart this replica, which would lose the rollout's state.)"""
         raw = (user_config or {}).get("rollout")
         if raw is None:
             return
-        async with self._lock:
-            cfg = self._validate(raw)
-            await self._apply(cfg, "user_config")
+        out = await self.apply(raw, "user_config")
+        self.user_config_error = "" if out["ok"] else str(out["error"])
+        if not out["ok"]:
+            log.error("rollout: user_config refused, the running config stays: %s",
+                      out["error"])
 
     async def apply(self, raw: Any, source: str = "api") -> dict[str, Any]:
         async with self._lock:
@@ -221,7 +227,8 @@ class RolloutController:
                     "available_versions": available_versions(self.root),
                     "triton_models": sorted(self.triton.loaded),
                     "pending_start_config": self._pending_start is not None,
-                    "start_error": self.start_error}
+                    "start_error": self.start_error,
+                    "user_config_error": self.user_config_error}
 
     async def promote(self, stage: str) -> dict[str, Any]:
         async with self._lock:

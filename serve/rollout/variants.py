@@ -56,12 +56,21 @@ def ranker_model_name(version: str, primary_version: str, base: str = "ranker") 
     return base if version == primary_version else f"{base}-{version}"
 
 
+def features_fingerprint(manifest: dict[str, Any]) -> str:
+    """One digest of a bundle's fitted feature files (their manifest checksums)."""
+    import hashlib
+
+    files = sorted((k, v) for k, v in manifest.get("files", {}).items()
+                   if k.startswith("features/"))
+    return hashlib.sha256(repr(files).encode()).hexdigest()
+
+
 class Variants:
     """Loaded retrievals and rankers by (bundle version, fault)."""
 
     def __init__(self, pipeline: FeedPipeline, *, primary_version: str, root: Path,
                  make_ranker: Callable[[str], Ranker], ef_search: int | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, primary_fingerprint: str = "") -> None:
         self._pipeline = pipeline
         self.primary_version = primary_version
         self.root = root
@@ -69,6 +78,9 @@ class Variants:
         self._ef = ef_search
         self._rng = rng or random.Random()
         self._features: dict[str, FeatureTransform] = {primary_version: pipeline.features}
+        self._fingerprints: dict[str, str] = {}
+        if primary_fingerprint:
+            self._fingerprints[primary_version] = primary_fingerprint
         self._retrieval: dict[tuple[str, FaultKey], Any] = {
             (primary_version, None): pipeline.retrieval}
         self._rankers: dict[tuple[str, FaultKey], RankerModel] = {
@@ -78,8 +90,14 @@ class Variants:
         if version in self._features:
             return self._features[version], None
         b = verify_bundle(version_path(self.root, version))
-        features = FeatureTransform.load(b.file("features/transform.json").parent)
+        fp = features_fingerprint(b.manifest)
+        same = [v for v, f in self._features.items() if self._fingerprints.get(v) == fp]
+        # the same fitted features (by checksum): one object, so a shadow reuses the
+        # primary's ranker inputs instead of building them again
+        features = self._features[same[0]] if same else FeatureTransform.load(
+            b.file("features/transform.json").parent)
         self._features[version] = features
+        self._fingerprints[version] = fp
         log.info("rollout: bundle %s verified and its features loaded", version)
         return features, b
 
@@ -140,3 +158,5 @@ class Variants:
         self._rankers = {k: v for k, v in self._rankers.items() if k in keep_k}
         versions = {v for v, _ in keep_r | keep_k}
         self._features = {k: v for k, v in self._features.items() if k in versions}
+        self._fingerprints = {k: v for k, v in self._fingerprints.items()
+                              if k in versions}

@@ -1,0 +1,172 @@
+"""Rollout benchmark: what shadows cost the primary's latency.
+
+One `funnel serve` (local Ray, Triton, the Serve app behind Ray Serve's proxy) and one
+open-loop load generator in this process. The same offered load runs under four rollout
+configs, switched through the admin route without restarting anything, in interleaved
+rounds (baseline, slow, failing, real, baseline, slow, ...) so that drift on the machine
+spreads over all of them:
+
+- baseline: no rollout;
+- slow_shadow: a ranker shadow on every request that sleeps 200 ms before its model call;
+- failing_shadow: a ranker shadow on every request whose every call fails;
+- real_shadow: a ranker shadow on every request that does its full work (a second bundle
+  version on its own Triton model): the honest CPU cost of shadowing on this machine.
+
+Reported per config: p50 / p99 over every round's requests pooled (a p99 of one short
+round rests on its two slowest requests), client errors, and the p99 ratio to the
+baseline. The shadow variant is a copy of the bundle under a new version, so its
+agreement with the primary is known (1.0).
+
+    funnel bench rollout --bundle artifacts/latest --rate 10 --duration-s 30 --rounds 5
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from benchmarks.feed import _http_call, open_loop
+from benchmarks.triton_batching import DEFAULT_CONFIG, free_port
+from training.bundle import resolve_bundle, verify_bundle, write_manifest
+
+Say = Callable[[str], None]
+TOKEN = "bench-admin-token"
+
+
+def _copy_version(src: Path, root: Path, version: str) -> str:
+    dst = root / version
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["version"] = version
+    for key in ("files", "format_version"):
+        m.pop(key, None)
+    write_manifest(dst, m)
+    return version
+
+
+def configs(primary: str, shadow_version: str) -> dict[str, dict[str, Any]]:
+    def shadow(**fault: float) -> dict[str, Any]:
+        return {"stages": {"ranker": {
+            "variants": [{"name": "control", "bundle_version": primary, "weight": 100}],
+            "shadows": [{"name": "shadow", "bundle_version": shadow_version,
+                         "sample_rate": 1.0, **({"fault": fault} if fault else {})}]}}}
+
+    return {"baseline": {}, "slow_shadow": shadow(delay_ms=200),
+            "failing_shadow": shadow(error_rate=1.0), "real_shadow": shadow()}
+
+
+def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int = 20,
+        say: Say = print) -> dict[str, Any]:
+    import httpx
+
+    b = verify_bundle(bundle)
+    work = Path(tempfile.mkdtemp(prefix="funnel-bench-rollout-"))
+    proc = None
+    try:
+        root = work / "artifacts"
+        root.mkdir()
+        shutil.copytree(resolve_bundle(bundle), root / b.version)
+        shadow_version = _copy_version(root / b.version, root, f"{b.version}-shadow")
+        doc = yaml.safe_load(Path(DEFAULT_CONFIG).read_text())
+        port = free_port()
+        doc["http_options"]["port"] = port
+        doc["grpc_options"] = {"port": free_port(), "grpc_servicer_functions": []}
+        args = doc["applications"][0]["args"]
+        tport = free_port()
+        args["triton"].update(http_port=free_port(), grpc_port=tport, metrics_port=free_port())
+        args["feed"]["ranker"]["url"] = f"127.0.0.1:{tport}"
+        args["review"]["database_url"] = f"sqlite:///{work / 'review.sqlite3'}"
+        args["rollout"]["allow_fault_injection"] = True
+        config = work / "serve.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        ready = work / "ready.json"
+        log = (work / "serve.log").open("wb")
+        say(f"starting funnel serve (bundle {b.version}, shadow version {shadow_version})")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serve", "serve", "--bundle", str(root / b.version),
+             "--config", str(config), "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "FUNNEL_ADMIN_TOKEN": TOKEN})
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("funnel serve did not start; see " + str(work / "serve.log"))
+            time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}"
+        admin = httpx.Client(headers={"authorization": f"Bearer {TOKEN}"}, timeout=300)
+        from serve.catalog import Catalog
+
+        cat = Catalog(root / b.version / "catalog")
+        users = np.random.default_rng(0).choice(cat.user_ids, size=min(2000, len(
+            cat.user_ids)), replace=False)
+        plans = configs(b.version, shadow_version)
+        points: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
+        pooled: dict[str, list[float]] = {name: [] for name in plans}
+
+        async def measure() -> dict[str, Any]:
+            call, client = _http_call(f"{base}/v1/feed", limit)
+            try:
+                for i in range(100):  # warm-up
+                    await call(int(users[i % len(users)]))
+                return await open_loop(call, users, rate=rate, duration_s=duration_s,
+                                       keep_latencies=True)
+            finally:
+                await client.aclose()
+
+        for r in range(rounds):
+            for name, cfg in plans.items():
+                resp = admin.put(f"{base}/v1/admin/rollout", json=cfg)
+                resp.raise_for_status()
+                time.sleep(1.0)  # every replica routes by it (reports every 0.5 s)
+                p = asyncio.run(measure())
+                pooled[name].extend(p.pop("latencies_ms"))
+                points[name].append(p)
+                say(f"round {r + 1}/{rounds} {name}: p50 {p['p50_ms']:.1f} ms, p99 "
+                    f"{p['p99_ms']:.1f} ms, errors {p['error_rate']:.1%}, achieved "
+                    f"{p['achieved_rps']} req/s")
+                if name != "baseline":
+                    st = admin.get(f"{base}/v1/admin/rollout").json()
+                    w = st["stages"]["ranker"]["variants"]["shadow"]
+                    p["shadow"] = {"totals": w["totals"], "window": {
+                        k: w["window"][k] for k in ("requests", "errors", "p99_ms",
+                                                    "overlap_at_k", "rank_correlation")}}
+        admin.put(f"{base}/v1/admin/rollout", json={})
+        results: dict[str, Any] = {}
+        for name, ps in points.items():
+            lat = np.asarray(pooled[name])
+            results[name] = {  # percentiles over every round's requests pooled
+                "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                "client_errors": int(sum(round(p["error_rate"] * p["requests"]) for p in ps)),
+                "requests": int(sum(p["requests"] for p in ps)), "rounds": ps}
+        base_p99 = results["baseline"]["p99_ms"]
+        for r_ in results.values():
+            r_["p99_vs_baseline"] = round(r_["p99_ms"] / base_p99, 3) if base_p99 else None
+        return {"date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
+                "cpus": os.cpu_count(), "bundle": b.version,
+                "items": b.manifest["dataset"]["posts"], "offered_rps": rate,
+                "duration_s": duration_s, "rounds": rounds, "limit": limit,
+                "configs": results}
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)

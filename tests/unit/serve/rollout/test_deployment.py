@@ -1,0 +1,123 @@
+"""RolloutController's logic without Ray: the deployment class called directly, over bundle
+directories with real manifests and checksums, and a fake Triton client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve.rollout.deployment import RolloutController
+from training.bundle import REQUIRED_FILES, point_latest, write_manifest
+
+
+class FakeTriton:
+    def __init__(self) -> None:
+        self.loaded: dict[str, dict[str, Any]] = {}
+        self.refuse: set[str] = set()
+
+    def load_model(self, name: str, config: str, files: dict[str, bytes],
+                   client_timeout: float) -> None:
+        if name in self.refuse:
+            raise RuntimeError("failed to load 'ranker-x': out of memory")
+        assert b"class TritonPythonModel" in files["file:1/model.py"]
+        self.loaded[name] = json.loads(config)
+
+    def is_model_ready(self, name: str) -> bool:
+        return name in self.loaded
+
+    def unload_model(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+
+def make_bundle(root: Path, version: str, labels: list[str]) -> None:
+    d = root / version
+    for rel in REQUIRED_FILES:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(f"{version}:{rel}".encode())
+    write_manifest(d, {"version": version, "models": {
+        "ranker": {"path": "triton/ranker/1/model.pt", "dense_features": ["a", "b"]},
+        "moderation": {"labels": labels}}})
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> tuple[Any, FakeTriton]:
+    for v, labels in (("v1", ["spam"]), ("v2", ["spam"]), ("v3", ["spam", "hate"])):
+        make_bundle(tmp_path, v, labels)
+    point_latest(tmp_path, tmp_path / "v1")
+    cls = RolloutController.func_or_class  # the plain class under @serve.deployment
+    ctrl = cls({"bundle": str(tmp_path / "latest")})
+    fake = FakeTriton()
+    ctrl.triton._client = fake
+    return ctrl, fake
+
+
+def ranker(canary: str = "v2", weight: float = 10) -> dict[str, Any]:
+    return {"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": "v1", "weight": 100 - weight},
+        {"name": "canary", "bundle_version": canary, "weight": weight}]}}}
+
+
+def test_apply_loads_ranker_versions_into_triton_with_their_checksums(controller) -> None:
+    ctrl, triton = controller
+    out = asyncio.run(ctrl.apply(ranker()))
+    assert out == {"ok": True, "revision": 1}
+    cfg = triton.loaded["ranker-v2"]
+    assert cfg["parameters"]["model_sha256"]["string_value"] == json.loads(
+        (Path(ctrl.root) / "v2" / "manifest.json").read_text())["files"][
+            "triton/ranker/1/model.pt"]
+    assert cfg["model_warmup"][0]["batch_size"] == 1
+    table = asyncio.run(ctrl.report("r1", []))
+    assert table["stages"]["ranker"]["variants"][1]["bundle_version"] == "v2"
+    assert table["pending_start"] is False
+
+
+def test_refusals_change_nothing(controller) -> None:
+    ctrl, triton = controller
+    asyncio.run(ctrl.apply(ranker()))
+    out = asyncio.run(ctrl.apply(ranker(canary="v9")))
+    assert out["ok"] is False and out["status"] == 422
+    assert out["fields"][0]["field"] == "stages.ranker.variants[1].bundle_version"
+    (Path(ctrl.root) / "v3" / "features" / "transform.json").write_text("tampered")
+    out = asyncio.run(ctrl.apply(ranker(canary="v3")))
+    assert out["ok"] is False and "checksum mismatch" in out["fields"][0]["message"]
+    triton.refuse.add("ranker-v2")
+    triton.loaded.clear()
+    ctrl.triton.loaded.clear()
+    out = asyncio.run(ctrl.apply(ranker(weight=20)))
+    assert out["ok"] is False and out["status"] == 503 and "out of memory" in out["error"]
+    status = asyncio.run(ctrl.status())
+    assert status["revision"] == 1
+    assert status["stages"]["ranker"]["weights"] == {"control": 90.0, "canary": 10.0}
+
+
+def test_moderation_versions_need_the_serving_labels(controller) -> None:
+    ctrl, _ = controller
+    cfg = ranker(canary="v3")
+    cfg["stages"] = {"moderation": cfg["stages"]["ranker"]}
+    out = asyncio.run(ctrl.apply(cfg))
+    assert out["ok"] is False
+    assert "text labels ['spam', 'hate']" in out["fields"][0]["message"]
+
+
+def test_user_config_applies_in_place_and_a_bad_one_is_refused(controller) -> None:
+    ctrl, _ = controller
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(weight=30)}))
+    s = asyncio.run(ctrl.status())
+    assert s["stages"]["ranker"]["weights"]["canary"] == 30.0 and s["user_config_error"] == ""
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(weight=130)}))
+    s = asyncio.run(ctrl.status())
+    assert s["stages"]["ranker"]["weights"]["canary"] == 30.0
+    assert "less than or equal to 100" in s["user_config_error"]
+
+
+def test_promote_and_rollback_answer_conflicts_as_refusals(controller) -> None:
+    ctrl, _ = controller
+    asyncio.run(ctrl.apply(ranker()))
+    out = asyncio.run(ctrl.promote("ranker"))
+    assert out["ok"] is False and out["status"] == 409 and "no promotion" in out["error"]
+    assert asyncio.run(ctrl.rollback("ranker"))["ok"] is True
+    assert asyncio.run(ctrl.rollback("ranker"))["status"] == 409
