@@ -55,9 +55,15 @@ def _stage_medians(samples: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: float,
-                    keep_latencies: bool = False) -> dict[str, Any]:
+                    keep_latencies: bool = False, poisson_seed: int | None = None
+                    ) -> dict[str, Any]:
     """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates, and the
-    server-side median of each stage (and every latency, with `keep_latencies`)."""
+    server-side median of each stage (and every latency, with `keep_latencies`).
+
+    Requests go out at a constant interval, or, with `poisson_seed`, as a Poisson process of
+    the same rate (exponential gaps, seeded): real traffic does not arrive on a clock, and
+    work that follows a request by a fixed delay (a shadow) would otherwise land on the
+    same phase of every later request."""
     lat: list[float] = []
     stages: list[dict[str, float]] = []
     errors = 0
@@ -78,8 +84,13 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
             errors += 1
 
     tasks = []
+    if poisson_seed is None:
+        at = np.arange(n) / rate
+    else:
+        at = np.cumsum(np.random.default_rng(poisson_seed).exponential(1.0 / rate, n))
+        at -= at[0]
     for i in range(n):
-        delay = start + i / rate - time.perf_counter()
+        delay = start + float(at[i]) - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))

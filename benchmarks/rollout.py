@@ -12,6 +12,11 @@ spreads over all of them:
 - real_shadow: a ranker shadow on every request that does its full work (a second bundle
   version on its own Triton model): the honest CPU cost of shadowing on this machine.
 
+Arrivals are a seeded Poisson process by default (`--arrivals constant` for a fixed
+interval; then a shadow delayed by a multiple of the interval lands on the phase of a later
+request every time, a resonance real traffic does not have). Each round replays the same
+arrival times for every config.
+
 Reported per config: p50 / p99 over every round's requests pooled (a p99 of one short
 round rests on its two slowest requests), client errors, and the p99 ratio to the
 baseline. The shadow variant is a copy of the bundle under a new version, so its
@@ -71,7 +76,8 @@ def configs(primary: str, shadow_version: str) -> dict[str, dict[str, Any]]:
 
 
 def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int = 20,
-        say: Say = print) -> dict[str, Any]:
+        shadow_queue_size: int | None = None, only: list[str] | None = None,
+        arrivals: str = "poisson", say: Say = print) -> dict[str, Any]:
     import httpx
 
     b = verify_bundle(bundle)
@@ -92,6 +98,8 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
         args["feed"]["ranker"]["url"] = f"127.0.0.1:{tport}"
         args["review"]["database_url"] = f"sqlite:///{work / 'review.sqlite3'}"
         args["rollout"]["allow_fault_injection"] = True
+        if shadow_queue_size is not None:
+            args["rollout"]["shadow_queue_size"] = shadow_queue_size
         config = work / "serve.yaml"
         config.write_text(yaml.safe_dump(doc))
         ready = work / "ready.json"
@@ -114,17 +122,19 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
         cat = Catalog(root / b.version / "catalog")
         users = np.random.default_rng(0).choice(cat.user_ids, size=min(2000, len(
             cat.user_ids)), replace=False)
-        plans = configs(b.version, shadow_version)
+        plans = {k: v for k, v in configs(b.version, shadow_version).items()
+                 if not only or k in only or k == "baseline"}
         points: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
         pooled: dict[str, list[float]] = {name: [] for name in plans}
 
-        async def measure() -> dict[str, Any]:
+        async def measure(seed: int) -> dict[str, Any]:
             call, client = _http_call(f"{base}/v1/feed", limit)
             try:
                 for i in range(100):  # warm-up
                     await call(int(users[i % len(users)]))
                 return await open_loop(call, users, rate=rate, duration_s=duration_s,
-                                       keep_latencies=True)
+                                       keep_latencies=True, poisson_seed=seed
+                                       if arrivals == "poisson" else None)
             finally:
                 await client.aclose()
 
@@ -133,7 +143,7 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
                 resp = admin.put(f"{base}/v1/admin/rollout", json=cfg)
                 resp.raise_for_status()
                 time.sleep(1.0)  # every replica routes by it (reports every 0.5 s)
-                p = asyncio.run(measure())
+                p = asyncio.run(measure(r))  # each config sees the same arrivals
                 pooled[name].extend(p.pop("latencies_ms"))
                 points[name].append(p)
                 say(f"round {r + 1}/{rounds} {name}: p50 {p['p50_ms']:.1f} ms, p99 "
@@ -161,6 +171,8 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
                 "cpus": os.cpu_count(), "bundle": b.version,
                 "items": b.manifest["dataset"]["posts"], "offered_rps": rate,
                 "duration_s": duration_s, "rounds": rounds, "limit": limit,
+                "shadow_queue_size": args["rollout"].get("shadow_queue_size", 64),
+                "arrivals": arrivals,
                 "configs": results}
     finally:
         if proc is not None and proc.poll() is None:

@@ -438,6 +438,10 @@ class FeedIngress:
     async def _moderate(self, req: ModerateRequest, image: Any, rid: str) -> Any:
         """Score, decide and record one item (HTTP and gRPC); raises FunnelError on bad
         content or an unreachable review store."""
+        with self.rollout.serving() if self.rollout else contextlib.nullcontext():
+            return await self._moderate_once(req, image, rid)
+
+    async def _moderate_once(self, req: ModerateRequest, image: Any, rid: str) -> Any:
         from serve.moderation.media import check_text
         from serve.moderation.service import ModerationInput
 
@@ -655,6 +659,11 @@ class FeedIngress:
                             status_code=200 if ok else 503)
 
     async def _run_feed(self, req: FeedRequest, rid: str) -> tuple[FeedResponse, dict[str, float]]:
+        with self.rollout.serving() if self.rollout else contextlib.nullcontext():
+            return await self._feed_once(req, rid)
+
+    async def _feed_once(self, req: FeedRequest, rid: str
+                         ) -> tuple[FeedResponse, dict[str, float]]:
         from serve.pipeline import FeedQuery
 
         self._ensure_poller()

@@ -49,6 +49,11 @@ class TritonRuntime(StrEnum):
     pytriton = "pytriton"
 
 
+class Arrivals(StrEnum):
+    poisson = "poisson"
+    constant = "constant"
+
+
 class LoadGenerator(StrEnum):
     python = "python"
     h2load = "h2load"
@@ -244,12 +249,20 @@ def bench_rollout(
     rate: Annotated[float, typer.Option(min=0.1, help="Offered feed requests/s.")] = 10.0,
     duration_s: Annotated[float, typer.Option(min=1, help="Per config and round.")] = 30,
     rounds: Annotated[int, typer.Option(min=1, max=20)] = 5,
+    shadow_queue_size: Annotated[int | None, typer.Option(
+        min=1, help="args.rollout.shadow_queue_size (default: the config's)")] = None,
+    only: Annotated[list[str] | None, typer.Option(
+        help="Configs besides the baseline: slow_shadow, failing_shadow, real_shadow.")] = None,
+    arrivals: Annotated[Arrivals, typer.Option(
+        help="Request arrivals: a seeded Poisson process, or a fixed interval.")] = (
+        Arrivals.poisson),
 ) -> None:
     """The primary's latency with no shadow, a slow one, a failing one and a real one."""
     from benchmarks.rollout import run
 
     console = Console(stderr=True)
     result = run(bundle=bundle, rate=rate, duration_s=duration_s, rounds=rounds,
+                 shadow_queue_size=shadow_queue_size, only=only, arrivals=arrivals.value,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 

@@ -174,9 +174,12 @@ class RolloutSettings(_Strict):
                                     "the parent of `bundle`")
     report_interval_s: float = Field(0.5, gt=0, le=60,
                                      description="replica -> controller: numbers and routing")
-    shadow_queue_size: int = Field(64, ge=1, le=100_000,
+    shadow_queue_size: int = Field(8, ge=1, le=100_000,
                                    description="pending shadow/compare jobs; more are dropped")
     shadow_concurrency: int = Field(2, ge=1, le=64)
+    # a shadow job waits (at most this long) for a moment with no client request in flight
+    # in the replica, so its CPU does not land inside one; 0: run at once
+    shadow_idle_wait_s: float = Field(2.0, ge=0, le=60)
     allow_fault_injection: bool = False
     triton_unload_grace_s: float = Field(30.0, ge=0, le=3600)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,7 +314,8 @@ class FeedPipeline:
             scored, infos, emb, limit=limit, now_s=now_s, rng=_rng_for(request_id),
             params=self._rerank)]
 
-    async def rerank_with(self, trace: Trace, model: RankerModel
+    async def rerank_with(self, trace: Trace, model: RankerModel, *,
+                          before_page: Callable[[], Awaitable[None]] | None = None
                           ) -> tuple[list[FeedItem], list[str], float]:
         """The page `model` would have served for the same candidates (a shadow ranker, or the
         primary next to a canary): (items, degraded, ranker call ms). Same exploration seed,
@@ -323,6 +324,8 @@ class FeedPipeline:
         timings: dict[str, float] = {}
         scored, probs = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
                                          trace.now_s, degraded, timings, model, trace.inputs)
+        if before_page is not None:  # e.g. wait for the replica to be idle (shadows)
+            await before_page()
         items = self._page(scored, probs, trace.infos, trace.kept_ids, trace.vecs,
                            trace.now_s, trace.limit, trace.request_id)
         return items, degraded, timings.get("ranker_call", 0.0)

@@ -9,7 +9,8 @@ and compare lists off the critical path.
 - `ShadowRunner`: one queue per (stage, variant), bounded and worked by a fixed number of
   tasks; a job that finds it full is dropped and counted (`dropped`), so a slow or failing
   shadow costs the client nothing but the CPU its bounded jobs use, and cannot starve
-  another variant's comparisons.
+  another variant's comparisons. Jobs run when the replica serves no request
+  (`IdleGate`), so that CPU lands between requests, not inside them.
 - `run_reports`: every `report_interval_s`, the counts go to the controller and the routing
   table comes back; a new table's bundle versions are loaded (checksums first) before any
   request is routed to them.
@@ -22,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,10 +42,50 @@ STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann",
 MAX_UNSENT_ROWS = 1000  # rows kept for the next report while the controller is away
 
 
-class ShadowRunner:
-    """A bounded queue of jobs run by `concurrency` tasks of the current event loop."""
+class IdleGate:
+    """Lets off-path work wait for a moment when this replica serves no client request.
 
-    def __init__(self, *, size: int, concurrency: int) -> None:
+    Shadows and comparisons share the replica's event loop (and its GIL) with the requests
+    they mirror: a job's few milliseconds of CPU that land while a request is in flight add
+    to that request's latency. A job therefore waits until no request is in flight, at
+    most `max_wait_s`: at moderate load it runs in the gaps between requests; under
+    sustained saturation it still progresses, but no faster than one job per `max_wait_s`
+    per worker, and the bounded queue drops the rest (counted)."""
+
+    def __init__(self, *, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if self.inflight == 0:
+                self._idle.set()
+        return self._idle
+
+    def started(self) -> None:
+        self.inflight += 1
+        self._event().clear()
+
+    def finished(self) -> None:
+        self.inflight = max(0, self.inflight - 1)
+        if self.inflight == 0:
+            self._event().set()
+
+    async def wait(self) -> None:
+        if self.inflight == 0 or self.max_wait_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event().wait(), self.max_wait_s)
+
+
+class ShadowRunner:
+    """A bounded queue of jobs run by `concurrency` tasks of the current event loop, each
+    job started when the `gate` opens."""
+
+    def __init__(self, *, size: int, concurrency: int, gate: IdleGate | None = None) -> None:
+        self._gate = gate
         self._size = size
         self._n = concurrency
         self._q: asyncio.Queue[tuple[Callable[[], Awaitable[None]], Callable[[], None]]] | \
@@ -70,6 +111,8 @@ class ShadowRunner:
         while True:
             job, on_error = await self._q.get()
             try:
+                if self._gate is not None:
+                    await self._gate.wait()
                 await job()
             except Exception:  # a shadow's failure is counted, never raised to a client
                 log.debug("shadow job failed", exc_info=True)
@@ -108,6 +151,7 @@ class RolloutRuntime:
         # one bounded queue per (stage, variant): a slow shadow fills its own queue and
         # cannot starve the comparisons a canary's guardrails wait for
         self.runners: dict[tuple[str, str], ShadowRunner] = {}
+        self.gate = IdleGate(max_wait_s=settings.shadow_idle_wait_s)
         self.last_report_error = ""
         self.pending_start = False
         self._unsent: list[dict[str, Any]] = []
@@ -164,6 +208,15 @@ class RolloutRuntime:
             await asyncio.sleep(self.settings.report_interval_s)
 
     # ---- per request ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around a client request: off-path jobs wait for the replica to be idle."""
+        self.gate.started()
+        try:
+            yield
+        finally:
+            self.gate.finished()
+
     def models_for(self, user_id: int) -> tuple[Models, dict[str, Assignment | None]]:
         a = {"retrieval": self.router.assign("retrieval", user_id),
              "ranker": self.router.assign("ranker", user_id)}
@@ -260,7 +313,7 @@ class RolloutRuntime:
         if runner is None:
             runner = self.runners[(stage, variant)] = ShadowRunner(
                 size=self.settings.shadow_queue_size,
-                concurrency=self.settings.shadow_concurrency)
+                concurrency=self.settings.shadow_concurrency, gate=self.gate)
         if not runner.submit(job, lambda: self.tally.compare_failed(stage, variant)):
             self.tally.dropped(stage, variant)
 
@@ -282,7 +335,8 @@ class RolloutRuntime:
                               ks: list[int]) -> None:
         other = self.variants.ranker(shadow)  # None: the primary
         t0 = time.perf_counter()
-        other_items, degraded, call_ms = await self.pipeline.rerank_with(trace, other)
+        other_items, degraded, call_ms = await self.pipeline.rerank_with(
+            trace, other, before_page=self.gate.wait)
         if shadow is not None:
             self.tally.served("ranker", shadow.variant, latency_ms=call_ms or (
                 time.perf_counter() - t0) * 1000, error=bool(degraded),

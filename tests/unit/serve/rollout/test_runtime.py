@@ -141,3 +141,32 @@ def test_a_failing_canary_stays_within_its_budget_and_is_rolled_back(
     assert all(not r.degraded for v, r in served if v["ranker"] == "control")
     assert state.stages["ranker"].status == "rolled_back"
     assert ranker.calls > 0  # the primary kept ranking with the same Triton client
+
+
+def test_shadow_jobs_wait_for_the_replica_to_be_idle() -> None:
+    from serve.rollout.runtime import IdleGate, ShadowRunner
+
+    async def scenario() -> tuple[list[str], float]:
+        gate = IdleGate(max_wait_s=5.0)
+        runner = ShadowRunner(size=4, concurrency=1, gate=gate)
+        events: list[str] = []
+
+        async def job() -> None:
+            events.append("shadow")
+
+        gate.started()  # a client request in flight
+        assert runner.submit(job, lambda: None)
+        await asyncio.sleep(0.05)
+        events.append("request done")
+        gate.finished()
+        await runner.drain()
+        # saturation: never idle, yet a job still runs after max_wait_s
+        gate2 = IdleGate(max_wait_s=0.1)
+        gate2.started()
+        t0 = asyncio.get_running_loop().time()
+        await gate2.wait()
+        return events, asyncio.get_running_loop().time() - t0
+
+    events, waited = asyncio.run(scenario())
+    assert events == ["request done", "shadow"]
+    assert 0.09 <= waited < 1.0
