@@ -174,7 +174,7 @@ class RolloutSettings(_Strict):
                                     "the parent of `bundle`")
     report_interval_s: float = Field(0.5, gt=0, le=60,
                                      description="replica -> controller: numbers and routing")
-    shadow_queue_size: int = Field(8, ge=1, le=100_000,
+    shadow_queue_size: int = Field(4, ge=1, le=100_000,
                                    description="pending shadow/compare jobs; more are dropped")
     shadow_concurrency: int = Field(2, ge=1, le=64)
     # a shadow job waits (at most this long) for a moment with no client request in flight
