@@ -177,16 +177,19 @@ class RolloutRuntime:
             self._unsent = rows[-MAX_UNSENT_ROWS:]  # sent with the next report
             return
         self.last_report_error = ""
-        self.router.reported(sent)
         self.pending_start = bool(table.get("pending_start"))
         if int(table.get("revision", -1)) != self.router.revision:
-            await self.adopt(table)
+            # until the new table is in force, the old one's (larger) budget share applies,
+            # so the failures just reported stay counted here meanwhile
+            if await self.adopt(table):
+                self.router.reported(sent)
         else:  # same variants; the canary's budget share moves with every report
             self.router.update(table)
+            self.router.reported(sent)
 
-    async def adopt(self, table: dict[str, Any]) -> None:
-        """Load what `table` names, then route by it. A version that fails to load here
-        keeps the previous table in force (and is retried with the next report)."""
+    async def adopt(self, table: dict[str, Any]) -> bool:
+        """Load what `table` names, then route by it (True). A version that fails to load
+        here keeps the previous table in force (False; retried with the next report)."""
         probe = Router()
         probe.update(table)
         wanted = {s: probe.versions(s) for s in probe.stages}
@@ -196,11 +199,12 @@ class RolloutRuntime:
         except Exception as e:
             log.error("rollout: revision %s not adopted, loading failed: %s",
                       table.get("revision"), e)
-            return
+            return False
         self.router.update(table)
         self.variants.retain(wanted)
         log.info("rollout: replica %s routes by revision %d", self.replica_id,
                  self.router.revision)
+        return True
 
     async def run_reports(self) -> None:
         while True:

@@ -109,7 +109,7 @@ def test_a_full_shadow_queue_drops_and_counts(parts: tuple[Catalog, FakeRetrieva
     rt, state, _ = runtime(parts, {"stages": {"ranker": {
         "variants": [{"name": "control", "bundle_version": V, "weight": 100}],
         "shadows": [{"name": "same", "bundle_version": V, "sample_rate": 1,
-                     "fault": {"delay_ms": 300}}]}}})
+                     "fault": {"delay_ms": 1500}}]}}})
 
     async def burst() -> None:
         await rt.report_once()
