@@ -29,6 +29,7 @@ from serve.errors import RankerUnavailable
 from serve.filters import FilterContext, apply_filters, build_filters
 from serve.merge import merge_candidates
 from serve.moderation.verdicts import LiveVerdicts
+from serve.offpath import yield_to_requests
 from serve.ranker_client import Ranker
 from serve.rerank import RerankParams, rerank
 from serve.retrieval import TwoTowerRetrieval
@@ -100,6 +101,7 @@ class FeedResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
     trace: Trace | None = None
+    candidates: dict[str, int] = field(default_factory=dict)  # per source, before merging
 
 
 def _rng_for(request_id: str) -> np.random.Generator:
@@ -215,6 +217,7 @@ class FeedPipeline:
                                                 m.features)
                     if cache is not None:
                         cache[key] = inputs
+                await yield_to_requests()  # off-path (a shadow): wait for an idle replica
                 t0 = time.perf_counter()
                 try:
                     logits = await m.ranker.logits(inputs)
@@ -304,7 +307,8 @@ class FeedPipeline:
                       ann_scores=tuple(c.score for c in ann), kept=kept, rscore=rscore,
                       infos=infos, vecs=vecs, kept_ids=kept_ids, inputs=inputs_cache)
         return FeedResult(items=items, degraded=degraded, cold_start=not known,
-                          timings_ms=timings, filtered=removed, trace=trace)
+                          timings_ms=timings, filtered=removed, trace=trace,
+                          candidates={n: len(c) for n, c in per_source.items()})
 
     def _page(self, scored: list[Scored], probs: dict[int, np.ndarray],
               infos: dict[int, ItemInfo], kept_ids: np.ndarray, vecs: np.ndarray,
@@ -324,6 +328,8 @@ class FeedPipeline:
         timings: dict[str, float] = {}
         scored, probs = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
                                          trace.now_s, degraded, timings, model, trace.inputs)
+        if degraded:  # the model failed: nothing to compare, so no page to compute
+            return [], degraded, timings.get("ranker_call", 0.0)
         if before_page is not None:  # e.g. wait for the replica to be idle (shadows)
             await before_page()
         items = self._page(scored, probs, trace.infos, trace.kept_ids, trace.vecs,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from serve.errors import RankerUnavailable
+from serve.offpath import yield_to_requests
 from serve.ranker_client import Ranker
 
 
@@ -32,6 +33,7 @@ class FaultyRanker:
     async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self._delay_s:
             await asyncio.sleep(self._delay_s)
+            await yield_to_requests()  # a shadow's idle moment is gone after the delay
         if self._rng.random() < self._rate:
             raise RankerUnavailable("injected fault (rollout config `fault.error_rate`)")
         return await self._inner.logits(inputs)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from serve.config import RolloutSettings
+from serve.offpath import off_path
 from serve.pipeline import FeedPipeline, FeedResult, Models, Trace
 from serve.rollout.agreement import overlap_at_k, rbo
 from serve.rollout.router import Assignment, Router
@@ -111,9 +112,12 @@ class ShadowRunner:
         while True:
             job, on_error = await self._q.get()
             try:
-                if self._gate is not None:
+                if self._gate is None:
+                    await job()
+                else:
                     await self._gate.wait()
-                await job()
+                    with off_path(self._gate.wait):  # model calls wait for idle too
+                        await job()
             except Exception:  # a shadow's failure is counted, never raised to a client
                 log.debug("shadow job failed", exc_info=True)
                 on_error()
@@ -367,11 +371,13 @@ class RolloutRuntime:
             return ids.tolist(), scores.tolist(), (time.perf_counter() - t) * 1000
 
         try:
+            await self.gate.wait()
             o_ids, o_scores, o_ms = await asyncio.to_thread(search, other_r)
         except Exception:
             if shadow is not None:
                 self.tally.served("retrieval", shadow.variant, latency_ms=None, error=True)
             raise
+        await self.gate.wait()
         s_ids, s_scores, s_ms = await asyncio.to_thread(search, served_r)
         if shadow is not None:
             self.tally.served("retrieval", shadow.variant, latency_ms=o_ms, error=False,

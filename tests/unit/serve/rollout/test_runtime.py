@@ -170,3 +170,36 @@ def test_shadow_jobs_wait_for_the_replica_to_be_idle() -> None:
     events, waited = asyncio.run(scenario())
     assert events == ["request done", "shadow"]
     assert 0.09 <= waited < 1.0
+
+
+def test_a_shadow_model_call_waits_again_after_its_job_started() -> None:
+    """A job started in an idle moment; a request arrives while the job waits on something
+    slow (a fault's delay): its model call waits for the request, not only the job's
+    start. Outside a shadow job nothing waits."""
+    from serve.offpath import yield_to_requests
+    from serve.rollout.runtime import IdleGate, ShadowRunner
+
+    async def scenario() -> list[str]:
+        gate = IdleGate(max_wait_s=5.0)
+        runner = ShadowRunner(size=4, concurrency=1, gate=gate)
+        events: list[str] = []
+        slow = asyncio.Event()
+
+        async def job() -> None:
+            events.append("job started")
+            await slow.wait()  # e.g. a slow variant's delay
+            await yield_to_requests()
+            events.append("model call")
+
+        assert runner.submit(job, lambda: None)
+        await asyncio.sleep(0.01)
+        gate.started()  # a client request arrives meanwhile
+        slow.set()
+        await yield_to_requests()  # the request's own calls do not wait
+        await asyncio.sleep(0.05)
+        events.append("request done")
+        gate.finished()
+        await runner.drain()
+        return events
+
+    assert asyncio.run(scenario()) == ["job started", "request done", "model call"]
