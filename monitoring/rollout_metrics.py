@@ -92,3 +92,8 @@ def render(status: dict[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(status))
     return generate_latest(registry)
+
+
+def collector(status: dict[str, Any]) -> _Snapshot:
+    """The rollout's families from a controller status, for rendering with other metrics."""
+    return _Snapshot(status)

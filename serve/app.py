@@ -37,6 +37,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitoring import metrics
 from serve.api import (
     ErrorBody,
     FeedItemOut,
@@ -61,6 +62,36 @@ log = logging.getLogger("funnel.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 fastapi_app = FastAPI(title="Funnel", version="1", docs_url="/docs", redoc_url=None)
+
+
+class RequestMetrics:
+    """ASGI middleware: every HTTP request's latency and status code, by route template
+    (bounded: `/v2/models/{name}/infer`, not the model's name; `unmatched` for 404s)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            metrics.observe_request(getattr(route, "path", None) or "unmatched",
+                                    status["code"], time.perf_counter() - started)
+
+
+fastapi_app.add_middleware(RequestMetrics)
 
 
 def request_id_of(request: Request) -> str:
@@ -167,6 +198,42 @@ def grpc_fail(grpc_context: Any, http_status: int, detail: Any, rid: str, empty:
         grpc_context.set_details(json.dumps({"error": "request_failed", "detail": detail,
                                              "request_id": rid}, default=str))
     return empty
+
+
+def grpc_observed(method: str, grpc_context: Any, started: float) -> None:
+    """A gRPC call's latency and status, as `grpc:<Method>` (the HTTP middleware's twin)."""
+    code = "OK"
+    with contextlib.suppress(Exception):
+        c = grpc_context.code() if grpc_context is not None else None
+        code = c.name if c is not None else "OK"
+    metrics.observe_request(f"grpc:{method}", code, time.perf_counter() - started)
+
+
+def replica_name() -> str:
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside a Serve replica (tests)
+        return uuid.uuid4().hex[:8]
+
+
+def build_impression_logs(args: AppArgs, replica: str, labels: tuple[str, ...]
+                          ) -> dict[str, Any]:
+    """The replica's impression-log writers (feed, moderation); none when disabled."""
+    from monitoring.impressions import FEED_SCHEMA, ImpressionLog, moderation_schema
+
+    s = args.impressions
+    if not s.enabled:
+        return {}
+    url = os.environ.get(s.url_env) or s.url
+    common: dict[str, Any] = {"replica": replica, "flush_rows": s.flush_rows,
+              "flush_interval_s": s.flush_interval_s,
+              "max_buffered_rows": s.max_buffered_rows, "retries": s.retries,
+              "storage_options": s.storage_options}
+    logs = {"feed": ImpressionLog(url, kind="feed", schema=FEED_SCHEMA, **common)}
+    if args.moderation.enabled:
+        logs["moderation"] = ImpressionLog(url, kind="moderation",
+                                           schema=moderation_schema(labels), **common)
+    return logs
 
 
 def oip_error(e: FunnelError, rid: str) -> JSONResponse:
@@ -311,10 +378,7 @@ def build_rollout_runtime(ingress: Any, handle: Any) -> Any:
 
     a = ingress.args
     r = a.feed.ranker
-    try:
-        replica_id = serve.get_replica_context().replica_id.unique_id
-    except Exception:  # outside a Serve replica (tests)
-        replica_id = uuid.uuid4().hex[:8]
+    replica_id = ingress.replica
     from serve.rollout.variants import features_fingerprint
     from training.bundle import read_manifest
 
@@ -343,6 +407,7 @@ class FeedIngress:
         from serve.review.store import ReviewStore
 
         self.args: AppArgs = parse_app_args(args)
+        self.replica = replica_name()
         self.pipeline, self.versions = load_pipeline(self.args)
         r = self.args.review
         self.store = ReviewStore(os.environ.get(r.database_url_env) or r.database_url)
@@ -366,6 +431,9 @@ class FeedIngress:
         self.rollout_handle = rollout
         self.rollout = build_rollout_runtime(self, rollout) if rollout is not None else None
         self._reporter: asyncio.Task[None] | None = None
+        policy = self.moderation.policy.labels if self.moderation is not None else ()
+        self.impressions = build_impression_logs(self.args, self.replica, policy)
+        metrics.init_labels(filters=self.args.feed.filters.enabled, labels=policy)
 
     async def _moderation_ready(self) -> bool:
         """The moderation replica answers (its models are loaded: ~10 s after start)."""
@@ -472,9 +540,30 @@ class FeedIngress:
                 a, text=text, scores=out.labels, degraded=out.degraded,
                 latency_ms=out.timings_ms.get("score", 0.0), text_labels=self.text_labels,
                 score_text=score_text)
+        self._observe_moderation(inp, out, a.variant if a is not None else "primary")
         if out.decision != "allow":  # a model's allow never changes what the feed serves
             await self._refresh_verdicts()  # this replica's feed sees its decision at once
         return out
+
+    def _observe_moderation(self, inp: Any, out: Any, variant: str) -> None:
+        assert self.moderation is not None
+        content = "+".join(k for k, v in (("text", inp.text), ("image", inp.image)) if v)
+        outcomes = self.moderation.policy.outcomes(out.labels)
+        metrics.observe_moderation(route="/v1/moderate", decision=out.decision,
+                                   content=content, label_outcomes=outcomes,
+                                   degraded=out.degraded)
+        log_ = self.impressions.get("moderation")
+        if log_ is not None:
+            from serve.impression_records import moderation_columns
+
+            cols, n = moderation_columns(
+                request_id=out.request_id, ts_us=time.time_ns() // 1000,
+                content_id=out.content_id, content=content, decision=out.decision,
+                scores=out.labels, outcomes=outcomes, labels=self.moderation.policy.labels,
+                degraded=out.degraded, policy_version=out.policy_version,
+                model_versions=out.model_versions, variant=variant,
+                review_id=out.review_id, replica=self.replica)
+            log_.append(cols, n)
 
     @fastapi_app.post("/v1/moderate")
     async def moderate(self, request: Request) -> Response:
@@ -567,6 +656,11 @@ class FeedIngress:
             if self._poller is not None:
                 self._poller.cancel()
             self.store.close()
+        for log_ in getattr(self, "impressions", {}).values():  # write what is buffered
+            with contextlib.suppress(Exception):
+                log_.close()
+        with contextlib.suppress(Exception):
+            metrics.mark_process_dead()
 
     # ---- rollout (admin) -----------------------------------------------------------------
     async def _rollout_call(self, request: Request, method: str, *args: Any) -> Response:
@@ -621,16 +715,24 @@ class FeedIngress:
 
     @fastapi_app.get("/metrics")
     async def metrics(self) -> Response:
-        """Prometheus exposition: the rollout's cluster-wide numbers (from the controller)."""
-        from prometheus_client import CONTENT_TYPE_LATEST
+        """Prometheus exposition: this node's Funnel processes (requests, stages, moderation,
+        the impression log), the review queue (from its database) and the rollout's
+        cluster-wide numbers (from the controller)."""
+        from monitoring.rollout_metrics import collector as rollout_collector
 
-        from monitoring.rollout_metrics import render
-
-        body = b""
+        extra: list[Any] = []
         if self.rollout_handle is not None:
             self._ensure_poller()
-            body = render(await self.rollout_handle.status.remote())
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+            with contextlib.suppress(Exception):  # controller away: the rest still renders
+                extra.append(rollout_collector(await self.rollout_handle.status.remote()))
+        try:
+            depth, oldest = await asyncio.to_thread(self.store.backlog)
+            age = (time.time() - oldest.timestamp()) if oldest is not None else 0.0
+            extra.append(metrics.ReviewBacklog(depth, max(0.0, age)))
+        except Exception as e:  # the database is down: say so in the scrape
+            log.warning("metrics: review backlog query failed: %s", e)
+            extra.append(metrics.ReviewBacklog(None, None))
+        return Response(metrics.render(extra), media_type=metrics.CONTENT_TYPE)
 
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -686,6 +788,7 @@ class FeedIngress:
             for stage, a in assigned.items():
                 if a is not None:
                     variants[stage], versions[stage] = a.variant, a.bundle_version
+        self._observe_feed(result, rid, req.user_id, versions, variants)
         body = FeedResponse(
             request_id=rid, user_id=req.user_id,
             items=[FeedItemOut(item_id=i.item_id, rank=i.rank, score=round(i.score, 6),
@@ -694,6 +797,24 @@ class FeedIngress:
             model_versions=versions, variants=variants,
             degraded=result.degraded, cold_start=result.cold_start)
         return body, result.timings_ms
+
+    def _observe_feed(self, result: Any, rid: str, user_id: int, versions: dict[str, str],
+                      variants: dict[str, str]) -> None:
+        """Metrics and the impression log for one served feed (HTTP or gRPC)."""
+        metrics.observe_feed(
+            route="/v1/feed", timings_ms=result.timings_ms, candidates=result.candidates,
+            filtered=result.filtered, degraded=result.degraded, items=len(result.items),
+            cold_start=result.cold_start,
+            ranker_rows=len(result.trace.kept) if result.trace is not None else 0,
+            ranker_variant=variants.get("ranker", "primary"))
+        log_ = self.impressions.get("feed")
+        if log_ is not None:
+            from serve.impression_records import feed_columns
+
+            cols, n = feed_columns(result, request_id=rid, user_id=user_id,
+                                   ts_us=time.time_ns() // 1000, versions=versions,
+                                   variants=variants, replica=self.replica)
+            log_.append(cols, n)
 
     @fastapi_app.post("/v1/feed")
     async def feed(self, request: Request) -> Response:
@@ -714,6 +835,13 @@ class FeedIngress:
 
     # ---- gRPC: funnel.v1 (Ray Serve's gRPC proxy calls these by RPC name) ----------------
     async def GetFeed(self, request: Any, grpc_context: Any = None) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self._grpc_getfeed(request, grpc_context)
+        finally:
+            grpc_observed("GetFeed", grpc_context, started)
+
+    async def _grpc_getfeed(self, request: Any, grpc_context: Any) -> Any:
         from serve.grpc_api import feed_payload, feed_response
         from serve.protos.funnel.v1 import feed_pb2
 
@@ -727,6 +855,13 @@ class FeedIngress:
         return feed_response(body)
 
     async def Moderate(self, request: Any, grpc_context: Any = None) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self._grpc_moderate(request, grpc_context)
+        finally:
+            grpc_observed("Moderate", grpc_context, started)
+
+    async def _grpc_moderate(self, request: Any, grpc_context: Any) -> Any:
         from serve.grpc_api import moderate_fields, moderate_response
         from serve.moderation.media import inspect_image
         from serve.protos.funnel.v1 import moderation_pb2

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from serve.errors import ServeConfigError
 from training.config import read_yaml
@@ -184,6 +191,33 @@ class RolloutSettings(_Strict):
     triton_unload_grace_s: float = Field(30.0, ge=0, le=3600)
 
 
+class ImpressionSettings(_Strict):
+    """The impression log (monitoring/impressions.py): one record per served feed item and
+    per moderation call, as partitioned parquet, written off the request path."""
+
+    enabled: bool = True
+    # a local directory (relative: to where `funnel serve` starts) or any fsspec URL, e.g.
+    # s3://bucket/funnel/impressions (needs the `s3` extra); the environment variable named
+    # by `url_env`, when set, wins (the Helm chart sets it)
+    url: str = "impressions"
+    url_env: str = "FUNNEL_IMPRESSIONS_URL"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    flush_rows: int = Field(2000, ge=1, le=1_000_000,
+                            description="write when this many records wait")
+    flush_interval_s: float = Field(2.0, gt=0, le=3600,
+                                    description="write at least this often")
+    max_buffered_rows: int = Field(50_000, ge=1, le=10_000_000, description="records held "
+                                   "in memory per replica and kind; beyond, dropped (counted)")
+    retries: int = Field(2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_batch(self) -> ImpressionSettings:
+        if self.max_buffered_rows < self.flush_rows:
+            raise ValueError(f"max_buffered_rows ({self.max_buffered_rows}) must be at least "
+                             f"flush_rows ({self.flush_rows})")
+        return self
+
+
 class AppArgs(_Strict):
     """Everything under `applications[].args` of the Serve config."""
 
@@ -193,6 +227,7 @@ class AppArgs(_Strict):
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    impressions: ImpressionSettings = Field(default_factory=ImpressionSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 
 

@@ -15,9 +15,11 @@ import copy
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -126,6 +128,11 @@ def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any
         rollout["bundle_root"] = str(Path(args.rollout.bundle_root).resolve())
     if rollout:
         app_args["rollout"] = rollout
+    impressions = dict(app_args.get("impressions") or {})
+    url = os.environ.get(args.impressions.url_env) or args.impressions.url
+    if "://" not in url:  # a local directory: the replicas do not share our cwd
+        impressions["url"] = str(Path(url).resolve())
+        app_args["impressions"] = impressions
     doc["applications"][0]["args"] = app_args
     parsed = parse_app_args(app_args)
     if parsed.moderation.enabled:
@@ -153,6 +160,8 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
         raise ServeConfigError(
             f"{config_path}: --ingress haproxy (Ray Serve's high-throughput mode) does not "
             "serve gRPC; use --ingress proxy, or remove grpc_options.grpc_servicer_functions")
+    metrics_dir = prepare_metrics_dir(doc)
+    schema = ServeDeploySchema.model_validate(doc)  # with the replicas' metrics directory
     ingress = apply_ray_serve_env(ingress)  # before ray.init: Ray's processes read it
     stop = threading.Event()
 
@@ -203,7 +212,24 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
             ray.shutdown()
         if supervisor is not None:
             supervisor.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         say("stopped")
+
+
+def prepare_metrics_dir(doc: dict[str, Any]) -> str | None:
+    """A directory for prometheus_client's multiprocess mode, given to the app's replicas
+    through its runtime_env (monitoring/metrics.py): the environment's, when it names one
+    (the Helm chart mounts an emptyDir), else a fresh one, returned for removal at exit."""
+    from monitoring.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    path = given or tempfile.mkdtemp(prefix="funnel-metrics-")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    app = doc["applications"][0]
+    env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    env.setdefault(MULTIPROC_ENV, path)
+    return None if given else path
 
 
 def run_triton_process(*, config_path: str, bundle: str | None, say: Say) -> None:

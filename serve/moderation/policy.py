@@ -75,6 +75,17 @@ class ModerationPolicy:
     def labels(self) -> tuple[str, ...]:
         return tuple(self.thresholds)
 
+    def outcomes(self, scores: Mapping[str, float]) -> dict[str, Decision]:
+        """Each scored label's own outcome (which of its thresholds the score crossed): the
+        per-label rates that metrics and drift monitors follow."""
+        out: dict[str, Decision] = {}
+        for label, t in self.thresholds.items():
+            if label in scores:
+                s = float(scores[label])
+                out[label] = "block" if s >= t.block_at else (
+                    "review" if s >= t.review_at else "allow")
+        return out
+
     def decide(self, scores: Mapping[str, float]) -> Verdict:
         """The most severe decision any label's score calls for, with the reasons."""
         hits: list[tuple[int, float, str]] = []

@@ -240,6 +240,15 @@ class ReviewStore:
             rows = conn.execute(q.order_by(review_items.c.id).limit(limit)).mappings().all()
         return [_item(r) for r in rows]
 
+    def backlog(self) -> tuple[int, datetime | None]:
+        """(pending items, when the oldest pending one arrived): the queue's depth and age
+        for metrics and alerts. One indexed aggregate query."""
+        q = (sa.select(sa.func.count(), sa.func.min(review_items.c.created_at))
+             .where(review_items.c.status == "pending"))
+        with self._tx() as conn:
+            n, oldest = conn.execute(q).one()
+        return int(n), _utc(oldest)
+
     def decided(self) -> Iterator[ReviewItem]:
         """Every decided item, oldest decision first (for `funnel review export`)."""
         q = (sa.select(review_items).where(review_items.c.status != "pending")

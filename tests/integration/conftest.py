@@ -94,6 +94,7 @@ def write_serve_config(directory: Path, *, grpc: bool = True) -> tuple[Path, int
     # the rollout tests inject faults into canary and shadow variants (test_rollout.py)
     args["rollout"]["allow_fault_injection"] = True
     args["rollout"]["triton_unload_grace_s"] = 2.0
+    args["impressions"].update(url=str(directory / "impressions"), flush_interval_s=0.5)
     config = directory / "serve.yaml"
     config.write_text(yaml.safe_dump(doc))
     return config, http_port, grpc_port
@@ -115,6 +116,11 @@ class Stack:
     triton: subprocess.Popen[bytes] | None = None
     admin_token: str = ADMIN_TOKEN
     grpc: str = ""  # the app's gRPC address (funnel.v1), host:port
+
+    @property
+    def impressions(self) -> Path:
+        return Path(yaml.safe_load(self.config.read_text())["applications"][0]["args"]
+                    ["impressions"]["url"])
 
     def start_triton(self, timeout_s: float = 120.0) -> float:
         """Start `funnel triton`; returns the monotonic time it became ready."""

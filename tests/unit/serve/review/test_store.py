@@ -84,6 +84,19 @@ def test_list_is_oldest_first_with_limit_and_paging(store: ReviewStore) -> None:
     assert [i.id for i in store.list_items(limit=2, after_id=first[-1].id)] == ids[2:4]
 
 
+def test_backlog_is_the_pending_count_and_the_oldest_arrival(store: ReviewStore) -> None:
+    assert store.backlog() == (0, None)
+    first = _queue(store, "1")
+    _queue(store, "2")
+    _queue(store, "3")
+    assert first is not None
+    oldest = store.get(first).created_at
+    assert store.backlog() == (3, oldest)
+    store.decide(first, decision="allow", reviewer="ana")
+    n, t = store.backlog()
+    assert n == 2 and t is not None and t > oldest and t.tzinfo is not None
+
+
 def test_decide_once_then_409_naming_who_decided(store: ReviewStore) -> None:
     item_id = _queue(store)
     assert item_id is not None

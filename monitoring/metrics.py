@@ -1,0 +1,274 @@
+"""Every Prometheus metric Funnel's serving processes export, declared once.
+
+Naming follows Prometheus conventions (`funnel_` prefix, base units, `_total` counters,
+`_seconds` histograms); every label has a bounded set of values, listed below, and the
+known values are initialised at import so that `rate()` and the alert rules see a zero
+before the first event, not a missing series.
+
+Processes. A node runs several Funnel processes (the ingress replicas, the moderation
+models, the rollout controller). `funnel serve` (and the Helm chart) set
+`PROMETHEUS_MULTIPROC_DIR` to a fresh directory for all of them before they start; each
+process then writes its samples there (prometheus_client's multiprocess mode), and
+`render()` in any of them returns the node's totals. Without the variable, `render()`
+returns the calling process's own registry (tests, `funnel drift`).
+
+Label values:
+- route: the matched route template (`/v1/feed`, `/v2/models/{name}/infer`, ...), a gRPC
+  method as `grpc:<Method>`, or `unmatched`. code: the HTTP status, or the gRPC status name.
+- stage (feed timings): candidates, merge_filter, rank, ranker_call, rerank, total.
+- source: ann, social, trending, fresh. reason: the filter names (serve.filters).
+- degraded stage: ranker, source:<name>, moderation_text, moderation_image, review_queue.
+- decision / outcome: allow, review, block. label: the bundle's moderation labels + image
+  labels. kind (impression log): feed, moderation.
+- variant: the rollout variant names of the applied config (bounded by the config).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# request latencies: the feed's SLO is p99 <= 150 ms, so the buckets are dense around it
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 0.75,
+                   1.0, 2.5, 5.0, 10.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15,
+                 0.25, 0.5, 1.0)
+COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
+
+FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "total")
+SOURCES = ("ann", "social", "trending", "fresh")
+DECISIONS = ("allow", "review", "block")
+DEGRADED_STAGES = ("ranker", "source:ann", "source:social", "source:trending", "source:fresh",
+                   "moderation_text", "moderation_image", "review_queue")
+IMPRESSION_KINDS = ("feed", "moderation")
+IMPRESSION_OUTCOMES = ("written", "dropped", "failed")
+
+# ---- requests --------------------------------------------------------------------------
+REQUESTS = Counter("funnel_requests", "Requests answered, by route and status code",
+                   ["route", "code"])
+REQUEST_SECONDS = Histogram("funnel_request_duration_seconds",
+                            "Time from the request reaching the ingress replica to its "
+                            "response, by route", ["route"], buckets=LATENCY_BUCKETS)
+DEGRADED = Counter("funnel_degraded", "Responses served with a stage degraded (a fallback "
+                   "in place of the stage), by route and stage", ["route", "stage"])
+RESPONSES_DEGRADED = Counter("funnel_responses_degraded", "Responses with at least one "
+                             "degraded stage, by route", ["route"])
+
+# ---- the feed --------------------------------------------------------------------------
+FEED_STAGE_SECONDS = Histogram("funnel_feed_stage_duration_seconds", "Time spent in each "
+                               "stage of a feed request", ["stage"], buckets=STAGE_BUCKETS)
+FEED_CANDIDATES = Histogram("funnel_feed_candidates", "Candidates a source returned for one "
+                            "feed request", ["source"], buckets=COUNT_BUCKETS)
+FEED_FILTERED = Counter("funnel_feed_filtered", "Candidates removed by a filter, by filter",
+                        ["reason"])
+FEED_ITEMS = Histogram("funnel_feed_items", "Items returned in one feed response",
+                       buckets=(0, 1, 5, 10, 20, 50, 100, 200))
+FEED_COLD_START = Counter("funnel_feed_cold_start", "Feed requests for users the bundle does "
+                          "not know (cold start)")
+RANKER_ROWS = Histogram("funnel_ranker_batch_rows", "Rows (candidates) in one ranker call "
+                        "from the ingress; Triton's own batching is in its metrics (port "
+                        "8002): nv_inference_exec_count vs nv_inference_request_success",
+                        ["variant"], buckets=COUNT_BUCKETS)
+RANKER_SECONDS = Histogram("funnel_ranker_call_duration_seconds", "Ranker (Triton) call "
+                           "latency seen by the ingress, features excluded", ["variant"],
+                           buckets=STAGE_BUCKETS)
+
+# ---- moderation ------------------------------------------------------------------------
+MODERATION_DECISIONS = Counter("funnel_moderation_decisions", "Moderation decisions, by "
+                               "decision and content (text, image, text+image)",
+                               ["decision", "content"])
+MODERATION_LABELS = Counter("funnel_moderation_label_outcomes", "Per-label outcome of every "
+                            "moderation call: which threshold the label's score crossed",
+                            ["label", "outcome"])
+
+# ---- the impression log ----------------------------------------------------------------
+IMPRESSIONS = Counter("funnel_impression_records", "Impression-log records by outcome: "
+                      "written to storage, dropped (buffer full), failed (the write "
+                      "raised; the batch is lost)", ["kind", "outcome"])
+IMPRESSIONS_BUFFERED = Gauge("funnel_impression_buffered_records", "Records waiting in "
+                             "memory for the next write (what a crash would lose)", ["kind"],
+                             multiprocess_mode="livesum")
+IMPRESSION_FLUSH_SECONDS = Histogram("funnel_impression_flush_duration_seconds", "Time to "
+                                     "write one batch of records", ["kind"],
+                                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                                              2.5, 5.0, 10.0))
+
+for _s in FEED_STAGES:
+    FEED_STAGE_SECONDS.labels(_s)
+for _s in SOURCES:
+    FEED_CANDIDATES.labels(_s)
+for _d in DECISIONS:
+    for _c in ("text", "image", "text+image"):
+        MODERATION_DECISIONS.labels(_d, _c)
+for _k in IMPRESSION_KINDS:
+    for _o in IMPRESSION_OUTCOMES:
+        IMPRESSIONS.labels(_k, _o)
+    IMPRESSIONS_BUFFERED.labels(_k)
+for _r in ("/v1/feed", "/v1/moderate"):
+    RESPONSES_DEGRADED.labels(_r)
+    REQUEST_SECONDS.labels(_r)
+    for _st in DEGRADED_STAGES:
+        DEGRADED.labels(_r, _st)
+    for _code in ("200", "400", "413", "422", "500", "503"):
+        REQUESTS.labels(_r, _code)
+FEED_COLD_START.inc(0)
+
+
+def init_labels(*, filters: Iterable[str] = (), labels: Iterable[str] = (),
+                variants: Iterable[str] = ("primary",)) -> None:
+    """Initialise the label values only the loaded bundle and config know (filters,
+    moderation labels, ranker variants), so their series exist before the first event."""
+    for f in filters:
+        FEED_FILTERED.labels(f)
+    for lb in labels:
+        for o in DECISIONS:
+            MODERATION_LABELS.labels(lb, o)
+    for v in variants:
+        RANKER_ROWS.labels(v)
+        RANKER_SECONDS.labels(v)
+
+
+def observe_feed(*, route: str, timings_ms: dict[str, float], candidates: dict[str, int],
+                 filtered: dict[str, int], degraded: Iterable[str], items: int,
+                 cold_start: bool, ranker_rows: int, ranker_variant: str) -> None:
+    """One served feed (HTTP or gRPC)."""
+    for stage in FEED_STAGES:
+        ms = timings_ms.get(stage)
+        if ms is not None:
+            FEED_STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+    for source, n in candidates.items():
+        FEED_CANDIDATES.labels(source).observe(n)
+    for reason, n in filtered.items():
+        if n:
+            FEED_FILTERED.labels(reason).inc(n)
+    FEED_ITEMS.observe(items)
+    if cold_start:
+        FEED_COLD_START.inc()
+    if "ranker_call" in timings_ms:
+        RANKER_ROWS.labels(ranker_variant).observe(ranker_rows)
+        RANKER_SECONDS.labels(ranker_variant).observe(timings_ms["ranker_call"] / 1000.0)
+    observe_degraded(route, degraded)
+
+
+def observe_degraded(route: str, degraded: Iterable[str]) -> None:
+    stages = list(degraded)
+    for s in stages:
+        DEGRADED.labels(route, s).inc()
+    if stages:
+        RESPONSES_DEGRADED.labels(route).inc()
+
+
+def observe_moderation(*, route: str, decision: str, content: str,
+                       label_outcomes: dict[str, str], degraded: Iterable[str]) -> None:
+    MODERATION_DECISIONS.labels(decision, content).inc()
+    for label, outcome in label_outcomes.items():
+        MODERATION_LABELS.labels(label, outcome).inc()
+    observe_degraded(route, degraded)
+
+
+def observe_request(route: str, code: int | str, seconds: float) -> None:
+    REQUESTS.labels(route, str(code)).inc()
+    REQUEST_SECONDS.labels(route).observe(seconds)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def render(extra: Iterable[Collector] = ()) -> bytes:
+    """The exposition text: the node's Funnel processes (multiprocess mode) or this
+    process's registry, plus `extra` collectors (the rollout's, the review queue's)."""
+    path = multiprocess_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        registry.register(_Funnel(multiprocess.MultiProcessCollector(None, path=path)))
+    else:
+        registry = REGISTRY
+    extra = list(extra)
+    if not extra:
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    combined.register(_Forward(registry))
+    for c in extra:
+        combined.register(c)
+    return generate_latest(combined)
+
+
+class _Forward(Collector):
+    """Another registry's metrics, for rendering it together with extra collectors."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._r = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._r.collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected at scrape time only: no name clash check at registration
+
+
+class _Funnel(Collector):
+    """Funnel's families only: where the variable is set for a whole pod, Ray's own
+    processes write their prometheus_client metrics into the same directory (Ray exports
+    those itself, on its metrics port)."""
+
+    def __init__(self, inner: Collector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterable[Metric]:
+        return (m for m in self._inner.collect() if m.name.startswith("funnel_"))
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def mark_process_dead(pid: int | None = None) -> None:
+    """Drop this process's live gauges from the node's totals (at replica shutdown)."""
+    path = multiprocess_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid(), path)
+
+
+class ReviewBacklog(Collector):
+    """The review queue's depth and the age of its oldest pending item, read from the
+    database at scrape time (one aggregate query), so every replica reports the same."""
+
+    def __init__(self, depth: int | None, oldest_age_s: float | None) -> None:
+        self.depth, self.oldest_age_s = depth, oldest_age_s
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("funnel_review_queue_up", "1 when the review database "
+                               "answered this scrape's backlog query")
+        up.add_metric([], 0.0 if self.depth is None else 1.0)
+        yield up
+        if self.depth is None:
+            return
+        yield GaugeMetricFamily("funnel_review_queue_depth", "Items waiting for a human "
+                                "reviewer", value=self.depth)
+        yield GaugeMetricFamily("funnel_review_queue_oldest_age_seconds", "Age of the oldest "
+                                "item waiting for review (0 when none waits)",
+                                value=self.oldest_age_s or 0.0)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
