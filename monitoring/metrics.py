@@ -17,7 +17,7 @@ Label values:
   method as `grpc:<Method>`, or `unmatched`. code: the HTTP status, or the gRPC status name.
 - stage (feed timings): candidates, merge_filter, rank, ranker_call, rerank, total.
 - source: ann, social, trending, fresh. reason: the filter names (serve.filters).
-- degraded stage: ranker, source:<name>, moderation_text, moderation_image, review_queue.
+- degraded stage: ranker, source:<name>, moderation_text, moderation_image.
 - decision / outcome: allow, review, block. label: the bundle's moderation labels + image
   labels. kind (impression log): feed, moderation.
 - variant: the rollout variant names of the applied config (bounded by the config).
@@ -54,7 +54,7 @@ FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "t
 SOURCES = ("ann", "social", "trending", "fresh")
 DECISIONS = ("allow", "review", "block")
 DEGRADED_STAGES = ("ranker", "source:ann", "source:social", "source:trending", "source:fresh",
-                   "moderation_text", "moderation_image", "review_queue")
+                   "moderation_text", "moderation_image")
 IMPRESSION_KINDS = ("feed", "moderation")
 IMPRESSION_OUTCOMES = ("written", "dropped", "failed")
 

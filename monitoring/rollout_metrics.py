@@ -26,6 +26,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 STATUSES = ("serving", "canary", "held", "rolled_back", "complete")
+ACTIONS = ("apply", "promote", "complete", "hold", "rollback", "manual_promote",
+           "manual_rollback")
 
 
 class _Snapshot:
@@ -82,8 +84,13 @@ class _Snapshot:
                         gbr.add_metric([stage, variant, metric], 0.0 if g["holds"] else 1.0)
         dec = CounterMetricFamily("funnel_rollout_decisions", "Rollout decisions",
                                   labels=["stage", "action"])
-        for d in s.get("decision_counts", []):
-            dec.add_metric([d["stage"], d["action"]], float(d["count"]))
+        counts = {(d["stage"], d["action"]): float(d["count"])
+                  for d in s.get("decision_counts", [])}
+        for stage in s.get("stages", {}):  # every action from 0, so increase() sees the first
+            for action in ACTIONS:
+                counts.setdefault((stage, action), 0.0)
+        for (stage, action), n in sorted(counts.items()):
+            dec.add_metric([stage, action], n)
         yield from (req, err, drop, cmp_, weight, step, status, agree, gval, gbr, dec)
 
 
