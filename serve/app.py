@@ -433,6 +433,7 @@ class FeedIngress:
         self._reporter: asyncio.Task[None] | None = None
         policy = self.moderation.policy.labels if self.moderation is not None else ()
         self.impressions = build_impression_logs(self.args, self.replica, policy)
+        self._modalities = tuple(self.pipeline.features.vocabs.get("posts.modality", ()))
         metrics.init_labels(filters=self.args.feed.filters.enabled, labels=policy)
 
     async def _moderation_ready(self) -> bool:
@@ -813,7 +814,8 @@ class FeedIngress:
 
             cols, n = feed_columns(result, request_id=rid, user_id=user_id,
                                    ts_us=time.time_ns() // 1000, versions=versions,
-                                   variants=variants, replica=self.replica)
+                                   variants=variants, replica=self.replica,
+                                   modalities=self._modalities)
             log_.append(cols, n)
 
     @fastapi_app.post("/v1/feed")

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from monitoring.drift_cli import drift_app
 from training.cli import data_app, train
 from training.errors import FunnelError
 
@@ -104,6 +105,7 @@ def _rollout_app() -> typer.Typer:
 
 
 app.add_typer(_rollout_app(), name="rollout")
+app.add_typer(drift_app, name="drift")
 
 review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
@@ -263,6 +265,30 @@ def bench_rollout(
     console = Console(stderr=True)
     result = run(bundle=bundle, rate=rate, duration_s=duration_s, rounds=rounds,
                  shadow_queue_size=shadow_queue_size, only=only, arrivals=arrivals.value,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    bundle: Annotated[str, typer.Option(help="Bundle whose towers and ranker score the "
+                                        "synthetic rows.")] = "artifacts/latest",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/drift.json",
+    profile: Annotated[str, typer.Option(help="Synthetic profile of the detection data.")] = (
+        "demo"),
+    windows: Annotated[int, typer.Option(min=1, max=500, help="Windows per scenario.")] = 50,
+    requests: Annotated[int, typer.Option(min=100, help="Requests per window.")] = 5000,
+    timing_rows: Annotated[int, typer.Option(min=1000, help="Rows of the timed window.")] = (
+        100_000),
+    only: Annotated[list[str] | None, typer.Option(
+        help="Parts to run: detection, timing (default: both).")] = None,
+) -> None:
+    """Drift detection power on injected drift, false alarms, and run time / peak memory."""
+    from benchmarks.drift import run
+
+    console = Console(stderr=True)
+    result = run(bundle=bundle, profile=profile, windows=windows, requests=requests,
+                 timing_rows=timing_rows, parts=only or ["detection", "timing"],
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 

@@ -8,7 +8,7 @@ writer turns them into Arrow off the request path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,9 @@ from training.models.ranker import TASKS
 
 def feed_columns(result: FeedResult, *, request_id: str, user_id: int, ts_us: int,
                  versions: Mapping[str, str], variants: Mapping[str, str],
-                 replica: str) -> tuple[dict[str, Any], int]:
-    """(columns, rows) for one served feed."""
+                 replica: str, modalities: Sequence[str] = ()) -> tuple[dict[str, Any], int]:
+    """(columns, rows) for one served feed; `modalities`: the fitted vocabulary the ranker
+    inputs index (index 0: unknown)."""
     items = result.items
     n = len(items)
     if n == 0:
@@ -57,6 +58,11 @@ def feed_columns(result: FeedResult, *, request_id: str, user_id: int, ts_us: in
                 d = np.asarray(dense)[rows]
                 for j, name in enumerate(RANKER_DENSE):
                     cols[name] = d[:, j]
+                mod = inputs.get("modality") if inputs is not None else None
+                if mod is not None and len(modalities):
+                    idx = np.asarray(mod).reshape(-1)[rows].tolist()
+                    cols["modality"] = [modalities[k - 1] if 0 < k <= len(modalities)
+                                        else None for k in idx]
     return cols, n
 
 

@@ -14,6 +14,9 @@ Layout of `artifacts/<version>/`:
     features/                     the fitted FeatureTransform (JSON, parquet, safetensors)
     reference/sample.parquet      reference rows for drift monitors
     reference/stats.json          per-column reference statistics
+    reference/moderation.parquet  the moderation head's score_<label> on held-out texts
+                                  (optional: absent without harm labels, and in bundles
+                                  written before it existed)
 
 Nothing in a bundle is a pickle. `verify_bundle` recomputes every checksum before a loader
 touches a file and refuses the bundle, naming the file, on the first mismatch.
@@ -37,6 +40,8 @@ REQUIRED_FILES = (
     "triton/ranker/1/model.pt", "index/items.faiss", "index/item_ids.npy",
     "features/transform.json", "reference/sample.parquet", "reference/stats.json",
 )
+# Files a bundle may lack; like every file the manifest lists, checksummed when present.
+OPTIONAL_FILES = ("models/moderation_head.pt", "reference/moderation.parquet")
 
 
 def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:

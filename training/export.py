@@ -1,9 +1,10 @@
 """Writing the bundle's pieces: TorchScript models, the Triton config, the faiss index and
-the drift reference. `training.pipeline` calls these; `training.bundle` checksums them."""
+the drift references. `training.pipeline` calls these; `training.bundle` checksums them."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
@@ -101,3 +102,18 @@ def write_reference(directory: Path, sample: pd.DataFrame) -> list[Path]:
     sample.to_parquet(sample_path, index=False)
     stats_path.write_text(json.dumps(reference_stats(sample), indent=2, sort_keys=True))
     return [sample_path, stats_path]
+
+
+def write_moderation_reference(path: Path, scores: np.ndarray, labels: Sequence[str], *,
+                               max_rows: int, seed: int) -> Path:
+    """The moderation head's per-label scores (`score_<label>`) on held-out texts: what the
+    drift monitor compares live moderation scores against. At most `max_rows` rows (a seeded
+    sample), float32: a few tens of kB."""
+    if scores.ndim != 2 or scores.shape[1] != len(labels):
+        raise ValueError(f"scores: shape {scores.shape} does not match {len(labels)} labels")
+    frame = pd.DataFrame(scores.astype(np.float32), columns=[f"score_{lb}" for lb in labels])
+    if len(frame) > max_rows:
+        frame = frame.sample(max_rows, random_state=seed).reset_index(drop=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return path

@@ -38,6 +38,7 @@ from training.export import (
     ann_recall,
     build_hnsw,
     script_module,
+    write_moderation_reference,
     write_reference,
     write_triton_config,
 )
@@ -231,9 +232,9 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         f"{rk_metrics['baselines']['retrieval_order']['ndcg_at_10']:.4f})")
 
     # ---- moderation -----------------------------------------------------------------------
-    moderation = None
+    moderation, moderation_scores = None, None
     if ds.has_harm_labels:
-        moderation, metrics["moderation"] = _train_moderation(
+        moderation, metrics["moderation"], moderation_scores = _train_moderation(
             cfg, posts, ft, work_dir, say, on_trial,
             extra=_review_examples(review_labels, encoder) if review_labels is not None
             else None)
@@ -278,9 +279,14 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         sample[f"p_{t}"] = probs[:, j]
     sample["score"] = final
     sample["topic"] = rows["topic"].to_numpy()[test]
+    sample["modality"] = rows["modality"].to_numpy()[test]
     if len(sample) > cfg.reference_sample_rows:
         sample = sample.sample(cfg.reference_sample_rows, random_state=cfg.seed)
     write_reference(bdir / "reference", sample.reset_index(drop=True))
+    if moderation_scores is not None:
+        write_moderation_reference(bdir / "reference/moderation.parquet", moderation_scores,
+                                   HARM_LABELS, max_rows=cfg.reference_sample_rows,
+                                   seed=cfg.seed)
     manifest = {
         "version": version,
         "created_at": created.isoformat(),
@@ -327,7 +333,9 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
                       work_dir: Path, say: Say,
                       on_trial: Callable[[str, dict[str, Any]], None] | None,
                       extra: tuple[np.ndarray, np.ndarray] | None = None,
-                      ) -> tuple[torch.nn.Module, dict[str, Any]]:
+                      ) -> tuple[torch.nn.Module, dict[str, Any], np.ndarray]:
+    """Tune and evaluate the text head; also returns its scores on the held-out texts (the
+    drift monitor's moderation reference)."""
     x = ft.post_text
     y = posts[[f"label_{h}" for h in HARM_LABELS]].to_numpy(np.float32)
     ts = posts["created_at"].astype("int64").to_numpy()
@@ -364,7 +372,7 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
            "per_label": per_label, "tuning": _tuning(res),
            "review_label_rows": 0 if extra is None else len(extra[0])}
     say(f"moderation: macro ROC-AUC {out['roc_auc_macro']}")
-    return model, out
+    return model, out, scores
 
 
 def _with_sampled_negatives(imp: pd.DataFrame, post_ids: np.ndarray,

@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Stack
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(f"{url}/metrics", timeout=30).text
@@ -106,3 +108,86 @@ def test_a_failing_writer_is_counted_not_silent(stack: Stack) -> None:
     # storage back: records are written again
     served = sum(serve_feeds(stack, "back", 5).values())
     assert wait_for(lambda: impression_count(stack, "written") - written0 >= served)
+
+
+def rule_metric_names() -> set[str]:
+    import promql_parser
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "monitoring" / "alerts" / "funnel-rules.yaml").read_text())
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            promql_parser.walk(promql_parser.parse(rule["expr"]), visit)
+    return names
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name a scrape offers: families with their samples' names (a counter's
+    _total, a histogram's _bucket/_sum/_count), including families with no sample yet."""
+    out: set[str] = set()
+    for fam in text_string_to_metric_families(text):
+        out.add(fam.name)
+        out.update(s.name for s in fam.samples)
+        if fam.type == "counter":
+            out.add(f"{fam.name}_total")
+        elif fam.type == "histogram":
+            out.update(f"{fam.name}_{x}" for x in ("bucket", "sum", "count"))
+    return out
+
+
+def test_metrics_cover_every_metric_the_alert_rules_use(stack: Stack, tmp_path: Path) -> None:
+    """`/metrics` of the serving endpoint and of the drift monitor (`funnel drift watch`, as
+    the cluster runs it) export every series the alert rules query, and the rules file
+    parses as Prometheus rules (the rule-file schema and each expression)."""
+    import subprocess
+
+    import yaml
+
+    from tests.integration.conftest import FUNNEL, _stop, free_port
+
+    doc = yaml.safe_load((ROOT / "monitoring" / "alerts" / "funnel-rules.yaml").read_text())
+    assert set(doc) == {"groups"} and all(set(g) <= {"name", "interval", "rules", "limit"}
+                                          for g in doc["groups"])
+    wanted = rule_metric_names()
+    assert len(wanted) >= 15, wanted
+    serve_feeds(stack, "scrape", 3)
+    httpx.post(f"{stack.url}/v1/moderate", json={"content_id": "scrape-1", "text": "hello"},
+               timeout=30).raise_for_status()
+    serving = exported_names(httpx.get(f"{stack.url}/metrics", timeout=30).text)
+
+    port = free_port()
+    watch = subprocess.Popen(
+        # windows end on whole minutes; the first one (the last hour) holds this session's
+        # impressions, so the first run compares real records with the bundle's reference
+        [*FUNNEL, "drift", "watch", "--every", "1m", "--window", "1h", "--settle-s", "0",
+         "--port", str(port),
+         "--host", "127.0.0.1", "--log", str(stack.impressions), "--bundle",
+         str(stack.bundle), "--out", str(tmp_path / "reports")],
+        stdout=(tmp_path / "watch.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        def drift_scrape() -> str | None:
+            assert watch.poll() is None, (tmp_path / "watch.log").read_text()[-3000:]
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                return None
+            runs = {s.labels["outcome"]: s.value
+                    for fam in text_string_to_metric_families(text)
+                    if fam.name == "funnel_drift_runs" for s in fam.samples
+                    if s.name == "funnel_drift_runs_total"}
+            return text if runs.get("ok", 0) + runs.get("empty", 0) >= 1 else None
+
+        text = wait_for(drift_scrape, timeout_s=180)
+        assert text, "the drift monitor did not finish its first run within 180 s:\n" + (
+            tmp_path / "watch.log").read_text()[-3000:]
+        drift = exported_names(text)
+    finally:
+        _stop(watch)
+    missing = sorted(wanted - serving - drift)
+    assert not missing, f"named in the alert rules but exported by no /metrics: {missing}"
