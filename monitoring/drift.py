@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitoring.drift_window import Window, open_log, read_window
+from monitoring.drift_window import LogReadError, Window, open_log, read_window
 from training.bundle import FORMAT_VERSION, read_manifest, resolve_bundle, sha256_file
 from training.errors import BundleError
 
@@ -63,6 +63,9 @@ REFERENCE_SAMPLE = "reference/sample.parquet"
 REFERENCE_MODERATION = "reference/moderation.parquet"
 
 
+DEFAULT_EXCLUDE = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
+
+
 class DriftSettings(BaseModel):
     """Thresholds and sampling of a drift run."""
 
@@ -76,6 +79,11 @@ class DriftSettings(BaseModel):
     max_rows: int | None = Field(DEFAULT_MAX_ROWS, ge=100, description="rows sampled per "
                                  "kind of record; None reads the whole window")
     seed: int = 0
+    # Columns left out of the comparison. By default the time-of-day and day-of-week
+    # encodings: a window shorter than a week covers part of their cycle, so they always
+    # differ from a reference spread over all times (an hour's window: every row has the same
+    # hour), which says nothing about the model's inputs going wrong.
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
 
 
 # ---- the reference ---------------------------------------------------------------------
@@ -115,6 +123,31 @@ def load_reference(bundle: str | Path) -> Reference:
                   if REFERENCE_MODERATION in files else None)
     return Reference(version=str(manifest.get("version", "unknown")), path=root, feed=feed,
                      moderation=moderation)
+
+
+def reference_from_log(*, log_url: str, window: Window, like: Reference,
+                       settings: DriftSettings,
+                       storage_options: Mapping[str, Any] | None = None) -> Reference:
+    """A past window of the impression log as the reference (`--baseline 1d`: the same
+    window a day earlier). The bundle's sample describes the training run's impressions;
+    served pages differ from those by design (the top of the ranking, today's candidates),
+    so a baseline of served traffic asks a narrower question: has traffic changed since
+    then? `like` (the bundle's reference) says which columns there are to compare."""
+    fs, root = open_log(log_url, storage_options)
+    feed = read_window(fs, root, "feed", window, columns=list(like.feed.columns),
+                       max_rows=settings.max_rows, seed=settings.seed + 2)
+    if not feed.rows_in_window:
+        raise LogReadError(f"{log_url}: no feed records in the baseline window "
+                           f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC")
+    mod = read_window(fs, root, "moderation", window, max_rows=settings.max_rows,
+                      seed=settings.seed + 3).frame
+    if "content" in mod.columns:
+        mod = mod[mod["content"] == "text"]
+    scores = [c for c in mod.columns if c.startswith("score_")]
+    return Reference(version=f"log {window.start:%Y-%m-%dT%H:%M}..{window.end:%H:%M}Z",
+                     path=Path(root), feed=feed.frame.drop(columns=["ts"], errors="ignore"),
+                     moderation=mod[scores].reset_index(drop=True) if scores and len(mod)
+                     else None)
 
 
 # ---- columns ---------------------------------------------------------------------------
@@ -329,8 +362,12 @@ def run_drift(*, log_url: str, reference: Reference, window: Window, settings: D
     mod_text = mod.frame
     if "content" in mod_text.columns:  # text-only calls: see the module docstring
         mod_text = mod_text[mod_text["content"] == "text"]
-    specs = plan_columns(reference, list(feed.frame.columns) if len(feed.frame) else [],
-                         list(mod_text.columns) if len(mod_text) else [])
+    specs = [c for c in plan_columns(reference,
+                                     list(feed.frame.columns) if len(feed.frame) else [],
+                                     list(mod_text.columns) if len(mod_text) else [])
+             if c.name not in settings.exclude]
+    if settings.exclude:
+        notes.append("not compared (settings.exclude): " + ", ".join(settings.exclude))
     notes += skipped_groups(specs, reference, feed_rows=len(feed.frame),
                             moderation_rows=len(mod_text))
     current = _stack(feed.frame, mod_text, specs)

@@ -43,6 +43,12 @@ NumThrOpt = Annotated[float | None, typer.Option(
     "(docs/monitoring.md).")]
 CatThrOpt = Annotated[float | None, typer.Option(
     help="PSI threshold, categorical columns. Default: the calibrated one.")]
+ExcludeOpt = Annotated[str | None, typer.Option(
+    help="Columns not compared, comma-separated ('' compares all). Default: the time-of-day "
+    "and day-of-week encodings (a window covers part of their cycle).")]
+BaselineOpt = Annotated[str | None, typer.Option(
+    help="Compare with the impression log's window this long before (e.g. 1d, 7d) instead "
+    "of the bundle's reference sample: served traffic against served traffic.")]
 ShareOpt = Annotated[float | None, typer.Option(
     help="A group's dataset drift: at least this share of its columns drifted (default 0.5).")]
 
@@ -53,7 +59,7 @@ def _say(console: Console) -> Callable[[str], None]:
 
 def _settings(*, max_rows: int | None = None, num_threshold: float | None = None,
               cat_threshold: float | None = None,
-              drift_share: float | None = None) -> DriftSettings:
+              drift_share: float | None = None, exclude: str | None = None) -> DriftSettings:
     from pydantic import ValidationError
 
     from monitoring.drift import DriftSettings
@@ -63,6 +69,8 @@ def _settings(*, max_rows: int | None = None, num_threshold: float | None = None
     given = {k: v for k, v in given.items() if v is not None}
     if max_rows is not None:
         given["max_rows"] = max_rows or None  # 0: the whole window
+    if exclude is not None:
+        given["exclude"] = tuple(c.strip() for c in exclude.split(",") if c.strip())
     try:
         return DriftSettings(**given)
     except ValidationError as e:
@@ -102,11 +110,31 @@ def _reference(bundle: str) -> Reference:
         raise typer.BadParameter(str(e), param_hint="--bundle") from e
 
 
+def _baseline(*, baseline: str | None, window: Window, log: str, reference: Reference,
+              settings: DriftSettings) -> Reference:
+    """The reference to compare with: the bundle's, or the log's window `baseline` before."""
+    if baseline is None:
+        return reference
+    from monitoring.drift import reference_from_log
+    from monitoring.drift_window import LogReadError, Window
+
+    back = _duration(baseline, "--baseline")
+    past = Window(window.start - back, window.end - back)
+    try:
+        return reference_from_log(log_url=log, window=past, like=reference,
+                                  settings=settings)
+    except LogReadError as e:
+        raise typer.BadParameter(str(e), param_hint="--baseline") from e
+
+
 def _run(*, window: Window, log: str, reference: Reference, out: str,
-         settings: DriftSettings, console: Console) -> tuple[DriftRun, dict[str, str]]:
+         settings: DriftSettings, console: Console,
+         baseline: str | None = None) -> tuple[DriftRun, dict[str, str]]:
     from monitoring.drift import run_drift, write_run
     from monitoring.drift_window import LogReadError
 
+    reference = _baseline(baseline=baseline, window=window, log=log, reference=reference,
+                          settings=settings)
     try:
         run = run_drift(log_url=log, reference=reference, window=window, settings=settings,
                         say=_say(console))
@@ -155,6 +183,8 @@ def run_cmd(
     num_threshold: NumThrOpt = None,
     cat_threshold: CatThrOpt = None,
     drift_share: ShareOpt = None,
+    exclude: ExcludeOpt = None,
+    baseline: BaselineOpt = None,
 ) -> None:
     """Compare one window with the reference; write report.html and summary.json.
 
@@ -162,10 +192,11 @@ def run_cmd(
     'empty', and exits 0."""
     console = Console()
     settings = _settings(max_rows=max_rows, num_threshold=num_threshold,
-                         cat_threshold=cat_threshold, drift_share=drift_share)
+                         cat_threshold=cat_threshold, drift_share=drift_share,
+                         exclude=exclude)
     w = _window(window, end, _now)
     run, paths = _run(window=w, log=log, reference=_reference(bundle), out=out,
-                      settings=settings, console=console)
+                      settings=settings, console=console, baseline=baseline)
     _print_run(run, console)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}", highlight=False, soft_wrap=True)
@@ -179,13 +210,14 @@ def report_cmd(
     bundle: BundleOpt = "artifacts/latest",
     out: OutOpt = "drift-reports",
     max_rows: MaxRowsOpt = None,
+    baseline: BaselineOpt = None,
 ) -> None:
     """Write the window's report (as `run` does) and print the HTML report's path."""
     console = Console(stderr=True)
     settings = _settings(max_rows=max_rows)
     w = _window(window, end, _now)
     _, paths = _run(window=w, log=log, reference=_reference(bundle), out=out,
-                    settings=settings, console=console)
+                    settings=settings, console=console, baseline=baseline)
     if "report" not in paths:
         console.print(f"no records in window; summary: {paths['summary']}", highlight=False)
         return
@@ -236,21 +268,24 @@ def watch_cmd(
     num_threshold: NumThrOpt = None,
     cat_threshold: CatThrOpt = None,
     drift_share: ShareOpt = None,
+    exclude: ExcludeOpt = None,
+    baseline: BaselineOpt = None,
     settle_s: Annotated[float, typer.Option(
         min=0, help="Wait this long after a window ends (buffered records land).")] = 30.0,
 ) -> None:
     """Run every interval and serve Prometheus /metrics; SIGTERM or Ctrl-C stops it."""
     from prometheus_client import start_http_server
 
-    from monitoring.drift import load_reference, run_drift, write_run
+    from monitoring.drift import load_reference, reference_from_log, run_drift, write_run
     from monitoring.drift_watch import DriftMetrics
     from monitoring.drift_watch import watch as watch_loop
-    from monitoring.drift_window import Window
+    from monitoring.drift_window import Window, parse_duration
 
     console = Console(stderr=True)
     say = _say(console)
     settings = _settings(max_rows=max_rows, num_threshold=num_threshold,
-                         cat_threshold=cat_threshold, drift_share=drift_share)
+                         cat_threshold=cat_threshold, drift_share=drift_share,
+                         exclude=exclude)
     length = _duration(window, "--window")
     interval = _duration(every, "--every")
     _reference(bundle)  # a bad --bundle exits 2 now, not at the first window
@@ -270,11 +305,21 @@ def watch_cmd(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
 
+    if baseline is not None:
+        _duration(baseline, "--baseline")  # a bad value exits 2 now
+
     def one(end: datetime) -> DriftRun:
         t0 = time.perf_counter()
+        w = Window.ending(end, length)
         # read per run: `latest` moves when a new bundle is rolled out
-        run = run_drift(log_url=log, reference=load_reference(bundle),
-                        window=Window.ending(end, length), settings=settings, say=say)
+        reference = load_reference(bundle)
+        if baseline is not None:
+            back = parse_duration(baseline)
+            reference = reference_from_log(
+                log_url=log, window=Window(w.start - back, w.end - back), like=reference,
+                settings=settings)
+        run = run_drift(log_url=log, reference=reference, window=w, settings=settings,
+                        say=say)
         paths = write_run(run, out)
         say(f"wrote {paths.get('report', paths['summary'])} in "
             f"{time.perf_counter() - t0:.1f}s")

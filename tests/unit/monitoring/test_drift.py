@@ -227,6 +227,45 @@ def test_run_summary_and_reports(bundle: Path, log: Path, tmp_path: Path) -> Non
         "20261201T110000Z"]
 
 
+def test_excluded_columns_are_not_compared_and_the_summary_says_so(bundle: Path,
+                                                                    log: Path) -> None:
+    ref = load_reference(bundle)
+    window = Window(T10, T10 + timedelta(hours=1))
+    run = run_drift(log_url=str(log), reference=ref, window=window,
+                    settings=DriftSettings(exclude=("post_ctr",)))
+    assert "post_ctr" not in {c.column for c in run.columns}
+    assert run.groups["features"].drifted_columns == 0
+    assert "not compared (settings.exclude): post_ctr" in run.notes
+    # the default leaves out the cyclic time encodings, which a short window cannot match
+    assert {"hour_sin", "hour_cos", "dow_sin", "dow_cos"} <= set(DriftSettings().exclude)
+    code, out = _cli("run", "--window", "1h", "--end", "2026-12-01T11:00", "--log", str(log),
+                     "--bundle", str(bundle), "--out", str(log.parent / "o"),
+                     "--exclude", "")
+    assert code == 0, out
+    assert "post_ctr" in out
+
+
+def test_a_baseline_compares_with_an_earlier_window_of_the_log(bundle: Path, log: Path,
+                                                              tmp_path: Path) -> None:
+    """11:00-11:30 holds unshifted rows, 10:00-10:30 shifted ones: against the 10:00
+    baseline post_ctr drifted; against the bundle (unshifted, like 11:00) it did not."""
+    common = ["--window", "30m", "--end", "2026-12-01T11:30", "--log", str(log), "--bundle",
+              str(bundle), "--exclude", ""]
+    code, out = _cli("run", *common, "--out", str(tmp_path / "a"), "--baseline", "1h")
+    assert code == 0, out
+    summary = json.loads(next((tmp_path / "a").rglob("summary.json")).read_text())
+    by = {c["column"]: c for c in summary["columns"]}
+    assert by["post_ctr"]["drifted"] and by["post_ctr"]["score"] > 0.5  # a 1-sd shift
+    assert summary["bundle_version"] == "log 2026-12-01T10:00..10:30Z"
+    code, out = _cli("run", *common, "--out", str(tmp_path / "b"))
+    assert code == 0, out
+    summary = json.loads(next((tmp_path / "b").rglob("summary.json")).read_text())
+    # 100 rows against the bundle's 1,000: only sampling noise
+    assert {c["column"]: c for c in summary["columns"]}["post_ctr"]["score"] < 0.3
+    code, out = _cli("run", *common, "--out", str(tmp_path / "c"), "--baseline", "1d")
+    assert code == 2 and "--baseline" in out and "no feed records" in out
+
+
 # ---- the CLI -------------------------------------------------------------------------
 def _cli(*args: str) -> tuple[int, str]:
     r = CliRunner().invoke(drift_app, list(args), env={"COLUMNS": "200"})
