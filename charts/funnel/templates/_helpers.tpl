@@ -1,0 +1,258 @@
+{{/*
+Names, labels, images and the pieces every pod shares (security contexts, scratch volumes,
+environment). Names are truncated to 63 characters (the DNS label limit).
+*/}}
+
+{{- define "funnel.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "funnel.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A name for a part of the release: "<fullname>-<suffix>", the full name shortened so that the
+suffix survives the 63-character limit.
+*/}}
+{{- define "funnel.componentName" -}}
+{{- $ctx := index . 0 -}}
+{{- $suffix := index . 1 -}}
+{{- $max := sub 62 (len $suffix) | int -}}
+{{- printf "%s-%s" (include "funnel.fullname" $ctx | trunc $max | trimSuffix "-") $suffix -}}
+{{- end -}}
+
+{{/*
+The RayService's name. KubeRay derives the RayCluster's ("<name>-<5 chars>") and its pods'
+("<cluster>-head-<5 chars>", "<cluster>-<group>-worker-<5 chars>") names from it, so it is kept
+short enough for those to stay within 63 characters.
+*/}}
+{{- define "funnel.rayServiceName" -}}
+{{- include "funnel.fullname" . | trunc 30 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "funnel.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "funnel.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "funnel.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "funnel.labels" -}}
+helm.sh/chart: {{ include "funnel.chart" . }}
+{{ include "funnel.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: funnel
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* labels + app.kubernetes.io/component; call with (list $ "component") */}}
+{{- define "funnel.componentLabels" -}}
+{{ include "funnel.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* selector labels + component; call with (list $ "component") */}}
+{{- define "funnel.componentSelectorLabels" -}}
+{{ include "funnel.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "funnel.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "funnel.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* the image; call with (list $ true) for the CUDA build */}}
+{{- define "funnel.image" -}}
+{{- $ := index . 0 -}}
+{{- $gpu := index . 1 -}}
+{{- $tag := $.Values.image.tag | default $.Chart.AppVersion -}}
+{{- if $gpu -}}
+{{- $tag = $.Values.image.gpuTag | default (printf "%s-cuda" $tag) -}}
+{{- end -}}
+{{- printf "%s:%s" $.Values.image.repository $tag -}}
+{{- end -}}
+
+{{/* where the volumes go in every container */}}
+{{- define "funnel.paths" -}}
+bundles: /bundles
+data: /data
+rolloutDir: /etc/funnel/rollout
+serveConfigDir: /etc/funnel/serve
+metricsDir: /var/lib/funnel/metrics
+{{- end -}}
+
+{{- define "funnel.bundlePath" -}}
+{{- printf "%s/%s" (include "funnel.paths" . | fromYaml).bundles .Values.bundle.version -}}
+{{- end -}}
+
+{{- define "funnel.bundlesClaim" -}}
+{{- .Values.storage.bundles.existingClaim | default (include "funnel.componentName" (list . "bundles")) -}}
+{{- end -}}
+
+{{- define "funnel.dataClaim" -}}
+{{- .Values.storage.data.existingClaim | default (include "funnel.componentName" (list . "data")) -}}
+{{- end -}}
+
+{{- define "funnel.impressionsUrl" -}}
+{{- .Values.storage.impressionsUrl | default (printf "%s/impressions" (include "funnel.paths" . | fromYaml).data) -}}
+{{- end -}}
+
+{{- define "funnel.driftReportsUrl" -}}
+{{- .Values.storage.driftReportsUrl | default (printf "%s/drift-reports" (include "funnel.paths" . | fromYaml).data) -}}
+{{- end -}}
+
+{{/* the data volume is mounted when either URL is left on it */}}
+{{- define "funnel.usesDataVolume" -}}
+{{- if and .Values.storage.data.enabled (or (not .Values.storage.impressionsUrl) (not .Values.storage.driftReportsUrl)) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "funnel.reviewDbSecret" -}}
+{{- .Values.review.database.existingSecret | default (include "funnel.componentName" (list . "review-db")) -}}
+{{- end -}}
+
+{{- define "funnel.adminSecret" -}}
+{{- .Values.adminToken.existingSecret | default (include "funnel.componentName" (list . "admin")) -}}
+{{- end -}}
+
+{{- define "funnel.tritonHost" -}}
+{{- printf "%s.%s.svc" (include "funnel.componentName" (list . "triton")) .Release.Namespace -}}
+{{- end -}}
+
+{{/* the pod securityContext */}}
+{{- define "funnel.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext -}}
+{{- end -}}
+
+{{/* the container securityContext */}}
+{{- define "funnel.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext -}}
+{{- end -}}
+
+{{/*
+Environment of every Funnel container: HOME and caches on the /tmp emptyDir (the root
+filesystem is read-only), models offline, Ray's usage stats off.
+*/}}
+{{- define "funnel.baseEnv" -}}
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: TOKENIZERS_PARALLELISM
+  value: "false"
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* where the impression log and the drift reports go, and the object store's credentials */}}
+{{- define "funnel.storageEnv" -}}
+- name: FUNNEL_IMPRESSIONS_URL
+  value: {{ include "funnel.impressionsUrl" . | quote }}
+- name: FUNNEL_DRIFT_REPORTS_URL
+  value: {{ include "funnel.driftReportsUrl" . | quote }}
+{{- end -}}
+
+{{- define "funnel.objectStoreEnvFrom" -}}
+{{- if .Values.storage.objectStoreSecret -}}
+envFrom:
+  - secretRef:
+      name: {{ .Values.storage.objectStoreSecret }}
+{{- end -}}
+{{- end -}}
+
+{{/* the Secrets the serving app reads: the review database and the admin token */}}
+{{- define "funnel.secretEnv" -}}
+{{- $env := list -}}
+{{- if or .Values.review.database.url .Values.review.database.existingSecret -}}
+{{- $ref := dict "name" (include "funnel.reviewDbSecret" .) "key" .Values.review.database.existingSecretKey -}}
+{{- $env = append $env (dict "name" "FUNNEL_REVIEW_DATABASE_URL" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- end -}}
+{{- if or .Values.adminToken.value .Values.adminToken.existingSecret -}}
+{{- $ref := dict "name" (include "funnel.adminSecret" .) "key" .Values.adminToken.existingSecretKey -}}
+{{- $env = append $env (dict "name" "FUNNEL_ADMIN_TOKEN" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- end -}}
+{{- if $env -}}{{ toYaml $env }}{{- end -}}
+{{- end -}}
+
+{{/* scratch volumes every pod has: /tmp and a memory-backed /dev/shm */}}
+{{- define "funnel.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    {{- with .Values.shmSizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+{{- end -}}
+
+{{- define "funnel.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- end -}}
+
+{{- define "funnel.bundlesVolume" -}}
+- name: bundles
+  persistentVolumeClaim:
+    claimName: {{ include "funnel.bundlesClaim" . }}
+{{- end -}}
+
+{{- define "funnel.dataVolume" -}}
+{{- if include "funnel.usesDataVolume" . -}}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ include "funnel.dataClaim" . }}
+{{- end }}
+{{- end -}}
+
+{{- define "funnel.dataMount" -}}
+{{- if include "funnel.usesDataVolume" . -}}
+- name: data
+  mountPath: {{ (include "funnel.paths" . | fromYaml).data }}
+{{- end }}
+{{- end -}}
+
+{{- define "funnel.rolloutVolume" -}}
+- name: rollout
+  configMap:
+    name: {{ include "funnel.componentName" (list . "rollout") }}
+{{- end -}}
+
+{{- define "funnel.rolloutMount" -}}
+- name: rollout
+  mountPath: {{ (include "funnel.paths" . | fromYaml).rolloutDir }}
+  readOnly: true
+{{- end -}}
+
+{{- define "funnel.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets -}}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,326 @@
+"""The Helm chart (charts/funnel), rendered and checked without a cluster or a helm binary.
+
+helm-python-sdk embeds Helm's Go SDK: every `ci/` values file must render and lint clean
+(strict). Every rendered object is validated: core kinds by kubernetes-validate against
+KUBE_VERSION (strict: unknown fields fail), the custom resources against the CRDs in
+`../shared/crds` (jsonschema on the served version's openAPIV3Schema, with unknown fields
+refused as kubectl's strict field validation does; skipped, saying why, when the folder is
+absent). The embedded Serve config must be the local one with only the cluster's settings
+changed, the PrometheusRule must be the rules file, and bad values must fail the render
+naming the value, with the schema and (helm template --skip-schema-validation) without it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "charts" / "funnel"
+CRDS = ROOT.parent / "shared" / "crds"
+LOCAL_CONFIG = ROOT / "serve" / "configs" / "local.yaml"
+RULES = ROOT / "monitoring" / "alerts" / "funnel-rules.yaml"
+# the newest Kubernetes kubernetes-validate 1.37 knows; the chart's kubeVersion is >=1.29
+KUBE_VERSION = "1.37.0"
+CI_FILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+CUSTOM_GROUPS = ("ray.io/", "monitoring.coreos.com/")
+
+
+def ci_values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CHART / "ci" / name).read_text()) or {}
+
+
+def render_docs(values: dict[str, Any], chart: Path = CHART) -> list[dict[str, Any]]:
+    """Every object the chart renders with `values` (NOTES.txt left out)."""
+    with helm_python.Chart.load(chart) as c:
+        out = c.render(values, name="rel", namespace="feed")
+    return [d for path, text in sorted(out.items()) if path.endswith(".yaml")
+            for d in yaml.safe_load_all(text) if d]
+
+
+@cache
+def rendered(ci_file: str) -> tuple[dict[str, Any], ...]:
+    return tuple(render_docs(ci_values(ci_file)))
+
+
+def one(docs: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind
+             and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} objects named {name!r}"
+    return found[0]
+
+
+def serve_config(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
+
+
+def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod the object makes."""
+    kind, spec = doc["kind"], doc.get("spec", {})
+    if kind == "Pod":
+        yield "pod", spec
+    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        yield "template", spec["template"]["spec"]
+    elif kind in ("RayService", "RayJob"):
+        cluster = spec["rayClusterConfig" if kind == "RayService" else "rayClusterSpec"]
+        yield "head", cluster["headGroupSpec"]["template"]["spec"]
+        for g in cluster.get("workerGroupSpecs", []):
+            yield f"worker group {g['groupName']}", g["template"]["spec"]
+        if "submitterPodTemplate" in spec:
+            yield "submitter", spec["submitterPodTemplate"]["spec"]
+
+
+# ---- the sources the chart embeds --------------------------------------------------------
+
+def _embedded(chart: Path) -> dict[str, bytes]:
+    with helm_python.Chart.load(chart) as c:
+        return {f["name"]: f["data"].encode() if isinstance(f["data"], str) else bytes(f["data"])
+                for f in c.files}
+
+
+def test_the_chart_embeds_the_serve_config_and_the_rules_file_unchanged(tmp_path: Path) -> None:
+    """files/ links to the sources; Helm's loader follows the links, and `helm package` stores
+    their content, so a packaged chart carries the same files."""
+    with helm_python.Chart.load(CHART) as c:
+        package = Path(c.save(tmp_path))
+    for chart in (CHART, package):
+        files = _embedded(chart)
+        assert files["files/serve-config.yaml"] == LOCAL_CONFIG.read_bytes(), chart
+        assert files["files/funnel-rules.yaml"] == RULES.read_bytes(), chart
+
+
+# ---- render, lint, validate --------------------------------------------------------------
+
+@pytest.mark.parametrize("ci_file", ["(defaults)", *CI_FILES])
+def test_lint_strict_is_clean(ci_file: str) -> None:
+    values = {} if ci_file == "(defaults)" else ci_values(ci_file)
+    report = helm_python.lint(CHART, values, strict=True, namespace="feed",
+                              kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, (report["errors"], problems)
+
+
+@pytest.mark.parametrize("ci_file", CI_FILES)
+def test_core_objects_validate_against_kubernetes(ci_file: str) -> None:
+    core = [d for d in rendered(ci_file) if not d["apiVersion"].startswith(CUSTOM_GROUPS)]
+    assert {"Deployment", "Service", "ConfigMap"} <= {d["kind"] for d in core}
+    for doc in core:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """The CRD schema with unknown fields refused wherever it lists the known ones (the API
+    server would prune them silently; kubectl --validate=strict refuses them)."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the served version's openAPIV3Schema, made strict."""
+    schemas = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        # ~3.5 MB of YAML: libyaml's loader when PyYAML has it
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for v in crd["spec"]["versions"]:
+            if v.get("served"):
+                schemas[(f"{group}/{v['name']}", kind)] = _strict(
+                    v["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+@pytest.mark.parametrize("ci_file", CI_FILES)
+def test_custom_resources_validate_against_the_crds(ci_file: str) -> None:
+    if not CRDS.is_dir():
+        pytest.skip(f"no CRDs at {CRDS} (the shared folder beside the repository): the custom "
+                    "resources (RayService, RayJob, ServiceMonitor, PodMonitor, PrometheusRule) "
+                    "were not validated")
+    custom = [d for d in rendered(ci_file) if d["apiVersion"].startswith(CUSTOM_GROUPS)]
+    assert "RayService" in {d["kind"] for d in custom}
+    for doc in custom:
+        schema = crd_schemas().get((doc["apiVersion"], doc["kind"]))
+        assert schema is not None, f"no CRD for {doc['apiVersion']} {doc['kind']}"
+        jsonschema.Draft7Validator(schema).validate(doc)
+
+
+@pytest.mark.parametrize("ci_file", CI_FILES)
+def test_every_pod_runs_locked_down(ci_file: str) -> None:
+    pods = [(f"{d['kind']} {d['metadata']['name']} {where}", spec)
+            for d in rendered(ci_file) for where, spec in pod_specs(d)]
+    assert len(pods) >= 4
+    for where, spec in pods:
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 1000, where
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        tmp = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (where, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (where, c["name"])
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (where, c["name"])
+            scratch = {m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in tmp}
+            assert c["name"] == "mkdirs" or "/tmp" in scratch, (where, c["name"])
+
+
+# ---- the Serve config ---------------------------------------------------------------------
+
+# Ray's own config models use pydantic-v1-style Field extras
+@pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`")
+@pytest.mark.parametrize("ci_file", CI_FILES)
+def test_serve_config_is_the_local_one_for_a_cluster(ci_file: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.config import parse_app_args
+    from serve.rollout.config import parse_rollout
+
+    docs = rendered(ci_file)
+    cfg = serve_config(docs)
+    local = yaml.safe_load(LOCAL_CONFIG.read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    assert [a.name for a in schema.applications] == [a["name"] for a in local["applications"]]
+    for app, local_app in zip(schema.applications, local["applications"], strict=True):
+        assert app.import_path == local_app["import_path"]
+        assert [d.name for d in app.deployments] == [
+            d["name"] for d in local_app["deployments"]]
+    args = parse_app_args(cfg["applications"][0]["args"])
+    assert args.bundle.startswith("/bundles/")
+    assert args.feed.ranker.url == "rel-funnel-triton.feed.svc:8001"
+    assert (args.triton.host, args.triton.grpc_port, args.triton.metrics_port) == (
+        "0.0.0.0", 8001, 8002)
+    assert cfg["http_options"]["host"] == "0.0.0.0"
+    # the rollout: in RolloutController's user_config (applied in place) and the ConfigMap
+    controller = next(d for d in cfg["applications"][0]["deployments"]
+                      if d["name"] == "RolloutController")
+    rollout = controller["user_config"]["rollout"]
+    parse_rollout(rollout)
+    configmap = one(docs, "ConfigMap", "rel-funnel-rollout")
+    assert yaml.safe_load(configmap["data"]["rollout.yaml"]) == rollout
+    assert args.rollout.config == "/etc/funnel/rollout/rollout.yaml"
+    assert rollout["stages"] == (ci_values(ci_file).get("rollout") or {}).get("stages", {})
+    # Triton's `--config` is the same document
+    triton_cfg = one(docs, "ConfigMap", "rel-funnel-serve-config")["data"]["serve-config.yaml"]
+    assert yaml.safe_load(triton_cfg) == cfg
+
+
+def test_values_reach_the_deployments_and_the_ingress_mode() -> None:
+    cpu, gpu = rendered("cpu-only-values.yaml"), rendered("gpu-values.yaml")
+    feed = {d["name"]: d for d in serve_config(cpu)["applications"][0]["deployments"]}
+    assert feed["FeedIngress"]["num_replicas"] == 3
+    # merged over the local config's: values win, the rest stays
+    assert feed["RolloutController"]["ray_actor_options"]["num_cpus"] == 0.1
+    assert feed["RolloutController"]["logging_config"] == {"enable_access_log": False}
+    assert "grpc_options" in serve_config(cpu)
+    assert any(d["kind"] == "Service" and d["metadata"]["name"] == "rel-funnel-grpc"
+               for d in cpu)
+    # haproxy: no gRPC anywhere, and Ray's own switches in the Ray pods
+    assert "grpc_options" not in serve_config(gpu)
+    assert not any(d["metadata"]["name"] == "rel-funnel-grpc" for d in gpu)
+    for where, spec in pod_specs(one(gpu, "RayService")):
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1", where
+        assert env["FUNNEL_REVIEW_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "rel-funnel-review-db", "key": "database-url"}
+        assert env["FUNNEL_IMPRESSIONS_URL"]["value"] == "s3://funnel-data/impressions"
+        mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert env["PROMETHEUS_MULTIPROC_DIR"]["value"] in mounts, where
+    triton = one(gpu, "Deployment", "rel-funnel-triton")["spec"]["template"]["spec"]
+    assert triton["containers"][0]["image"].endswith(":0.1.0-cuda12")
+    assert triton["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert serve_config(gpu)["applications"][0]["args"]["triton"]["device"] == "cuda"
+
+
+def test_drift_monitor_and_test_hook() -> None:
+    docs = rendered("cpu-only-values.yaml")
+    drift = one(docs, "Deployment", "rel-funnel-drift")["spec"]["template"]["spec"]
+    cmd = drift["containers"][0]["command"]
+    assert cmd[:3] == ["funnel", "drift", "watch"]
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert flags == {"--every": "1h", "--window": "1h", "--port": "9108", "--host": "0.0.0.0",
+                     "--log": "$(FUNNEL_IMPRESSIONS_URL)", "--bundle": "/bundles/latest",
+                     "--out": "$(FUNNEL_DRIFT_REPORTS_URL)"}
+    assert one(docs, "Service", "rel-funnel-drift")["spec"]["ports"][0]["port"] == 9108
+    test = one(docs, "Pod")
+    assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = test["spec"]["containers"][0]["command"][-1]
+    assert '"/readyz"' in script and '"/v1/feed"' in script
+
+
+# ---- the alert rules ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("base", ["", "https://docs.example.com/funnel/v1/"])
+def test_prometheus_rule_is_the_rules_file(base: str) -> None:
+    docs = render_docs({"monitoring": {"prometheusRule": {"enabled": True,
+                                                          "runbookBaseUrl": base}}})
+    groups = one(tuple(docs), "PrometheusRule")["spec"]["groups"]
+    expected = yaml.safe_load(RULES.read_text())["groups"]
+    for group in expected:
+        for rule in group["rules"]:
+            if base and "runbook_url" in rule.get("annotations", {}):
+                rule["annotations"]["runbook_url"] = base + rule["annotations"]["runbook_url"]
+    assert groups == expected
+    assert any("{{ $value" in r["annotations"]["description"]
+               for g in groups for r in g["rules"])
+
+
+# ---- bad values ---------------------------------------------------------------------------
+
+CANARY_90 = {"variants": [{"name": "control", "bundle_version": "a", "weight": 80},
+                          {"name": "candidate", "bundle_version": "b", "weight": 10}]}
+CANARY_OK = {"variants": [{"name": "control", "bundle_version": "a", "weight": 95},
+                          {"name": "candidate", "bundle_version": "b", "weight": 5}]}
+BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "negative serve replicas": (
+        {"serve": {"deployments": {"FeedIngress": {"num_replicas": -1}}}},
+        "serve.deployments.FeedIngress.num_replicas"),
+    "negative triton replicas": ({"triton": {"replicas": -2}}, "triton.replicas"),
+    "GPU ranker without a GPU": (
+        {"triton": {"gpu": {"enabled": True}}}, "triton.resources.limits.nvidia.com/gpu"),
+    "canary weights sum to 90": (
+        {"rollout": {"stages": {"ranker": CANARY_90}}}, "rollout.stages.ranker.variants"),
+    "unknown ingress mode": ({"ingress": {"mode": "nginx"}}, "ingress.mode"),
+    "unknown rollout stage": ({"rollout": {"stages": {"ranking": CANARY_OK}}}, "ranking"),
+    "haproxy with gRPC": ({"ingress": {"mode": "haproxy"}}, "serve.grpc.enabled"),
+    "ranker canary on autoscaled Triton": (
+        {"rollout": {"stages": {"ranker": CANARY_OK}},
+         "triton": {"autoscaling": {"enabled": True}}}, "rollout.stages.ranker"),
+}
+
+
+@pytest.fixture(scope="module")
+def chart_without_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart with its links resolved and no values.schema.json: what
+    `helm template --skip-schema-validation` sees, so validateValues alone must refuse."""
+    dest = tmp_path_factory.mktemp("chart") / "funnel"
+    shutil.copytree(CHART, dest)  # symlinks=False: the linked files are copied
+    (dest / "values.schema.json").unlink()
+    return dest
+
+
+@pytest.mark.parametrize("schema", [True, False], ids=["schema", "validateValues"])
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_fail_the_render_naming_the_value(case: str, schema: bool,
+                                                     chart_without_schema: Path) -> None:
+    values, named = BAD_VALUES[case]
+    with pytest.raises(helm_python.HelmError) as e:
+        render_docs(values, CHART if schema else chart_without_schema)
+    message = str(e.value)
+    # validateValues names it dotted; Helm's schema check as a JSON pointer
+    assert named in message or "/" + named.replace(".", "/") in message, message
