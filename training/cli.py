@@ -183,10 +183,14 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
     with progress:
         task = progress.add_task("starting Ray", total=None, detail="")
         if not ray.is_initialized():
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                     logging_level=logging.ERROR, log_to_driver=False,
-                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
-                                               "TOKENIZERS_PARALLELISM": "false"}})
+            env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+            if os.environ.get("RAY_ADDRESS"):
+                # a RayJob's driver (or a user's cluster): join it; its resources are its own
+                ray.init(logging_level=logging.ERROR, log_to_driver=False, runtime_env=env)
+            else:  # a local Ray on this machine's cores
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=True,
+                         dashboard_host="127.0.0.1", logging_level=logging.ERROR,
+                         log_to_driver=False, runtime_env=env)
 
         def say(msg: str) -> None:
             progress.console.print(f"[bold]·[/] {msg}")

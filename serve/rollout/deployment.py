@@ -120,6 +120,7 @@ class RolloutController:
         raw = load_rollout_source(a.rollout.config)
         cfg = self._validate(raw)  # a bad start-up config fails the deployment, named
         self._pending_start = cfg if cfg.stages else None
+        self._pending_source = "args.rollout.config"
         self._last_start_try = -1e9
         self.start_error = ""
         self.user_config_error = ""
@@ -145,7 +146,9 @@ class RolloutController:
             return
         self._last_start_try = now
         try:
-            await self._apply(self._pending_start, "args.rollout.config")
+            await self._apply(self._pending_start, self._pending_source)
+            if self._pending_source == "user_config":
+                self.user_config_error = ""
             self._pending_start, self.start_error = None, ""
         except FunnelError as e:
             if str(e) != self.start_error:
@@ -160,11 +163,27 @@ class RolloutController:
         raw = (user_config or {}).get("rollout")
         if raw is None:
             return
-        out = await self.apply(raw, "user_config")
-        self.user_config_error = "" if out["ok"] else str(out["error"])
-        if not out["ok"]:
-            log.error("rollout: user_config refused, the running config stays: %s",
-                      out["error"])
+        async with self._lock:
+            try:
+                cfg = self._validate(raw)
+                await asyncio.to_thread(verify_versions, cfg, root=self.root,
+                                        primary=self.primary_manifest)
+            except FunnelError as e:
+                self.user_config_error = str(e)
+                log.error("rollout: user_config refused, the running config stays: %s", e)
+                return
+            try:
+                await self._apply(cfg, "user_config")
+            except FunnelError as e:
+                # valid, but its rankers cannot be loaded yet (Triton starting, as at a fresh
+                # install): pending, retried like the start-up config, never dropped
+                self._pending_start, self._pending_source = cfg, "user_config"
+                self._last_start_try = asyncio.get_running_loop().time()
+                self.user_config_error = f"pending (retried): {e}"
+                log.warning("rollout: user_config not applied yet, retrying: %s", e)
+                return
+            # the newest config wins over one still waiting to be applied
+            self._pending_start, self.user_config_error = None, ""
 
     async def apply(self, raw: Any, source: str = "api") -> dict[str, Any]:
         async with self._lock:

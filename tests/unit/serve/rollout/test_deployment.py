@@ -121,3 +121,24 @@ def test_promote_and_rollback_answer_conflicts_as_refusals(controller) -> None:
     assert out["ok"] is False and out["status"] == 409 and "no promotion" in out["error"]
     assert asyncio.run(ctrl.rollback("ranker"))["ok"] is True
     assert asyncio.run(ctrl.rollback("ranker"))["status"] == 409
+
+
+def test_a_user_config_triton_cannot_load_yet_is_retried_not_dropped(controller) -> None:
+    """A fresh install: the Helm values' rollout reaches the controller before Triton can
+    load the canary's ranker. It waits, pending, and is applied once Triton can."""
+    ctrl, fake = controller
+    fake.refuse.add("ranker-v2")
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(weight=20)}))
+    s = asyncio.run(ctrl.status())
+    assert "ranker" not in s["stages"] and s["pending_start_config"]
+    assert s["user_config_error"].startswith("pending (retried)")
+    fake.refuse.clear()
+    ctrl._last_start_try = -1e9  # the next call retries (every 2 s otherwise)
+    s = asyncio.run(ctrl.status())
+    assert s["stages"]["ranker"]["weights"]["canary"] == 20.0
+    assert not s["pending_start_config"] and s["user_config_error"] == ""
+    # a config that cannot serve is still refused at once, and the running one stays
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(canary="v9")}))
+    s = asyncio.run(ctrl.status())
+    assert "v9" in s["user_config_error"] and not s["pending_start_config"]
+    assert s["stages"]["ranker"]["weights"]["canary"] == 20.0
