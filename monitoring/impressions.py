@@ -45,7 +45,7 @@ from training.features import RANKER_DENSE
 from training.models.ranker import TASKS
 
 log = logging.getLogger("funnel.impressions")
-KINDS = ("feed", "moderation")
+KINDS = ("feed", "moderation", "events")
 
 FEED_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
@@ -59,6 +59,14 @@ FEED_SCHEMA = pa.schema([
     ("bundle_version", pa.string()), ("ranker_version", pa.string()),
     ("retrieval_version", pa.string()), ("degraded", pa.string()),
     ("cold_start", pa.bool_()), ("replica", pa.string()),
+])
+
+
+EVENTS_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("request_id", pa.string()), ("user_id", pa.int64()),
+    ("item_id", pa.int64()), ("event", pa.string()), ("value", pa.float64()),
+    ("ts", pa.timestamp("us", tz="UTC")), ("received_ts", pa.timestamp("us", tz="UTC")),
+    ("replica", pa.string()),
 ])
 
 

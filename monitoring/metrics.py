@@ -19,7 +19,8 @@ Label values:
 - source: ann, social, trending, fresh. reason: the filter names (serve.filters).
 - degraded stage: ranker, source:<name>, moderation_text, moderation_image.
 - decision / outcome: allow, review, block. label: the bundle's moderation labels + image
-  labels. kind (impression log): feed, moderation.
+  labels. kind (impression log): feed, moderation, events. event: click, like, comment,
+  share, hide, report, dwell.
 - variant: the rollout variant names of the applied config (bounded by the config).
 """
 
@@ -55,7 +56,8 @@ SOURCES = ("ann", "social", "trending", "fresh")
 DECISIONS = ("allow", "review", "block")
 DEGRADED_STAGES = ("ranker", "source:ann", "source:social", "source:trending", "source:fresh",
                    "moderation_text", "moderation_image")
-IMPRESSION_KINDS = ("feed", "moderation")
+IMPRESSION_KINDS = ("feed", "moderation", "events")
+EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
 IMPRESSION_OUTCOMES = ("written", "dropped", "failed")
 
 # ---- requests --------------------------------------------------------------------------
@@ -108,6 +110,14 @@ IMPRESSION_FLUSH_SECONDS = Histogram("funnel_impression_flush_duration_seconds",
                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                               2.5, 5.0, 10.0))
 
+# ---- outcome events --------------------------------------------------------------------
+EVENTS = Counter("funnel_events", "Outcome events received (POST /v1/events), by type and "
+                 "outcome: accepted (logged), duplicate (an id this replica already logged)",
+                 ["event", "outcome"])
+
+for _e in EVENT_TYPES:
+    for _o in ("accepted", "duplicate"):
+        EVENTS.labels(_e, _o)
 for _s in FEED_STAGES:
     FEED_STAGE_SECONDS.labels(_s)
 for _s in SOURCES:
@@ -119,7 +129,7 @@ for _k in IMPRESSION_KINDS:
     for _o in IMPRESSION_OUTCOMES:
         IMPRESSIONS.labels(_k, _o)
     IMPRESSIONS_BUFFERED.labels(_k)
-for _r in ("/v1/feed", "/v1/moderate"):
+for _r in ("/v1/feed", "/v1/moderate", "/v1/events"):
     RESPONSES_DEGRADED.labels(_r)
     REQUEST_SECONDS.labels(_r)
     for _st in DEGRADED_STAGES:

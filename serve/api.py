@@ -122,3 +122,41 @@ class ReviewDecisionIn(BaseModel):
     decision: Literal["allow", "block"]
     reviewer: str = Field(min_length=1, max_length=128)
     note: str | None = Field(None, max_length=4000)
+
+
+EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
+MAX_EVENTS = 500
+
+
+class EventIn(BaseModel):
+    """One outcome of a served item (`POST /v1/events`). `event_id` makes retries idempotent;
+    without one, the event's own fields are its id (the same event sent twice counts once)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str | None = Field(None, min_length=1, max_length=128,
+                                 pattern=r"^[A-Za-z0-9._:-]+$")
+    request_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+                            description="the feed response's request_id")
+    user_id: StrictInt = Field(ge=0, le=2**63 - 1)
+    item_id: StrictInt = Field(ge=0, le=2**63 - 1)
+    event: Literal["click", "like", "comment", "share", "hide", "report", "dwell"]
+    value: float | None = Field(None, ge=0, le=86_400,
+                                description="dwell: seconds on the item; else optional")
+    timestamp: datetime = Field(description="ISO 8601 with an offset (UTC without one); at "
+                                "most 5 minutes ahead of the server's clock")
+
+
+class EventsRequest(BaseModel):
+    """A batch: `{"events": [...]}`, at most 500."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    request_id: str
+

@@ -219,7 +219,12 @@ def replica_name() -> str:
 def build_impression_logs(args: AppArgs, replica: str, labels: tuple[str, ...]
                           ) -> dict[str, Any]:
     """The replica's impression-log writers (feed, moderation); none when disabled."""
-    from monitoring.impressions import FEED_SCHEMA, ImpressionLog, moderation_schema
+    from monitoring.impressions import (
+        EVENTS_SCHEMA,
+        FEED_SCHEMA,
+        ImpressionLog,
+        moderation_schema,
+    )
 
     s = args.impressions
     if not s.enabled:
@@ -229,7 +234,8 @@ def build_impression_logs(args: AppArgs, replica: str, labels: tuple[str, ...]
               "flush_interval_s": s.flush_interval_s,
               "max_buffered_rows": s.max_buffered_rows, "retries": s.retries,
               "storage_options": s.storage_options}
-    logs = {"feed": ImpressionLog(url, kind="feed", schema=FEED_SCHEMA, **common)}
+    logs = {"feed": ImpressionLog(url, kind="feed", schema=FEED_SCHEMA, **common),
+            "events": ImpressionLog(url, kind="events", schema=EVENTS_SCHEMA, **common)}
     if args.moderation.enabled:
         logs["moderation"] = ImpressionLog(url, kind="moderation",
                                            schema=moderation_schema(labels), **common)
@@ -434,6 +440,9 @@ class FeedIngress:
         policy = self.moderation.policy.labels if self.moderation is not None else ()
         self.impressions = build_impression_logs(self.args, self.replica, policy)
         self._modalities = tuple(self.pipeline.features.vocabs.get("posts.modality", ()))
+        from serve.events import Deduper
+
+        self.event_ids = Deduper()
         metrics.init_labels(filters=self.args.feed.filters.enabled, labels=policy)
 
     async def _moderation_ready(self) -> bool:
@@ -817,6 +826,47 @@ class FeedIngress:
                                    variants=variants, replica=self.replica,
                                    modalities=self._modalities)
             log_.append(cols, n)
+
+    @fastapi_app.post("/v1/events", status_code=202)
+    async def events(self, request: Request) -> Response:
+        """Outcomes of served items: one event, or `{"events": [...]}` (at most 500). 202:
+        logged for experiment analysis (joined to impressions there); a repeated event id
+        is answered as a duplicate and logged once."""
+        from datetime import UTC, datetime
+
+        from serve.api import EventIn, EventsRequest, EventsResponse
+        from serve.events import event_columns, event_key, time_problems
+
+        rid = request_id_of(request)
+        payload, bad = await parse_json_body(request, self.args.max_body_bytes, rid)
+        if bad is not None:
+            return bad
+        batch = isinstance(payload, dict) and "events" in payload
+        try:
+            events = (EventsRequest.model_validate(payload).events if batch
+                      else [EventIn.model_validate(payload)])
+        except ValidationError as e:
+            return error(422, "validation_error", validation_detail(e), rid)
+        problems = time_problems(events, datetime.now(UTC), prefix="events" if batch else "")
+        if problems:
+            return error(422, "validation_error", problems, rid)
+        fresh, keys = [], []
+        for ev in events:
+            key = event_key(ev)
+            first = self.event_ids.first_time(key)
+            metrics.EVENTS.labels(ev.event, "accepted" if first else "duplicate").inc()
+            if first:
+                fresh.append(ev)
+                keys.append(key)
+        log_ = self.impressions.get("events")
+        if log_ is not None and fresh:
+            cols, n = event_columns(fresh, keys, received_us=time.time_ns() // 1000,
+                                    replica=self.replica)
+            log_.append(cols, n)
+        body = EventsResponse(accepted=len(fresh), duplicates=len(events) - len(fresh),
+                              request_id=rid)
+        return Response(body.model_dump_json(), status_code=202,
+                        media_type="application/json")
 
     @fastapi_app.post("/v1/feed")
     async def feed(self, request: Request) -> Response:
