@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from serve.config import parse_app_args
 from serve.filters import FilterContext, apply_filters, build_filters
 from serve.merge import merge_candidates
-from serve.pipeline import FeedPipeline, FeedQuery, _rng_for
+from serve.pipeline import FeedPipeline, FeedQuery, _rng_for, task_probs
 from serve.rerank import RerankParams, rerank
 from serve.sources import SOURCES, SourceQuery
 from serve.types import Candidate, Merged, Scored
@@ -89,11 +89,12 @@ class Ranker:
     """The TorchScript ranker, called once per request (no batching)."""
 
     def __init__(self, args: dict[str, Any]) -> None:
-        from serve.loader import local_ranker
+        from serve.loader import load_calibration, local_ranker
 
         a = parse_app_args(args)
-        _b, catalog, retrieval = _parts(args)
+        b, catalog, retrieval = _parts(args)
         self.ranker = local_ranker(a)
+        self.calibration = load_calibration(b)
         self.pipeline = FeedPipeline(catalog=catalog, retrieval=retrieval, ranker=self.ranker,
                                      sources={}, settings=a.feed)
 
@@ -103,7 +104,7 @@ class Ranker:
         user = self.pipeline.catalog.user_frame(user_id)
         rscore = np.asarray([m.retrieval_score for m in items], dtype=np.float32)
         inputs = self.pipeline.ranker_inputs(user_id, user, items, rscore, now_s)
-        probs = 1.0 / (1.0 + np.exp(-self.ranker.logits_sync(inputs)))
+        probs = task_probs(self.ranker.logits_sync(inputs), self.calibration)
         final = probs @ self.pipeline._weights
         return [Scored(m, float(final[i])) for i, m in enumerate(items)]
 

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from monitoring.drift_cli import drift_app
+from monitoring.experiments_cli import experiment_app
 from training.cli import data_app, train
 from training.errors import FunnelError
 
@@ -106,6 +107,7 @@ def _rollout_app() -> typer.Typer:
 
 app.add_typer(_rollout_app(), name="rollout")
 app.add_typer(drift_app, name="drift")
+app.add_typer(experiment_app, name="experiment")
 
 review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
@@ -289,6 +291,28 @@ def bench_drift(
     console = Console(stderr=True)
     result = run(bundle=bundle, profile=profile, windows=windows, requests=requests,
                  timing_rows=timing_rows, parts=only or ["detection", "timing"],
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
+@bench_app.command("experiments")
+def bench_experiments(
+    out: Annotated[str, typer.Option(help="Result JSON.")] = (
+        "benchmarks/results/experiments.json"),
+    profile: Annotated[str, typer.Option(help="Synthetic profile whose hidden truth the "
+                                         "simulated users follow.")] = "demo",
+    runs: Annotated[int, typer.Option(min=2, max=1000, help="Simulated experiments per "
+                                      "scenario.")] = 50,
+    aa_runs: Annotated[int, typer.Option(min=0, max=10_000, help="Extra A/A runs at the "
+                                         "planned size (false-positive rate).")] = 250,
+    seed: Annotated[int, typer.Option(help="Seed of the profile and the simulation.")] = 0,
+) -> None:
+    """Simulated A/B and interleaving experiments: detection at the planned size, A/A false
+    positives, impressions each method needs."""
+    from benchmarks.experiments import run
+
+    console = Console(stderr=True)
+    result = run(profile=profile, runs=runs, aa_runs=aa_runs, seed=seed,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 

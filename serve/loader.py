@@ -12,8 +12,10 @@ from serve.ranker_client import LocalRanker, Ranker, TritonRanker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES
 from training.bundle import VerifiedBundle, verify_bundle
+from training.calibration import CALIBRATION_FILE, Calibration
 from training.errors import BundleError
 from training.features import FeatureTransform
+from training.models.ranker import TASKS
 
 log = logging.getLogger("funnel.serve")
 
@@ -43,6 +45,19 @@ def load_parts(args: AppArgs) -> tuple[VerifiedBundle, Catalog, TwoTowerRetrieva
     return b, catalog, retrieval
 
 
+def load_calibration(b: VerifiedBundle) -> Calibration | None:
+    """The bundle's ranker calibration (checksummed with the rest), or None for a bundle
+    written before calibration existed: its probabilities are served uncalibrated."""
+    if CALIBRATION_FILE not in b.manifest["files"]:
+        log.warning("bundle %s has no %s: its ranker serves uncalibrated probabilities",
+                    b.version, CALIBRATION_FILE)
+        return None
+    try:
+        return Calibration.load(b.file(CALIBRATION_FILE), tasks=TASKS)
+    except ValueError as e:
+        raise BundleError(f"{b.path}: bundle {b.version}: {e}") from e
+
+
 def load_pipeline(args: AppArgs, *, ranker: Ranker | None = None
                   ) -> tuple[FeedPipeline, dict[str, str]]:
     """The pipeline and the model versions it serves. `ranker` defaults to Triton at
@@ -53,7 +68,8 @@ def load_pipeline(args: AppArgs, *, ranker: Ranker | None = None
         ranker = TritonRanker(r.url, model_name=r.model_name, timeout_s=r.timeout_ms / 1000.0)
     sources = {name: SOURCES[name](catalog, retrieval) for name in args.feed.sources}
     pipeline = FeedPipeline(catalog=catalog, retrieval=retrieval, ranker=ranker,
-                            sources=sources, settings=args.feed)
+                            sources=sources, settings=args.feed,
+                            calibration=load_calibration(b))
     versions = {"bundle": b.version, "retrieval": b.version, "ranker": b.version}
     return pipeline, versions
 

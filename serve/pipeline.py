@@ -10,6 +10,9 @@ fail degrades instead of failing the request:
   inner product; merge order for a cold-start user) and `degraded` lists `ranker`. After a
   ranker failure the pipeline skips Triton for `retry_after_s`, so an outage costs one
   timeout rather than one per request, and normal ranking resumes on its own.
+
+The ranker returns one logit per task; the ranker version's bundle calibration (when it has
+one) turns them into probabilities, which feed both the weighted score and `explain.probs`.
 """
 
 from __future__ import annotations
@@ -35,19 +38,29 @@ from serve.rerank import RerankParams, rerank
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import AnnSource, CandidateSource, SourceQuery
 from serve.types import Candidate, FeedItem, ItemInfo, Merged, Scored
+from training.calibration import Calibration
 from training.features import FeatureTransform
 from training.models.ranker import TASKS
 
 
 @dataclass(frozen=True)
 class RankerModel:
-    """One ranker version: its client (Triton model) and the feature transform of its bundle
-    (a ranker's inputs are built by the features it was trained with)."""
+    """One ranker version: its client (Triton model), the feature transform of its bundle
+    (a ranker's inputs are built by the features it was trained with) and its bundle's
+    calibration (None: a bundle without one, served as sigmoid of the logits)."""
 
     name: str
     version: str
     ranker: Ranker
     features: FeatureTransform
+    calibration: Calibration | None = None
+
+
+def task_probs(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """Per-task probabilities [n, tasks] from the ranker's logits."""
+    if calibration is not None:
+        return calibration.probs(logits)
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,8 @@ class FeedPipeline:
                  sources: Mapping[str, CandidateSource], settings: FeedSettings,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 live_verdicts: LiveVerdicts | None = None) -> None:
+                 live_verdicts: LiveVerdicts | None = None,
+                 calibration: Calibration | None = None) -> None:
         self.catalog = catalog
         self.live_verdicts = live_verdicts
         self.retrieval = retrieval
@@ -138,7 +152,7 @@ class FeedPipeline:
         # per ranker client: a failing canary must not switch off the primary
         self._ranker_down_until: dict[int, float] = {}
         self.primary_models = Models(retrieval=retrieval, ranker=RankerModel(
-            "primary", "", ranker, retrieval.features))
+            "primary", "", ranker, retrieval.features, calibration))
         self._ann: dict[int, AnnSource] = {}
 
     def _source(self, name: str, retrieval: TwoTowerRetrieval) -> CandidateSource:
@@ -223,7 +237,7 @@ class FeedPipeline:
                     logits = await m.ranker.logits(inputs)
                 finally:
                     timings["ranker_call"] = round((time.perf_counter() - t0) * 1000, 3)
-                probs = 1.0 / (1.0 + np.exp(-logits))
+                probs = task_probs(logits, m.calibration)
                 final = probs @ self._weights
                 # per-task probabilities go into `explain` for the page only (see run)
                 return ([Scored(m, float(final[i])) for i, m in enumerate(items)],

@@ -79,6 +79,16 @@ class FakeRanker:
             np.float32).reshape(n, 5)
 
 
+class FixedLogitsRanker:
+    """A serve.ranker_client.Ranker returning the same logits row for every item."""
+
+    def __init__(self, row: Sequence[float]) -> None:
+        self.row = np.asarray(row, dtype=np.float32)
+
+    async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.tile(self.row, (len(inputs["dense"]), 1))
+
+
 class FakeScorer:
     """A moderation `Scorer` returning fixed scores, or failing/hanging on demand."""
 

@@ -7,6 +7,9 @@ Layout of `artifacts/<version>/`:
     models/user_tower.pt          TorchScript
     models/item_tower.pt          TorchScript
     models/moderation_head.pt     TorchScript (absent when the dataset has no harm labels)
+    models/calibration.json       per task head, the ranker's calibrator (temperature or
+                                  isotonic knots; see training.calibration). Optional:
+                                  bundles written before it existed serve uncalibrated
     triton/ranker/config.pbtxt    Triton model config (dynamic batching)
     triton/ranker/1/model.pt      the ranker, TorchScript
     index/items.faiss             faiss HNSW (inner product) over item embeddings
@@ -41,7 +44,8 @@ REQUIRED_FILES = (
     "features/transform.json", "reference/sample.parquet", "reference/stats.json",
 )
 # Files a bundle may lack; like every file the manifest lists, checksummed when present.
-OPTIONAL_FILES = ("models/moderation_head.pt", "reference/moderation.parquet")
+OPTIONAL_FILES = ("models/moderation_head.pt", "reference/moderation.parquet",
+                  "models/calibration.json")
 
 
 def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:

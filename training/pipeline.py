@@ -23,6 +23,13 @@ import torch
 from safetensors.torch import load_file
 
 from training.bundle import point_latest, write_manifest
+from training.calibration import (
+    CALIBRATION_FILE,
+    N_BINS,
+    calibration_report,
+    fit_calibration,
+    sigmoid,
+)
 from training.catalog import write_catalog
 from training.config import TrainConfig
 from training.data.schema import ENGAGEMENT_TASKS, HARM_LABELS, Dataset
@@ -214,14 +221,25 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     rk = tune_stage(cfg.ranker, data_dir=kdir, work_dir=work_dir, resources=resources,
                     seed=cfg.seed, on_result=on_trial)
     ranker = _load_best(rk, build_ranker, rk_meta)
-    test = part == "test"
+    test, val = part == "test", part == "val"
     with torch.no_grad():
         logits = ranker(*(torch.from_numpy(inputs[k][test]) for k in RANKER_KEYS)).numpy()
-    probs = 1.0 / (1.0 + np.exp(-logits))
-    final = probs @ np.asarray(rk_meta["score_weights"], np.float32)
+        val_logits = ranker(*(torch.from_numpy(inputs[k][val]) for k in RANKER_KEYS)).numpy()
+    # calibrators are fitted on validation (the ranker never trained on it) and judged on test
+    calibration, fits = fit_calibration(val_logits, labels[val], TASKS, seed=cfg.seed)
+    raw_probs = sigmoid(logits)
+    probs = calibration.probs(logits)  # what serving computes: the weighted score uses these
+    weights = np.asarray(rk_meta["score_weights"], np.float32)
+    final = probs @ weights
+    cal_metrics = calibration_report(calibration, logits, labels[test], fits)
     rk_metrics: dict[str, Any] = {
         "ndcg_at_10": grouped_ndcg(groups[test], final, gains[test], k=10),
-        "auc": {t: safe_auc(labels[test][:, j], probs[:, j]) for j, t in enumerate(TASKS)},
+        "ndcg_at_10_uncalibrated": grouped_ndcg(groups[test], raw_probs @ weights,
+                                                gains[test], k=10),
+        "auc": {t: safe_auc(labels[test][:, j], raw_probs[:, j])
+                for j, t in enumerate(TASKS)},
+        "calibration": {"fit_split": "val", "eval_split": "test", "bins": N_BINS,
+                        "tasks": cal_metrics},
         "score_weights": SCORE_WEIGHTS,
         "baselines": {"retrieval_order": {
             "ndcg_at_10": grouped_ndcg(groups[test], retrieval_score[test], gains[test], k=10)}},
@@ -230,6 +248,9 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     metrics["ranker"] = rk_metrics
     say(f"ranker: ndcg@10 {rk_metrics['ndcg_at_10']:.4f} (retrieval order "
         f"{rk_metrics['baselines']['retrieval_order']['ndcg_at_10']:.4f})")
+    for t, c in cal_metrics.items():
+        say(f"calibration: {t} ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} "
+            f"({c['method']})")
 
     # ---- moderation -----------------------------------------------------------------------
     moderation, moderation_scores = None, None
@@ -265,6 +286,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     script_module(two_tower.user_tower, bdir / "models/user_tower.pt")
     script_module(two_tower.item_tower, bdir / "models/item_tower.pt")
     script_module(ranker, bdir / "triton/ranker/1/model.pt")
+    calibration.save(bdir / CALIBRATION_FILE)
     write_triton_config(bdir / "triton/ranker/config.pbtxt", n_dense=len(RANKER_DENSE))
     if moderation is not None:
         script_module(moderation, bdir / "models/moderation_head.pt")
@@ -274,6 +296,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     ft.save(bdir / "features")
     say("export: writing the serving catalog (items, graph, engagement, seen)")
     write_catalog(bdir / "catalog", ds)
+    # calibrated, as serving logs them: the drift monitor compares like with like
     sample = pd.DataFrame(inputs["dense"][test], columns=list(RANKER_DENSE))
     for j, t in enumerate(TASKS):
         sample[f"p_{t}"] = probs[:, j]
@@ -301,7 +324,8 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
                            "hparams": ret.config},
             "ranker": {"path": "triton/ranker/1/model.pt", "inputs": list(RANKER_KEYS),
                        "dense_features": list(RANKER_DENSE), "tasks": list(TASKS),
-                       "score_weights": SCORE_WEIGHTS, "hparams": rk.config},
+                       "score_weights": SCORE_WEIGHTS, "hparams": rk.config,
+                       "calibration": CALIBRATION_FILE},
             "moderation": ({"path": "models/moderation_head.pt", "labels": list(HARM_LABELS),
                             "text_model": ft.text_model}
                            if moderation is not None else None),

@@ -3,8 +3,10 @@
 The primary bundle is the one the pipeline was built from. Any other version a rollout names
 is loaded from the bundle root (the directory holding the versions, `artifacts/`), checksums
 verified first: its retrieval (user tower, faiss index), and its ranker, which is served by
-Triton as a model of its own (`ranker-<version>`, loaded by the rollout controller) and fed
-by that bundle's own feature transform. A variant with a `fault` wraps the loaded model.
+Triton as a model of its own (`ranker-<version>`, loaded by the rollout controller), fed
+by that bundle's own feature transform and calibrated by that bundle's own calibration (a
+version without one serves uncalibrated probabilities). A variant with a `fault` wraps the
+loaded model.
 Loaded versions are cached; `retain` drops those no config names any more.
 """
 
@@ -14,15 +16,18 @@ import logging
 import random
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from serve.loader import load_calibration
 from serve.pipeline import FeedPipeline, RankerModel
 from serve.ranker_client import Ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.rollout.faults import FaultyRanker, FaultyRetrieval
 from serve.rollout.router import Assignment
 from training.bundle import MANIFEST, resolve_bundle, verify_bundle
+from training.calibration import Calibration
 from training.errors import BundleError
 from training.features import FeatureTransform
 
@@ -78,6 +83,9 @@ class Variants:
         self._ef = ef_search
         self._rng = rng or random.Random()
         self._features: dict[str, FeatureTransform] = {primary_version: pipeline.features}
+        # loaded with the features (one verified bundle), kept and dropped with them
+        self._calibrations: dict[str, Calibration | None] = {
+            primary_version: pipeline.primary_models.ranker.calibration}
         self._fingerprints: dict[str, str] = {}
         if primary_fingerprint:
             self._fingerprints[primary_version] = primary_fingerprint
@@ -98,6 +106,7 @@ class Variants:
             b.file("features/transform.json").parent)
         self._features[version] = features
         self._fingerprints[version] = fp
+        self._calibrations[version] = load_calibration(b)
         log.info("rollout: bundle %s verified and its features loaded", version)
         return features, b
 
@@ -122,12 +131,12 @@ class Variants:
         if base is None:
             features, _ = self._bundle_parts(version)
             base = RankerModel(version, version, self._make_ranker(
-                ranker_model_name(version, self.primary_version)), features)
+                ranker_model_name(version, self.primary_version)), features,
+                self._calibrations[version])
             self._rankers[(version, None)] = base
         if fault is not None:
-            self._rankers[(version, fault)] = RankerModel(
-                version, version, FaultyRanker(base.ranker, rng=self._rng, **dict(fault)),
-                base.features)
+            self._rankers[(version, fault)] = replace(
+                base, ranker=FaultyRanker(base.ranker, rng=self._rng, **dict(fault)))
 
     def load(self, stage: str, keys: Iterable[tuple[str, FaultKey]]) -> None:
         for version, fault in keys:
@@ -146,7 +155,7 @@ class Variants:
         if a is None:
             return self._pipeline.primary_models.ranker
         m = self._rankers[a.key]
-        return RankerModel(a.variant, a.bundle_version, m.ranker, m.features)
+        return replace(m, name=a.variant, version=a.bundle_version)
 
     def retain(self, wanted: dict[str, set[tuple[str, FaultKey]]]) -> None:
         """Forget loaded versions no stage names any more (the primary stays)."""
@@ -158,5 +167,6 @@ class Variants:
         self._rankers = {k: v for k, v in self._rankers.items() if k in keep_k}
         versions = {v for v, _ in keep_r | keep_k}
         self._features = {k: v for k, v in self._features.items() if k in versions}
+        self._calibrations = {k: v for k, v in self._calibrations.items() if k in versions}
         self._fingerprints = {k: v for k, v in self._fingerprints.items()
                               if k in versions}

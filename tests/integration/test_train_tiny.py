@@ -71,6 +71,21 @@ def test_bundle_holds_no_pickle_and_loads_torchscript(bundle_dir: Path) -> None:
     assert "dynamic_batching" in cfg
 
 
+def test_each_ranker_head_is_better_calibrated_on_held_out_data(bundle_dir: Path) -> None:
+    from training.calibration import CALIBRATION_FILE, Calibration
+    from training.models.ranker import TASKS
+
+    b = verify_bundle(bundle_dir)
+    cal = Calibration.load(b.file(CALIBRATION_FILE), tasks=TASKS)
+    report = b.manifest["metrics"]["ranker"]["calibration"]
+    assert report["fit_split"] == "val" and report["eval_split"] == "test"
+    for task in TASKS:
+        m = report["tasks"][task]
+        assert m["method"] == cal.method(task)
+        assert m["ece_after"] < m["ece_before"], task
+        assert sum(m["reliability_after"]["count"]) == m["rows"]
+
+
 def test_corrupt_bundle_is_refused_by_name(bundle_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -13,6 +13,9 @@ The hidden model. Each user has a topic preference `a_u` (Dirichlet) and a laten
 A shown item is examined with probability (1 + position) ** -0.8 (position bias); an examined
 item is clicked with probability sigmoid(s - 1.2); likes, comments and shares follow a click
 with their own offsets; hides and reports rise for low affinity and harmful posts.
+
+`generate_with_truth` also returns that hidden model (`HiddenTruth`), so that simulations
+(benchmarks/experiments.py) can score any ranking against the true engagement probabilities.
 """
 
 from __future__ import annotations
@@ -120,6 +123,72 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+POSITION_BIAS = 0.8  # examination probability (1 + position) ** -POSITION_BIAS
+
+
+def examine_probability(position: np.ndarray) -> np.ndarray:
+    """P(an item at 0-based `position` is looked at)."""
+    return (1.0 + position) ** -POSITION_BIAS
+
+
+def click_probability(affinity: np.ndarray, harmful: np.ndarray) -> np.ndarray:
+    """P(click | examined)."""
+    return _sigmoid(affinity - 1.2 - 2.0 * harmful)
+
+
+def like_probability(affinity: np.ndarray) -> np.ndarray:
+    """P(like | click)."""
+    return _sigmoid(affinity - 0.8)
+
+
+def hide_probability(affinity: np.ndarray, harmful: np.ndarray) -> np.ndarray:
+    """P(hide | examined, not clicked)."""
+    return _sigmoid(-affinity - 2.5 + 3.0 * harmful)
+
+
+@dataclass(frozen=True, eq=False)
+class HiddenTruth:
+    """The latent model a generated dataset's engagement was drawn from; it is not part of
+    the Dataset. Users and posts are 0-based indexes here (user_id - 1, post_id - 1).
+
+    `affinity` is the formula of the module docstring; `click_probability` multiplies the
+    examination probability of the position by P(click | examined)."""
+
+    topic_pref: np.ndarray   # (users, topics)
+    z_user: np.ndarray       # (users, latent_dim)
+    post_topic: np.ndarray   # (posts,) topic index
+    post_author: np.ndarray  # (posts,) author's user index
+    z_post: np.ndarray       # (posts, latent_dim)
+    quality: np.ndarray      # (posts,)
+    harmful: np.ndarray      # (posts,) bool
+    follow_keys: np.ndarray  # sorted follower * n_users + followee (user indexes)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.z_user)
+
+    @property
+    def n_posts(self) -> int:
+        return len(self.z_post)
+
+    def follows(self, users: np.ndarray, authors: np.ndarray) -> np.ndarray:
+        keys = users.astype(np.int64) * self.n_users + authors
+        at = np.minimum(np.searchsorted(self.follow_keys, keys), len(self.follow_keys) - 1)
+        return self.follow_keys[at] == keys if len(self.follow_keys) else keys < 0
+
+    def affinity(self, users: np.ndarray, posts: np.ndarray) -> np.ndarray:
+        k = self.topic_pref.shape[1]
+        return (2.2 * (k * self.topic_pref[users, self.post_topic[posts]] - 1) / k ** 0.5
+                + np.einsum("ij,ij->i", self.z_user[users], self.z_post[posts])
+                + self.quality[posts] + 1.0 * self.follows(users, self.post_author[posts]))
+
+    def click_probability(self, users: np.ndarray, posts: np.ndarray,
+                          positions: np.ndarray) -> np.ndarray:
+        """P(click) of post `posts[i]` shown to `users[i]` at `positions[i]`."""
+        return examine_probability(positions) * click_probability(
+            self.affinity(users, posts), self.harmful[posts])
+
+
 def _ms(days: np.ndarray) -> np.ndarray:
     return (EPOCH.value // 1_000_000 + (days * DAY_MS)).astype("int64")
 
@@ -131,6 +200,16 @@ def generate(
     progress: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Generate a dataset for `profile`. Deterministic for a given (profile, seed)."""
+    return generate_with_truth(profile, seed=seed, progress=progress)[0]
+
+
+def generate_with_truth(
+    profile: Profile | str,
+    *,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Dataset, HiddenTruth]:
+    """`generate`, and the hidden model its engagement was drawn from."""
     p = PROFILES[profile] if isinstance(profile, str) else profile
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(seed)
@@ -233,23 +312,23 @@ def generate(
     limit = np.maximum(np.searchsorted(created_days, imp_days), 1)
     late = cand >= limit
     cand[late] = (rng.random(int(late.sum())) * limit[late]).astype(np.int64)
-    followed = pd.MultiIndex.from_arrays([fol_u, fol_a])
-    is_follow = pd.MultiIndex.from_arrays([imp_user, author_idx[cand]]).isin(followed)
-    affinity = (2.2 * (k * topic_pref[imp_user, topic_idx[cand]] - 1) / k ** 0.5
-                + np.einsum("ij,ij->i", z_user[imp_user], z_post[cand])
-                + quality[cand] + 1.0 * is_follow)
+    truth = HiddenTruth(topic_pref=topic_pref, z_user=z_user, post_topic=topic_idx,
+                        post_author=author_idx, z_post=z_post, quality=quality,
+                        harmful=harmful,
+                        follow_keys=np.unique(fol_u.astype(np.int64) * p.n_users + fol_a))
+    affinity = truth.affinity(imp_user, cand)
     # Requests of 10 slots, ordered by a noisy version of the affinity (the old ranker).
     order = np.lexsort((-(affinity + rng.normal(0, 1.5, size=n_imp)), request_no))
     cand, affinity, imp_days = cand[order], affinity[order], imp_days[order]
     imp_user = imp_user[order]
     position = (np.arange(n_imp) % 10).astype(np.int32)
     harm = harmful[cand]
-    examined = rng.random(n_imp) < (1.0 + position) ** -0.8
-    click = examined & (rng.random(n_imp) < _sigmoid(affinity - 1.2 - 2.0 * harm))
-    like = click & (rng.random(n_imp) < _sigmoid(affinity - 0.8))
+    examined = rng.random(n_imp) < examine_probability(position)
+    click = examined & (rng.random(n_imp) < click_probability(affinity, harm))
+    like = click & (rng.random(n_imp) < like_probability(affinity))
     comment = click & (rng.random(n_imp) < _sigmoid(affinity - 2.2))
     share = click & (rng.random(n_imp) < _sigmoid(affinity - 2.6))
-    hide = examined & ~click & (rng.random(n_imp) < _sigmoid(-affinity - 2.5 + 3.0 * harm))
+    hide = examined & ~click & (rng.random(n_imp) < hide_probability(affinity, harm))
     report = examined & (rng.random(n_imp) < 0.25 * harm)
     dwell = np.where(click, rng.lognormal(2.0 + 0.4 * affinity, 0.6), 0.0).astype(np.float32)
     impressions = pd.DataFrame({
@@ -262,4 +341,4 @@ def generate(
         "report": report, "dwell_s": dwell,
     })
     return Dataset(name=f"synthetic-{p.name}-seed{seed}", users=users, follows=follows,
-                   posts=posts, impressions=impressions)
+                   posts=posts, impressions=impressions), truth

@@ -1,5 +1,6 @@
 """FeedPipeline with a real catalog and feature transform over a small synthetic dataset,
-fake retrieval and ranker: how each stage degrades, cold start, blocked items."""
+fake retrieval and ranker: how each stage degrades, cold start, blocked items, calibrated
+probabilities."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import pytest
 from serve.catalog import Catalog
 from serve.config import FeedSettings, SourceSettings
 from serve.pipeline import FeedPipeline, FeedQuery
+from serve.ranker_client import Ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES, CandidateSource, SourceQuery
 from serve.types import Candidate
-from tests.fakes import FakeRanker, FakeRetrieval, HashingTextEncoder
+from tests.fakes import FakeRanker, FakeRetrieval, FixedLogitsRanker, HashingTextEncoder
+from training.calibration import Calibration, Identity, Isotonic, Temperature, sigmoid
 from training.catalog import write_catalog
 from training.data.synthetic import Profile, generate
 from training.features import FeatureTransform
+from training.models.ranker import TASKS
 
 SMALL = Profile("unit", n_users=60, n_posts=400, impressions_per_user=15, mean_follows=5)
 
@@ -61,9 +65,9 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, FakeRetrie
     return Catalog(d), FakeRetrieval(ft, ds.posts["post_id"].to_numpy())
 
 
-def _pipeline(parts: tuple[Catalog, FakeRetrieval], ranker: FakeRanker,
+def _pipeline(parts: tuple[Catalog, FakeRetrieval], ranker: Ranker,
               impls: dict[str, Any] | None = None, clock: Clock | None = None,
-              **settings: Any) -> FeedPipeline:
+              calibration: Calibration | None = None, **settings: Any) -> FeedPipeline:
     catalog, retrieval = parts
     r = cast(TwoTowerRetrieval, retrieval)
     srcs = impls or {n: SOURCES[n](catalog, r) for n in ("ann", "social", "trending",
@@ -71,7 +75,7 @@ def _pipeline(parts: tuple[Catalog, FakeRetrieval], ranker: FakeRanker,
     return FeedPipeline(catalog=catalog, retrieval=r, ranker=ranker,
                         sources=cast(dict[str, CandidateSource], srcs),
                         settings=FeedSettings(**settings),
-                        monotonic=clock or Clock())
+                        monotonic=clock or Clock(), calibration=calibration)
 
 
 def _run(p: FeedPipeline, user_id: int, **kw: Any) -> Any:
@@ -166,3 +170,40 @@ def test_exploration_is_replayable_from_the_request_id(
     a = [i.item_id for i in ra.items]
     b = [i.item_id for i in rb.items]
     assert a == b
+
+
+LOGITS = [0.0, 1.0, -1.0, -2.0, -3.0]  # click, like, comment, share, hide
+
+
+def _ranked_probs(p: FeedPipeline, uid: int) -> list[tuple[dict[str, float], float]]:
+    res = _run(p, uid)
+    assert res.degraded == []
+    ranked = [i for i in res.items if not i.explain.get("exploration")]
+    assert ranked
+    return [(cast(dict[str, float], i.explain["probs"]), cast(float, i.explain["ranker_score"]))
+            for i in ranked]
+
+
+def test_the_bundles_calibration_feeds_the_score_and_explain(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    # click: knots (0, 0.2) - (1, 0.6) map sigmoid(0) = 0.5 to 0.4; like: sigmoid(1 / 2)
+    cal = Calibration(TASKS, (Isotonic(np.array([0.0, 1.0]), np.array([0.2, 0.6])),
+                              Temperature(2.0), Identity(), Identity(), Identity()))
+    want = {"click": 0.4, "like": float(sigmoid(np.array(0.5))),
+            **{t: float(sigmoid(np.array(z))) for t, z in zip(TASKS[2:], LOGITS[2:],
+                                                               strict=True)}}
+    weights = FeedSettings().ranker.weights
+    uid = int(parts[0].user_ids[5])
+    for probs, score in _ranked_probs(
+            _pipeline(parts, FixedLogitsRanker(LOGITS), calibration=cal), uid):
+        assert probs == pytest.approx(want, abs=1e-5)
+        assert score == pytest.approx(sum(weights.get(t, 0.0) * want[t] for t in TASKS),
+                                      abs=1e-5)
+
+
+def test_a_bundle_without_calibration_serves_the_sigmoid_of_the_logits(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    want = {t: float(sigmoid(np.array(z))) for t, z in zip(TASKS, LOGITS, strict=True)}
+    uid = int(parts[0].user_ids[5])
+    for probs, _ in _ranked_probs(_pipeline(parts, FixedLogitsRanker(LOGITS)), uid):
+        assert probs == pytest.approx(want, abs=1e-5)

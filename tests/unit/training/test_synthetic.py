@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from training.data.schema import HARM_LABELS
-from training.data.synthetic import PROFILES, Profile, generate
+from training.data.synthetic import PROFILES, Profile, generate, generate_with_truth
 
 SMALL = Profile("unit", n_users=200, n_posts=3000, impressions_per_user=30, mean_follows=5)
 
@@ -42,3 +42,19 @@ def test_large_profile_has_the_documented_size() -> None:
     assert PROFILES["large"].n_users == 100_000
     assert PROFILES["large"].n_posts == 1_000_000
     assert np.isclose(PROFILES["tiny"].harm_rate, 0.03)
+
+
+def test_hidden_truth_is_what_the_clicks_were_drawn_from() -> None:
+    ds, truth = generate_with_truth(SMALL, seed=0)
+    pd.testing.assert_frame_equal(ds.impressions, generate(SMALL, seed=0).impressions)
+    imp = ds.impressions
+    p = truth.click_probability(imp["user_id"].to_numpy() - 1, imp["post_id"].to_numpy() - 1,
+                                imp["position"].to_numpy())
+    # expected clicks vs drawn clicks: equal up to sampling noise, overall and per position
+    se = np.sqrt((p * (1 - p)).sum())
+    assert abs(p.sum() - imp["click"].sum()) < 4 * se
+    top = imp["position"].to_numpy() == 0
+    assert abs(p[top].sum() - imp["click"][top].sum()) < 4 * np.sqrt((p[top] * (1 - p[top])).sum())
+    fol = ds.follows.to_numpy() - 1
+    assert truth.follows(fol[:, 0], fol[:, 1]).all()
+    assert not truth.follows(fol[:, 0], fol[:, 0]).any()  # nobody follows themselves

@@ -1,0 +1,427 @@
+"""A/B analysis of the impression log: outcome events joined to served impressions, per
+variant rates with confidence intervals that respect per-user clustering, the difference
+vs the control with its p-value, guardrails, and the sample size an experiment needs.
+
+Pure pandas/numpy/scipy; `funnel experiment` (monitoring/experiments_cli.py) reads the log
+and prints. Interleaving (team-draft, the sign test) lives in monitoring/interleaving.py.
+
+The method. Users are the randomisation unit (variants are assigned by a hash of the user
+id), so impressions of one user are not independent: a per-impression z-test understates the
+variance and calls A/A experiments significant far more often than alpha. Every metric here
+is a ratio of sums over users, sum_u y_u / sum_u n_u (clicks over impressions, say), and its
+variance comes from the delta method on the user-level sums (Deng, Lu and Litz, "Applying the
+Delta Method in Metric Analytics", KDD 2018):
+
+    R = sum(y) / sum(n),  e_u = y_u - R * n_u,  Var(R) ~ var(e) / (users * mean(n)**2)
+
+The variants' users are disjoint, so the difference's variance is the sum of the two; its
+z-test gives the p-value, and the relative difference's interval uses the delta method on
+R_t / R_c. The design effect (clustered variance / the binomial one) says how much larger
+an experiment must be than a per-impression calculation suggests; `plan` takes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from training.errors import InvalidInputError
+
+STAGES: dict[str, str] = {"ranker": "ranker_variant", "retrieval": "retrieval_variant"}
+EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A per-impression metric: `event`'s indicator (or, for dwell, its summed value)."""
+
+    name: str
+    event: str
+    guardrail: bool = False  # a guardrail breaks when it rises significantly
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("ctr", "click"), MetricSpec("like_rate", "like"),
+    MetricSpec("comment_rate", "comment"), MetricSpec("share_rate", "share"),
+    MetricSpec("dwell_s_per_impression", "dwell"),
+    MetricSpec("hide_rate", "hide", guardrail=True),
+    MetricSpec("report_rate", "report", guardrail=True),
+)
+
+SEQUENTIAL_CAVEAT = (
+    "Fixed-horizon test: the p-values and intervals hold when the experiment is read once, at "
+    "the sample size planned in advance (`funnel experiment plan`). Reading it repeatedly and "
+    "stopping at the first p < alpha inflates the false-positive rate (about 0.14 after 5 "
+    "looks and 0.19 after 10 at alpha 0.05). To look early, use a stricter per-look threshold "
+    "(alpha spending, e.g. O'Brien-Fleming) or a sequential test.")
+MULTIPLE_CAVEAT = (
+    "p-values are per metric and per variant, uncorrected: choose the primary metric (ctr) "
+    "before the experiment; with m candidates, compare each at alpha / m (Bonferroni).")
+
+
+class ExperimentInputError(InvalidInputError):
+    """An unusable analysis input (a stage, a control, a plan parameter). CLI exit 2, naming
+    `field`."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# ---- the join -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Joined:
+    """Impressions with one column per event type (1 if the impression got that event, for
+    dwell the summed seconds), and the events no impression matched, kept aside."""
+
+    frame: pd.DataFrame
+    unmatched: pd.DataFrame
+    events_read: int
+    duplicate_events: int
+    duplicate_impressions: int
+
+    @property
+    def matched_events(self) -> int:
+        return self.events_read - self.duplicate_events - len(self.unmatched)
+
+
+def join_events(impressions: pd.DataFrame, events: pd.DataFrame) -> Joined:
+    """impressions ⋈ events on (request_id, item_id). An event id counts once even when two
+    replicas logged it (the earliest received is kept); an impression logged twice counts
+    once; events whose impression is not in `impressions` are returned in `unmatched`."""
+    keys = ["request_id", "item_id"]
+    imp = impressions.drop_duplicates(keys)
+    ev = events
+    if len(ev) and "received_ts" in ev.columns:
+        ev = ev.sort_values("received_ts", kind="stable")
+    ev = _dedupe(ev)
+    hit = pd.MultiIndex.from_frame(ev[keys]).isin(pd.MultiIndex.from_frame(imp[keys]))
+    matched, unmatched = ev[hit], ev[~hit].reset_index(drop=True)
+    frame = imp.reset_index(drop=True)
+    if len(matched):
+        value = (pd.to_numeric(matched["value"], errors="coerce").fillna(0.0)
+                 if "value" in matched.columns else 0.0)
+        agg = (matched.assign(_n=1, _v=value).groupby([*keys, "event"])
+               .agg(n=("_n", "size"), v=("_v", "sum")))
+        indicator = pd.Series(1, index=agg.index).unstack("event", fill_value=0)
+        indicator = indicator.drop(columns="dwell", errors="ignore")
+        if "dwell" in agg.index.get_level_values("event"):
+            indicator["dwell"] = agg["v"].xs("dwell", level="event")
+        frame = frame.merge(indicator.reset_index(), on=keys, how="left")
+    for e in EVENT_TYPES:
+        frame[e] = frame[e].fillna(0).astype(np.float64) if e in frame.columns else 0.0
+    return Joined(frame=frame, unmatched=unmatched, events_read=len(events),
+                  duplicate_events=len(events) - len(ev),
+                  duplicate_impressions=len(impressions) - len(imp))
+
+
+def _dedupe(ev: pd.DataFrame) -> pd.DataFrame:
+    """One row per event id; rows without an id are told apart by their own fields."""
+    fields = [c for c in ev.columns if c not in ("event_id", "received_ts", "replica")]
+    if "event_id" not in ev.columns:
+        return ev.drop_duplicates(fields)
+    has = ev["event_id"].notna()
+    if has.all():
+        return ev.drop_duplicates("event_id")
+    return pd.concat([ev[has].drop_duplicates("event_id"), ev[~has].drop_duplicates(fields)])
+
+
+# ---- clustered estimates ------------------------------------------------------------------
+@dataclass(frozen=True)
+class RatioEstimate:
+    """sum(y) / sum(n) over users, with its delta-method standard error."""
+
+    value: float
+    se: float
+    users: int
+    impressions: int
+    design_effect: float  # clustered variance / the per-impression (i.i.d.) variance
+
+
+def ratio_estimate(y: np.ndarray, n: np.ndarray, y2: np.ndarray | None = None
+                   ) -> RatioEstimate:
+    """`y`, `n`: per-user sums of the metric and of impressions; `y2`: per-user sums of the
+    squared per-impression metric (defaults to `y`, right for 0/1 metrics)."""
+    y, n = np.asarray(y, np.float64), np.asarray(n, np.float64)
+    users, total = len(n), float(n.sum())
+    if users == 0 or total == 0:
+        return RatioEstimate(math.nan, math.nan, users, int(total), math.nan)
+    r = float(y.sum()) / total
+    if users < 2:
+        return RatioEstimate(r, math.nan, users, int(total), math.nan)
+    e = y - r * n
+    var = float(e @ e) / (users - 1) / users / (total / users) ** 2
+    sq = float(np.asarray(y if y2 is None else y2, np.float64).sum())
+    naive = max(sq / total - r * r, 0.0) / total
+    return RatioEstimate(r, math.sqrt(var), users, int(total),
+                         var / naive if naive > 0 else math.nan)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    diff: float
+    diff_ci: tuple[float, float]
+    relative: float
+    relative_ci: tuple[float, float]
+    p_value: float
+
+
+def compare(treatment: RatioEstimate, control: RatioEstimate, *, alpha: float = 0.05
+            ) -> Comparison:
+    """Treatment minus control (disjoint users), two-sided z-test on the clustered variance."""
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    t, c = treatment, control
+    diff, se = t.value - c.value, math.hypot(t.se, c.se)
+    if math.isnan(se):
+        p = math.nan
+    elif se > 0:
+        p = float(2 * stats.norm.sf(abs(diff) / se))
+    else:  # no variance at all (every user alike): only an exact tie is no difference
+        p = 1.0 if diff == 0 else 0.0
+    if c.value > 0:
+        rel = t.value / c.value - 1
+        se_rel = math.sqrt((t.se / c.value) ** 2 + (t.value * c.se / c.value ** 2) ** 2)
+    else:
+        rel = se_rel = math.nan
+    return Comparison(diff, (diff - z * se, diff + z * se), rel,
+                      (rel - z * se_rel, rel + z * se_rel), p)
+
+
+# ---- the report ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VariantSummary:
+    name: str
+    impressions: int
+    users: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    metric: str
+    variant: str
+    guardrail: bool
+    value: float
+    ci: tuple[float, float]
+    design_effect: float
+    vs_control: Comparison | None = None
+    verdict: str = ""  # better | worse | breached | no significant difference | control
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    variant: str
+    requests: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    p99_ratio_vs_control: float
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    stage: str
+    control: str
+    alpha: float
+    variants: tuple[VariantSummary, ...]
+    metrics: tuple[MetricResult, ...]
+    events: Mapping[str, int]
+    latency: tuple[LatencyResult, ...] = ()
+    notes: tuple[str, ...] = ()
+    method: str = ("delta method on user-level ratio-of-sums (users are the randomisation "
+                   "unit); two-sided z-test of the difference vs the control")
+    caveats: tuple[str, ...] = (SEQUENTIAL_CAVEAT, MULTIPLE_CAVEAT)
+    window: Mapping[str, str] = field(default_factory=dict)
+
+    def metric(self, name: str, variant: str) -> MetricResult:
+        return next(m for m in self.metrics if m.metric == name and m.variant == variant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, float | np.floating):
+        return None if not math.isfinite(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def pick_control(variants: Sequence[str], sizes: Mapping[str, int],
+                 control: str | None = None) -> str:
+    """`control` if given; else 'primary' (no rollout) or 'control' when present; else the
+    variant with most users (the rollout's primary usually has most of the weight)."""
+    if control is not None:
+        if control not in variants:
+            raise ExperimentInputError(f"{control!r} is not a variant of the window; the log "
+                                       f"has {', '.join(sorted(variants)) or 'none'}",
+                                       field="control")
+        return control
+    for name in ("primary", "control"):
+        if name in variants:
+            return name
+    return max(variants, key=lambda v: (sizes[v], v))
+
+
+def analyze(joined: Joined, *, stage: str, control: str | None = None, alpha: float = 0.05,
+            window: Mapping[str, str] | None = None) -> ExperimentReport:
+    """Per variant of `stage`: volumes, each metric with its interval, and for every other
+    variant the difference vs `control` with its p-value and a verdict."""
+    if stage not in STAGES:
+        raise ExperimentInputError(f"stage {stage!r}: expected one of {', '.join(STAGES)}",
+                                   field="stage")
+    if not 0 < alpha < 1:
+        raise ExperimentInputError(f"alpha {alpha!r}: expected 0 < alpha < 1", field="alpha")
+    col = STAGES[stage]
+    f = joined.frame
+    if col not in f.columns:
+        raise ExperimentInputError(f"the impressions have no {col!r} column", field="stage")
+    if f.empty:
+        raise ExperimentInputError("no impressions to analyse", field="window")
+    f = f.assign(**{col: f[col].fillna("primary").astype(str)})
+    names = list(EVENT_TYPES)
+    users = (f.assign(_n=1, **{f"{e}2": f[e] ** 2 for e in names})
+             .groupby([col, "user_id"], sort=False)[["_n", *names, *[f"{e}2" for e in names]]]
+             .sum())
+    by_variant: dict[str, pd.DataFrame] = {
+        str(v): g.droplevel(0) for v, g in users.groupby(level=0, sort=False)}
+    sizes = {v: len(g) for v, g in by_variant.items()}
+    ctrl = pick_control(list(by_variant), sizes, control)
+    order = [ctrl, *sorted(v for v in by_variant if v != ctrl)]
+    requests = {str(k): int(n) for k, n in f.groupby(col)["request_id"].nunique().items()}
+    summaries = tuple(VariantSummary(v, int(by_variant[v]["_n"].sum()), sizes[v],
+                                     int(requests[v])) for v in order)
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    results: list[MetricResult] = []
+    for spec in METRICS:
+        est: dict[str, RatioEstimate] = {
+            v: ratio_estimate(g[spec.event].to_numpy(), g["_n"].to_numpy(),
+                              g[f"{spec.event}2"].to_numpy()) for v, g in by_variant.items()}
+        for v in order:
+            e = est[v]
+            ci = (e.value - z * e.se, e.value + z * e.se)
+            if v == ctrl:
+                results.append(MetricResult(spec.name, v, spec.guardrail, e.value, ci,
+                                            e.design_effect, verdict="control"))
+                continue
+            cmp = compare(e, est[ctrl], alpha=alpha)
+            results.append(MetricResult(spec.name, v, spec.guardrail, e.value, ci,
+                                        e.design_effect, cmp, _verdict(cmp, spec, alpha)))
+    notes = []
+    several = int((users.reset_index().groupby("user_id")[col].nunique() > 1).sum())
+    if several:
+        notes.append(f"{several} users were served more than one {stage} variant (the salt or "
+                     "weights changed in the window); they count in each, and the variants "
+                     "are treated as independent")
+    if min(sizes.values()) < 100:
+        notes.append("fewer than 100 users in a variant: the normal approximation behind "
+                     "the intervals is unreliable")
+    if len(order) == 1:
+        notes.append(f"only one {stage} variant ({ctrl}) in the window: nothing to compare")
+    latency = _latency(f, col, order) if "latency_ms" in f.columns else ()
+    if not latency:
+        notes.append("no latency_ms in the impression log: latency guardrails are the "
+                     "rollout's (p99_latency_ratio, from the serving metrics)")
+    events = {"read": joined.events_read, "duplicates": joined.duplicate_events,
+              "matched": joined.matched_events, "unmatched": len(joined.unmatched),
+              "duplicate_impressions": joined.duplicate_impressions}
+    if len(joined.unmatched) and "event" in joined.unmatched.columns:
+        for name, n in joined.unmatched["event"].value_counts().items():
+            events[f"unmatched_{name}"] = int(n)
+    return ExperimentReport(stage=stage, control=ctrl, alpha=alpha, variants=summaries,
+                            metrics=tuple(results), events=events, latency=latency,
+                            notes=tuple(notes), window=dict(window or {}))
+
+
+def _verdict(cmp: Comparison, spec: MetricSpec, alpha: float) -> str:
+    if math.isnan(cmp.p_value) or cmp.p_value >= alpha:
+        return "no significant difference"
+    if spec.guardrail:
+        return "breached" if cmp.diff > 0 else "better"
+    return "better" if cmp.diff > 0 else "worse"
+
+
+def _latency(f: pd.DataFrame, col: str, order: Sequence[str]) -> tuple[LatencyResult, ...]:
+    per_request = f.dropna(subset=["latency_ms"]).drop_duplicates("request_id")
+    q = {str(v): np.quantile(g["latency_ms"].to_numpy(np.float64), [0.5, 0.95, 0.99])
+         for v, g in per_request.groupby(col) if len(g)}
+    if order[0] not in q:
+        return ()
+    base = q[order[0]][2]
+    return tuple(LatencyResult(v, int((per_request[col] == v).sum()), float(q[v][0]),
+                               float(q[v][1]), float(q[v][2]),
+                               float(q[v][2] / base) if base > 0 else math.nan)
+                 for v in order if v in q)
+
+
+# ---- planning -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Sample size per variant for a two-sided test of two rates, equal allocation."""
+
+    baseline_rate: float
+    treatment_rate: float
+    mde_absolute: float
+    mde_relative: float
+    alpha: float
+    power: float
+    impressions_per_variant_iid: int  # if impressions were independent
+    design_effect: float
+    impressions_per_variant: int
+    impressions_per_user: float | None
+    users_per_variant: int | None
+    formula: str = ("n = (z(1-alpha/2) sqrt(2 p(1-p)) + z(power) sqrt(p1(1-p1) + p2(1-p2)))^2"
+                    " / (p2-p1)^2, p = (p1+p2)/2 (Fleiss, Levin & Paik 2003, eq. 4.14, no "
+                    "continuity correction); impressions = n * design effect")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+
+def plan(mde: float, baseline_rate: float, alpha: float = 0.05, power: float = 0.8, *,
+         relative: bool = False, design_effect: float = 1.0,
+         impressions_per_user: float | None = None) -> Plan:
+    """Impressions (and users, given `impressions_per_user`) per variant to detect a change
+    of `mde` in a rate of `baseline_rate`: absolute (0.02 = two points) unless `relative`
+    (0.02 = 2 %). `design_effect`: the report's clustered / i.i.d. variance ratio."""
+    checks = [("baseline_rate", 0 < baseline_rate < 1, "0 < rate < 1"),
+              ("mde", mde > 0 and math.isfinite(mde), "a positive number"),
+              ("alpha", 0 < alpha < 1, "0 < alpha < 1"),
+              ("power", 0 < power < 1, "0 < power < 1"),
+              ("design_effect", 0 < design_effect <= 1000, "0 < design effect <= 1000"),
+              ("impressions_per_user", impressions_per_user is None or
+               impressions_per_user >= 1, "at least 1")]
+    given = {"baseline_rate": baseline_rate, "mde": mde, "alpha": alpha, "power": power,
+             "design_effect": design_effect, "impressions_per_user": impressions_per_user}
+    for name, ok, allowed in checks:
+        if not ok:
+            raise ExperimentInputError(f"{name} {given[name]!r}: expected {allowed}",
+                                       field=name)
+    p1 = baseline_rate
+    delta = mde * p1 if relative else mde
+    p2 = p1 + delta
+    if not 0 < p2 < 1:
+        raise ExperimentInputError(
+            f"mde {mde!r}{' (relative)' if relative else ''} on a baseline of {p1!r} gives a "
+            f"rate of {p2:.6g}; the treatment rate must be between 0 and 1", field="mde")
+    za, zb = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+    pbar = (p1 + p2) / 2
+    n = ((za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2)))
+         ** 2 / delta ** 2)
+    n_iid = math.ceil(n)
+    total = math.ceil(n * design_effect)
+    users = (None if impressions_per_user is None
+             else math.ceil(total / impressions_per_user))
+    return Plan(p1, p2, delta, delta / p1, alpha, power, n_iid, design_effect, total,
+                impressions_per_user, users)
