@@ -11,6 +11,10 @@ so a run can have more users than the profile) makes 1 + Poisson(3) requests; a 
 draws 40 candidates the way the generator does (a third from followed authors, a third
 popularity-weighted, a third uniform) and serves the top 10 of a ranker's scores.
 
+Users' click propensity. With `user_click_sd` > 0 each simulated user also gets an offset on
+the click logit, N(0, sd): users who click a lot and users who rarely do, as on real
+traffic. The generator's own users differ only in what they like (sd 0, the default).
+
 The rankers. Control: the true affinity plus N(0, 1.5) noise per candidate (the noise of the
 generator's own logged ranker); candidate: plus N(0, 1.2). The candidate's true CTR lift is
 computed from the expected click probabilities of 200,000 requests (no click noise).
@@ -64,6 +68,11 @@ class Settings:
     alpha: float = 0.05
     duplicate_rate: float = 0.01
     unmatched_rate: float = 0.005
+    # per-user click propensity: a simulated user's offset on the click logit, N(0, sd).
+    # 0 is the generator as it is (users differ only by what they like); real users also
+    # differ in how much they click at all, which widens the A/B test's user-level variance
+    # and leaves interleaving's within-request comparison untouched
+    user_click_sd: float = 0.0
 
 
 class World:
@@ -87,6 +96,13 @@ class World:
         latent = rng.integers(0, self.t.n_users, n)
         per = 1 + rng.poisson(self.s.extra_requests_mean, n)
         return latent, np.repeat(np.arange(n), per)
+
+    def offsets(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Click-logit offsets of `n` simulated users (no draw when the sd is 0, so the
+        random stream is that of the generator-as-is world)."""
+        if self.s.user_click_sd <= 0:
+            return np.zeros(n)
+        return rng.normal(0.0, self.s.user_click_sd, n)
 
     def pools(self, latent_users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         r, c = len(latent_users), self.s.candidates
@@ -128,11 +144,13 @@ class World:
         order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1)
         return np.take_along_axis(top, order, 1)
 
-    def engage(self, aff: np.ndarray, harmful: np.ndarray, rng: np.random.Generator
-               ) -> dict[str, np.ndarray]:
-        """Clicks, likes and hides of pages (requests x positions) with these affinities."""
+    def engage(self, aff: np.ndarray, harmful: np.ndarray, rng: np.random.Generator,
+               offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Clicks, likes and hides of pages (requests x positions) with these affinities;
+        `offset`: each request's user's click-logit offset."""
         examined = rng.random(aff.shape) < self.exam
-        click = examined & (rng.random(aff.shape) < click_probability(aff, harmful))
+        shifted = aff if offset is None else aff + offset[:, None]
+        click = examined & (rng.random(aff.shape) < click_probability(shifted, harmful))
         like = click & (rng.random(aff.shape) < like_probability(aff))
         hide = examined & ~click & (rng.random(aff.shape) < hide_probability(aff, harmful))
         return {"click": click, "like": like, "hide": hide}
@@ -142,7 +160,7 @@ class World:
         pools = self.pools(latent, rng)
         aff = self.affinity(latent, pools)
         top = self.rank(aff, noise, rng)
-        a = np.take_along_axis(aff, top, 1)
+        a = np.take_along_axis(aff, top, 1) + self.offsets(requests, rng)[:, None]
         harm = self.t.harmful[np.take_along_axis(pools, top, 1)]
         return float((self.exam * click_probability(a, harm)).mean())
 
@@ -154,6 +172,7 @@ def ab_run(world: World, n_users: int, noises: tuple[float, float], rng: np.rand
     arm 0 or 1 with probability 1/2 (user ids are 0..n_users-1 in order of arrival)."""
     s = world.s
     latent, req_user = world.users(n_users, rng)
+    offset = world.offsets(n_users, rng)
     arm = (rng.random(n_users) < 0.5).astype(np.int64)
     r = len(req_user)
     pools = world.pools(latent[req_user], rng)
@@ -165,7 +184,7 @@ def ab_run(world: World, n_users: int, noises: tuple[float, float], rng: np.rand
         top[rows] = world.rank(aff[rows], noise, rng)
     items = np.take_along_axis(pools, top, 1)
     page_aff = np.take_along_axis(aff, top, 1)
-    ev = world.engage(page_aff, world.t.harmful[items], rng)
+    ev = world.engage(page_aff, world.t.harmful[items], rng, offset[req_user])
     imp = pd.DataFrame({
         "request_id": np.repeat(np.arange(r), s.page), "item_id": items.ravel() + 1,
         "user_id": np.repeat(req_user, s.page),
@@ -222,6 +241,7 @@ def interleaving_run(world: World, requests: int, noises: tuple[float, float],
         latent = np.concatenate([latent, more])
         req_user = np.concatenate([req_user, extra + len(latent) - len(more)])
     req_user = req_user[:requests]
+    offset = world.offsets(len(latent), rng)
     pools = world.pools(latent[req_user], rng)
     aff = world.affinity(latent[req_user], pools)
     lists = [world.rank(aff, noise, rng) for noise in noises]
@@ -233,7 +253,7 @@ def interleaving_run(world: World, requests: int, noises: tuple[float, float],
         pages[i], teams[i] = il.items, il.teams
     page_aff = np.take_along_axis(aff, pages, 1)
     clicks = world.engage(page_aff, world.t.harmful[np.take_along_axis(pools, pages, 1)],
-                          rng)["click"]
+                          rng, offset[req_user])["click"]
     credits = np.array([credit(t, c) for t, c in zip(teams, clicks, strict=True)])
     return credits[:, 0], credits[:, 1]
 
@@ -263,7 +283,8 @@ def run(*, profile: str = "demo", runs: int = 50, aa_runs: int = 250, seed: int 
     ctr_c = world.true_ctr(s.control_noise, 200_000, np.random.default_rng(seed + 2))
     ctr_t = world.true_ctr(s.candidate_noise, 200_000, np.random.default_rng(seed + 2))
     lift = ctr_t / ctr_c - 1
-    say(f"true CTR: control {ctr_c:.4f}, candidate {ctr_t:.4f} (lift {lift:+.2%})")
+    say(f"true CTR: control {ctr_c:.4f}, candidate {ctr_t:.4f} (lift {lift:+.2%}); users' "
+        f"click propensity sd {s.user_click_sd:g}")
 
     # pilot: an A/A run measures the baseline and the design effect, as a team would
     imp, ev, _ = ab_run(world, 4000, (s.control_noise, s.control_noise), rng)

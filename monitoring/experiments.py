@@ -225,6 +225,19 @@ class LatencyResult:
 
 
 @dataclass(frozen=True)
+class InterleavingResult:
+    """Team-draft interleaving of the control's ranker with `variant`'s: the requests that
+    were interleaved and the sign test on which team's items got more clicks."""
+
+    variant: str
+    requests: int
+    impressions: int
+    clicks: int
+    preference: dict[str, Any]
+    verdict: str
+
+
+@dataclass(frozen=True)
 class ExperimentReport:
     stage: str
     control: str
@@ -238,6 +251,7 @@ class ExperimentReport:
                    "unit); two-sided z-test of the difference vs the control")
     caveats: tuple[str, ...] = (SEQUENTIAL_CAVEAT, MULTIPLE_CAVEAT)
     window: Mapping[str, str] = field(default_factory=dict)
+    interleaving: tuple[InterleavingResult, ...] = ()
 
     def metric(self, name: str, variant: str) -> MetricResult:
         return next(m for m in self.metrics if m.metric == name and m.variant == variant)
@@ -290,6 +304,16 @@ def analyze(joined: Joined, *, stage: str, control: str | None = None, alpha: fl
     if f.empty:
         raise ExperimentInputError("no impressions to analyse", field="window")
     f = f.assign(**{col: f[col].fillna("primary").astype(str)})
+    interleaved = _interleaving(f, alpha) if stage == "ranker" else ()
+    if interleaved:  # mixed pages belong to neither arm of the A/B comparison
+        mixed, f = f, f[f["team"].isna()]
+        if f.empty:
+            return ExperimentReport(
+                stage=stage, control=str(mixed[col].mode().iloc[0]), alpha=alpha,
+                variants=(), metrics=(), events=_event_counts(joined),
+                notes=("every impression in the window was interleaved: no A/B traffic to "
+                       "compare; the interleaving table is the result",),
+                window=dict(window or {}), interleaving=interleaved)
     names = list(EVENT_TYPES)
     users = (f.assign(_n=1, **{f"{e}2": f[e] ** 2 for e in names})
              .groupby([col, "user_id"], sort=False)[["_n", *names, *[f"{e}2" for e in names]]]
@@ -329,19 +353,53 @@ def analyze(joined: Joined, *, stage: str, control: str | None = None, alpha: fl
                      "the intervals is unreliable")
     if len(order) == 1:
         notes.append(f"only one {stage} variant ({ctrl}) in the window: nothing to compare")
+    if interleaved:
+        notes.append(f"{sum(r.requests for r in interleaved)} interleaved requests are "
+                     "analysed apart (interleaving) and left out of the A/B rates: their pages "
+                     "mix two rankers")
     latency = _latency(f, col, order) if "latency_ms" in f.columns else ()
     if not latency:
         notes.append("no latency_ms in the impression log: latency guardrails are the "
                      "rollout's (p99_latency_ratio, from the serving metrics)")
+    return ExperimentReport(stage=stage, control=ctrl, alpha=alpha, variants=summaries,
+                            metrics=tuple(results), events=_event_counts(joined),
+                            latency=latency,
+                            notes=tuple(notes), window=dict(window or {}),
+                            interleaving=interleaved)
+
+
+def _event_counts(joined: Joined) -> dict[str, int]:
     events = {"read": joined.events_read, "duplicates": joined.duplicate_events,
               "matched": joined.matched_events, "unmatched": len(joined.unmatched),
               "duplicate_impressions": joined.duplicate_impressions}
     if len(joined.unmatched) and "event" in joined.unmatched.columns:
         for name, n in joined.unmatched["event"].value_counts().items():
             events[f"unmatched_{name}"] = int(n)
-    return ExperimentReport(stage=stage, control=ctrl, alpha=alpha, variants=summaries,
-                            metrics=tuple(results), events=events, latency=latency,
-                            notes=tuple(notes), window=dict(window or {}))
+    return events
+
+
+def _interleaving(f: pd.DataFrame, alpha: float) -> tuple[InterleavingResult, ...]:
+    """Per interleaved variant, the sign test over its interleaved requests (clicks credited
+    to the team that contributed the clicked item)."""
+    from monitoring.interleaving import preference_from_log
+
+    if "team" not in f.columns or not f["team"].notna().any():
+        return ()
+    rows = f[f["team"].notna()]
+    variant = (rows["interleaved_variant"].fillna("unknown").astype(str)
+               if "interleaved_variant" in rows.columns else pd.Series("unknown", rows.index))
+    out = []
+    for name, g in rows.groupby(variant, sort=True):
+        pref = preference_from_log(g, alpha=alpha)
+        if pref.wins + pref.losses == 0:
+            verdict = "no clicks to compare yet"
+        elif pref.p_value >= alpha:
+            verdict = "no significant preference"
+        else:
+            verdict = "candidate preferred" if pref.wins > pref.losses else "control preferred"
+        out.append(InterleavingResult(str(name), int(g["request_id"].nunique()), len(g),
+                                      int((g["click"] > 0).sum()), pref.to_dict(), verdict))
+    return tuple(out)
 
 
 def _verdict(cmp: Comparison, spec: MetricSpec, alpha: float) -> str:

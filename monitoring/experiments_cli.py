@@ -28,7 +28,7 @@ experiment_app = typer.Typer(help="Experiments: A/B analysis of the impression l
                              "sample sizes.", no_args_is_help=True)
 
 FEED_COLUMNS = ("request_id", "user_id", "item_id", "position", "ranker_variant",
-                "retrieval_variant", "latency_ms")
+                "retrieval_variant", "latency_ms", "team", "interleaved_variant")
 EVENT_COLUMNS = ("event_id", "request_id", "user_id", "item_id", "event", "value",
                  "received_ts", "replica")
 
@@ -101,7 +101,8 @@ def print_report(rep: ExperimentReport, console: Console) -> None:
         mark = " (control)" if v.name == rep.control and v.name != "control" else ""
         vt.add_row(v.name + mark, f"{v.users:,}",
                    f"{v.requests:,}", f"{v.impressions:,}")
-    console.print(vt)
+    if rep.variants:
+        console.print(vt)
     mt = Table("metric", "variant", "value [95% CI]", "design effect", "diff vs control",
                "relative [95% CI]", "p", "verdict", title="metrics (guardrails: hide, report)")
     silent = [name for name in dict.fromkeys(m.metric for m in rep.metrics)
@@ -125,7 +126,8 @@ def print_report(rep: ExperimentReport, console: Console) -> None:
                        f"{_pct(cmp.relative_ci[1])}]",
                        "-" if not math.isfinite(cmp.p_value) else f"{cmp.p_value:.3g}",
                        verdict)
-    console.print(mt)
+    if rep.metrics:
+        console.print(mt)
     if silent:
         console.print(f"no events behind {', '.join(silent)} in the window (0 in every "
                       "variant)", highlight=False)
@@ -136,6 +138,18 @@ def print_report(rep: ExperimentReport, console: Console) -> None:
             lt.add_row(lr.variant, f"{lr.requests:,}", _num(lr.p50_ms, 1), _num(lr.p95_ms, 1),
                        _num(lr.p99_ms, 1), _num(lr.p99_ratio_vs_control, 2))
         console.print(lt)
+    if rep.interleaving:
+        it = Table("candidate", "requests", "clicks", "wins", "losses", "ties",
+                   "win share [95% CI]", "p", "verdict",
+                   title="interleaving (team-draft; sign test on interleaved requests)")
+        for r in rep.interleaving:
+            p = r.preference
+            share = ("-" if p["share"] is None else
+                     f"{p['share']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]")
+            it.add_row(r.variant, f"{r.requests:,}", f"{r.clicks:,}", f"{p['wins']:,}",
+                       f"{p['losses']:,}", f"{p['ties']:,}", share, f"{p['p_value']:.3g}",
+                       r.verdict)
+        console.print(it)
     e = rep.events
     console.print(f"events: {e['read']:,} read, {e['duplicates']:,} duplicates counted once, "
                   f"{e['matched']:,} matched, {e['unmatched']:,} with no impression in the "

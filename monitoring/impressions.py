@@ -59,6 +59,9 @@ FEED_SCHEMA = pa.schema([
     ("bundle_version", pa.string()), ("ranker_version", pa.string()),
     ("retrieval_version", pa.string()), ("degraded", pa.string()),
     ("cold_start", pa.bool_()), ("replica", pa.string()),
+    # interleaved requests: the team that contributed the item (0: the primary's list,
+    # 1: the candidate's) and the candidate variant; null when not interleaved
+    ("team", pa.int8()), ("interleaved_variant", pa.string()),
 ])
 
 

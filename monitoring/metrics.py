@@ -51,11 +51,12 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0
                  0.25, 0.5, 1.0)
 COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
 
-FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "total")
+FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "interleaving",
+               "total")
 SOURCES = ("ann", "social", "trending", "fresh")
 DECISIONS = ("allow", "review", "block")
 DEGRADED_STAGES = ("ranker", "source:ann", "source:social", "source:trending", "source:fresh",
-                   "moderation_text", "moderation_image")
+                   "moderation_text", "moderation_image", "interleaving")
 IMPRESSION_KINDS = ("feed", "moderation", "events")
 EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
 IMPRESSION_OUTCOMES = ("written", "dropped", "failed")
@@ -89,6 +90,11 @@ RANKER_ROWS = Histogram("funnel_ranker_batch_rows", "Rows (candidates) in one ra
 RANKER_SECONDS = Histogram("funnel_ranker_call_duration_seconds", "Ranker (Triton) call "
                            "latency seen by the ingress, features excluded", ["variant"],
                            buckets=STAGE_BUCKETS)
+
+INTERLEAVED = Counter("funnel_interleaved_requests", "Feed requests sampled for team-draft "
+                      "interleaving, by the interleaved ranker variant and outcome: served "
+                      "(the merged page), candidate_failed (its ranker failed; the "
+                      "primary's page was served)", ["variant", "outcome"])
 
 # ---- moderation ------------------------------------------------------------------------
 MODERATION_DECISIONS = Counter("funnel_moderation_decisions", "Moderation decisions, by "

@@ -794,7 +794,8 @@ class FeedIngress:
             except BaseException:
                 self.rollout.abandon(assigned)
                 raise
-            self.rollout.after_feed(assigned, result)
+            self.rollout.after_feed(assigned, result)  # counts and compares the primary's page
+            result = await self.rollout.interleave(assigned["ranker"], result)
             for stage, a in assigned.items():
                 if a is not None:
                     variants[stage], versions[stage] = a.variant, a.bundle_version

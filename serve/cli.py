@@ -306,13 +306,17 @@ def bench_experiments(
     aa_runs: Annotated[int, typer.Option(min=0, max=10_000, help="Extra A/A runs at the "
                                          "planned size (false-positive rate).")] = 250,
     seed: Annotated[int, typer.Option(help="Seed of the profile and the simulation.")] = 0,
+    user_click_sd: Annotated[float, typer.Option(
+        min=0.0, max=5.0, help="Spread of the users' click propensity (sd of a per-user "
+        "offset on the click logit); 0: the generator as it is.")] = 0.0,
 ) -> None:
     """Simulated A/B and interleaving experiments: detection at the planned size, A/A false
     positives, impressions each method needs."""
-    from benchmarks.experiments import run
+    from benchmarks.experiments import Settings, run
 
     console = Console(stderr=True)
     result = run(profile=profile, runs=runs, aa_runs=aa_runs, seed=seed,
+                 settings=Settings(user_click_sd=user_click_sd),
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 

@@ -17,6 +17,8 @@ from serve.pipeline import FeedResult
 from training.features import RANKER_DENSE
 from training.models.ranker import TASKS
 
+TEAMS = {"control": 0, "candidate": 1}  # monitoring.interleaving's TEAM_A / TEAM_B
+
 
 def feed_columns(result: FeedResult, *, request_id: str, user_id: int, ts_us: int,
                  versions: Mapping[str, str], variants: Mapping[str, str],
@@ -41,6 +43,12 @@ def feed_columns(result: FeedResult, *, request_id: str, user_id: int, ts_us: in
         "degraded": ",".join(result.degraded), "cold_start": result.cold_start,
         "replica": replica,
     }
+    teams = [i.explain.get("interleaving") for i in items]
+    if any(teams):
+        cols["team"] = [TEAMS.get(str(t.get("team"))) if isinstance(t, dict) else None
+                        for t in teams]
+        first = next(t for t in teams if isinstance(t, dict))
+        cols["interleaved_variant"] = first.get("candidate")
     probs = [i.explain.get("probs") for i in items]
     for t in TASKS:
         cols[f"p_{t}"] = [p.get(t) if isinstance(p, dict) else None for p in probs]

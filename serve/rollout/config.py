@@ -23,6 +23,9 @@ Shape (YAML):
           - {metric: overlap_at_k, k: 10, min: 0.5}
           - {metric: rank_correlation, min: 0.3}
           - {metric: drift_score, max: 0.25}
+        interleaving:               # ranker only: team-draft pages of control + candidate
+          variant: candidate        # a declared variant other than the primary (weight 0 ok)
+          sample_rate: 0.2          # share of the primary's requests served interleaved
         promotion:                  # the canary starts at steps[0] (its declared weight)
           steps:
             - {weight: 5, min_requests: 500, min_duration_s: 300}
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -82,6 +86,17 @@ class ShadowSpec(_Strict):
     bundle_version: str = Field(min_length=1, max_length=128)
     sample_rate: float = Field(ge=0, le=1, description="share of primary requests mirrored")
     fault: FaultSpec | None = None
+
+
+class InterleavingSpec(_Strict):
+    """Team-draft interleaving (ranker only): for `sample_rate` of the requests the primary
+    serves, the page mixes the primary's list and `variant`'s, each position tagged with the
+    ranker that contributed it, so clicks say which ranker users prefer
+    (`funnel experiment report`). The variant's ranker runs on the request path for those
+    requests: their latency includes a second ranker call."""
+
+    variant: str = Field(pattern=NAME_PATTERN)
+    sample_rate: float = Field(ge=0, le=1, description="share of the primary's requests")
 
 
 class Guardrail(_Strict):
@@ -148,6 +163,7 @@ class StageRollout(_Strict):
     shadows: list[ShadowSpec] = Field(default_factory=list, max_length=4)
     guardrails: list[Guardrail] = Field(default_factory=list, max_length=16)
     promotion: Promotion | None = None
+    interleaving: InterleavingSpec | None = None
     compare_sample_rate: float = Field(
         1.0, ge=0, le=1, description="share of canary requests compared with the primary "
         "off the critical path (agreement guardrails)")
@@ -162,6 +178,13 @@ class StageRollout(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"variant and shadow names must be unique; repeated: {dup}")
+        if self.interleaving is not None:
+            others = [v.name for v in self.variants[1:]]
+            if self.interleaving.variant not in others:
+                raise ValueError(
+                    f"interleaving.variant must name a variant other than the primary "
+                    f"({self.variants[0].name!r}); got {self.interleaving.variant!r}, "
+                    f"declared: {others}")
         if self.promotion is not None:
             if len(self.variants) != 2:
                 raise ValueError("promotion needs exactly two variants (the primary first, "
@@ -184,6 +207,14 @@ class StageRollout(_Strict):
 class RolloutConfig(_Strict):
     salt: str = Field("funnel", min_length=1, max_length=128)
     stages: dict[Stage, StageRollout] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _interleaving_ranker_only(self) -> RolloutConfig:
+        for name, st in self.stages.items():
+            if st.interleaving is not None and name != "ranker":
+                raise ValueError(f"stages.{name}.interleaving: interleaving mixes two rankers'"
+                                 " lists; only the ranker stage takes it")
+        return self
 
     def stage(self, name: str) -> StageRollout | None:
         return self.stages.get(name)  # type: ignore[call-overload]
@@ -212,6 +243,9 @@ def _loc(parts: Iterable[Any]) -> str:
     return out or "config"
 
 
+_PATH_FIRST = re.compile(r"^(stages\.[a-z]+\.[a-z_]+): (.*)$", re.S)
+
+
 def parse_rollout(raw: Any) -> RolloutConfig:
     """Shape validation; RolloutConfigError lists every bad field with the value given."""
     if raw is None:
@@ -222,9 +256,14 @@ def parse_rollout(raw: Any) -> RolloutConfig:
     try:
         return RolloutConfig.model_validate(raw)
     except ValidationError as e:
-        fields = [{"field": _loc(err["loc"]), "message": err["msg"].removeprefix(
-            "Value error, "), "given": err.get("input") if not isinstance(
-                err.get("input"), (dict, list)) else None} for err in e.errors()]
+        fields = []
+        for err in e.errors():
+            field, msg = _loc(err["loc"]), err["msg"].removeprefix("Value error, ")
+            m = _PATH_FIRST.match(msg)  # a config-wide check names its field first
+            if field == "config" and m:
+                field, msg = m.group(1), m.group(2)
+            fields.append({"field": field, "message": msg, "given": err.get("input")
+                           if not isinstance(err.get("input"), (dict, list)) else None})
         raise RolloutConfigError("invalid rollout config: " + "; ".join(
             f"{f['field']}: {f['message']}" for f in fields), fields=fields) from e
 

@@ -277,8 +277,18 @@ class RolloutState:
                 "compare_sample_rate": st.config.compare_sample_rate,
                 "overlap_ks": ks,
                 "canary_budget": budget_share,
+                "interleaving": self._interleaving(st),
             }
         return {"revision": self.revision, "stages": stages}
+
+    def _interleaving(self, st: StageState) -> dict[str, Any] | None:
+        """The interleaving replicas serve, if any: none once the stage is rolled back (the
+        candidate broke a guardrail, so none of its items are served)."""
+        il = st.config.interleaving
+        if il is None or st.status == "rolled_back":
+            return None
+        return {"variant": il.variant, "bundle_version": self._version(st, il.variant),
+                "sample_rate": il.sample_rate}
 
     def status(self) -> dict[str, Any]:
         now = self._clock()
@@ -293,6 +303,7 @@ class RolloutState:
                 "weights": {v.name: w for v, w in
                             zip(st.config.variants, st.weights, strict=True)},
                 "shadows": [s.name for s in st.config.shadows],
+                "interleaving": self._interleaving(st),
                 "variants": {n: {"bundle_version": self._version(st, n),
                                  "window": st.window(n).summary(),
                                  "totals": st.totals.get(n, {}),

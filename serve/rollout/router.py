@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from serve.rollout.assign import assign
+from serve.rollout.assign import BUCKETS, assign, bucket
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,23 @@ class Router:
         return [Assignment(stage, s["name"], s["bundle_version"], fault_key(s.get("fault")),
                            False, True)
                 for s in st.get("shadows", ()) if self._rng.random() < s["sample_rate"]]
+
+    def interleave(self, stage: str, request_id: str, served: Assignment | None
+                   ) -> Assignment | None:
+        """The variant whose list is interleaved with the primary's for this request, or None.
+        Only requests the primary serves are sampled (a canary's users see the canary alone);
+        the draw hashes the request id, so a replayed request is interleaved again."""
+        st = self.stages.get(stage)
+        il = st.get("interleaving") if st else None
+        if st is None or il is None or served is None or not served.primary:
+            return None
+        if bucket(f"{st['salt']}:interleaving", request_id) >= il["sample_rate"] * BUCKETS:
+            return None
+        v = next((x for x in st["variants"] if x["name"] == il["variant"]), None)
+        if v is None:
+            return None
+        return Assignment(stage, v["name"], v["bundle_version"], fault_key(v.get("fault")),
+                          False, False)
 
     def overlap_ks(self, stage: str) -> list[int]:
         return list(self.stages.get(stage, {}).get("overlap_ks", [10]))

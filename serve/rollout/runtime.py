@@ -24,10 +24,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from monitoring import metrics
+from monitoring.interleaving import TEAM_A, TEAM_B, team_draft
 from serve.config import RolloutSettings
 from serve.offpath import off_path
 from serve.pipeline import FeedPipeline, FeedResult, Models, Trace
@@ -40,6 +43,7 @@ from serve.types import FeedItem
 log = logging.getLogger("funnel.rollout")
 STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann",
                "moderation": "moderation_text"}
+TEAM_NAMES = {TEAM_A: "control", TEAM_B: "candidate"}  # explain / the log's `team`
 MAX_UNSENT_ROWS = 1000  # rows kept for the next report while the controller is away
 
 
@@ -267,6 +271,50 @@ class RolloutRuntime:
             if a.primary:
                 for s in self.router.shadows(stage):
                     self._queue(stage, s.variant, self._compare_job(stage, a, s, result))
+
+    async def interleave(self, served: Assignment | None, result: FeedResult) -> FeedResult:
+        """The page to serve: `result`'s, or, for a sampled share of the primary's requests
+        when the stage declares interleaving, a team-draft merge of it with the interleaved
+        variant's list for the same candidates. Each item's `explain.interleaving` names its
+        team (control: the primary's list, candidate: the variant's) and both variants; the
+        impression log keeps the team per row. The coin is seeded by the request id (a
+        replayed request gets the same page). The variant's ranker call is on the request
+        path; if it fails, the primary's page is served and `degraded` says `interleaving`."""
+        trace = result.trace
+        if trace is None or not result.items or "ranker" in result.degraded:
+            return result
+        a = self.router.interleave("ranker", trace.request_id, served)
+        if a is None:
+            return result
+        assert served is not None  # interleave() returns None without a served primary
+        t0 = time.perf_counter()
+        try:
+            other, degraded, call_ms = await self.pipeline.rerank_with(
+                trace, self.variants.ranker(a))
+        except Exception:  # a missing variant, a bug: the primary's page still serves
+            log.warning("interleaving with %s failed", a.variant, exc_info=True)
+            other, degraded, call_ms = [], ["ranker"], 0.0
+        timings = {**result.timings_ms,
+                   "interleaving": round((time.perf_counter() - t0) * 1000, 3)}
+        if degraded or not other:
+            metrics.INTERLEAVED.labels(a.variant, "candidate_failed").inc()
+            return replace(result, degraded=[*result.degraded, "interleaving"],
+                           timings_ms=timings)
+        metrics.INTERLEAVED.labels(a.variant, "served").inc()
+        metrics.RANKER_SECONDS.labels(a.variant).observe(call_ms / 1000.0)
+        lists = (result.items, other)
+        names = (served.variant, a.variant)
+        il = team_draft(_ids(result.items), _ids(other),
+                        length=min(trace.limit, max(len(result.items), len(other))),
+                        rng=random.Random(trace.request_id))
+        by_team = [{i.item_id: i for i in lst} for lst in lists]
+        items = []
+        for pos, (item_id, team) in enumerate(zip(il.items, il.teams, strict=True), start=1):
+            src = by_team[team][int(item_id)]  # type: ignore[call-overload]
+            explain = {**src.explain, "interleaving": {
+                "team": TEAM_NAMES[team], "control": names[0], "candidate": names[1]}}
+            items.append(FeedItem(src.item_id, pos, src.score, src.sources, explain))
+        return replace(result, items=items, timings_ms=timings)
 
     def after_moderation(self, a: Assignment | None, *, text: str | None,
                          scores: dict[str, float], degraded: tuple[str, ...],

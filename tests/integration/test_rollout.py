@@ -369,3 +369,75 @@ def test_moderation_text_heads_canary_side_by_side(
         w = v[name]["window"]
         assert w["comparisons"] > 0 and w["overlap_at_k"]["10"] == pytest.approx(1.0)
         assert w["score_delta"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_interleaved_pages_are_served_logged_and_reported(
+        stack: Stack, client: httpx.Client, versions: dict[str, str],
+        known_users: list[int], tmp_path: Path) -> None:
+    """The candidate (a copy of the primary's models, served by Triton as a model of its
+    own) interleaved into every primary request: each item names its team, the page is the
+    primary's (the same model ranks the same), the log keeps the teams, and clicks on the
+    candidate's items make `funnel experiment report` prefer it."""
+    from datetime import UTC, datetime
+
+    from tests.integration.test_monitoring import wait_for
+
+    users = known_users[:30]
+    baseline = {u: feed(client, stack, u, **{"x-request-id": f"il-base-{u}"}) for u in users}
+    config = two_variants(versions, 0, interleaving={"variant": "candidate",
+                                                     "sample_rate": 1.0})
+    r = apply(stack, client, config)
+    assert r.status_code == 200, r.text
+    assert status(stack, client)["stages"]["ranker"]["interleaving"]["variant"] == "candidate"
+    started = datetime.now(UTC)
+    clicks = []
+    for u in users:
+        rid = f"il-{u}"
+        b = feed(client, stack, u, **{"x-request-id": rid})
+        assert b["degraded"] == [] and b["variants"]["ranker"] == "control"
+        teams = [i["explain"]["interleaving"]["team"] for i in b["items"]]
+        assert all(i["explain"]["interleaving"]["candidate"] == "candidate"
+                   for i in b["items"])
+        for k in range(0, len(teams) - 1, 2):  # one pick per team in every round
+            assert sorted(teams[k:k + 2]) == ["candidate", "control"]
+        # an identical model ranks identically: the merged page is the primary's page
+        assert [i["item_id"] for i in b["items"]] == [
+            i["item_id"] for i in baseline[u]["items"]]
+        # a user who clicks the candidate's first item: the candidate wins the request
+        first = next(i for i in b["items"] if i["explain"]["interleaving"]["team"] ==
+                     "candidate")
+        clicks.append({"request_id": rid, "user_id": u, "item_id": first["item_id"],
+                       "event": "click", "timestamp": datetime.now(UTC).isoformat()})
+    ev = httpx.post(f"{stack.url}/v1/events", json={"events": clicks}, timeout=30)
+    assert ev.status_code == 202 and ev.json()["accepted"] == len(users), ev.text
+
+    import pyarrow.dataset as ds
+
+    def logged() -> Any:
+        root = stack.impressions / "feed"
+        t = ds.dataset(root, format="parquet", partitioning="hive").to_table(
+            columns=["request_id", "team", "interleaved_variant"]).to_pandas()
+        t = t[t["request_id"].str.startswith("il-") & ~t["request_id"].str.startswith(
+            "il-base-")]
+        return [t] if t["request_id"].nunique() == len(users) else None
+
+    got = wait_for(logged)
+    assert got is not None, "interleaved requests did not reach the impression log"
+    rows = got[0]
+    assert set(rows["team"].dropna().astype(int)) == {0, 1} and rows["team"].notna().all()
+    assert set(rows["interleaved_variant"]) == {"candidate"}
+    from tests.integration.test_events import read_events
+
+    assert wait_for(lambda: len(read_events(stack, "il-")) >= len(users))
+    out = tmp_path / "report.json"
+    end = datetime.now(UTC)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serve", "experiment", "report", "ranker", "--log",
+         str(stack.impressions), "--start", started.isoformat(), "--end", end.isoformat(),
+         "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = json.loads(out.read_text())
+    il = rep["interleaving"][0]
+    assert il["variant"] == "candidate" and il["requests"] == len(users)
+    assert il["preference"]["wins"] == len(users) and il["verdict"] == "candidate preferred"
+    assert "interleaving (team-draft" in proc.stdout

@@ -57,3 +57,18 @@ def test_crossing_interpolates_in_log_size() -> None:
     assert _crossing([100, 400], [0.6, 1.0]) == pytest.approx(200)
     assert _crossing([100, 400], [0.9, 1.0]) == 100
     assert _crossing([100, 400], [0.1, 0.5]) is None
+
+
+def test_user_click_propensity_spreads_users_and_keeps_the_stream_at_zero() -> None:
+    truth = generate_with_truth(SMALL, seed=0)[1]
+    flat, spread = World(truth, Settings()), World(truth, Settings(user_click_sd=1.5))
+    a = ab_run(flat, 400, (1.5, 1.5), np.random.default_rng(4))[0]
+    b = ab_run(World(truth, Settings(user_click_sd=0.0)), 400, (1.5, 1.5),
+               np.random.default_rng(4))[0]
+    assert a.equals(b)  # sd 0 draws nothing extra: the generator-as-is world, same stream
+    spread_de = ab_analyse(*ab_run(spread, 600, (1.5, 1.5), np.random.default_rng(4))[:2],
+                           600, 0.05)["design_effect"]
+    flat_de = ab_analyse(*ab_run(flat, 600, (1.5, 1.5), np.random.default_rng(4))[:2], 600,
+                         0.05)["design_effect"]
+    # users who click more or less than others: user-level variance the A/B test pays for
+    assert min(spread_de) > 1.3 * max(flat_de), (spread_de, flat_de)

@@ -246,6 +246,38 @@ def test_preference_from_a_joined_log() -> None:
     assert (pref.wins, pref.losses, pref.ties) == (1, 0, 2)
 
 
+def _interleaved(rng: np.random.Generator, requests: int, p_b: float) -> pd.DataFrame:
+    """Interleaved control requests of 4 items (teams A B A B): the candidate team's items
+    clicked with `p_b`, the control's with 0.2; plus their click column."""
+    rid = np.repeat([f"il{i}" for i in range(requests)], 4)
+    team = np.tile([TEAM_A, TEAM_B, TEAM_A, TEAM_B], requests)
+    click = rng.random(len(rid)) < np.where(team == TEAM_B, p_b, 0.2)
+    return pd.DataFrame({"request_id": rid, "item_id": np.arange(len(rid)) + 10**6,
+                         "user_id": np.repeat(np.arange(requests) % 300, 4) + 10**5,
+                         "ranker_variant": "control", "team": team.astype(float),
+                         "interleaved_variant": "candidate", "click": click})
+
+
+def test_interleaved_requests_are_tested_apart_and_left_out_of_the_ab_rates() -> None:
+    rng = np.random.default_rng(5)
+    ab = _frame(rng, 400, {"control": 0.0, "candidate": 0.0})
+    ab["team"], ab["interleaved_variant"] = np.nan, None
+    il = _interleaved(rng, 600, 0.4)
+    f = pd.concat([ab, il], ignore_index=True)
+    rep = analyze(join_events(f.drop(columns="click"), _events_of(f)), stage="ranker")
+    assert len(rep.interleaving) == 1
+    r = rep.interleaving[0]
+    assert (r.variant, r.requests, r.impressions) == ("candidate", 600, 2400)
+    assert r.clicks == int(il["click"].sum())
+    assert r.verdict == "candidate preferred" and r.preference["p_value"] < 1e-6
+    # the A/B numbers are those of the A/B traffic alone
+    alone = analyze(join_events(ab.drop(columns="click"), _events_of(ab)), stage="ranker")
+    assert rep.variants == alone.variants
+    assert rep.metric("ctr", "control").value == alone.metric("ctr", "control").value
+    assert any("interleaved requests" in n for n in rep.notes)
+    assert rep.to_dict()["interleaving"][0]["preference"]["wins"] == r.preference["wins"]
+
+
 # ---- the CLI ------------------------------------------------------------------------------
 @pytest.fixture
 def log(tmp_path: Path) -> Path:
@@ -263,6 +295,15 @@ def log(tmp_path: Path) -> Path:
     ev = pd.concat([ev, ev.iloc[:5].assign(replica="b"),
                     ev.iloc[:3].assign(event_id=["x1", "x2", "x3"], request_id="gone")])
     root = tmp_path / "log"
+    il = _interleaved(rng, 200, 0.5)
+    il["ts"] = pd.Timestamp("2026-12-01T10:10:00Z")
+    iev = _events_of(il).assign(user_id=il.loc[il["click"], "user_id"].to_numpy(),
+                                value=None, ts=pd.Timestamp("2026-12-01T10:30:00Z"),
+                                replica="a")
+    iev["event_id"] = "i" + iev["event_id"]
+    iev["received_ts"] = iev["ts"]
+    f = pd.concat([f.assign(team=np.nan, interleaved_variant=None), il], ignore_index=True)
+    ev = pd.concat([ev, iev], ignore_index=True)
     for kind, frame in (("feed", f.drop(columns="click")), ("events", ev)):
         d = root / kind / "date=2026-12-01" / "hour=10"
         d.mkdir(parents=True)
@@ -287,6 +328,8 @@ def test_cli_report_table_and_json(log: Path, tmp_path: Path) -> None:
     ctr = next(m for m in rep["metrics"] if m["metric"] == "ctr" and m["variant"] ==
                "candidate")
     assert ctr["verdict"] == "better" and ctr["vs_control"]["p_value"] < 0.05
+    assert "interleaving (team-draft" in text and "candidate preferred" in text
+    assert rep["interleaving"][0]["requests"] == 200
     code, text = _cli("report", "ranker", "--since", "1h", "--end", "2026-11-01T00:00:00Z",
                       "--log", str(log))
     assert code == 0 and "no feed impressions" in text
@@ -320,3 +363,11 @@ def test_cli_bad_input_exits_2_naming_the_flag(args: list[str], flag: str, log: 
     code, text = _cli(*args)
     assert code == 2, text
     assert flag in text and "Traceback" not in text
+
+
+def test_a_window_of_interleaved_requests_only_still_reports_the_preference() -> None:
+    il = _interleaved(np.random.default_rng(8), 300, 0.35)
+    rep = analyze(join_events(il.drop(columns="click"), _events_of(il)), stage="ranker")
+    assert rep.variants == () and rep.metrics == () and rep.control == "control"
+    assert rep.interleaving[0].verdict == "candidate preferred"
+    assert "every impression in the window was interleaved" in rep.notes[0]

@@ -131,3 +131,32 @@ def test_bad_settings_name_the_field(tmp_path: Path) -> None:
                       flush_rows=10, max_buffered_rows=5)
     with pytest.raises(ImpressionLogError, match="kind"):
         ImpressionLog(str(tmp_path), kind="clicks", schema=FEED_SCHEMA, replica="r")
+
+
+def test_interleaved_feeds_log_each_items_team(tmp_path: Path) -> None:
+    from serve.impression_records import feed_columns
+    from serve.pipeline import FeedResult
+    from serve.types import FeedItem
+
+    def item(i: int, team: str | None) -> FeedItem:
+        explain = {} if team is None else {
+            "interleaving": {"team": team, "control": "control", "candidate": "cand"}}
+        return FeedItem(i, i, 1.0 / i, ("ann",), explain)
+
+    log = ImpressionLog(str(tmp_path), kind="feed", schema=FEED_SCHEMA, replica="r",
+                        flush_rows=1000, flush_interval_s=60)
+    for rid, teams in (("mixed", ["candidate", "control", "control", "candidate"]),
+                       ("plain", [None] * 4)):
+        result = FeedResult(items=[item(k + 1, t) for k, t in enumerate(teams)], degraded=[],
+                            cold_start=False)
+        cols, n = feed_columns(result, request_id=rid, user_id=7, ts_us=T0,
+                               versions={}, variants={"ranker": "control"}, replica="r")
+        log.append(cols, n)
+    log.close()
+    t = ds.dataset(tmp_path / "feed", format="parquet", partitioning="hive").to_table()
+    rows = sorted(zip(t.column("request_id").to_pylist(), t.column("position").to_pylist(),
+                      t.column("team").to_pylist(),
+                      t.column("interleaved_variant").to_pylist(), strict=True))
+    assert rows == [("mixed", 1, 1, "cand"), ("mixed", 2, 0, "cand"), ("mixed", 3, 0, "cand"),
+                    ("mixed", 4, 1, "cand"), ("plain", 1, None, None), ("plain", 2, None, None),
+                    ("plain", 3, None, None), ("plain", 4, None, None)]

@@ -102,3 +102,25 @@ def test_fault_injection_is_refused_unless_allowed():
 def test_a_non_mapping_is_refused():
     with pytest.raises(RolloutConfigError, match="mapping"):
         parse_rollout(["stages"])
+
+
+def test_interleaving_names_a_declared_variant_other_than_the_primary():
+    cfg = parse_rollout({"stages": {"ranker": stage(
+        interleaving={"variant": "canary", "sample_rate": 0.2})}})
+    assert cfg.stages["ranker"].interleaving.sample_rate == 0.2
+    msg = refused({"stages": {"ranker": stage(
+        interleaving={"variant": "control", "sample_rate": 0.2})}}, "stages.ranker")
+    assert "other than the primary" in msg and "['canary']" in msg
+    refused({"stages": {"ranker": stage(interleaving={"variant": "nope", "sample_rate": 0.2})}},
+            "stages.ranker")
+    refused({"stages": {"ranker": stage(interleaving={"variant": "canary",
+                                                      "sample_rate": 1.5})}},
+            "stages.ranker.interleaving.sample_rate")
+
+
+def test_interleaving_is_for_the_ranker_stage_only():
+    with pytest.raises(RolloutConfigError) as e:
+        parse_rollout({"stages": {"retrieval": stage(
+            interleaving={"variant": "canary", "sample_rate": 0.2})}})
+    assert [f["field"] for f in e.value.fields] == ["stages.retrieval.interleaving"]
+    assert "only the ranker stage" in str(e.value)

@@ -149,3 +149,17 @@ def test_status_lists_windows_guardrails_and_decisions():
     [g] = st["variants"]["canary"]["guardrails"]
     assert g["value"] == pytest.approx(1 / 3) and g["holds"] is True
     assert s.status()["decisions"][0]["action"] == "apply"
+
+
+def test_interleaving_is_routed_until_the_candidate_is_rolled_back():
+    cfg = parse_rollout({"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": "v1", "weight": 90},
+                     {"name": "canary", "bundle_version": "v2", "weight": 10}],
+        "interleaving": {"variant": "canary", "sample_rate": 0.25},
+        "promotion": {"steps": [{"weight": 10}, {"weight": 100}]}}}})
+    s = state(cfg, Clock())
+    want = {"variant": "canary", "bundle_version": "v2", "sample_rate": 0.25}
+    assert s.routing()["stages"]["ranker"]["interleaving"] == want
+    assert s.status()["stages"]["ranker"]["interleaving"] == want
+    s.rollback("ranker")
+    assert s.routing()["stages"]["ranker"]["interleaving"] is None

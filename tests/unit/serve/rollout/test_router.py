@@ -59,3 +59,32 @@ def test_shadows_are_sampled_and_versions_listed():
     r.update(table(shadow_rate=0.0))
     assert r.shadows("ranker") == []
     assert r.versions("ranker") == {("v1", None), ("v2", (("error_rate", 0.2),)), ("v3", None)}
+
+
+def with_interleaving(rate):
+    t = table()
+    t["stages"]["ranker"]["interleaving"] = {"variant": "canary", "bundle_version": "v2",
+                                             "sample_rate": rate}
+    return t
+
+
+def test_interleaving_samples_the_primarys_requests_by_request_id():
+    r = Router(rng=random.Random(0))
+    r.update(with_interleaving(0.3))
+    control = r.assign("ranker", next(u for u in range(1000)
+                                      if r.assign("ranker", u).variant == "control"))
+    picked = [r.interleave("ranker", f"req-{i}", control) for i in range(2000)]
+    share = sum(p is not None for p in picked) / len(picked)
+    assert 0.26 < share < 0.34
+    one = next(p for p in picked if p is not None)
+    assert (one.variant, one.bundle_version, one.primary) == ("canary", "v2", False)
+    assert one.key == ("v2", (("error_rate", 0.2),))  # the variant's fault comes along
+    # the same request id is interleaved again (a replay serves the same page)
+    again = [r.interleave("ranker", f"req-{i}", control) is not None for i in range(2000)]
+    assert again == [p is not None for p in picked]
+    # a canary's users see the canary alone; no table entry, no interleaving
+    canary = r.assign("ranker", canary_user(r))
+    assert all(r.interleave("ranker", f"req-{i}", canary) is None for i in range(200))
+    assert r.interleave("ranker", "req-1", None) is None
+    r.update(table())
+    assert all(r.interleave("ranker", f"req-{i}", control) is None for i in range(200))

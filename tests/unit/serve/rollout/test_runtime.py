@@ -203,3 +203,97 @@ def test_a_shadow_model_call_waits_again_after_its_job_started() -> None:
         return events
 
     assert asyncio.run(scenario()) == ["job started", "request done", "model call"]
+
+
+class ReversedRanker:
+    """The fake ranker's logits negated: the opposite order, so two lists differ."""
+
+    def __init__(self, base: FakeRanker) -> None:
+        self.base = base
+
+    async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return -(await self.base.logits(inputs))
+
+
+def interleaving_config(rate: float, fault: dict[str, float] | None = None) -> dict[str, Any]:
+    cand: dict[str, Any] = {"name": "cand", "bundle_version": V, "weight": 0,
+                            "fault": fault or {"delay_ms": 0}}
+    return {"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": V, "weight": 100}, cand],
+        "interleaving": {"variant": "cand", "sample_rate": rate}}}}
+
+
+async def serve_interleaved(rt: RolloutRuntime, users: list[int], prefix: str = "i"
+                            ) -> list[tuple[Any, Any]]:
+    """(the primary's result, the page served) per user."""
+    await rt.report_once()
+    out = []
+    for u in users:
+        models, assigned = rt.models_for(u)
+        res = await rt.pipeline.run(FeedQuery(user_id=u, limit=10, request_id=f"{prefix}{u}"),
+                                    models)
+        rt.after_feed(assigned, res)
+        out.append((res, await rt.interleave(assigned["ranker"], res)))
+    return out
+
+
+def test_interleaved_pages_take_one_item_of_each_team_per_round(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    rt, _, _ = runtime(parts, interleaving_config(1.0))
+    variants = rt.variants
+    primary_ranker = variants.ranker(None)
+    plain = variants.ranker
+
+    def reversed_candidate(a: Any) -> Any:
+        m = plain(a)
+        if a is None or a.variant != "cand":
+            return m
+        from dataclasses import replace
+        return replace(m, ranker=ReversedRanker(primary_ranker.ranker))
+
+    variants.ranker = reversed_candidate  # type: ignore[method-assign]
+    users = [int(u) for u in parts[0].user_ids[:6]]
+    served = asyncio.run(serve_interleaved(rt, users))
+    for res, page in served:
+        teams = [i.explain["interleaving"]["team"] for i in page.items]
+        assert len(page.items) == len(res.items) == 10
+        assert [i.rank for i in page.items] == list(range(1, 11))
+        assert len({i.item_id for i in page.items}) == 10
+        for k in range(0, 10, 2):  # every round of two: one pick per team
+            assert sorted(teams[k:k + 2]) == ["candidate", "control"]
+        assert {i.explain["interleaving"]["control"] for i in page.items} == {"control"}
+        assert {i.explain["interleaving"]["candidate"] for i in page.items} == {"cand"}
+        control_ids = [i.item_id for i in res.items]
+        # the control team's items come from the control's list, in its order
+        mine = [i.item_id for i in page.items if i.explain["interleaving"]["team"] ==
+                "control"]
+        assert mine == [x for x in control_ids if x in set(mine)]
+        assert "interleaving" in page.timings_ms and not page.degraded
+    assert any(set(i.item_id for i in p.items) != set(i.item_id for i in r.items)
+               for r, p in served)  # the candidate's items reached pages
+    again = asyncio.run(serve_interleaved(rt, users))  # same request ids, same pages
+    assert [[(i.item_id, i.explain["interleaving"]["team"]) for i in p.items]
+            for _, p in again] == [[(i.item_id, i.explain["interleaving"]["team"])
+                                     for i in p.items] for _, p in served]
+
+
+def test_interleaving_samples_requests_and_a_failing_candidate_serves_the_primary(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    from monitoring import metrics
+
+    users = [int(u) for u in parts[0].user_ids[:40]]
+    rt, _, _ = runtime(parts, interleaving_config(0.5))
+    served = asyncio.run(serve_interleaved(rt, users))
+    mixed = [p for _, p in served if any("interleaving" in i.explain for i in p.items)]
+    assert 8 <= len(mixed) <= 32
+    assert all(p is r for r, p in served if p not in mixed)  # the rest: untouched
+
+    failed = metrics.INTERLEAVED.labels("cand", "candidate_failed")
+    before = failed._value.get()
+    rt, _, _ = runtime(parts, interleaving_config(1.0, {"error_rate": 1.0}))
+    served = asyncio.run(serve_interleaved(rt, users[:5], prefix="f"))
+    for res, page in served:
+        assert [i.item_id for i in page.items] == [i.item_id for i in res.items]
+        assert not any("interleaving" in i.explain for i in page.items)
+        assert page.degraded == ["interleaving"]
+    assert failed._value.get() - before == 5
