@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,7 +76,7 @@ class Models:
 @dataclass(frozen=True)
 class Trace:
     """What a request's stages produced, kept for comparisons off the critical path (a shadow
-    re-ranks the same candidates; a canary's list is compared with the primary's)."""
+    scores the same candidates; a canary's list is compared with the primary's)."""
 
     user_id: int
     user: pd.DataFrame
@@ -91,8 +91,11 @@ class Trace:
     infos: dict[int, ItemInfo]
     vecs: np.ndarray
     kept_ids: np.ndarray
+    # the served ranker's final (weighted) score of each kept item, in `kept` order; empty
+    # when the ranker was degraded. Comparisons rank by these, not by re-ranked pages
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), compare=False)
     # ranker inputs by id(FeatureTransform): a shadow whose bundle has the same fitted
-    # features (Variants shares the object) re-ranks without building them again
+    # features (Variants shares the object) scores without building them again
     inputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, compare=False)
 
 
@@ -319,7 +322,10 @@ class FeedPipeline:
                       request_id=q.request_id, limit=q.limit,
                       ann_ids=tuple(c.item_id for c in ann),
                       ann_scores=tuple(c.score for c in ann), kept=kept, rscore=rscore,
-                      infos=infos, vecs=vecs, kept_ids=kept_ids, inputs=inputs_cache)
+                      infos=infos, vecs=vecs, kept_ids=kept_ids,
+                      scores=(np.zeros(0, np.float32) if "ranker" in degraded else
+                              np.fromiter((x.score for x in scored), np.float32, len(scored))),
+                      inputs=inputs_cache)
         return FeedResult(items=items, degraded=degraded, cold_start=not known,
                           timings_ms=timings, filtered=removed, trace=trace,
                           candidates={n: len(c) for n, c in per_source.items()})
@@ -332,20 +338,30 @@ class FeedPipeline:
             scored, infos, emb, limit=limit, now_s=now_s, rng=_rng_for(request_id),
             params=self._rerank)]
 
-    async def rerank_with(self, trace: Trace, model: RankerModel, *,
-                          before_page: Callable[[], Awaitable[None]] | None = None
+    async def scores_with(self, trace: Trace, model: RankerModel
+                          ) -> tuple[np.ndarray, list[str], float]:
+        """`model`'s final score of each of the trace's kept items, in `kept` order (a shadow
+        ranker, or the primary next to a canary): (scores, degraded, ranker call ms). The
+        features are the trace's when the bundles share them; no page is built."""
+        degraded: list[str] = []
+        timings: dict[str, float] = {}
+        scored, _ = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
+                                     trace.now_s, degraded, timings, model, trace.inputs)
+        scores = (np.zeros(0, np.float32) if degraded else
+                  np.fromiter((x.score for x in scored), np.float32, len(scored)))
+        return scores, degraded, timings.get("ranker_call", 0.0)
+
+    async def rerank_with(self, trace: Trace, model: RankerModel
                           ) -> tuple[list[FeedItem], list[str], float]:
-        """The page `model` would have served for the same candidates (a shadow ranker, or the
-        primary next to a canary): (items, degraded, ranker call ms). Same exploration seed,
-        so the lists differ only by the ranker."""
+        """The page `model` would have served for the same candidates (the interleaved
+        candidate ranker): (items, degraded, ranker call ms). Same exploration seed, so the
+        lists differ only by the ranker."""
         degraded: list[str] = []
         timings: dict[str, float] = {}
         scored, probs = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
                                          trace.now_s, degraded, timings, model, trace.inputs)
-        if degraded:  # the model failed: nothing to compare, so no page to compute
+        if degraded:  # the model failed: no page to compute
             return [], degraded, timings.get("ranker_call", 0.0)
-        if before_page is not None:  # e.g. wait for the replica to be idle (shadows)
-            await before_page()
         items = self._page(scored, probs, trace.infos, trace.kept_ids, trace.vecs,
                            trace.now_s, trace.limit, trace.request_id)
         return items, degraded, timings.get("ranker_call", 0.0)

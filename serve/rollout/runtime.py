@@ -3,7 +3,7 @@ and compare lists off the critical path.
 
 - `models_for(user_id)`: sticky assignment per stage -> the `Models` the pipeline runs with.
 - `after_feed(...)`: counts the request for its variants (the guardrails' numbers), then
-  queues, without waiting, the comparisons: shadows re-rank the same candidates (ranker) or
+  queues, without waiting, the comparisons: shadows score the same candidates (ranker) or
   search the same user (retrieval) with their own version; a sampled share of canary
   requests is compared with what the primary would have served.
 - `ShadowRunner`: one queue per (stage, variant), bounded and worked by a fixed number of
@@ -145,6 +145,20 @@ def _mean(xs: Sequence[float]) -> float:
     return float(np.mean(xs)) if len(xs) else 0.0
 
 
+def _ranking(ids: np.ndarray, scores: np.ndarray, depth: int) -> list[int]:
+    """The top `depth` ids by score (ties in candidate order)."""
+    order = np.argsort(-scores, kind="stable")[:depth]
+    return [int(x) for x in ids[order]]
+
+
+def _top_mean(scores: np.ndarray, k: int) -> float:
+    """Mean of the `k` highest scores: what a ranker put at the top of its list."""
+    if not len(scores):
+        return 0.0
+    k = min(k, len(scores))
+    return float(np.partition(scores, len(scores) - k)[-k:].mean())
+
+
 class RolloutRuntime:
     def __init__(self, *, pipeline: FeedPipeline, variants: Variants, controller: Any,
                  replica_id: str, settings: RolloutSettings,
@@ -256,8 +270,8 @@ class RolloutRuntime:
                 continue
             if stage == "ranker":
                 latency = result.timings_ms.get("ranker_call")
-                score = None if failed or not result.items else _mean(
-                    [i.score for i in result.items])
+                score = None if failed or result.trace is None else _top_mean(
+                    result.trace.scores, result.trace.limit)
             else:
                 if result.trace is None or not result.trace.known:
                     continue  # cold start: no ANN, nothing to judge a retrieval by
@@ -382,30 +396,35 @@ class RolloutRuntime:
         ks = self.router.overlap_ks(stage)
         if stage == "ranker":
             served_ms = result.timings_ms.get("ranker_call", 0.0)
-            return lambda: self._compare_ranker(served, shadow, result.items, served_ms,
-                                                trace, ks)
+            return lambda: self._compare_ranker(served, shadow, served_ms, trace, ks)
         return lambda: self._compare_retrieval(served, shadow, trace, ks)
 
     async def _compare_ranker(self, served: Assignment, shadow: Assignment | None,
-                              items: list[FeedItem], served_ms: float, trace: Trace,
-                              ks: list[int]) -> None:
+                              served_ms: float, trace: Trace, ks: list[int]) -> None:
+        """The two rankers' orderings of the same candidates, by their final scores: the
+        re-rank after them (diversity, exploration) is the same code for both, so it is left
+        out; that keeps a comparison to one model call and a sort in this replica."""
         other = self.variants.ranker(shadow)  # None: the primary
         t0 = time.perf_counter()
-        other_items, degraded, call_ms = await self.pipeline.rerank_with(
-            trace, other, before_page=self.gate.wait)
+        other_scores, degraded, call_ms = await self.pipeline.scores_with(trace, other)
+        limit = trace.limit
         if shadow is not None:
             self.tally.served("ranker", shadow.variant, latency_ms=call_ms or (
                 time.perf_counter() - t0) * 1000, error=bool(degraded),
-                score=None if degraded else _mean([i.score for i in other_items]))
+                score=None if degraded else _top_mean(other_scores, limit))
         if degraded:
             self.tally.compare_failed("ranker", shadow.variant if shadow else served.variant)
             return
-        primary, variant = (items, other_items) if shadow is not None else (other_items, items)
+        depth = max(max(ks), limit)
+        mine = _ranking(trace.kept_ids, trace.scores, depth)
+        theirs = _ranking(trace.kept_ids, other_scores, depth)
+        primary, variant = (mine, theirs) if shadow is not None else (theirs, mine)
+        p_s, v_s = (trace.scores, other_scores) if shadow is not None else (
+            other_scores, trace.scores)
         p_ms, v_ms = (served_ms, call_ms) if shadow is not None else (call_ms, served_ms)
-        self._record("ranker", shadow.variant if shadow else served.variant,
-                     _ids(primary), _ids(variant), ks,
-                     score_delta=_mean([i.score for i in variant])
-                     - _mean([i.score for i in primary]), latency_delta=v_ms - p_ms)
+        self._record("ranker", shadow.variant if shadow else served.variant, primary, variant,
+                     ks, score_delta=_top_mean(v_s, limit) - _top_mean(p_s, limit),
+                     latency_delta=v_ms - p_ms)
 
     async def _compare_retrieval(self, served: Assignment, shadow: Assignment | None,
                                  trace: Trace, ks: list[int]) -> None:
