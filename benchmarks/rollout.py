@@ -32,10 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -43,14 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from benchmarks.feed import _http_call, open_loop
-from benchmarks.triton_batching import DEFAULT_CONFIG, free_port
-from training.bundle import resolve_bundle, verify_bundle, write_manifest
+from benchmarks.stack import local_stack
+from training.bundle import write_manifest
 
 Say = Callable[[str], None]
-TOKEN = "bench-admin-token"
 
 
 def _copy_version(src: Path, root: Path, version: str) -> str:
@@ -80,49 +74,26 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
         arrivals: str = "poisson", say: Say = print) -> dict[str, Any]:
     import httpx
 
-    b = verify_bundle(bundle)
-    work = Path(tempfile.mkdtemp(prefix="funnel-bench-rollout-"))
-    proc = None
-    try:
-        root = work / "artifacts"
-        root.mkdir()
-        shutil.copytree(resolve_bundle(bundle), root / b.version)
-        shadow_version = _copy_version(root / b.version, root, f"{b.version}-shadow")
-        doc = yaml.safe_load(Path(DEFAULT_CONFIG).read_text())
-        port = free_port()
-        doc["http_options"]["port"] = port
-        doc["grpc_options"] = {"port": free_port(), "grpc_servicer_functions": []}
-        args = doc["applications"][0]["args"]
-        tport = free_port()
-        args["triton"].update(http_port=free_port(), grpc_port=tport, metrics_port=free_port())
-        args["feed"]["ranker"]["url"] = f"127.0.0.1:{tport}"
-        args["review"]["database_url"] = f"sqlite:///{work / 'review.sqlite3'}"
-        args["rollout"]["allow_fault_injection"] = True
+    def prepare(root: Path, version: str) -> None:
+        _copy_version(root / version, root, f"{version}-shadow")
+
+    def tweak(a: dict[str, Any]) -> None:
+        a["rollout"]["allow_fault_injection"] = True
         if shadow_queue_size is not None:
-            args["rollout"]["shadow_queue_size"] = shadow_queue_size
-        config = work / "serve.yaml"
-        config.write_text(yaml.safe_dump(doc))
-        ready = work / "ready.json"
-        log = (work / "serve.log").open("wb")
-        say(f"starting funnel serve (bundle {b.version}, shadow version {shadow_version})")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serve", "serve", "--bundle", str(root / b.version),
-             "--config", str(config), "--ready-file", str(ready)],
-            stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "FUNNEL_ADMIN_TOKEN": TOKEN})
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("funnel serve did not start; see " + str(work / "serve.log"))
-            time.sleep(0.5)
-        base = f"http://127.0.0.1:{port}"
-        admin = httpx.Client(headers={"authorization": f"Bearer {TOKEN}"}, timeout=300)
+            a["rollout"]["shadow_queue_size"] = shadow_queue_size
+
+    with local_stack(bundle, prefix="rollout", say=say, prepare=prepare, tweak=tweak,
+                     grpc=False) as stack:
+        b_version, root, args, base = stack.version, stack.root, stack.args, stack.url
+        shadow_version = f"{b_version}-shadow"
+        say(f"shadow version {shadow_version}")
+        admin = httpx.Client(headers={"authorization": f"Bearer {stack.token}"}, timeout=300)
         from serve.catalog import Catalog
 
-        cat = Catalog(root / b.version / "catalog")
+        cat = Catalog(root / b_version / "catalog")
         users = np.random.default_rng(0).choice(cat.user_ids, size=min(2000, len(
             cat.user_ids)), replace=False)
-        plans = {k: v for k, v in configs(b.version, shadow_version).items()
+        plans = {k: v for k, v in configs(b_version, shadow_version).items()
                  if not only or k in only or k == "baseline"}
         points: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
         pooled: dict[str, list[float]] = {name: [] for name in plans}
@@ -168,17 +139,9 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
         for r_ in results.values():
             r_["p99_vs_baseline"] = round(r_["p99_ms"] / base_p99, 3) if base_p99 else None
         return {"date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
-                "cpus": os.cpu_count(), "bundle": b.version,
-                "items": b.manifest["dataset"]["posts"], "offered_rps": rate,
+                "cpus": os.cpu_count(), "bundle": b_version,
+                "items": stack.manifest["dataset"]["posts"], "offered_rps": rate,
                 "duration_s": duration_s, "rounds": rounds, "limit": limit,
                 "shadow_queue_size": args["rollout"].get("shadow_queue_size", 64),
                 "arrivals": arrivals,
                 "configs": results}
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(work, ignore_errors=True)

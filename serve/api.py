@@ -5,11 +5,24 @@ Ids are strict integers: `"user_id": "42"` is a 422 naming the field, not a sile
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
+
+
+def _iso_text(v: Any) -> Any:
+    """A date-time on the wire is ISO 8601 text: pydantic alone would also read a number (or
+    a numeric string) as seconds since 1970, which the schema does not promise."""
+    if isinstance(v, datetime) or (isinstance(v, str) and _ISO_DATE.match(v)):
+        return v
+    raise ValueError("an ISO 8601 date-time string, e.g. 2026-12-01T10:00:00Z")
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
 MAX_LIMIT = 200
 MAX_EXCLUDE = 10_000
 
@@ -21,7 +34,7 @@ class FeedContext(BaseModel):
     locale: str | None = Field(None, max_length=35,
                                pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$",
                                description="BCP 47 tag, e.g. en-US")
-    timestamp: datetime | None = Field(None, description="ISO 8601; default: serving clock")
+    timestamp: IsoDateTime | None = Field(None, description="ISO 8601; default: serving clock")
 
 
 class FeedRequest(BaseModel):
@@ -60,7 +73,11 @@ class ErrorBody(BaseModel):
 class ModerateRequest(BaseModel):
     """`POST /v1/moderate`: text, an image, or both."""
 
-    model_config = ConfigDict(extra="forbid")
+    # documented for clients and the fuzzer; enforced by missing_content() (both fields named)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}},
+        {"required": ["image_base64"], "properties": {"image_base64": {"type": "string",
+                                                                       "minLength": 1}}}]})
 
     content_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
                             description="your id for the content; a post id for feed posts")
@@ -143,7 +160,7 @@ class EventIn(BaseModel):
     event: Literal["click", "like", "comment", "share", "hide", "report", "dwell"]
     value: float | None = Field(None, ge=0, le=86_400,
                                 description="dwell: seconds on the item; else optional")
-    timestamp: datetime = Field(description="ISO 8601 with an offset (UTC without one); at "
+    timestamp: IsoDateTime = Field(description="ISO 8601 with an offset (UTC without one); at "
                                 "most 5 minutes ahead of the server's clock")
 
 

@@ -38,6 +38,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import metrics
+from serve import openapi
 from serve.api import (
     ErrorBody,
     FeedItemOut,
@@ -51,7 +52,7 @@ from serve.api import (
 )
 from serve.config import AppArgs, parse_app_args
 from serve.errors import InvalidContent, InvalidTensor, RequestTooLarge
-from serve.grpc_api import inference_pb2
+from serve.grpc_api import MalformedMessage, inference_pb2
 from training.errors import FunnelError
 
 # Ray Serve unpickles gRPC requests in this replica before calling a method: tritonclient's
@@ -62,6 +63,7 @@ log = logging.getLogger("funnel.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 fastapi_app = FastAPI(title="Funnel", version="1", docs_url="/docs", redoc_url=None)
+openapi.install(fastapi_app)  # /openapi.json: every route's bodies and answers, in full
 
 
 class RequestMetrics:
@@ -134,6 +136,19 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                  rid)
 
 
+MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the databases
+_UINT = re.compile(r"^[0-9]{1,19}$")
+
+
+def parse_uint(text: str, *, maximum: int = MAX_ID) -> int | None:
+    """A decimal integer in 0..maximum in ASCII digits, else None (`str.isdigit` also takes
+    '²' and other digits `int` refuses, and a database refuses ids past 64 bits)."""
+    if not _UINT.match(text):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
 def validation_detail(e: ValidationError) -> list[dict[str, Any]]:
     """pydantic errors as [{field, message, allowed/given}], the field path dotted."""
     return [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"],
@@ -144,7 +159,8 @@ def validation_detail(e: ValidationError) -> list[dict[str, Any]]:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) one over `limit` bytes before reading it whole."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and \
+            int(declared) > limit:
         raise RequestTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -618,24 +634,27 @@ class FeedIngress:
         if status not in ("pending", "allow", "block", "all"):
             problems.append({"field": "status", "message": "one of pending, allow, block, all",
                              "given": status})
-        limit = q.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= max_limit:
+        limit_text = q.get("limit", "50")
+        limit = parse_uint(limit_text, maximum=max_limit)
+        if limit is None or limit < 1:
             problems.append({"field": "limit", "message": f"an integer in 1..{max_limit}",
-                             "given": limit})
-        after = q.get("after_id", "0")
-        if not after.isdigit():
-            problems.append({"field": "after_id", "message": "an integer >= 0", "given": after})
-        if problems:
+                             "given": limit_text})
+        after_text = q.get("after_id", "0")
+        after = parse_uint(after_text)
+        if after is None:
+            problems.append({"field": "after_id", "message": f"an integer in 0..{MAX_ID}",
+                             "given": after_text})
+        if problems or limit is None or after is None:
             return error(422, "validation_error", problems, rid)
         try:
             items = await asyncio.to_thread(
                 self.store.list_items, status=None if status == "all" else status,  # type: ignore[arg-type]
-                limit=int(limit), after_id=int(after))
+                limit=limit, after_id=after)
         except FunnelError as e:
             return funnel_error(e, rid)
         body = ReviewList(items=[ReviewItemOut.model_validate(i, from_attributes=True)
                                  for i in items],
-                          next_after_id=items[-1].id if len(items) == int(limit) else None)
+                          next_after_id=items[-1].id if len(items) == limit else None)
         return Response(body.model_dump_json(), media_type="application/json")
 
     @fastapi_app.post("/v1/review/{item_id}")
@@ -644,15 +663,16 @@ class FeedIngress:
         denied = self._admin_denied(request, rid)
         if denied is not None:
             return denied
-        if not item_id.isdigit():
+        review_id = parse_uint(item_id)
+        if review_id is None:
             return error(422, "validation_error", [{"field": "item_id", "message":
-                                                    "an integer review item id",
+                                                    f"a review item id in 0..{MAX_ID}",
                                                     "given": item_id}], rid)
         d, bad = await parse_payload(request, ReviewDecisionIn, 64 * 1024, rid)
         if bad is not None:
             return bad
         try:
-            item = await asyncio.to_thread(self.store.decide, int(item_id),
+            item = await asyncio.to_thread(self.store.decide, review_id,
                                            decision=d.decision, reviewer=d.reviewer,
                                            note=d.note)
         except FunnelError as e:
@@ -703,6 +723,10 @@ class FeedIngress:
         raw, bad = await parse_json_body(request, self.args.max_body_bytes, rid)
         if bad is not None:
             return bad
+        if not isinstance(raw, dict):
+            return error(422, "validation_error", [{
+                "field": "body", "message": "a rollout config is a JSON object ({} for no "
+                "rollout)", "given": type(raw).__name__}], rid)
         return await self._rollout_call(request, "apply", raw)
 
     @fastapi_app.post("/v1/admin/rollout/{stage}/{action}")
@@ -899,6 +923,9 @@ class FeedIngress:
         from serve.protos.funnel.v1 import feed_pb2
 
         rid = grpc_request_id(grpc_context)
+        if isinstance(request, MalformedMessage):
+            return grpc_fail(grpc_context, 400, request.detail(), rid,
+                             feed_pb2.GetFeedResponse())
         try:
             req = FeedRequest.model_validate(feed_payload(request))
         except ValidationError as e:
@@ -921,6 +948,8 @@ class FeedIngress:
 
         rid = grpc_request_id(grpc_context)
         empty = moderation_pb2.ModerateResponse()
+        if isinstance(request, MalformedMessage):
+            return grpc_fail(grpc_context, 400, request.detail(), rid, empty)
         if self.moderation is None:
             return grpc_fail(grpc_context, 503, "moderation is disabled", rid, empty)
         fields, image = moderate_fields(request)
@@ -977,9 +1006,11 @@ class FeedIngress:
         try:
             raw = await read_body(request, self.args.moderation.max_body_bytes)
             hl = request.headers.get("inference-header-content-length")
-            if hl is not None and not hl.isdigit():
-                raise InvalidTensor("Inference-Header-Content-Length must be an integer")
-            head, tensors = decode_rest(raw, int(hl) if hl is not None else None)
+            in_header_len = parse_uint(hl, maximum=len(raw)) if hl is not None else None
+            if hl is not None and in_header_len is None:
+                raise InvalidTensor("Inference-Header-Content-Length must be an integer in "
+                                    f"0..{len(raw)} (the body's length)")
+            head, tensors = decode_rest(raw, in_header_len)
             model = self.oip.check(name, tensors)
             outputs = await model.infer(tensors)
             body, header_len = encode_rest(model, outputs, request_id=str(head.get("id", "")),
@@ -1005,6 +1036,9 @@ class FeedIngress:
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
         pb = inference_pb2()
+        if isinstance(request, MalformedMessage):
+            return grpc_fail(grpc_context, 400, request.detail(), grpc_request_id(grpc_context),
+                             pb.ModelReadyResponse())
         try:
             return pb.ModelReadyResponse(ready=await self.oip.model_ready(request.name))
         except FunnelError as e:
@@ -1013,6 +1047,9 @@ class FeedIngress:
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
         pb = inference_pb2()
+        if isinstance(request, MalformedMessage):
+            return grpc_fail(grpc_context, 400, request.detail(), grpc_request_id(grpc_context),
+                             pb.ModelMetadataResponse())
         try:
             m = self.oip.model_metadata(request.name)
         except FunnelError as e:
@@ -1027,6 +1064,9 @@ class FeedIngress:
         from serve.oip import decode_grpc, encode_grpc
 
         pb = inference_pb2()
+        if isinstance(request, MalformedMessage):
+            return grpc_fail(grpc_context, 400, request.detail(), grpc_request_id(grpc_context),
+                             pb.ModelInferResponse())
         try:
             tensors = decode_grpc(request)
             model = self.oip.check(request.model_name, tensors)

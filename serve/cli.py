@@ -271,6 +271,29 @@ def bench_rollout(
     _write_result(result, out)
 
 
+@bench_app.command("fuzz")
+def bench_fuzz(
+    bundle: Annotated[str, typer.Option(help="Bundle to serve.")] = "artifacts/latest",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/fuzz.json",
+    max_examples: Annotated[int, typer.Option(
+        min=1, max=10_000, help="schemathesis cases per operation and phase.")] = 100,
+    grpc_cases: Annotated[int, typer.Option(min=1, max=100_000, help="Calls per funnel.v1 "
+                                            "method.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of both fuzzers.")] = 0,
+) -> None:
+    """Fuzz the HTTP API from its OpenAPI document (schemathesis) and funnel.v1 over gRPC
+    with malformed and arbitrary messages; counts cases, 5xx and server errors."""
+    from benchmarks.fuzz import run
+
+    console = Console(stderr=True)
+    result = run(bundle=bundle, max_examples=max_examples, grpc_cases=grpc_cases, seed=seed,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+    bad = len(result["http"]["server_errors"]) + result["grpc"]["bad_count"]
+    if bad or result["http"]["exit_code"] != 0:
+        raise typer.Exit(1)
+
+
 @bench_app.command("drift")
 def bench_drift(
     bundle: Annotated[str, typer.Option(help="Bundle whose towers and ranker score the "

@@ -11,6 +11,8 @@ Ray Serve's gRPC proxy listens on all interfaces (`[::]:<port>`); it has no host
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -35,12 +37,70 @@ def grpc_code_for(http_status: int) -> grpc.StatusCode:
     return GRPC_BY_HTTP.get(http_status, grpc.StatusCode.INTERNAL)
 
 
+@dataclass(frozen=True)
+class MalformedMessage:
+    """What a method receives in place of its request when the bytes do not parse as the
+    method's message type. The handler answers INVALID_ARGUMENT; without this, the parse
+    error would surface from inside grpcio as UNKNOWN, a server error to the client."""
+
+    method: str
+    error: str
+
+    def detail(self) -> str:
+        return f"the request is not a valid message for {self.method}: {self.error}"
+
+
+def _lenient(method: str, parse: Callable[[bytes], Any] | None
+             ) -> Callable[[bytes], Any] | None:
+    if parse is None:
+        return None
+
+    def parse_or_mark(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as e:  # DecodeError, or anything a broken payload provokes
+            return MalformedMessage(method, f"{type(e).__name__}: {e}"[:300])
+
+    return parse_or_mark
+
+
+def _lenient_handlers(service: str, handlers: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: h._replace(request_deserializer=_lenient(
+        name if name.startswith("/") else f"/{service}/{name}", h.request_deserializer))
+        for name, h in handlers.items()}
+
+
+class _LenientServer:
+    """The server handed to a generated `add_*Servicer_to_server`, passing its method
+    handlers on with request parsers that mark malformed bytes (MalformedMessage) instead of
+    raising."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        for h in handlers:
+            inner = getattr(h, "_method_handlers", None)
+            if isinstance(inner, dict):
+                h._method_handlers = _lenient_handlers(getattr(h, "_name", ""), inner)
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]
+                                       ) -> None:
+        add = getattr(self._server, "add_registered_method_handlers", None)
+        if add is not None:
+            add(service, _lenient_handlers(service, handlers))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
 def add_feed_servicer(servicer: Any, server: Any) -> None:
     """`grpc_options.grpc_servicer_functions` entry for funnel.v1.Feed."""
     ensure_stubs()
     from serve.protos.funnel.v1 import feed_pb2_grpc
 
-    feed_pb2_grpc.add_FeedServicer_to_server(servicer, server)
+    feed_pb2_grpc.add_FeedServicer_to_server(servicer, _LenientServer(server))
 
 
 def add_moderation_servicer(servicer: Any, server: Any) -> None:
@@ -48,7 +108,7 @@ def add_moderation_servicer(servicer: Any, server: Any) -> None:
     ensure_stubs()
     from serve.protos.funnel.v1 import moderation_pb2_grpc
 
-    moderation_pb2_grpc.add_ModerationServicer_to_server(servicer, server)
+    moderation_pb2_grpc.add_ModerationServicer_to_server(servicer, _LenientServer(server))
 
 
 def feed_payload(msg: Any) -> dict[str, Any]:
@@ -123,4 +183,5 @@ def add_inference_servicer(servicer: Any, server: Any) -> None:
     inference_pb2()
     from tritonclient.grpc import service_pb2_grpc
 
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer,
+                                                               _LenientServer(server))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from serve.errors import InvalidTensor, ModelNotFound
 
@@ -151,6 +152,42 @@ def _numpy_to_bytes(a: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    binary_data_size: StrictInt | None = Field(None, ge=0)
+    binary_data: bool | None = None
+    binary_data_output: bool | None = None
+
+
+class _TensorIn(BaseModel):
+    name: str
+    shape: list[StrictInt] = Field(max_length=32)
+    datatype: str
+    parameters: _Params = Field(default_factory=_Params)
+    data: Any = None
+
+
+class _OutputIn(BaseModel):
+    name: str
+    parameters: _Params = Field(default_factory=_Params)
+
+
+class _InferIn(BaseModel):
+    """The JSON header of an infer request (Open Inference Protocol, REST)."""
+
+    id: str | None = None
+    parameters: _Params = Field(default_factory=_Params)
+    inputs: list[_TensorIn] = Field(min_length=1, max_length=64)
+    outputs: list[_OutputIn] = Field(default_factory=list, max_length=64)
+
+
+def _shape_problem(e: ValidationError) -> str:
+    def loc(parts: Sequence[Any]) -> str:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+
+    return "; ".join(f"{loc(x['loc']) or 'request'}: {x['msg']}" for x in e.errors()[:5])
+
+
 def decode_rest(body: bytes, header_length: int | None) -> tuple[dict[str, Any],
                                                                  dict[str, np.ndarray]]:
     """An infer request body -> (its JSON header, input tensors). `header_length` is the
@@ -160,33 +197,37 @@ def decode_rest(body: bytes, header_length: int | None) -> tuple[dict[str, Any],
         head = json.loads(head_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidTensor(f"the request is not valid JSON: {e}") from e
-    inputs = head.get("inputs") if isinstance(head, dict) else None
-    if not isinstance(inputs, list) or not inputs:
+    if not isinstance(head, dict) or not head.get("inputs"):
         raise InvalidTensor("the request needs a non-empty 'inputs' list")
+    try:
+        req = _InferIn.model_validate(head)
+    except ValidationError as e:
+        raise InvalidTensor(f"the request does not follow the protocol: {_shape_problem(e)}"
+                            ) from e
     binary = body[header_length:] if header_length is not None else b""
     offset = 0
     tensors: dict[str, np.ndarray] = {}
-    for t in inputs:
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise InvalidTensor("every input needs a 'name'")
-        name = t["name"]
-        dtype, shape = t.get("datatype"), t.get("shape")
+    for t in req.inputs:
+        name, dtype, shape = t.name, t.datatype, t.shape
         if dtype not in DTYPES:
             raise InvalidTensor(f"input tensor {name!r}: datatype {dtype!r} is not supported; "
                                 f"allowed: {sorted(DTYPES)}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if any(d < 0 for d in shape):
             raise InvalidTensor(f"input tensor {name!r}: shape must be a list of sizes >= 0")
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        size = t.parameters.binary_data_size
         try:
             if size is not None:
-                raw = binary[offset:offset + int(size)]
-                offset += int(size)
+                raw = binary[offset:offset + size]
+                offset += size
                 a = (_bytes_to_numpy(raw, name) if dtype == "BYTES"
                      else np.frombuffer(raw, dtype=DTYPES[dtype]))
             else:
-                data = t.get("data")
+                data = t.data
                 if dtype == "BYTES":
                     flat = np.asarray(data, dtype=np.object_).reshape(-1)
+                    if not all(isinstance(d, str) for d in flat):
+                        raise InvalidTensor(f"input tensor {name!r}: BYTES data in JSON is a "
+                                            "list of strings")
                     a = np.asarray([d.encode() if isinstance(d, str) else d for d in flat],
                                    dtype=np.object_)
                 else:

@@ -49,3 +49,4 @@ def test_a_variable_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ingress.apply_ray_serve_env("haproxy") == "haproxy"
     assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "30"
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+

@@ -88,6 +88,20 @@ def test_rest_json_and_binary_inputs_decode_alike() -> None:
      "datatype 'FP16' is not supported"),
     (b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}',
      "'x': data does not fit"),
+    # found by the fuzzer (each was a 500 before): a datatype that is not a string, a
+    # parameters object that is not an object, a negative binary size, non-string BYTES
+    (b'{"inputs": [{"name": "", "shape": [], "datatype": {}, "data": [null, null]}]}',
+     r"inputs\[0\].datatype"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": [1]}]}',
+     r"inputs\[0\].parameters"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", '
+     b'"parameters": {"binary_data_size": -4}}]}', "binary_data_size"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [{}]}]}',
+     "list of strings"),
+    (b'{"inputs": [{"name": "x", "shape": [true], "datatype": "FP32", "data": [1]}]}',
+     r"inputs\[0\].shape"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+     b'"outputs": ["y"]}', r"outputs\[0\]"),
 ])
 def test_rest_decode_errors(body: bytes, message: str) -> None:
     with pytest.raises(InvalidTensor, match=message):

@@ -1,0 +1,100 @@
+"""A local `funnel serve` for the benchmarks that need the whole stack (rollout, fuzz): the
+bundle copied into a scratch bundle root, free ports for HTTP, gRPC and Triton, a SQLite
+review queue, the admin token set; stopped (SIGTERM, then kill) and removed on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.triton_batching import DEFAULT_CONFIG, free_port
+from training.bundle import resolve_bundle, verify_bundle
+
+Say = Callable[[str], None]
+TOKEN = "bench-admin-token"
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    url: str            # http://127.0.0.1:PORT
+    grpc: str           # 127.0.0.1:PORT (funnel.v1 and the Open Inference Protocol)
+    root: Path          # the bundle root (add versions beside the bundle here)
+    version: str        # the served bundle's version
+    manifest: dict[str, Any]
+    args: dict[str, Any]  # the app's args as started
+    work: Path
+    token: str = TOKEN
+
+
+@contextlib.contextmanager
+def local_stack(bundle: str, *, prefix: str, say: Say = print,
+                prepare: Callable[[Path, str], None] | None = None,
+                tweak: Callable[[dict[str, Any]], None] | None = None, grpc: bool = True,
+                start_timeout_s: float = 300) -> Iterator[LocalStack]:
+    """Start one `funnel serve` of `bundle`. `prepare(root, version)` runs before it starts
+    (e.g. to write more bundle versions); `tweak(args)` edits the app's args; `grpc=False`
+    serves no gRPC methods (a faster start)."""
+    b = verify_bundle(bundle)
+    work = Path(tempfile.mkdtemp(prefix=f"funnel-bench-{prefix}-"))
+    proc = None
+    log = None
+    try:
+        root = work / "artifacts"
+        root.mkdir()
+        shutil.copytree(resolve_bundle(bundle), root / b.version)
+        if prepare is not None:
+            prepare(root, b.version)
+        doc = yaml.safe_load(Path(DEFAULT_CONFIG).read_text())
+        port, gport = free_port(), free_port()
+        doc["http_options"]["port"] = port
+        doc.setdefault("grpc_options", {})["port"] = gport
+        if not grpc:
+            doc["grpc_options"]["grpc_servicer_functions"] = []
+        args = doc["applications"][0]["args"]
+        tport = free_port()
+        args["triton"].update(http_port=free_port(), grpc_port=tport, metrics_port=free_port())
+        args["feed"]["ranker"]["url"] = f"127.0.0.1:{tport}"
+        args["review"]["database_url"] = f"sqlite:///{work / 'review.sqlite3'}"
+        if args.get("impressions"):
+            args["impressions"]["url"] = str(work / "impressions")
+        if tweak is not None:
+            tweak(args)
+        config = work / "serve.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        ready = work / "ready.json"
+        log = (work / "serve.log").open("wb")
+        say(f"starting funnel serve (bundle {b.version})")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serve", "serve", "--bundle", str(root / b.version),
+             "--config", str(config), "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "FUNNEL_ADMIN_TOKEN": TOKEN})
+        deadline = time.monotonic() + start_timeout_s
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("funnel serve did not start; see " + str(work / "serve.log"))
+            time.sleep(0.5)
+        yield LocalStack(url=f"http://127.0.0.1:{port}", grpc=f"127.0.0.1:{gport}", root=root,
+                         version=b.version, manifest=b.manifest, args=args, work=work)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if log is not None:
+            log.close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,233 @@
+"""The service's OpenAPI document, complete: request bodies, parameters and every response.
+
+The ingress reads and validates its bodies itself (size limit first, then JSON, then the
+pydantic model, each failure a 4xx naming the field), so FastAPI cannot infer them from the
+handlers' signatures. This module declares what each route takes and answers, from the same
+pydantic models the handlers use, and `install(app)` makes `/openapi.json` serve it. The
+fuzz tests (schemathesis) generate requests from this document and check every response
+against it, so it is kept exact rather than decorative.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from serve.api import (
+    MAX_EVENTS,
+    ErrorBody,
+    EventIn,
+    EventsRequest,
+    EventsResponse,
+    FeedRequest,
+    FeedResponse,
+    ModerateRequest,
+    ModerateResponse,
+    ReviewDecisionIn,
+    ReviewItemOut,
+    ReviewList,
+)
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+
+
+def _ref(model: type[BaseModel] | str) -> dict[str, str]:
+    return {"$ref": REF.format(model=model if isinstance(model, str) else model.__name__)}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One route: its body (a model, or a raw JSON schema), parameters and responses
+    (status -> (description, model / schema / None for no body, media type))."""
+
+    summary: str
+    body: type[BaseModel] | dict[str, Any] | str | None = None  # str: a component's name
+    params: tuple[dict[str, Any], ...] = ()
+    responses: dict[str, tuple[str, Any, str]] = field(default_factory=dict)
+    admin: bool = False
+
+
+ERRORS = ("4XX", "a bad request: `detail` names each field and what is allowed", ErrorBody, JSON)
+UNAVAILABLE = ("503", "a dependency is down (the review database, the rollout controller)",
+               ErrorBody, JSON)
+OIP_ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string"}, "request_id": {"type": "string"}}}
+OBJECT = {"type": "object"}
+OIP_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "parameters": OBJECT, "data": {"type": "array"}}}
+OIP_INFER = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"}, "parameters": OBJECT,
+    "inputs": {"type": "array", "items": OIP_TENSOR},
+    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                           "properties": {"name": {"type": "string"},
+                                                          "parameters": OBJECT}}}}}
+OIP_RESPONSE = {"type": "object", "required": ["model_name", "outputs"], "properties": {
+    "model_name": {"type": "string"}, "model_version": {"type": "string"},
+    "id": {"type": "string"}, "parameters": OBJECT,
+    "outputs": {"type": "array", "items": OIP_TENSOR}}}
+MODEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {
+    "type": "string", "enum": ["ranker", "moderation_text", "moderation_image"]},
+    "description": "the models this service serves; another name is a 404"}
+
+
+def _status_obj(*keys: str) -> dict[str, Any]:
+    return {"type": "object", "required": list(keys),
+            "properties": {k: {"type": "boolean"} for k in keys}}
+
+
+ROUTES: dict[tuple[str, str], Op] = {
+    ("/v1/feed", "post"): Op(
+        "A ranked feed for a user", FeedRequest,
+        responses={"200": ("the page, with each item's sources and explanation", FeedResponse,
+                           JSON), "4XX": ERRORS[1:]}),
+    ("/v1/events", "post"): Op(
+        f"Outcome events of served items: one, or a batch of at most {MAX_EVENTS}",
+        {"oneOf": [_ref(EventIn), _ref(EventsRequest)]},
+        responses={"202": ("logged; a repeated event id counts as a duplicate",
+                           EventsResponse, JSON), "4XX": ERRORS[1:]}),
+    ("/v1/moderate", "post"): Op(
+        "Moderation scores and decision for text and/or an image", ModerateRequest,
+        responses={"200": ("scores, decision and reasons", ModerateResponse, JSON),
+                   "4XX": ERRORS[1:], "503": UNAVAILABLE[1:]}),
+    ("/v1/review", "get"): Op(
+        "The human-review queue, oldest first", admin=True, params=(
+            {"name": "status", "in": "query", "required": False, "schema": {
+                "type": "string", "enum": ["pending", "allow", "block", "all"],
+                "default": "pending"}},
+            {"name": "limit", "in": "query", "required": False, "schema": {
+                "type": "integer", "minimum": 1, "default": 50}},
+            {"name": "after_id", "in": "query", "required": False, "schema": {
+                "type": "integer", "minimum": 0, "default": 0}}),
+        responses={"200": ("a page of review items", ReviewList, JSON), "4XX": ERRORS[1:],
+                   "503": UNAVAILABLE[1:]}),
+    ("/v1/review/{item_id}", "post"): Op(
+        "Decide a review item (once; a second decision is 409)", ReviewDecisionIn,
+        admin=True, params=({"name": "item_id", "in": "path", "required": True,
+                             "schema": {"type": "integer", "minimum": 0}},),
+        responses={"200": ("the decided item", ReviewItemOut, JSON), "4XX": ERRORS[1:],
+                   "503": UNAVAILABLE[1:]}),
+    ("/v1/admin/rollout", "get"): Op(
+        "The rollout's status: config, weights, windows, guardrails, decisions", admin=True,
+        responses={"200": ("status", OBJECT, JSON), "4XX": ERRORS[1:],
+                   "503": UNAVAILABLE[1:]}),
+    ("/v1/admin/rollout", "put"): Op(
+        "Apply a rollout config (validated, bundle versions checked, then applied)",
+        "RolloutConfig", admin=True,
+        responses={"200": ("applied: the new status", OBJECT, JSON), "4XX": ERRORS[1:],
+                   "503": UNAVAILABLE[1:]}),
+    ("/v1/admin/rollout/{stage}/{action}", "post"): Op(
+        "Promote a canary one step, or roll it back", admin=True, params=(
+            {"name": "stage", "in": "path", "required": True, "schema": {
+                "type": "string", "enum": ["retrieval", "ranker", "moderation"]}},
+            {"name": "action", "in": "path", "required": True, "schema": {
+                "type": "string", "enum": ["promote", "rollback"]}}),
+        responses={"200": ("done: the new status", OBJECT, JSON), "4XX": ERRORS[1:],
+                   "503": UNAVAILABLE[1:]}),
+    ("/metrics", "get"): Op(
+        "Prometheus exposition of this node's Funnel processes",
+        responses={"200": ("text format 0.0.4", {"type": "string"}, "text/plain")}),
+    ("/healthz", "get"): Op(
+        "Liveness", responses={"200": ("alive", {"type": "object", "required": ["status"],
+                                                  "properties": {"status": {
+                                                      "type": "string"}}}, JSON)}),
+    ("/readyz", "get"): Op(
+        "Readiness: bundle, index, Triton, moderation, rollout", responses={
+            "200": ("ready", {"type": "object", "required": ["ready", "checks"]}, JSON),
+            "503": ("not ready: `checks` says which part", {
+                "type": "object", "required": ["ready", "checks"]}, JSON)}),
+    ("/v2", "get"): Op("Open Inference Protocol: server metadata", responses={
+        "200": ("metadata", {"type": "object", "required": ["name", "version",
+                                                              "extensions"]}, JSON)}),
+    ("/v2/health/live", "get"): Op("Open Inference Protocol: live", responses={
+        "200": ("live", _status_obj("live"), JSON)}),
+    ("/v2/health/ready", "get"): Op("Open Inference Protocol: ready", responses={
+        "200": ("ready", _status_obj("ready"), JSON),
+        "503": ("not ready", _status_obj("ready"), JSON)}),
+    ("/v2/models/{name}", "get"): Op(
+        "Open Inference Protocol: model metadata", params=(MODEL_NAME,), responses={
+            "200": ("metadata", {"type": "object", "required": ["name", "inputs",
+                                                                  "outputs"]}, JSON),
+            "4XX": ("unknown model", OIP_ERROR, JSON)}),
+    ("/v2/models/{name}/ready", "get"): Op(
+        "Open Inference Protocol: model ready", params=(MODEL_NAME,), responses={
+            "200": ("ready", {"type": "object", "required": ["name", "ready"]}, JSON),
+            "503": ("not ready", {"type": "object", "required": ["name", "ready"]}, JSON),
+            "4XX": ("unknown model", OIP_ERROR, JSON)}),
+    ("/v2/models/{name}/infer", "post"): Op(
+        "Open Inference Protocol: inference (JSON; binary tensors with "
+        "Inference-Header-Content-Length)", OIP_INFER, params=(MODEL_NAME,), responses={
+            "200": ("outputs", OIP_RESPONSE, JSON),
+            "4XX": ("a bad request (shape, datatype, unknown model or tensor)", OIP_ERROR,
+                    JSON),
+            "503": ("the model is down", OIP_ERROR, JSON)}),
+}
+
+MODELS: tuple[type[BaseModel], ...] = (
+    FeedRequest, FeedResponse, EventIn, EventsRequest, EventsResponse, ModerateRequest,
+    ModerateResponse, ReviewList, ReviewItemOut, ReviewDecisionIn, ErrorBody)
+
+
+def _component_schemas() -> dict[str, Any]:
+    """Every model's JSON schema (and the models they use) under components.schemas."""
+    from serve.rollout.config import RolloutConfig
+
+    out: dict[str, Any] = {}
+    models: tuple[type[BaseModel], ...] = (*MODELS, RolloutConfig)
+    for m in models:
+        s = m.model_json_schema(ref_template=REF, mode="validation")
+        out.update(s.pop("$defs", {}))
+        out[m.__name__] = s
+    return out
+
+
+def _media(schema: Any, media: str) -> dict[str, Any]:
+    if (isinstance(schema, type) and issubclass(schema, BaseModel)) or isinstance(schema, str):
+        schema = _ref(schema)
+    return {media: {"schema": schema}}
+
+
+def build(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with every route of ROUTES described in full."""
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                      description="Funnel: feed, moderation, review, rollout and the Open "
+                      "Inference Protocol. Admin routes take `Authorization: Bearer <token>`.")
+    comps = doc.setdefault("components", {})
+    comps.setdefault("schemas", {}).update(_component_schemas())
+    comps.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    paths = doc.setdefault("paths", {})
+    for (path, method), op in ROUTES.items():
+        entry: dict[str, Any] = {"summary": op.summary, "operationId": re.sub(
+            r"[^a-z0-9]+", "_", f"{method} {path}").strip("_")}
+        if op.params:
+            entry["parameters"] = list(op.params)
+        if op.body is not None:
+            entry["requestBody"] = {"required": True, "content": _media(op.body, JSON)}
+        responses = {code: {"description": desc, **({"content": _media(schema, media)}
+                                                    if schema is not None else {})}
+                     for code, (desc, schema, media) in op.responses.items()}
+        if op.admin:
+            entry["security"] = [{"bearer": []}]
+            responses.setdefault("4XX", {"description": ERRORS[1],
+                                         "content": _media(ErrorBody, JSON)})
+        entry["responses"] = responses
+        paths.setdefault(path, {})[method] = entry
+    return doc
+
+
+def install(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """Serve `build(app)` at /openapi.json (built once, on first use)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return openapi

@@ -1,0 +1,33 @@
+"""Wire input the fuzzer found holes in: ids and timestamps."""
+
+from __future__ import annotations
+
+
+def test_ids_in_paths_and_queries_are_ascii_and_64_bit() -> None:
+    # found by the fuzzer: an id past 64 bits reached SQLite (500), and str.isdigit also
+    # takes digits int() refuses
+    from serve.app import MAX_ID, parse_uint
+
+    assert parse_uint("12") == 12 and parse_uint(str(MAX_ID)) == MAX_ID
+    for bad in ("²", "١٢", "-1", "", "1e3", " 1", str(MAX_ID + 1), "9" * 40):
+        assert parse_uint(bad) is None, bad
+    assert parse_uint("51", maximum=50) is None
+
+
+def test_timestamps_on_the_wire_are_iso_text_not_numbers() -> None:
+    # found by the fuzzer: pydantic alone reads 0 (or "0") as 1970-01-01
+    import pytest
+    from pydantic import ValidationError
+
+    from serve.api import EventIn, FeedRequest
+
+    ok = FeedRequest.model_validate({"user_id": 1, "context": {
+        "timestamp": "2026-12-01T10:00:00Z"}})
+    assert ok.context.timestamp is not None and ok.context.timestamp.year == 2026
+    for bad in (0, "0", "1700000000", 1.5e9, True):
+        with pytest.raises(ValidationError) as e:
+            FeedRequest.model_validate({"user_id": 1, "context": {"timestamp": bad}})
+        assert e.value.errors()[0]["loc"] == ("context", "timestamp")
+    with pytest.raises(ValidationError):
+        EventIn.model_validate({"request_id": "r", "user_id": 1, "item_id": 2,
+                                "event": "click", "timestamp": 1764583200})
