@@ -116,6 +116,7 @@ class Stack:
     triton: subprocess.Popen[bytes] | None = None
     admin_token: str = ADMIN_TOKEN
     grpc: str = ""  # the app's gRPC address (funnel.v1), host:port
+    serve_pid: int = 0  # `funnel serve` (Ray, the Serve app and its replicas below it)
 
     @property
     def impressions(self) -> Path:
@@ -181,6 +182,7 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                              str(config), "--triton", "external", "--ready-file", str(ready)],
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
+    s.serve_pid = proc.pid
     try:
         deadline = time.monotonic() + 240
         while not ready.exists():

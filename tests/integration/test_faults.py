@@ -1,0 +1,169 @@
+"""Faults under continuous load on the real stack, each with its client-visible effect
+measured and bounded (Triton killed and restarted: tests/integration/test_feed.py; a corrupt
+bundle and an invalid rollout config: tests/integration/test_rollout.py).
+
+They run after the other integration tests (conftest orders them): they kill a replica and
+break the impression log of the shared stack. With FUNNEL_FAULTS_OUT set, each writes what
+it measured there (JSON lines) for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.integration.conftest import Stack
+from tests.integration.test_monitoring import impression_count, read_log, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+
+@dataclass
+class Load:
+    """Feed requests from a thread, each one's outcome and time kept."""
+
+    url: str
+    prefix: str
+    interval_s: float = 0.05
+    log: list[tuple[float, int, str, int]] = field(default_factory=list)  # t, status, rid, items
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as c:
+            k = 0
+            while not self._stop.is_set():
+                rid = f"{self.prefix}-{k}"
+                try:
+                    r = c.post(f"{self.url}/v1/feed", json={"user_id": 1 + k % 50,
+                                                            "limit": 10},
+                               headers={"x-request-id": rid})
+                    n = len(r.json()["items"]) if r.status_code == 200 else 0
+                    self.log.append((time.monotonic(), r.status_code, rid, n))
+                except (httpx.HTTPError, ValueError):
+                    self.log.append((time.monotonic(), 599, rid, 0))
+                k += 1
+                time.sleep(self.interval_s)
+
+    def failures(self, since: float = 0.0) -> list[tuple[float, int, str, int]]:
+        return [e for e in self.log if e[1] != 200 and e[0] >= since]
+
+
+@contextmanager
+def load(stack: Stack, prefix: str) -> Iterator[Load]:
+    ld = Load(stack.url, prefix)
+    t = threading.Thread(target=ld.run, daemon=True)
+    t.start()
+    try:
+        yield ld
+    finally:
+        ld._stop.set()
+        t.join(30)
+
+
+def report(case: str, **figures: Any) -> None:
+    out = os.environ.get("FUNNEL_FAULTS_OUT")
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps({"case": case, **figures}) + "\n")
+
+
+def replica_pids(stack: Stack, deployment: str) -> list[int]:
+    title = f"ServeReplica:funnel:{deployment}"
+    out = []
+    for p in psutil.Process(stack.serve_pid).children(recursive=True):
+        try:
+            if any(title in part for part in p.cmdline()):
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def until(check: Callable[[], bool], timeout_s: float) -> float | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(0.1)
+    return None
+
+
+def test_a_killed_ingress_replica_is_replaced_and_traffic_recovers(stack: Stack) -> None:
+    """SIGKILL the feed ingress replica (the only one) under load. Requests in flight or sent
+    before Serve has a new replica fail (there is no other replica to take them); the bound:
+    served again within 60 s of the kill, and from then on every request is."""
+    before = replica_pids(stack, "FeedIngress")
+    assert len(before) == 1, before
+    with load(stack, "kill") as ld:
+        assert until(lambda: len(ld.log) >= 20, 30)
+        killed = time.monotonic()
+        psutil.Process(before[0]).kill()
+        back = until(lambda: any(e[0] > killed + 0.5 and e[1] == 200 for e in ld.log), 60)
+        assert back is not None, f"no request served within 60 s of the kill: {ld.log[-5:]}"
+        time.sleep(5)  # and it stays back
+    failed = ld.failures(killed)
+    recovered = max([e[0] for e in failed], default=killed)
+    after = [e for e in ld.log if e[0] > recovered]
+    assert len(after) >= 20 and all(e[1] == 200 for e in after)
+    assert recovered - killed <= 60
+    now = replica_pids(stack, "FeedIngress")
+    assert len(now) == 1 and now != before
+    report("ingress replica killed (SIGKILL)", requests=len(ld.log), failed=len(failed),
+           failed_statuses=sorted({e[1] for e in failed}),
+           seconds_to_recover=round(recovered - killed, 1))
+
+
+def test_an_unwritable_impression_log_costs_records_counted_never_requests(
+        stack: Stack) -> None:
+    """The impression log's storage refuses writes for ~5 s under load: every request is
+    still answered 200; the records that could not be written are counted as failed (none
+    silently missing: items served = rows logged + rows counted lost); writing resumes."""
+    root = stack.impressions
+    wait_for(lambda: (root / "feed").is_dir(), 20)
+    failed0 = impression_count(stack, "failed")
+    dropped0 = impression_count(stack, "dropped")
+    moved = root / "feed.moved"
+    with load(stack, "unwritable") as ld:
+        assert until(lambda: len(ld.log) >= 20, 30)
+        time.sleep(1.5)  # what was buffered before the outage is written
+        (root / "feed").rename(moved)
+        (root / "feed").write_text("a file where the feed partitions should be")
+        broken = time.monotonic()
+        counted = until(lambda: impression_count(stack, "failed") > failed0, 20)
+        time.sleep(max(0.0, 5 - (time.monotonic() - broken)))
+        (root / "feed").unlink()
+        moved.rename(root / "feed")
+        restored = time.monotonic()
+        assert until(lambda: sum(1 for e in ld.log if e[0] > restored + 2) >= 20, 30)
+    assert counted is not None, "the failed writes were not counted"
+    assert ld.failures() == [], "an impression-log outage reached a client"
+    served = {rid: n for _, status, rid, n in ld.log if status == 200}
+
+    def settled() -> bool:  # every record either written or counted lost
+        logged = sum(1 for r in read_log(root, "feed", "unwritable-"))
+        lost = (impression_count(stack, "failed") - failed0
+                + impression_count(stack, "dropped") - dropped0)
+        return logged + lost >= sum(served.values())
+
+    assert wait_for(settled, 30)
+    rows = read_log(root, "feed", "unwritable-")
+    logged = len(rows)
+    lost = int(impression_count(stack, "failed") - failed0
+               + impression_count(stack, "dropped") - dropped0)
+    assert logged + lost == sum(served.values()), (logged, lost, sum(served.values()))
+    assert lost > 0
+    late = {f"unwritable-{k}" for k in range(len(ld.log))
+            if ld.log[k][0] > restored + 2}
+    assert late and late <= {r["request_id"] for r in rows}, "writing did not resume"
+    report("impression log storage unwritable for 5 s", requests=len(ld.log),
+           client_errors=len(ld.failures()), items_served=sum(served.values()),
+           rows_logged=logged, rows_counted_lost=lost)
