@@ -6,12 +6,16 @@ Ids are strict integers: `"user_id": "42"` is a 422 naming the field, not a sile
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # well inside what pandas' ns timestamps hold
 
 
 def _iso_text(v: Any) -> Any:
@@ -22,7 +26,15 @@ def _iso_text(v: Any) -> Any:
     raise ValueError("an ISO 8601 date-time string, e.g. 2026-12-01T10:00:00Z")
 
 
-IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
+def _in_range(v: datetime) -> datetime:
+    """Found by the fuzzer: years 60 or 2999 broke the time features (500)."""
+    aware = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    if not EARLIEST <= aware < LATEST:
+        raise ValueError(f"a time from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}")
+    return v
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_in_range)]
 MAX_LIMIT = 200
 MAX_EXCLUDE = 10_000
 

@@ -65,6 +65,9 @@ def inspect_image(data: bytes, *, field: str = "image_base64",
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, (w, h) = str(im.format), im.size
+    except Image.DecompressionBombError as e:  # a header claiming billions of pixels
+        raise RequestTooLarge(f"{field} claims more pixels than allowed ({e}); the limit is "
+                              f"{max_side} a side") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InvalidContent(f"{field} is not an image Pillow can read (JPEG, PNG, WebP, "
                              f"GIF, BMP, ...): {e}") from e

@@ -31,3 +31,7 @@ def test_timestamps_on_the_wire_are_iso_text_not_numbers() -> None:
     with pytest.raises(ValidationError):
         EventIn.model_validate({"request_id": "r", "user_id": 1, "item_id": 2,
                                 "event": "click", "timestamp": 1764583200})
+    # found by the fuzzer: years the time features cannot hold (500 before)
+    for far in ("0060-06-30T06:15:15-11:28", "2999-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
+        with pytest.raises(ValidationError, match="a time from 1970-01-01"):
+            FeedRequest.model_validate({"user_id": 1, "context": {"timestamp": far}})

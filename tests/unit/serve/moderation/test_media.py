@@ -52,3 +52,21 @@ def test_truncated_image_fails_at_decode_not_at_header() -> None:
     with pytest.raises(InvalidContent):
         media.decode_image(data)
     assert media.decode_image(_png(8, 8)).size == (8, 8)
+
+
+def test_a_header_claiming_billions_of_pixels_is_too_large_not_a_crash() -> None:
+    # found by the gRPC fuzzer: Pillow's decompression-bomb guard raised out of the handler
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 70_000, 70_000, 8,
+                                                              2, 0, 0, 0))
+           + chunk(b"IEND", b""))
+    with pytest.raises(RequestTooLarge, match="claims more pixels"):
+        media.inspect_image(png)
+    with pytest.raises(RequestTooLarge):
+        media.decode_image(png)
