@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -167,3 +168,35 @@ def test_an_unwritable_impression_log_costs_records_counted_never_requests(
     report("impression log storage unwritable for 5 s", requests=len(ld.log),
            client_errors=len(ld.failures()), items_served=sum(served.values()),
            rows_logged=logged, rows_counted_lost=lost)
+
+
+def test_a_corrupt_bundle_and_an_invalid_config_are_refused_under_load(stack: Stack) -> None:
+    """Offered while traffic flows: a rollout naming a bundle whose file fails its checksum,
+    and a config with bad fields. Both are refused naming the field, no request fails, and
+    the rollout stays as it was (none)."""
+    from tests.integration.test_rollout import copy_bundle
+
+    src = Path(stack.bundle).resolve()
+    primary = json.loads((src / "manifest.json").read_text())["version"]
+    bad = copy_bundle(src, f"{primary}-fault-corrupt")
+    with (src.parent / bad / "models" / "user_tower.pt").open("ab") as f:
+        f.write(b"\0")
+    corrupt = {"stages": {"retrieval": {"variants": [
+        {"name": "control", "bundle_version": primary, "weight": 90},
+        {"name": "candidate", "bundle_version": bad, "weight": 10}]}}}
+    invalid = {"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": primary, "weight": 60}]}}}
+    admin = httpx.Client(headers={"authorization": f"Bearer {stack.admin_token}"}, timeout=120)
+    with load(stack, "refused") as ld:
+        assert until(lambda: len(ld.log) >= 20, 30)
+        r1 = admin.put(f"{stack.url}/v1/admin/rollout", json=corrupt)
+        r2 = admin.put(f"{stack.url}/v1/admin/rollout", json=invalid)
+        sent = len(ld.log)
+        assert until(lambda: len(ld.log) >= sent + 20, 30)
+    assert r1.status_code == 422 and "checksum mismatch" in r1.text, r1.text
+    assert r2.status_code == 422 and "stages.ranker" in r2.text, r2.text
+    assert ld.failures() == []
+    status = admin.get(f"{stack.url}/v1/admin/rollout").json()
+    assert status["stages"] == {}, "a refused config changed the rollout"
+    report("corrupt bundle and invalid config offered", requests=len(ld.log),
+           client_errors=len(ld.failures()), refused=[r1.status_code, r2.status_code])
