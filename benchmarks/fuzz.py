@@ -32,7 +32,7 @@ Say = Callable[[str], None]
 HTTP_CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
                "response_schema_conformance", "response_headers_conformance",
                "negative_data_rejection", "ignored_auth")
-GRPC_CLIENT_ERRORS = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND")
+GRPC_CLIENT_ERRORS = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
 
 
 def fuzz_http(base_url: str, *, token: str, max_examples: int, seed: int, workdir: Path,

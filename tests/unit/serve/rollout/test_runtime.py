@@ -297,3 +297,30 @@ def test_interleaving_samples_requests_and_a_failing_candidate_serves_the_primar
         assert not any("interleaving" in i.explain for i in page.items)
         assert page.degraded == ["interleaving"]
     assert failed._value.get() - before == 5
+
+
+def test_a_shadow_that_ranks_differently_is_measured_as_different(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    """The comparison ranks the same candidates by each model's final scores: a shadow whose
+    scores reverse the primary's order agrees little with it (an identical one agrees fully,
+    in the test above)."""
+    rt, state, _ = runtime(parts, {"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": V, "weight": 100}],
+        "shadows": [{"name": "rev", "bundle_version": V, "sample_rate": 1,
+                     "fault": {"delay_ms": 0}}]}}})
+    plain = rt.variants.ranker
+    primary = plain(None)
+
+    def reversed_shadow(a: Any) -> Any:
+        from dataclasses import replace
+        m = plain(a)
+        return m if a is None or a.variant != "rev" else replace(
+            m, ranker=ReversedRanker(primary.ranker))
+
+    rt.variants.ranker = reversed_shadow  # type: ignore[method-assign]
+    users = [int(u) for u in parts[0].user_ids[:8]]
+    served = asyncio.run(serve(rt, users))
+    assert all(not r.degraded for _, r in served)
+    w = state.status()["stages"]["ranker"]["variants"]["rev"]["window"]
+    assert w["comparisons"] == len(users)
+    assert w["overlap_at_k"][10] < 0.5 and w["rank_correlation"] < 0.5
