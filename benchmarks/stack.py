@@ -67,6 +67,7 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
         args["triton"].update(http_port=free_port(), grpc_port=tport, metrics_port=free_port())
         args["feed"]["ranker"]["url"] = f"127.0.0.1:{tport}"
         args["review"]["database_url"] = f"sqlite:///{work / 'review.sqlite3'}"
+        args["review"]["spool_path"] = str(work / "review-spool.sqlite3")
         if args.get("impressions"):
             args["impressions"]["url"] = str(work / "impressions")
         if tweak is not None:

@@ -56,7 +56,7 @@ FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "i
 SOURCES = ("ann", "social", "trending", "fresh")
 DECISIONS = ("allow", "review", "block")
 DEGRADED_STAGES = ("ranker", "source:ann", "source:social", "source:trending", "source:fresh",
-                   "moderation_text", "moderation_image", "interleaving")
+                   "moderation_text", "moderation_image", "interleaving", "review_queue")
 IMPRESSION_KINDS = ("feed", "moderation", "events")
 EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
 IMPRESSION_OUTCOMES = ("written", "dropped", "failed")
@@ -103,6 +103,12 @@ MODERATION_DECISIONS = Counter("funnel_moderation_decisions", "Moderation decisi
 MODERATION_LABELS = Counter("funnel_moderation_label_outcomes", "Per-label outcome of every "
                             "moderation call: which threshold the label's score crossed",
                             ["label", "outcome"])
+
+REVIEW_SPOOL = Counter("funnel_review_spool_records", "Moderation decisions parked on local "
+                       "disk while the review database was away (parked), and later written "
+                       "to it (written)", ["outcome"])
+for _o in ("parked", "written"):
+    REVIEW_SPOOL.labels(_o)
 
 # ---- the impression log ----------------------------------------------------------------
 IMPRESSIONS = Counter("funnel_impression_records", "Impression-log records by outcome: "
@@ -268,8 +274,10 @@ class ReviewBacklog(Collector):
     """The review queue's depth and the age of its oldest pending item, read from the
     database at scrape time (one aggregate query), so every replica reports the same."""
 
-    def __init__(self, depth: int | None, oldest_age_s: float | None) -> None:
+    def __init__(self, depth: int | None, oldest_age_s: float | None,
+                 spool: tuple[int, float] | None = None) -> None:
         self.depth, self.oldest_age_s = depth, oldest_age_s
+        self.spool = spool  # this replica's parked decisions: (records, oldest age s)
 
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -278,6 +286,12 @@ class ReviewBacklog(Collector):
                                "answered this scrape's backlog query")
         up.add_metric([], 0.0 if self.depth is None else 1.0)
         yield up
+        if self.spool is not None:
+            yield GaugeMetricFamily("funnel_review_spool_depth", "Moderation decisions parked "
+                                    "on this replica's disk, waiting for the review database",
+                                    value=self.spool[0])
+            yield GaugeMetricFamily("funnel_review_spool_oldest_age_seconds", "Age of the "
+                                    "oldest parked decision (0 when none)", value=self.spool[1])
         if self.depth is None:
             return
         yield GaugeMetricFamily("funnel_review_queue_depth", "Items waiting for a human "

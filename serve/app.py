@@ -433,6 +433,12 @@ class FeedIngress:
         self.pipeline, self.versions = load_pipeline(self.args)
         r = self.args.review
         self.store = ReviewStore(os.environ.get(r.database_url_env) or r.database_url)
+        self.spool = None
+        if r.spool_path:
+            from serve.review.spool import ReviewSpool
+
+            self.spool = ReviewSpool(r.spool_path)
+        self._drainer: asyncio.Task[None] | None = None
         self.admin_token = os.environ.get(r.admin_token_env, "")
         if not self.admin_token:
             log.warning("admin routes (/v1/review) are disabled: %s is not set",
@@ -486,7 +492,7 @@ class FeedIngress:
         versions = {"moderation_text": text_version, "moderation_image": image_model_version()}
         return ModerationService(scorer=HandleScorer(handle, text_labels), policy=policy,
                                  store=self.store, model_versions=versions,
-                                 timeout_s=m.timeout_ms / 1000.0)
+                                 timeout_s=m.timeout_ms / 1000.0, spool=self.spool)
 
     def _verdict_events(self) -> list[Any]:
         from serve.moderation.verdicts import VerdictEvent
@@ -506,9 +512,29 @@ class FeedIngress:
             await asyncio.sleep(self.args.review.verdict_poll_s)
             await self._refresh_verdicts()
 
+    async def _drain_spool(self) -> None:
+        """Write decisions parked while the database was away (serve/review/spool.py)."""
+        from serve.moderation.service import write_record
+
+        assert self.spool is not None
+        spool, store = self.spool, self.store
+        while True:
+            await asyncio.sleep(self.args.review.spool_drain_interval_s)
+            if not spool.pending:
+                continue
+            try:
+                done = await asyncio.to_thread(
+                    spool.drain, lambda key, rec: write_record(store, key, rec))
+            except Exception as e:  # the spool file itself: keep trying, say so
+                log.error("review spool: drain failed: %r", e)
+                continue
+            metrics.REVIEW_SPOOL.labels("written").inc(done.written)
+
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll_verdicts())
+        if self.spool is not None and (self._drainer is None or self._drainer.done()):
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_spool())
         if self.rollout is not None and (self._reporter is None or self._reporter.done()):
             self._reporter = asyncio.get_running_loop().create_task(
                 self.rollout.run_reports())
@@ -685,6 +711,8 @@ class FeedIngress:
         with contextlib.suppress(Exception):
             if self._poller is not None:
                 self._poller.cancel()
+            if self._drainer is not None:
+                self._drainer.cancel()
             self.store.close()
         for log_ in getattr(self, "impressions", {}).values():  # write what is buffered
             with contextlib.suppress(Exception):
@@ -762,10 +790,16 @@ class FeedIngress:
         try:
             depth, oldest = await asyncio.to_thread(self.store.backlog)
             age = (time.time() - oldest.timestamp()) if oldest is not None else 0.0
-            extra.append(metrics.ReviewBacklog(depth, max(0.0, age)))
+            backlog: tuple[int | None, float | None] = (depth, max(0.0, age))
         except Exception as e:  # the database is down: say so in the scrape
             log.warning("metrics: review backlog query failed: %s", e)
-            extra.append(metrics.ReviewBacklog(None, None))
+            backlog = (None, None)
+        spool = None
+        if self.spool is not None:
+            with contextlib.suppress(Exception):
+                d = await asyncio.to_thread(self.spool.depth)
+                spool = (d.records, d.oldest_age_s)
+        extra.append(metrics.ReviewBacklog(*backlog, spool=spool))
         return Response(metrics.render(extra), media_type=metrics.CONTENT_TYPE)
 
     @fastapi_app.get("/healthz")

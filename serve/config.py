@@ -168,6 +168,13 @@ class ReviewSettings(_Strict):
     verdict_poll_s: float = Field(2.0, gt=0, le=3600,
                                   description="how often the feed reads new verdicts")
     max_list_limit: int = Field(200, ge=1, le=10_000)
+    # Where moderation parks decisions while the database is away (serve/review/spool.py);
+    # null: no spool, and a decision the database cannot take fails its request with 503.
+    spool_path: str | None = Field("funnel-review-spool.sqlite3",
+                                   description="local SQLite file of parked decisions")
+    spool_drain_interval_s: float = Field(1.0, gt=0, le=3600,
+                                          description="how often parked decisions are "
+                                          "written to the database")
 
 
 class RolloutSettings(_Strict):

@@ -9,7 +9,10 @@ Degrading safely: if a model does not answer within `timeout_s` or fails, the re
 still 200 with `degraded` naming it, and the decision is at least `review` (never `allow` on
 missing evidence), so the item lands in the human-review queue. Bad content (corrupt image)
 is the caller's error (InvalidContent, 422), not a degradation. If the decision cannot be
-recorded, the request fails with 503 (retry): a review item is never silently dropped.
+recorded, the decision is parked in a local spool (`serve/review/spool.py`) and written
+when the database answers again; the response says `degraded: ["review_queue"]` and has no
+`review_id` yet. Only if the spool cannot be written either does the request fail with 503
+(retry): a review item is never silently dropped.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from serve.errors import InvalidContent, RequestTooLarge
+from serve.errors import InvalidContent, RequestTooLarge, ReviewStoreError
 from serve.moderation.media import ImageInfo
 from serve.moderation.policy import Decision, ModerationPolicy, more_severe
+from serve.review.spool import ReviewSpool
 from serve.review.store import ReviewStore
 
 log = logging.getLogger("funnel.moderation")
@@ -64,10 +70,22 @@ class ModerationOutcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def write_record(store: ReviewStore, key: str, record: Mapping[str, Any]) -> int | None:
+    """Write one decision record (as `ModerationService` builds it, or as the spool kept it)."""
+    return store.record_model_decision(**{**record, "at": datetime.fromisoformat(record["at"])},
+                                       idempotency_key=key)
+
+
 class ModerationService:
     def __init__(self, *, scorer: Scorer, policy: ModerationPolicy, store: ReviewStore | None,
-                 model_versions: Mapping[str, str], timeout_s: float = 5.0) -> None:
+                 model_versions: Mapping[str, str], timeout_s: float = 5.0,
+                 spool: ReviewSpool | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 new_key: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
         self.scorer = scorer
+        self.spool = spool
+        self._clock = clock
+        self._new_key = new_key
         self.policy = policy
         self.store = store
         self.model_versions = dict(model_versions)
@@ -117,12 +135,16 @@ class ModerationService:
                    if lb in self.policy.thresholds and s >= self.policy.thresholds[lb].review_at]
         review_id = None
         if self.store is not None:
-            review_id = await asyncio.to_thread(
-                self.store.record_model_decision, content_id=inp.content_id,
-                decision=decision, model="+".join(sorted(used)) or "none",
-                policy_version=self.policy.version, request_id=inp.request_id,
-                text=inp.text, has_image=inp.image is not None, author_id=inp.author_id,
-                scores=labels, flagged_labels=flagged, reasons=reasons, model_versions=used)
+            record = {"content_id": inp.content_id, "decision": decision,
+                      "model": "+".join(sorted(used)) or "none",
+                      "policy_version": self.policy.version, "request_id": inp.request_id,
+                      "text": inp.text, "has_image": inp.image is not None,
+                      "author_id": inp.author_id, "scores": labels, "flagged_labels": flagged,
+                      "reasons": list(reasons), "model_versions": used,
+                      "at": self._clock().isoformat()}
+            review_id, parked = await asyncio.to_thread(self._record, record)
+            if parked:
+                degraded.append("review_queue")
         t2 = time.perf_counter()
         return ModerationOutcome(
             content_id=inp.content_id, labels=labels, decision=decision, reasons=reasons,
@@ -130,3 +152,18 @@ class ModerationService:
             request_id=inp.request_id, review_id=review_id, degraded=tuple(degraded),
             timings_ms={"score": round((t1 - t0) * 1000, 3),
                         "record": round((t2 - t1) * 1000, 3)})
+
+    def _record(self, record: dict[str, Any]) -> tuple[int | None, bool]:
+        """(review item id, parked). Parked: the database did not answer; the spool keeps the
+        record until the ingress's drain writes it."""
+        assert self.store is not None
+        key = self._new_key()
+        if self.spool is None:
+            return write_record(self.store, key, record), False
+        if not self.spool.pending:  # else: behind the parked ones, to keep their order
+            try:
+                return write_record(self.store, key, record), False
+            except ReviewStoreError as e:
+                log.warning("review database unavailable; parking decisions: %s", e)
+        self.spool.park(key, record)
+        return None, True

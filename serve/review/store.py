@@ -20,12 +20,13 @@ on PostgreSQL (the second UPDATE waits on the row lock, then re-checks the WHERE
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -37,6 +38,7 @@ from serve.errors import (
     ReviewStoreError,
 )
 
+log = logging.getLogger("funnel.review")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # never used: created_at is NOT NULL
 ReviewStatus = Literal["pending", "allow", "block"]
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -61,7 +63,7 @@ decisions = sa.Table(
     sa.Column("source", sa.String(16)), sa.Column("decision", sa.String(16)),
     sa.Column("actor", sa.String(128)), sa.Column("policy_version", sa.String(64)),
     sa.Column("note", sa.Text()), sa.Column("request_id", sa.String(64)),
-    sa.Column("at", sa.DateTime(timezone=True)),
+    sa.Column("at", sa.DateTime(timezone=True)), sa.Column("idempotency_key", sa.String(64)),
 )
 
 
@@ -115,6 +117,10 @@ class ReviewStore:
         self.url = normalise_url(url)
         self._clock = clock
         kw: dict[str, Any] = {"pool_pre_ping": True}
+        if self.url.startswith("postgresql"):
+            # a database that stops answering (a network partition, not a refusal) fails a
+            # connect after 5 s instead of the OS's minutes: moderation parks and goes on
+            kw["connect_args"] = {"connect_timeout": 5}
         if self.url.startswith("sqlite"):
             # a writer waits up to 30 s for another's lock instead of failing at once
             kw["connect_args"] = {"timeout": 30}
@@ -168,7 +174,8 @@ class ReviewStore:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except sa.exc.OperationalError as e:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            # unreachable, restarting, a connection cut mid-transaction: the caller retries
             raise ReviewStoreError(f"review database unavailable ({self.safe_url}): "
                                    f"{e.orig}") from e
 
@@ -177,25 +184,51 @@ class ReviewStore:
                               policy_version: str, request_id: str, text: str | None,
                               has_image: bool, author_id: int | None,
                               scores: Mapping[str, float], flagged_labels: Sequence[str],
-                              reasons: Sequence[str], model_versions: Mapping[str, str]
+                              reasons: Sequence[str], model_versions: Mapping[str, str],
+                              idempotency_key: str | None = None, at: datetime | None = None
                               ) -> int | None:
-        """Log the model's decision; for `review`, also queue an item. Returns its id."""
-        now = self._clock()
-        with self._tx() as conn:
-            item_id = None
-            if decision == "review":
-                item_id = conn.execute(sa.insert(review_items).values(
-                    content_id=content_id, text=text, has_image=has_image, author_id=author_id,
-                    scores={k: float(v) for k, v in scores.items()},
-                    flagged_labels=list(flagged_labels), reasons=list(reasons),
-                    policy_version=policy_version, model_versions=dict(model_versions),
-                    request_id=request_id, status="pending", created_at=now,
-                ).returning(review_items.c.id)).scalar_one()
-            conn.execute(sa.insert(decisions).values(
-                content_id=content_id, review_item_id=item_id, source="model",
-                decision=decision, actor=model, policy_version=policy_version,
-                request_id=request_id, at=now))
-        return item_id
+        """Log the model's decision; for `review`, also queue an item. Returns its id.
+
+        `idempotency_key`: a second call with the same key writes nothing and returns the
+        first call's item id (a parked decision retried after its first write committed but
+        the answer was lost). `at`: when the decision was made (default now)."""
+        now = at or self._clock()
+        try:
+            with self._tx() as conn:
+                if idempotency_key is not None:
+                    done = conn.execute(
+                        sa.select(decisions.c.review_item_id)
+                        .where(decisions.c.idempotency_key == idempotency_key)).first()
+                    if done is not None:
+                        return cast(int | None, done.review_item_id)
+                item_id = None
+                if decision == "review":
+                    item_id = conn.execute(sa.insert(review_items).values(
+                        content_id=content_id, text=text, has_image=has_image,
+                        author_id=author_id, scores={k: float(v) for k, v in scores.items()},
+                        flagged_labels=list(flagged_labels), reasons=list(reasons),
+                        policy_version=policy_version, model_versions=dict(model_versions),
+                        request_id=request_id, status="pending", created_at=now,
+                    ).returning(review_items.c.id)).scalar_one()
+                conn.execute(sa.insert(decisions).values(
+                    content_id=content_id, review_item_id=item_id, source="model",
+                    decision=decision, actor=model, policy_version=policy_version,
+                    request_id=request_id, at=now, idempotency_key=idempotency_key))
+            return item_id
+        except sa.exc.IntegrityError as e:
+            # two writers of one key at once (two replicas draining one spool): the loser's
+            # transaction rolled back whole; the winner's row is the answer
+            if idempotency_key is None:
+                raise
+            with self._tx() as conn:
+                done = conn.execute(
+                    sa.select(decisions.c.review_item_id)
+                    .where(decisions.c.idempotency_key == idempotency_key)).first()
+            if done is None:
+                raise
+            log.info("decision %s was written by another writer first (%s)", idempotency_key,
+                     e.orig)
+            return cast(int | None, done.review_item_id)
 
     def decide(self, item_id: int, *, decision: Literal["allow", "block"], reviewer: str,
                note: str | None = None) -> ReviewItem:

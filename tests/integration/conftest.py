@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -76,7 +77,126 @@ def free_port() -> int:
     return pick()
 
 
-def write_serve_config(directory: Path, *, grpc: bool = True) -> tuple[Path, int, int]:
+class TcpProxy:
+    """A loopback TCP forwarder in front of a real server, able to cut every connection and
+    refuse new ones for a while: to the app, the server went away (a restart, a network
+    partition) and came back. Threads, one pair per connection; for tests of faults."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._down = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._down:
+                    client.close()  # refused: the server is away
+                    continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+            with self._lock:
+                self._open.difference_update((src, dst))
+
+    def down(self) -> None:
+        """Cut every open connection; refuse new ones until `up()`."""
+        import socket
+
+        with self._lock:
+            self._down = True
+            conns = list(self._open)
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def up(self) -> None:
+        with self._lock:
+            self._down = False
+
+    def close(self) -> None:
+        self.down()
+        self._listener.close()
+
+
+@dataclass
+class ReviewDatabase:
+    url: str                       # what the app is given
+    direct_url: str                # the same database, not through the proxy
+    proxy: TcpProxy | None = None  # PostgreSQL only: the fault test cuts it
+
+
+@pytest.fixture(scope="session")
+def review_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReviewDatabase]:
+    """The shared stack's review database: with FUNNEL_TEST_POSTGRES_URL set (CI sets it), a
+    fresh schema on that PostgreSQL reached through a `TcpProxy`, as in a cluster; else a
+    SQLite file (and the database-outage fault test is skipped)."""
+    pg = os.environ.get("FUNNEL_TEST_POSTGRES_URL")
+    if not pg:
+        url = f"sqlite:///{tmp_path_factory.mktemp('review-db') / 'review.sqlite3'}"
+        yield ReviewDatabase(url=url, direct_url=url)
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    from serve.review.store import normalise_url
+
+    schema = f"funnel_it_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalise_url(pg))
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    u = sa.engine.make_url(pg)
+    proxy = TcpProxy(u.host or "127.0.0.1", u.port or 5432)
+    opts = {"options": f"-csearch_path={schema}"}
+    direct = u.update_query_dict(opts)
+    proxied = direct.set(host="127.0.0.1", port=proxy.port)
+    try:
+        yield ReviewDatabase(url=proxied.render_as_string(hide_password=False),
+                             direct_url=direct.render_as_string(hide_password=False),
+                             proxy=proxy)
+    finally:
+        proxy.close()
+        with admin.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def write_serve_config(directory: Path, *, grpc: bool = True,
+                       review_url: str | None = None) -> tuple[Path, int, int]:
     """The shipped local Serve config on free ports: (path, HTTP port, Triton gRPC port).
     The app's own gRPC port is free too (`serve_grpc_port(config)`); `grpc=False` drops the
     gRPC servicers (for --ingress haproxy, which serves no gRPC)."""
@@ -89,7 +209,9 @@ def write_serve_config(directory: Path, *, grpc: bool = True) -> tuple[Path, int
     args = doc["applications"][0]["args"]
     args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
     args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
-    args["review"]["database_url"] = f"sqlite:///{directory / 'review.sqlite3'}"
+    args["review"]["database_url"] = (review_url
+                                      or f"sqlite:///{directory / 'review.sqlite3'}")
+    args["review"]["spool_path"] = str(directory / "review-spool.sqlite3")
     args["review"]["verdict_poll_s"] = 0.5
     # the rollout tests inject faults into canary and shadow variants (test_rollout.py)
     args["rollout"]["allow_fault_injection"] = True
@@ -117,6 +239,7 @@ class Stack:
     admin_token: str = ADMIN_TOKEN
     grpc: str = ""  # the app's gRPC address (funnel.v1), host:port
     serve_pid: int = 0  # `funnel serve` (Ray, the Serve app and its replicas below it)
+    review: ReviewDatabase | None = None
 
     @property
     def impressions(self) -> Path:
@@ -168,13 +291,14 @@ def _stop(p: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory,
+          review_database: ReviewDatabase) -> Iterator[Stack]:
     """Triton (`funnel triton`) + the Serve app (`funnel serve --triton external`)."""
     tmp = tmp_path_factory.mktemp("serve")
-    config, http_port, grpc_port = write_serve_config(tmp)
+    config, http_port, grpc_port = write_serve_config(tmp, review_url=review_database.url)
     s = Stack(url=f"http://127.0.0.1:{http_port}", config=config, bundle=tiny_bundle,
               triton_grpc=f"127.0.0.1:{grpc_port}",
-              grpc=f"127.0.0.1:{serve_grpc_port(config)}")
+              grpc=f"127.0.0.1:{serve_grpc_port(config)}", review=review_database)
     s.start_triton()
     ready = tmp / "ready.json"
     log = (tmp / "serve.log").open("wb")

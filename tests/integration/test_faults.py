@@ -1,6 +1,8 @@
 """Faults under continuous load on the real stack, each with its client-visible effect
 measured and bounded (Triton killed and restarted: tests/integration/test_feed.py; a corrupt
-bundle and an invalid rollout config: tests/integration/test_rollout.py).
+bundle and an invalid rollout config: tests/integration/test_rollout.py). The review database
+going away needs PostgreSQL (FUNNEL_TEST_POSTGRES_URL; CI sets it): the stack reaches it through
+a proxy the test cuts.
 
 They run after the other integration tests (conftest orders them): they kill a replica and
 break the impression log of the shared stack. With FUNNEL_FAULTS_OUT set, each writes what
@@ -75,6 +77,38 @@ def report(case: str, **figures: Any) -> None:
     if out:
         with open(out, "a") as f:
             f.write(json.dumps({"case": case, **figures}) + "\n")
+
+
+@dataclass
+class ModerationLoad:
+    """/v1/moderate calls from a thread, each with its own content id; outcomes kept."""
+
+    url: str
+    prefix: str
+    interval_s: float = 0.05
+    texts: tuple[str, ...] = ("you people are vermin and should disappear",
+                              "our team won the match last night",
+                              "send me your bank password to claim the prize")
+    log: list[tuple[float, int, str, str, list[str], int | None]] = field(
+        default_factory=list)  # t, status, content id, decision, degraded, review id
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as c:
+            k = 0
+            while not self._stop.is_set():
+                cid = f"{self.prefix}-{k}"
+                try:
+                    r = c.post(f"{self.url}/v1/moderate", json={
+                        "content_id": cid, "text": self.texts[k % len(self.texts)]})
+                    b = r.json() if r.status_code == 200 else {}
+                    self.log.append((time.monotonic(), r.status_code, cid,
+                                     b.get("decision", ""), b.get("degraded", []),
+                                     b.get("review_id")))
+                except (httpx.HTTPError, ValueError):
+                    self.log.append((time.monotonic(), 599, cid, "", [], None))
+                k += 1
+                time.sleep(self.interval_s)
 
 
 def replica_pids(stack: Stack, deployment: str) -> list[int]:
@@ -200,3 +234,66 @@ def test_a_corrupt_bundle_and_an_invalid_config_are_refused_under_load(stack: St
     assert status["stages"] == {}, "a refused config changed the rollout"
     report("corrupt bundle and invalid config offered", requests=len(ld.log),
            client_errors=len(ld.failures()), refused=[r1.status_code, r2.status_code])
+
+
+def test_the_review_database_away_moderation_answers_and_loses_nothing(stack: Stack) -> None:
+    """The review database (PostgreSQL, through a proxy) cut for FUNNEL_FAULT_DB_OUTAGE_S
+    (default 8 s; the benchmark run: 30) under moderation and feed load. Bounds: every
+    request answered 200; decisions made meanwhile say `degraded: ["review_queue"]` and are
+    parked; within 30 s of the database's return every decision is in the database exactly
+    once (decision rows = moderation answers; review items = `review` answers)."""
+    from serve.review.store import ReviewStore
+    from tests.integration.test_monitoring import scrape
+
+    if stack.review is None or stack.review.proxy is None:
+        pytest.skip("FUNNEL_TEST_POSTGRES_URL is not set (CI sets it): the review database "
+                    "outage needs PostgreSQL behind a proxy")
+    proxy = stack.review.proxy
+    outage_s = float(os.environ.get("FUNNEL_FAULT_DB_OUTAGE_S", "8"))
+    mod = ModerationLoad(stack.url, "dbfault")
+    t = threading.Thread(target=mod.run, daemon=True)
+    t.start()
+    try:
+        with load(stack, "dbfault") as feed:
+            assert until(lambda: len(mod.log) >= 10, 30)
+            proxy.down()
+            cut = time.monotonic()
+            time.sleep(outage_s)
+            proxy.up()
+            restored = time.monotonic()
+
+            def spool_depth() -> float:
+                return scrape(stack.url).get(("funnel_review_spool_depth", ()), -1.0)
+
+            drained = until(lambda: spool_depth() == 0.0 and any(
+                e[0] > restored and e[4] == [] for e in mod.log), 60)
+            time.sleep(1)
+    finally:
+        mod._stop.set()
+        t.join(30)
+    assert drained is not None, "parked decisions were not written within 60 s"
+    answers = [e for e in mod.log if e[1] == 200]
+    assert [e for e in mod.log if e[1] != 200] == [], "a database outage reached a client"
+    assert feed.failures() == [], "a database outage failed a feed request"
+    parked = [e for e in answers if "review_queue" in e[4]]
+    during = [e for e in answers if cut + 1 < e[0] < restored]
+    assert during and all("review_queue" in e[4] for e in during)
+    store = ReviewStore(stack.review.direct_url)
+    try:
+        rows = [r for r in store.audit() if r["content_id"].startswith("dbfault-")]
+        items = [i for i in store.list_items(status=None, limit=100_000)
+                 if i.content_id.startswith("dbfault-")]
+    finally:
+        store.close()
+    assert sorted(r["content_id"] for r in rows) == sorted(e[2] for e in answers), \
+        "decision rows differ from the answers given (lost or duplicated)"
+    assert sorted(i.content_id for i in items) == sorted(
+        e[2] for e in answers if e[3] == "review")
+    assert parked, "nothing was parked: the outage did not reach moderation"
+    assert drained - restored <= 30
+    report(f"review database away for {outage_s:g} s", moderation_requests=len(mod.log),
+           feed_requests=len(feed.log),
+           client_errors=len(feed.failures()) + len(mod.log) - len(answers),
+           decisions_parked=len(parked),
+           decision_rows=len(rows), review_items=len(items), records_lost=0,
+           seconds_to_drain=round(drained - restored, 1))

@@ -37,7 +37,8 @@ Built with fromYaml / mergeOverwrite / toYaml on data: nothing from the file goe
       "bundle" (include "funnel.bundlePath" .)
       "feed" (dict "ranker" (dict "url" $ranker))
       "triton" $triton
-      "review" (dict "database_url" "sqlite:////tmp/funnel-review.sqlite3")
+      "review" (dict "database_url" "sqlite:////tmp/funnel-review.sqlite3"
+                     "spool_path" "/tmp/funnel-review-spool.sqlite3")
       "impressions" (dict "url" (include "funnel.impressionsUrl" .))
       "rollout" (dict "config" (printf "%s/rollout.yaml" $paths.rolloutDir))) -}}
 {{- end -}}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from serve.moderation.media import ImageInfo
 from serve.moderation.policy import parse_policy
-from serve.moderation.service import ModerationInput, ModerationService
+from serve.moderation.service import ModerationInput, ModerationService, write_record
+from serve.review.spool import ReviewSpool
 from serve.review.store import ReviewStore
 from tests.fakes import FakeScorer
 
@@ -68,3 +70,72 @@ def test_a_block_stays_a_block_when_another_model_fails() -> None:
     scorer = FakeScorer(text={"abuse": 0.95, "nudity": 0.0}, fail="image")
     out = _run(_service(scorer), text="x", image=IMAGE)
     assert out.decision == "block"  # type: ignore[attr-defined]
+
+
+class FlakyStore(ReviewStore):
+    """A real SQLite review store whose writes fail while `down` (the database away), or
+    commit and then fail (the answer lost on the way back) while `lose_answers`."""
+
+    down = False
+    lose_answers = False
+
+    def record_model_decision(self, **kw: Any) -> int | None:  # type: ignore[override]
+        from serve.errors import ReviewStoreError
+
+        if self.down:
+            raise ReviewStoreError("review database unavailable (test): refused")
+        out = super().record_model_decision(**kw)
+        if self.lose_answers:
+            raise ReviewStoreError("review database unavailable (test): connection reset")
+        return out
+
+
+def _parking(tmp_path: Path, scores: dict[str, float]) -> tuple[ModerationService, FlakyStore,
+                                                                 ReviewSpool]:
+    store = FlakyStore(f"sqlite:///{tmp_path / 'r.db'}")
+    spool = ReviewSpool(tmp_path / "spool.db")
+    svc = ModerationService(scorer=FakeScorer(text=scores), policy=POLICY, store=store,
+                            model_versions=VERSIONS, spool=spool)
+    return svc, store, spool
+
+
+def _moderate(svc: ModerationService, cid: str) -> Any:
+    return asyncio.run(svc.moderate(ModerationInput(content_id=cid, request_id="r-" + cid,
+                                                    text="x")))
+
+
+def test_while_the_database_is_away_decisions_are_parked_and_answered(tmp_path: Path) -> None:
+    svc, store, spool = _parking(tmp_path, {"abuse": 0.6, "nudity": 0.0})
+    store.down = True
+    out = _moderate(svc, "c1")
+    assert out.decision == "review" and out.review_id is None
+    assert out.degraded == ("review_queue",)  # the decision stands; the queue write waits
+    assert spool.depth().records == 1 and store.audit() == []
+    store.down = False
+    later = _moderate(svc, "c2")  # parked behind c1: the log keeps the order decisions came
+    assert later.degraded == ("review_queue",) and spool.depth().records == 2
+    done = spool.drain(lambda k, r: write_record(store, k, r))
+    assert (done.written, done.remaining) == (2, 0)
+    assert [(e.content_id, e.decision) for e in store.decision_log()] == [
+        ("c1", "review"), ("c2", "review")]
+    assert [i.content_id for i in store.list_items()] == ["c1", "c2"]
+    assert _moderate(svc, "c3").degraded == ()  # drained: straight to the database again
+
+
+def test_a_write_whose_answer_was_lost_is_not_recorded_twice(tmp_path: Path) -> None:
+    svc, store, spool = _parking(tmp_path, {"abuse": 0.6, "nudity": 0.0})
+    store.lose_answers = True  # committed, then the connection dropped: parked anyway
+    assert _moderate(svc, "c1").degraded == ("review_queue",)
+    store.lose_answers = False
+    assert spool.drain(lambda k, r: write_record(store, k, r)).remaining == 0
+    assert len(store.audit()) == 1 and len(store.list_items()) == 1
+
+
+def test_without_a_spool_an_unreachable_database_fails_the_request(tmp_path: Path) -> None:
+    from serve.errors import ReviewStoreError
+
+    store = FlakyStore(f"sqlite:///{tmp_path / 'r.db'}")
+    store.down = True
+    svc = _service(FakeScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
+    with pytest.raises(ReviewStoreError):
+        _moderate(svc, "c1")

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -172,3 +173,54 @@ def test_an_unusable_url_is_an_input_error_naming_it() -> None:
 def test_postgres_urls_use_psycopg3() -> None:
     assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_decision_written_twice_with_one_idempotency_key_is_recorded_once(
+        store: ReviewStore) -> None:
+    kw: dict[str, Any] = dict(content_id="c9", decision="review", model="m", policy_version="p",
+              request_id="r", text="t", has_image=False, author_id=None, scores={"hate": 0.5},
+              flagged_labels=["hate"], reasons=[], model_versions={},
+              at=datetime(2026, 12, 1, 8, 0, tzinfo=UTC))
+    first = store.record_model_decision(**kw, idempotency_key="k1")  # type: ignore[arg-type]
+    again = store.record_model_decision(**kw, idempotency_key="k1")  # type: ignore[arg-type]
+    other = store.record_model_decision(**kw, idempotency_key="k2")  # type: ignore[arg-type]
+    assert first is not None and again == first and other not in (None, first)
+    assert [r["idempotency_key"] for r in store.audit()] == ["k1", "k2"]
+    assert len(store.list_items()) == 2
+    # `at`: the time the decision was made, not the time it reached the database
+    assert store.get(first).created_at == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def test_a_key_raced_by_two_writers_is_answered_with_the_winners_row(
+        store: ReviewStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loser of the unique index (two replicas draining one spool) rolls back whole and
+    returns the winner's item id: no second review item, no second decision row."""
+    kw: dict[str, Any] = dict(content_id="c1", decision="review", model="m", policy_version="p",
+              request_id="r", text=None, has_image=False, author_id=None, scores={},
+              flagged_labels=[], reasons=[], model_versions={})
+    winner = store.record_model_decision(**kw, idempotency_key="race")  # type: ignore[arg-type]
+    real_select = sa.select
+    calls = {"n": 0}
+
+    def blind_select(*a: object, **k: object) -> object:  # the loser's first look misses
+        calls["n"] += 1
+        q = real_select(*a, **k)  # type: ignore[call-overload]
+        return q.where(sa.false()) if calls["n"] == 1 else q
+
+    monkeypatch.setattr(sa, "select", blind_select)
+    loser = store.record_model_decision(**kw, idempotency_key="race")  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert loser == winner
+    assert len(store.audit()) == 1 and len(store.list_items()) == 1
+
+
+def test_an_unreachable_database_is_a_retryable_store_error(tmp_path: Path) -> None:
+    from serve.errors import ReviewStoreError
+
+    s = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
+    s.engine.dispose()
+    (tmp_path / "r.db").unlink()
+    (tmp_path / "r.db").mkdir()  # the file is gone and cannot be created: unavailable
+    with pytest.raises(ReviewStoreError, match="review database unavailable") as e:
+        _queue(s)
+    assert e.value.http_status == 503
