@@ -36,6 +36,7 @@ class LocalStack:
     args: dict[str, Any]  # the app's args as started
     work: Path
     token: str = TOKEN
+    pid: int = 0        # `funnel serve` (Ray, the replicas and Triton are below it)
 
 
 @contextlib.contextmanager
@@ -88,7 +89,8 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
                 raise RuntimeError("funnel serve did not start; see " + str(work / "serve.log"))
             time.sleep(0.5)
         yield LocalStack(url=f"http://127.0.0.1:{port}", grpc=f"127.0.0.1:{gport}", root=root,
-                         version=b.version, manifest=b.manifest, args=args, work=work)
+                         version=b.version, manifest=b.manifest, args=args, work=work,
+                         pid=proc.pid)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

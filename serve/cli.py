@@ -294,6 +294,42 @@ def bench_fuzz(
         raise typer.Exit(1)
 
 
+def _duration(text: str) -> float:
+    from benchmarks.soak import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
+@bench_app.command("soak")
+def bench_soak(
+    bundle: Annotated[str, typer.Option(help="Bundle to serve (a copy is the canary and the "
+                                        "shadow).")] = "artifacts/latest",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/soak.json",
+    duration: Annotated[str, typer.Option(help="How long to hold the load: 10m, 90s, 1h.",
+                                          callback=_duration)] = "10m",
+    load: Annotated[float, typer.Option(min=0.05, max=1.0, help="Share of the measured "
+                                        "maximum throughput to offer.")] = 0.7,
+    users: Annotated[int, typer.Option(min=1, max=1000, help="locust users.")] = 24,
+    probe_s: Annotated[float, typer.Option(min=10, max=3600, help="Seconds of the maximum-"
+                                           "throughput probe.")] = 60,
+) -> None:
+    """Mixed traffic (feed 90 %, moderation 10 %) with a canary and a shadow live, at a share
+    of the measured maximum throughput, from locust in its own process: throughput, p50/p99
+    per minute, errors, each process's memory at start and end, records logged vs served."""
+    from benchmarks.soak import run
+
+    console = Console(stderr=True)
+    result = run(bundle=bundle, duration_s=float(duration), load=load,
+                 users=users, probe_s=probe_s,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 @bench_app.command("drift")
 def bench_drift(
     bundle: Annotated[str, typer.Option(help="Bundle whose towers and ranker score the "
