@@ -312,9 +312,10 @@ def bench_soak(
                                           callback=_duration)] = "10m",
     load: Annotated[float, typer.Option(min=0.05, max=1.0, help="Share of the measured "
                                         "maximum throughput to offer.")] = 0.7,
-    users: Annotated[int, typer.Option(min=1, max=1000, help="locust users.")] = 24,
-    probe_s: Annotated[float, typer.Option(min=10, max=3600, help="Seconds of the maximum-"
-                                           "throughput probe.")] = 60,
+    users: Annotated[int, typer.Option(min=1, max=1000, help="locust users (the probe "
+                                       "doubles up to it).")] = 24,
+    probe_s: Annotated[float, typer.Option(min=10, max=3600, help="Seconds of each step of "
+                                           "the maximum-throughput probe.")] = 30,
 ) -> None:
     """Mixed traffic (feed 90 %, moderation 10 %) with a canary and a shadow live, at a share
     of the measured maximum throughput, from locust in its own process: throughput, p50/p99
