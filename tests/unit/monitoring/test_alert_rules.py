@@ -70,7 +70,7 @@ def _series_of(exposition: bytes) -> dict[str, Series]:
 def known() -> dict[str, Series]:
     drift = DriftMetrics(CollectorRegistry())
     review = CollectorRegistry(auto_describe=False)
-    review.register(metrics.ReviewBacklog(0, 0.0))
+    review.register(metrics.ReviewBacklog(0, 0.0, spool=(0, 0.0)))
     # monitoring.metrics declares into prometheus_client's default registry
     return {**_series_of(generate_latest(metrics.REGISTRY)),
             **_series_of(rollout_metrics.render({})), **_series_of(generate_latest(review)),
