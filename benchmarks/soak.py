@@ -87,9 +87,13 @@ def _locust(stack: LocalStack, *, users: int, user_rps: float, seconds: float, l
         p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             p.wait(seconds + 120)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGINT)
-            p.wait(30)
+        finally:  # overran, or the bench was interrupted: locust stops with it
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
     if not log.exists():
         raise RuntimeError(f"locust wrote no requests; see {stack.work / f'locust-{prefix}.log'}")
     say(f"locust ({prefix}) exited {p.returncode}")

@@ -24,6 +24,8 @@ from typing import Any
 
 from locust import FastHttpUser, events, task
 
+from benchmarks.pacing import PoissonPacer
+
 USER_RPS = float(os.environ.get("FUNNEL_SOAK_USER_RPS", "0"))
 PREFIX = os.environ.get("FUNNEL_SOAK_PREFIX", "soak")
 USERS = int(os.environ.get("FUNNEL_SOAK_FEED_USERS", "900"))
@@ -40,18 +42,15 @@ def _close(**_: Any) -> None:
 
 
 class FeedUser(FastHttpUser):
-    _next_s = 0.0
+    pacer: PoissonPacer | None = None
 
     def on_start(self) -> None:
         if USER_RPS > 0:
-            self._next_s = time.monotonic() + random.expovariate(USER_RPS)
-            time.sleep(self._next_s - time.monotonic())  # cooperative: locust patches it
+            self.pacer = PoissonPacer(USER_RPS)
+            time.sleep(self.pacer.wait_s())  # cooperative: locust patches it
 
     def wait_time(self) -> float:
-        if USER_RPS <= 0:
-            return 0.0
-        self._next_s += random.expovariate(USER_RPS)  # behind schedule: catch up at once
-        return max(0.0, self._next_s - time.monotonic())
+        return self.pacer.wait_s() if self.pacer is not None else 0.0
 
     def _post(self, route: str, body: dict[str, Any], count_items: bool) -> None:
         rid = f"{PREFIX}-{uuid.uuid4().hex[:16]}"
