@@ -39,6 +39,18 @@ MAX_LIMIT = 200
 MAX_EXCLUDE = 10_000
 
 
+
+def _no_nul(v: str | None) -> str | None:
+    if v is not None and "\x00" in v:
+        raise ValueError("NUL characters (U+0000) are not allowed")
+    return v
+
+
+# Text the review database keeps: PostgreSQL's text cannot hold U+0000 (SQLite's can), and
+# the API's answer must not depend on the database, so it is refused here on every backend.
+StoredText = Annotated[str, AfterValidator(_no_nul),
+                       Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]
+
 class FeedContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,7 +105,7 @@ class ModerateRequest(BaseModel):
 
     content_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
                             description="your id for the content; a post id for feed posts")
-    text: str | None = Field(None, description="at most 64 KiB of UTF-8")
+    text: StoredText | None = Field(None, description="at most 64 KiB of UTF-8, no U+0000")
     image_base64: str | None = Field(None, description="JPEG/PNG/WebP/...; <= 5 MiB decoded, "
                                      "<= 4096 px a side")
     author_id: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
@@ -149,8 +161,8 @@ class ReviewDecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["allow", "block"]
-    reviewer: str = Field(min_length=1, max_length=128)
-    note: str | None = Field(None, max_length=4000)
+    reviewer: StoredText = Field(min_length=1, max_length=128)
+    note: StoredText | None = Field(None, max_length=4000)
 
 
 EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")

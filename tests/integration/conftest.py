@@ -267,11 +267,13 @@ class Stack:
             time.sleep(0.05)
         raise AssertionError(f"Triton not ready within {timeout_s}s")
 
-    def stop_triton(self) -> None:
+    def stop_triton(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop `funnel triton` and everything below it (tritonserver, its Python backend
+        stubs): SIGTERM lets it shut down; SIGKILL is a crash (nothing cleans up)."""
         p = self.triton
         if p is not None and p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
+                os.killpg(p.pid, sig)
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -140,8 +141,10 @@ def test_malformed_json_gets_400_and_unknown_route_404(stack: Stack,
 
 def test_triton_outage_degrades_without_5xx_and_recovers(stack: Stack, client: httpx.Client,
                                                          known_users: list[int]) -> None:
-    """Stop Triton under continuous traffic: every response 200, flagged `degraded` while it
-    is down; normal ranking back within 10 s of Triton being ready again."""
+    """Kill Triton (SIGKILL to `funnel triton`, tritonserver and its stubs: a crash, nothing
+    shuts down cleanly) under continuous traffic, restart it 4 s later: every response 200,
+    flagged `degraded` while it is down; normal ranking back within 10 s of Triton being
+    ready again."""
     log: list[tuple[float, int, bool]] = []  # (monotonic time, status, ranker degraded)
     stop = threading.Event()
 
@@ -164,7 +167,7 @@ def test_triton_outage_degrades_without_5xx_and_recovers(stack: Stack, client: h
     t.start()
     try:
         time.sleep(2)
-        stack.stop_triton()
+        stack.stop_triton(signal.SIGKILL)
         stopped = time.monotonic()
         time.sleep(4)
         # Triton is certainly down until its new process starts; it may serve a little

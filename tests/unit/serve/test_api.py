@@ -35,3 +35,25 @@ def test_timestamps_on_the_wire_are_iso_text_not_numbers() -> None:
     for far in ("0060-06-30T06:15:15-11:28", "2999-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
         with pytest.raises(ValidationError, match="a time from 1970-01-01"):
             FeedRequest.model_validate({"user_id": 1, "context": {"timestamp": far}})
+
+
+def test_text_the_review_database_keeps_refuses_nul_on_every_backend() -> None:
+    # found by the gRPC fuzzer once CI ran the stack on PostgreSQL: a text with U+0000 passed
+    # validation, PostgreSQL refused to store it, Moderate answered INTERNAL (SQLite took it)
+    import pytest
+    from pydantic import ValidationError
+
+    from serve.api import ModerateRequest, ReviewDecisionIn
+
+    assert ModerateRequest.model_validate({"content_id": "c", "text": "fine"}).text == "fine"
+    with pytest.raises(ValidationError, match="NUL characters") as e:
+        ModerateRequest.model_validate({"content_id": "c", "text": "a\x00b"})
+    assert e.value.errors()[0]["loc"] == ("text",)
+    for field in ("reviewer", "note"):
+        body = {"decision": "block", "reviewer": "ana", field: "x\x00"}
+        with pytest.raises(ValidationError, match="NUL characters") as e:
+            ReviewDecisionIn.model_validate(body)
+        assert e.value.errors()[0]["loc"] == (field,)
+    # the schema says so, for clients and the HTTP fuzzer
+    assert ModerateRequest.model_json_schema()["properties"]["text"]["anyOf"][0][
+        "pattern"] == "^[^\\u0000]*$"
