@@ -19,7 +19,8 @@ arrival times for every config.
 
 Reported per config: p50 / p99 over every round's requests pooled (a p99 of one short
 round rests on its two slowest requests), client errors, and the p99 ratio to the
-baseline. The shadow variant is a copy of the bundle under a new version, so its
+baseline with a 95 % interval from resampling whole rounds (`p99_ratio_interval`). The
+shadow variant is a copy of the bundle under a new version, so its
 agreement with the primary is known (1.0).
 
     funnel bench rollout --bundle artifacts/latest --rate 10 --duration-s 30 --rounds 5
@@ -69,6 +70,27 @@ def configs(primary: str, shadow_version: str) -> dict[str, dict[str, Any]]:
             "failing_shadow": shadow(error_rate=1.0), "real_shadow": shadow()}
 
 
+def p99_ratio_interval(base_rounds: list[np.ndarray], other_rounds: list[np.ndarray], *,
+                       boots: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(ratio, low, high): the pooled p99 of `other` over the baseline's, and a 95 % interval
+    from a paired bootstrap over rounds. Round r of both configs ran back to back, so a slow
+    stretch of the machine lands on both; resampling whole rounds keeps that pairing and the
+    round-to-round noise the interval has to show."""
+    if len(base_rounds) != len(other_rounds) or not base_rounds:
+        raise ValueError("need the same number (>= 1) of rounds for both configs")
+    rng = np.random.default_rng(seed)
+    n = len(base_rounds)
+
+    def ratio(idx: np.ndarray | range) -> float:
+        b = np.concatenate([base_rounds[i] for i in idx])
+        o = np.concatenate([other_rounds[i] for i in idx])
+        return float(np.percentile(o, 99) / np.percentile(b, 99))
+
+    boot = [ratio(rng.integers(0, n, n)) for _ in range(boots)]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return ratio(range(n)), float(low), float(high)
+
+
 def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int = 20,
         shadow_queue_size: int | None = None, only: list[str] | None = None,
         arrivals: str = "poisson", say: Say = print) -> dict[str, Any]:
@@ -97,6 +119,7 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
                  if not only or k in only or k == "baseline"}
         points: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
         pooled: dict[str, list[float]] = {name: [] for name in plans}
+        per_round: dict[str, list[np.ndarray]] = {name: [] for name in plans}
 
         async def measure(seed: int) -> dict[str, Any]:
             call, client = _http_call(f"{base}/v1/feed", limit)
@@ -115,7 +138,9 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
                 resp.raise_for_status()
                 time.sleep(1.0)  # every replica routes by it (reports every 0.5 s)
                 p = asyncio.run(measure(r))  # each config sees the same arrivals
-                pooled[name].extend(p.pop("latencies_ms"))
+                lat_r = p.pop("latencies_ms")
+                pooled[name].extend(lat_r)
+                per_round[name].append(np.asarray(lat_r, dtype=float))
                 points[name].append(p)
                 say(f"round {r + 1}/{rounds} {name}: p50 {p['p50_ms']:.1f} ms, p99 "
                     f"{p['p99_ms']:.1f} ms, errors {p['error_rate']:.1%}, achieved "
@@ -138,6 +163,10 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
         base_p99 = results["baseline"]["p99_ms"]
         for r_ in results.values():
             r_["p99_vs_baseline"] = round(r_["p99_ms"] / base_p99, 3) if base_p99 else None
+        for name, r_ in results.items():
+            if name != "baseline" and base_p99:
+                _, low, high = p99_ratio_interval(per_round["baseline"], per_round[name])
+                r_["p99_vs_baseline_95ci"] = [round(low, 3), round(high, 3)]
         return {"date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "bundle": b_version,
                 "items": stack.manifest["dataset"]["posts"], "offered_rps": rate,
