@@ -58,28 +58,31 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
                     keep_latencies: bool = False, poisson_seed: int | None = None
                     ) -> dict[str, Any]:
     """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates, and the
-    server-side median of each stage (and every latency, with `keep_latencies`).
+    server-side median of each stage (with `keep_latencies`, also every latency in send order,
+    `latencies_ms`, and when each request went out, `sent_s`, seconds after the start).
 
     Requests go out at a constant interval, or, with `poisson_seed`, as a Poisson process of
     the same rate (exponential gaps, seeded): real traffic does not arrive on a clock, and
     work that follows a request by a fixed delay (a shadow) would otherwise land on the
     same phase of every later request."""
-    lat: list[float] = []
     stages: list[dict[str, float]] = []
     errors = 0
     n = max(1, int(rate * duration_s))
+    lat = np.full(n, np.nan)  # by send order
+    sent = np.zeros(n)  # seconds after the start
     start = time.perf_counter()
 
     async def one(i: int) -> None:
         nonlocal errors
         t0 = time.perf_counter()
+        sent[i] = t0 - start
         try:
             ok, timing = await asyncio.wait_for(call(int(users[i % len(users)])), timeout=10)
         except Exception:
             ok, timing = False, {}
         if timing:
             stages.append(timing)
-        lat.append((time.perf_counter() - t0) * 1000)
+        lat[i] = (time.perf_counter() - t0) * 1000
         if not ok:
             errors += 1
 
@@ -96,13 +99,14 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
-    a = np.asarray(lat)
+    a = lat
     return {"offered_rps": rate, "achieved_rps": round(n / elapsed, 1),
             "p50_ms": round(float(np.percentile(a, 50)), 2),
             "p99_ms": round(float(np.percentile(a, 99)), 2),
             "error_rate": round(errors / n, 4), "requests": n,
             "server_stages_p50_ms": _stage_medians(stages),
-            **({"latencies_ms": lat} if keep_latencies else {})}
+            **({"latencies_ms": lat.tolist(), "sent_s": sent.tolist()}
+               if keep_latencies else {})}
 
 
 async def sweep(call: Call, users: np.ndarray, *, duration_s: float, say: Say, name: str,

@@ -1,29 +1,41 @@
 """Rollout benchmark: what shadows cost the primary's latency.
 
 One `funnel serve` (local Ray, Triton, the Serve app behind Ray Serve's proxy) and one
-open-loop load generator in this process. The same offered load runs under four rollout
-configs, switched through the admin route without restarting anything, in interleaved
-rounds (baseline, slow, failing, real, baseline, slow, ...) so that drift on the machine
-spreads over all of them:
+open-loop load generator in this process. The same offered load runs under up to four
+rollout configs of the ranker stage, switched through the admin route without restarting
+anything:
 
-- baseline: no rollout;
+- baseline: the primary alone, no shadow traffic;
 - slow_shadow: a ranker shadow on every request that sleeps 200 ms before its model call;
 - failing_shadow: a ranker shadow on every request whose every call fails;
 - real_shadow: a ranker shadow on every request that does its full work (a second bundle
   version on its own Triton model): the honest CPU cost of shadowing on this machine.
 
+Every config declares the same shadows, and differs only in which one gets traffic
+(`sample_rate` 1; the others, and all of them in the baseline, 0). So a switch loads,
+verifies and unloads nothing, and no Triton model load or unload lands inside a
+measurement.
+
+The run is a sequence of short blocks (`block_s`, 10 s by default): one cycle is one block
+per config, in an order rotated from cycle to cycle, so that each config follows each
+other one equally often. The first `settle_s` of a block are not counted: the new config
+reaches every replica (reports every 0.5 s) and the previous config's queued shadow jobs (at
+most the bounded queue) finish. Short interleaved blocks matter on a small machine: its
+own speed drifts over minutes (per-30 s-round p99s of one config spread by +-25 %), and
+configs measured seconds apart see the same drift.
+
 Arrivals are a seeded Poisson process by default (`--arrivals constant` for a fixed
 interval; then a shadow delayed by a multiple of the interval lands on the phase of a later
-request every time, a resonance real traffic does not have). Each round replays the same
-arrival times for every config.
+request every time, a resonance real traffic does not have). Every config of a cycle
+replays the same arrival times.
 
-Reported per config: p50 / p99 over every round's requests pooled (a p99 of one short
-round rests on its two slowest requests), client errors, and the p99 ratio to the
-baseline with a 95 % interval from resampling whole rounds (`p99_ratio_interval`). The
-shadow variant is a copy of the bundle under a new version, so its
-agreement with the primary is known (1.0).
+Reported per config: p50 / p99 over every counted request pooled (a p99 of one block rests
+on its slowest request), client errors (every request, settling ones included), and the p99
+ratio to the baseline with a 95 % interval from a paired bootstrap over cycles
+(`p99_ratio_interval`). The shadow variants are a copy of the bundle under a new version,
+so their agreement with the primary is known (1.0).
 
-    funnel bench rollout --bundle artifacts/latest --rate 10 --duration-s 30 --rounds 5
+    funnel bench rollout --bundle artifacts/latest --rate 10 --block-s 10 --cycles 40
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ import numpy as np
 
 from benchmarks.feed import _http_call, open_loop
 from benchmarks.stack import local_stack
+from serve.config import RolloutSettings
 from training.bundle import write_manifest
 
 Say = Callable[[str], None]
@@ -59,23 +72,48 @@ def _copy_version(src: Path, root: Path, version: str) -> str:
     return version
 
 
-def configs(primary: str, shadow_version: str) -> dict[str, dict[str, Any]]:
-    def shadow(**fault: float) -> dict[str, Any]:
+SHADOWS = {"slow_shadow": ("slow", {"delay_ms": 200}),
+           "failing_shadow": ("failing", {"error_rate": 1.0}),
+           "real_shadow": ("real", {})}
+CONFIGS = ("baseline", *SHADOWS)
+
+
+def configs(primary: str, shadow_version: str, only: list[str] | None = None
+            ) -> dict[str, dict[str, Any]]:
+    """The rollout config of each measured config: the same shadows declared in all (those of
+    the measured shadow configs), each config giving traffic to at most one of them."""
+    measured = [c for c in SHADOWS if not only or c in only]
+
+    def cfg(active: str | None) -> dict[str, Any]:
         return {"stages": {"ranker": {
             "variants": [{"name": "control", "bundle_version": primary, "weight": 100}],
-            "shadows": [{"name": "shadow", "bundle_version": shadow_version,
-                         "sample_rate": 1.0, **({"fault": fault} if fault else {})}]}}}
+            "shadows": [{"name": SHADOWS[c][0], "bundle_version": shadow_version,
+                         "sample_rate": 1.0 if c == active else 0.0,
+                         **({"fault": SHADOWS[c][1]} if SHADOWS[c][1] else {})}
+                        for c in measured]}}}
 
-    return {"baseline": {}, "slow_shadow": shadow(delay_ms=200),
-            "failing_shadow": shadow(error_rate=1.0), "real_shadow": shadow()}
+    return {"baseline": cfg(None), **{c: cfg(c) for c in measured}}
+
+
+def cycle_order(names: list[str], cycle: int) -> list[str]:
+    """Cycle `cycle`'s block order: `names` rotated by `cycle`, so over len(names) cycles each
+    config runs in every position once."""
+    k = cycle % len(names)
+    return names[k:] + names[:k]
+
+
+def counted(latencies_ms: list[float], sent_s: list[float], settle_s: float) -> np.ndarray:
+    """The latencies of the requests sent after the block's first `settle_s` seconds."""
+    lat = np.asarray(latencies_ms, dtype=float)
+    return lat[np.asarray(sent_s, dtype=float) >= settle_s]
 
 
 def p99_ratio_interval(base_rounds: list[np.ndarray], other_rounds: list[np.ndarray], *,
                        boots: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(ratio, low, high): the pooled p99 of `other` over the baseline's, and a 95 % interval
-    from a paired bootstrap over rounds. Round r of both configs ran back to back, so a slow
-    stretch of the machine lands on both; resampling whole rounds keeps that pairing and the
-    round-to-round noise the interval has to show."""
+    from a paired bootstrap over rounds (the bench's cycles). Round r of both configs ran
+    within one cycle, so a slow stretch of the machine lands on both; resampling whole rounds
+    keeps that pairing and the round-to-round noise the interval has to show."""
     if len(base_rounds) != len(other_rounds) or not base_rounds:
         raise ValueError("need the same number (>= 1) of rounds for both configs")
     rng = np.random.default_rng(seed)
@@ -91,10 +129,13 @@ def p99_ratio_interval(base_rounds: list[np.ndarray], other_rounds: list[np.ndar
     return ratio(range(n)), float(low), float(high)
 
 
-def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int = 20,
-        shadow_queue_size: int | None = None, only: list[str] | None = None,
+def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: float = 2.0,
+        limit: int = 20, shadow_queue_size: int | None = None, only: list[str] | None = None,
         arrivals: str = "poisson", say: Say = print) -> dict[str, Any]:
     import httpx
+
+    if settle_s < 0 or block_s <= 0 or cycles < 1:
+        raise ValueError("need block_s > 0, settle_s >= 0 and cycles >= 1")
 
     def prepare(root: Path, version: str) -> None:
         _copy_version(root / version, root, f"{version}-shadow")
@@ -109,68 +150,86 @@ def run(*, bundle: str, rate: float, duration_s: float, rounds: int, limit: int 
         b_version, root, args, base = stack.version, stack.root, stack.args, stack.url
         shadow_version = f"{b_version}-shadow"
         say(f"shadow version {shadow_version}")
-        admin = httpx.Client(headers={"authorization": f"Bearer {stack.token}"}, timeout=300)
+        headers = {"authorization": f"Bearer {stack.token}"}
         from serve.catalog import Catalog
 
         cat = Catalog(root / b_version / "catalog")
         users = np.random.default_rng(0).choice(cat.user_ids, size=min(2000, len(
             cat.user_ids)), replace=False)
-        plans = {k: v for k, v in configs(b_version, shadow_version).items()
-                 if not only or k in only or k == "baseline"}
-        points: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
-        pooled: dict[str, list[float]] = {name: [] for name in plans}
-        per_round: dict[str, list[np.ndarray]] = {name: [] for name in plans}
+        plans = configs(b_version, shadow_version, only)
+        names = list(plans)
+        blocks: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
+        per_cycle: dict[str, list[np.ndarray]] = {name: [] for name in plans}
+        errors = dict.fromkeys(plans, 0)
+        sent = dict.fromkeys(plans, 0)
 
-        async def measure(seed: int) -> dict[str, Any]:
+        async def measure() -> dict[str, Any]:
             call, client = _http_call(f"{base}/v1/feed", limit)
+            admin = httpx.AsyncClient(headers=headers, timeout=300)
+
+            async def apply(name: str) -> None:
+                resp = await admin.put(f"{base}/v1/admin/rollout", json=plans[name])
+                resp.raise_for_status()
+
             try:
-                for i in range(100):  # warm-up
+                # the first apply loads the shadow version (checksums, a Triton model); the
+                # later ones only change sample rates
+                await apply("baseline")
+                await asyncio.sleep(2.0)
+                for i in range(200):  # warm-up
                     await call(int(users[i % len(users)]))
-                return await open_loop(call, users, rate=rate, duration_s=duration_s,
-                                       keep_latencies=True, poisson_seed=seed
-                                       if arrivals == "poisson" else None)
+                t_start = time.monotonic()
+                for c in range(cycles):
+                    for name in cycle_order(names, c):
+                        await apply(name)
+                        p = await open_loop(
+                            call, users, rate=rate, duration_s=settle_s + block_s,
+                            keep_latencies=True,
+                            poisson_seed=c if arrivals == "poisson" else None)
+                        lat = counted(p.pop("latencies_ms"), p.pop("sent_s"), settle_s)
+                        per_cycle[name].append(lat)
+                        errors[name] += round(p["error_rate"] * p["requests"])
+                        sent[name] += p["requests"]
+                        blocks[name].append({
+                            "cycle": c, "counted": len(lat),
+                            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                            "server_stages_p50_ms": p["server_stages_p50_ms"]})
+                    left = (time.monotonic() - t_start) / (c + 1) * (cycles - c - 1)
+                    say(f"cycle {c + 1}/{cycles}: " + ", ".join(
+                        f"{n} p99 {blocks[n][-1]['p99_ms']:.1f} ms" for n in names)
+                        + f"; about {left / 60:.0f} min left")
+                st = (await admin.get(f"{base}/v1/admin/rollout")).json()
+                (await admin.put(f"{base}/v1/admin/rollout", json={})).raise_for_status()
+                return st
             finally:
                 await client.aclose()
+                await admin.aclose()
 
-        for r in range(rounds):
-            for name, cfg in plans.items():
-                resp = admin.put(f"{base}/v1/admin/rollout", json=cfg)
-                resp.raise_for_status()
-                time.sleep(1.0)  # every replica routes by it (reports every 0.5 s)
-                p = asyncio.run(measure(r))  # each config sees the same arrivals
-                lat_r = p.pop("latencies_ms")
-                pooled[name].extend(lat_r)
-                per_round[name].append(np.asarray(lat_r, dtype=float))
-                points[name].append(p)
-                say(f"round {r + 1}/{rounds} {name}: p50 {p['p50_ms']:.1f} ms, p99 "
-                    f"{p['p99_ms']:.1f} ms, errors {p['error_rate']:.1%}, achieved "
-                    f"{p['achieved_rps']} req/s")
-                if name != "baseline":
-                    st = admin.get(f"{base}/v1/admin/rollout").json()
-                    w = st["stages"]["ranker"]["variants"]["shadow"]
-                    p["shadow"] = {"totals": w["totals"], "window": {
-                        k: w["window"][k] for k in ("requests", "errors", "p99_ms",
-                                                    "overlap_at_k", "rank_correlation")}}
-        admin.put(f"{base}/v1/admin/rollout", json={})
+        status = asyncio.run(measure())
         results: dict[str, Any] = {}
-        for name, ps in points.items():
-            lat = np.asarray(pooled[name])
-            results[name] = {  # percentiles over every round's requests pooled
+        for name in names:
+            lat = np.concatenate(per_cycle[name])
+            results[name] = {  # percentiles over every counted request pooled
                 "p50_ms": round(float(np.percentile(lat, 50)), 2),
                 "p99_ms": round(float(np.percentile(lat, 99)), 2),
-                "client_errors": int(sum(round(p["error_rate"] * p["requests"]) for p in ps)),
-                "requests": int(sum(p["requests"] for p in ps)), "rounds": ps}
-        base_p99 = results["baseline"]["p99_ms"]
-        for r_ in results.values():
-            r_["p99_vs_baseline"] = round(r_["p99_ms"] / base_p99, 3) if base_p99 else None
-        for name, r_ in results.items():
-            if name != "baseline" and base_p99:
-                _, low, high = p99_ratio_interval(per_round["baseline"], per_round[name])
-                r_["p99_vs_baseline_95ci"] = [round(low, 3), round(high, 3)]
+                "client_errors": errors[name], "requests": sent[name],
+                "counted_requests": len(lat), "blocks": blocks[name]}
+            if name != "baseline":
+                ratio, low, high = p99_ratio_interval(per_cycle["baseline"], per_cycle[name])
+                variant = status["stages"]["ranker"]["variants"][SHADOWS[name][0]]
+                results[name].update(
+                    p99_vs_baseline=round(ratio, 3),
+                    p99_vs_baseline_95ci=[round(low, 3), round(high, 3)],
+                    shadow={"totals": variant["totals"], "window": {
+                        k: variant["window"][k] for k in (
+                            "requests", "errors", "p99_ms", "overlap_at_k",
+                            "rank_correlation")}})
+                say(f"{name}: p99 {ratio:.3f}x the baseline's (95 % interval "
+                    f"{low:.3f}-{high:.3f}), {errors[name]} client errors")
         return {"date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "bundle": b_version,
                 "items": stack.manifest["dataset"]["posts"], "offered_rps": rate,
-                "duration_s": duration_s, "rounds": rounds, "limit": limit,
-                "shadow_queue_size": args["rollout"].get("shadow_queue_size", 64),
-                "arrivals": arrivals,
-                "configs": results}
+                "block_s": block_s, "settle_s": settle_s, "cycles": cycles, "limit": limit,
+                "shadow_queue_size": RolloutSettings(**args["rollout"]).shadow_queue_size,
+                "arrivals": arrivals, "configs": results}

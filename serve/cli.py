@@ -251,8 +251,12 @@ def bench_rollout(
         "artifacts/latest"),
     out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/rollout.json",
     rate: Annotated[float, typer.Option(min=0.1, help="Offered feed requests/s.")] = 10.0,
-    duration_s: Annotated[float, typer.Option(min=1, help="Per config and round.")] = 30,
-    rounds: Annotated[int, typer.Option(min=1, max=20)] = 5,
+    block_s: Annotated[float, typer.Option(
+        min=1, help="Counted seconds of one config's block.")] = 10,
+    settle_s: Annotated[float, typer.Option(
+        min=0, help="Seconds after each switch that are not counted.")] = 2,
+    cycles: Annotated[int, typer.Option(
+        min=1, max=1000, help="Cycles of one block per config (rotated order).")] = 40,
     shadow_queue_size: Annotated[int | None, typer.Option(
         min=1, help="args.rollout.shadow_queue_size (default: the config's)")] = None,
     only: Annotated[list[str] | None, typer.Option(
@@ -261,11 +265,16 @@ def bench_rollout(
         help="Request arrivals: a seeded Poisson process, or a fixed interval.")] = (
         Arrivals.poisson),
 ) -> None:
-    """The primary's latency with no shadow, a slow one, a failing one and a real one."""
-    from benchmarks.rollout import run
+    """The primary's latency with no shadow traffic, a slow shadow, a failing one and a real
+    one, in short interleaved blocks; each p99 ratio with a 95 % interval."""
+    from benchmarks.rollout import SHADOWS, run
 
+    unknown = sorted(set(only or ()) - set(SHADOWS))
+    if unknown:
+        raise typer.BadParameter(f"unknown config {', '.join(unknown)}; allowed: "
+                                 f"{', '.join(SHADOWS)}", param_hint="--only")
     console = Console(stderr=True)
-    result = run(bundle=bundle, rate=rate, duration_s=duration_s, rounds=rounds,
+    result = run(bundle=bundle, rate=rate, block_s=block_s, settle_s=settle_s, cycles=cycles,
                  shadow_queue_size=shadow_queue_size, only=only, arrivals=arrivals.value,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)

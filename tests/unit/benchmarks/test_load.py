@@ -23,6 +23,19 @@ def test_open_loop_keeps_the_offered_rate_and_measures_latency() -> None:
     assert r["server_stages_p50_ms"] == {"total": 20.5}
 
 
+def test_open_loop_keeps_latencies_in_send_order_with_send_times() -> None:
+    async def service(user_id: int) -> tuple[bool, dict[str, float]]:
+        await asyncio.sleep(0.06 if user_id == 0 else 0.005)  # the first answers last
+        return True, {}
+
+    r = asyncio.run(feed.open_loop(service, np.arange(10), rate=20, duration_s=0.5,
+                                   keep_latencies=True))
+    lat, sent = r["latencies_ms"], r["sent_s"]
+    assert len(lat) == len(sent) == 10
+    assert lat[0] >= 55 and max(lat[1:]) < 55  # by send order, not answer order
+    assert sent == sorted(sent) and sent[0] < 0.02 and 0.4 <= sent[-1] < 0.6
+
+
 def test_sweep_stops_at_the_first_load_over_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feed, "SWEEP", (5, 10, 20, 40))
     in_flight = 0

@@ -28,3 +28,42 @@ def test_round_to_round_noise_widens_the_interval() -> None:
 def test_rounds_must_pair() -> None:
     with pytest.raises(ValueError, match="same number"):
         p99_ratio_interval([np.ones(3)], [np.ones(3), np.ones(3)])
+
+
+def test_every_config_declares_the_same_shadows_and_feeds_at_most_one() -> None:
+    from benchmarks.rollout import configs
+    from serve.rollout.config import parse_rollout
+
+    plans = configs("v1", "v1-shadow", ["slow_shadow", "failing_shadow"])
+    assert list(plans) == ["baseline", "slow_shadow", "failing_shadow"]
+    declared = {name: [(s["name"], s["bundle_version"], s.get("fault"))
+                       for s in cfg["stages"]["ranker"]["shadows"]]
+                for name, cfg in plans.items()}
+    # a switch between configs loads and unloads nothing: same versions, same faults
+    assert all(d == declared["baseline"] for d in declared.values())
+    assert [n for n, _, _ in declared["baseline"]] == ["slow", "failing"]
+    rates = {name: {s["name"]: s["sample_rate"] for s in cfg["stages"]["ranker"]["shadows"]}
+             for name, cfg in plans.items()}
+    assert rates == {"baseline": {"slow": 0.0, "failing": 0.0},
+                     "slow_shadow": {"slow": 1.0, "failing": 0.0},
+                     "failing_shadow": {"slow": 0.0, "failing": 1.0}}
+    for cfg in plans.values():  # each is a config the admin route accepts
+        parse_rollout(cfg)
+
+
+def test_blocks_rotate_so_each_config_runs_in_every_position() -> None:
+    from benchmarks.rollout import cycle_order
+
+    names = ["baseline", "slow_shadow", "failing_shadow"]
+    orders = [cycle_order(names, c) for c in range(3)]
+    assert all(sorted(o) == sorted(names) for o in orders)
+    for pos in range(3):
+        assert {o[pos] for o in orders} == set(names)
+    assert cycle_order(names, 3) == orders[0]
+
+
+def test_requests_sent_while_a_config_settles_are_not_counted() -> None:
+    from benchmarks.rollout import counted
+
+    lat = counted([50.0, 40.0, 30.0, 20.0], [0.0, 1.9, 2.0, 5.0], settle_s=2.0)
+    assert lat.tolist() == [30.0, 20.0]
