@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.feed import _http_call, open_loop
-from benchmarks.stack import local_stack
+from benchmarks.stack import cpu_by_role, cpu_seconds, local_stack
 from serve.config import RolloutSettings
 from training.bundle import write_manifest
 
@@ -133,6 +133,7 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
         limit: int = 20, shadow_queue_size: int | None = None, only: list[str] | None = None,
         arrivals: str = "poisson", say: Say = print) -> dict[str, Any]:
     import httpx
+    import psutil
 
     if settle_s < 0 or block_s <= 0 or cycles < 1:
         raise ValueError("need block_s > 0, settle_s >= 0 and cycles >= 1")
@@ -162,6 +163,12 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
         per_cycle: dict[str, list[np.ndarray]] = {name: [] for name in plans}
         errors = dict.fromkeys(plans, 0)
         sent = dict.fromkeys(plans, 0)
+        cpu: dict[str, dict[str, float]] = {name: {} for name in plans}
+
+        def cpu_now() -> dict[int, tuple[str, float]]:
+            own = psutil.Process().cpu_times()
+            return {**cpu_seconds(stack.pid),
+                    -1: ("load generator (this process)", own.user + own.system)}
 
         async def measure() -> dict[str, Any]:
             call, client = _http_call(f"{base}/v1/feed", limit)
@@ -182,10 +189,14 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
                 for c in range(cycles):
                     for name in cycle_order(names, c):
                         await apply(name)
+                        before = await asyncio.to_thread(cpu_now)
                         p = await open_loop(
                             call, users, rate=rate, duration_s=settle_s + block_s,
                             keep_latencies=True,
                             poisson_seed=c if arrivals == "poisson" else None)
+                        after = await asyncio.to_thread(cpu_now)
+                        for role, t in cpu_by_role(before, after).items():
+                            cpu[name][role] = cpu[name].get(role, 0.0) + t
                         lat = counted(p.pop("latencies_ms"), p.pop("sent_s"), settle_s)
                         per_cycle[name].append(lat)
                         errors[name] += round(p["error_rate"] * p["requests"])
@@ -214,7 +225,12 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
                 "p50_ms": round(float(np.percentile(lat, 50)), 2),
                 "p99_ms": round(float(np.percentile(lat, 99)), 2),
                 "client_errors": errors[name], "requests": sent[name],
-                "counted_requests": len(lat), "blocks": blocks[name]}
+                "counted_requests": len(lat),
+                # CPU per request sent, by process role, over whole blocks (settling too)
+                "cpu_ms_per_request": {
+                    role: round(t * 1000 / sent[name], 3) for role, t in sorted(
+                        cpu[name].items(), key=lambda kv: -kv[1]) if t > 0},
+                "blocks": blocks[name]}
             if name != "baseline":
                 ratio, low, high = p99_ratio_interval(per_cycle["baseline"], per_cycle[name])
                 variant = status["stages"]["ranker"]["variants"][SHADOWS[name][0]]

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.rollout import _copy_version
-from benchmarks.stack import LocalStack, local_stack
+from benchmarks.stack import LocalStack, local_stack, stack_processes
 
 Say = Callable[[str], None]
 LOCUSTFILE = Path(__file__).with_name("soak_locustfile.py")
@@ -116,30 +116,8 @@ def _full(r: Row) -> bool:
 def _processes(pid: int) -> dict[str, int]:
     """Resident bytes of `funnel serve` and every process below it (Ray, the replicas,
     Triton), keyed by a name that survives the run (role + pid)."""
-    import psutil
-
-    out: dict[str, int] = {}
-    root = psutil.Process(pid)
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            cmd = " ".join(p.cmdline())
-            rss = p.memory_info().rss
-        except psutil.Error:
-            continue
-        args = cmd.split()
-        scripts = [Path(a).name for a in args[1:] if a.endswith(".py")]
-        if "ray::" in cmd:
-            name = args[0]
-        elif "tritonserver" in cmd:
-            name = "tritonserver"
-        elif "-m serve serve" in cmd:
-            name = "funnel serve"
-        elif scripts:
-            name = scripts[0]
-        else:
-            name = Path(p.name()).name
-        out[f"{name} [{p.pid}]"] = rss
-    return out
+    return {f"{role} [{p.pid}]": rss for p, role, rss in
+            stack_processes(pid, lambda p: int(p.memory_info().rss))}
 
 
 def _impressions(root: Path, kind: str, prefix: str) -> int:

@@ -101,3 +101,55 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
         if log is not None:
             log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def process_role(cmdline: list[str], name: str) -> str:
+    """A process of the stack by what it does ("ray::ServeReplica:funnel:FeedIngress",
+    "tritonserver", "funnel serve", a script's name), not by its pid."""
+    cmd = " ".join(cmdline)
+    args = cmd.split()
+    scripts = [Path(a).name for a in args[1:] if a.endswith(".py")]
+    if "ray::" in cmd:
+        return args[0]
+    if "tritonserver" in cmd:
+        return "tritonserver"
+    if "-m serve serve" in cmd:
+        return "funnel serve"
+    return scripts[0] if scripts else Path(name).name
+
+
+def stack_processes(pid: int, measure: Callable[[Any], Any]) -> list[tuple[Any, str, Any]]:
+    """(process, role, measure(process)) for `pid` and every process below it that is still
+    there to be measured."""
+    import psutil
+
+    out = []
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            out.append((p, process_role(p.cmdline(), p.name()), measure(p)))
+        except psutil.Error:
+            continue
+    return out
+
+
+def cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """pid -> (role, user + system CPU seconds so far) of the stack's processes."""
+    return {p.pid: (role, t.user + t.system)
+            for p, role, t in stack_processes(pid, lambda p: p.cpu_times())}
+
+
+def cpu_seconds_by_role(pid: int) -> dict[str, float]:
+    """User + system CPU seconds used so far by the stack's processes, summed per role."""
+    return cpu_by_role({}, cpu_seconds(pid))
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+                ) -> dict[str, float]:
+    """CPU seconds each role used between two `cpu_seconds` snapshots, matched by pid (a
+    Ray worker's title names the method it runs, so its role may change in between: its
+    time goes to the role it has at the end); a process new since `before` counts whole."""
+    out: dict[str, float] = {}
+    for pid, (role, t) in after.items():
+        out[role] = out.get(role, 0.0) + t - before.get(pid, (role, 0.0))[1]
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,60 @@ def test_requests_sent_while_a_config_settles_are_not_counted() -> None:
 
     lat = counted([50.0, 40.0, 30.0, 20.0], [0.0, 1.9, 2.0, 5.0], settle_s=2.0)
     assert lat.tolist() == [30.0, 20.0]
+
+
+def test_processes_are_named_by_role_not_pid() -> None:
+    from benchmarks.stack import process_role
+
+    assert process_role(["ray::ServeReplica:funnel:FeedIngress"], "python") == \
+        "ray::ServeReplica:funnel:FeedIngress"
+    assert process_role(["/opt/tritonserver/bin/tritonserver", "--model-repository=/m"],
+                        "tritonserver") == "tritonserver"
+    assert process_role(["/v/bin/python", "-m", "serve", "serve", "--config", "c.yaml"],
+                        "python") == "funnel serve"
+    assert process_role(["/v/bin/python", "/x/ray/dashboard/agent.py", "--a"], "python") == \
+        "agent.py"
+    assert process_role(["raylet"], "raylet") == "raylet"
+
+
+def test_cpu_seconds_of_a_process_tree_add_up_per_role(tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.stack import cpu_seconds_by_role
+
+    script = tmp_path / "busy.py"
+    script.write_text("import time\nt = time.process_time()\n"
+                      "while time.process_time() - t < 0.3:\n    pass\n"
+                      "open(__file__ + '.done.' + str(__import__('os').getpid()), 'w')\n"
+                      "time.sleep(60)\n")
+    py = shlex.quote(sys.executable)
+    root = subprocess.Popen(["sh", "-c", f"{py} {script} & {py} {script} & wait"],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("busy.py.done.*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cpu = cpu_seconds_by_role(root.pid)
+        # the shell (its command line names the script too) and both children: one role,
+        # two children's 0.3 s each, counted once
+        assert set(cpu) == {"busy.py"}
+        assert 0.6 - 0.02 <= cpu["busy.py"] < 0.9
+    finally:
+        import os
+        import signal
+
+        os.killpg(root.pid, signal.SIGKILL)
+        root.wait()
+
+
+def test_cpu_between_snapshots_follows_the_pid_when_its_role_changes() -> None:
+    from benchmarks.stack import cpu_by_role
+
+    before = {1: ("ray::ServeController", 10.0), 2: ("raylet", 5.0), 3: ("gone", 1.0)}
+    after = {1: ("ray::ServeController.listen_for_change", 12.0), 2: ("raylet", 5.5),
+             4: ("tritonserver", 0.25)}
+    assert cpu_by_role(before, after) == {"ray::ServeController.listen_for_change": 2.0,
+                                          "raylet": 0.5, "tritonserver": 0.25}
