@@ -109,8 +109,8 @@ def process_role(cmdline: list[str], name: str) -> str:
     cmd = " ".join(cmdline)
     args = cmd.split()
     scripts = [Path(a).name for a in args[1:] if a.endswith(".py")]
-    if "ray::" in cmd:
-        return args[0]
+    if "ray::" in cmd:  # a Ray worker's title: "ray::<actor>[.<method it runs now>]"
+        return args[0].split(".", 1)[0]
     if "tritonserver" in cmd:
         return "tritonserver"
     if "-m serve serve" in cmd:

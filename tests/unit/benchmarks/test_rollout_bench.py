@@ -76,6 +76,10 @@ def test_processes_are_named_by_role_not_pid() -> None:
 
     assert process_role(["ray::ServeReplica:funnel:FeedIngress"], "python") == \
         "ray::ServeReplica:funnel:FeedIngress"
+    assert process_role(["ray::ServeReplica:funnel:FeedIngress.handle_request_with_rejection"],
+                        "python") == "ray::ServeReplica:funnel:FeedIngress"
+    assert process_role(["ray::ServeController.listen_for_change"], "python") == \
+        "ray::ServeController"
     assert process_role(["/opt/tritonserver/bin/tritonserver", "--model-repository=/m"],
                         "tritonserver") == "tritonserver"
     assert process_role(["/v/bin/python", "-m", "serve", "serve", "--config", "c.yaml"],
