@@ -99,10 +99,9 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
-    a = lat
     return {"offered_rps": rate, "achieved_rps": round(n / elapsed, 1),
-            "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
             "error_rate": round(errors / n, 4), "requests": n,
             "server_stages_p50_ms": _stage_medians(stages),
             **({"latencies_ms": lat.tolist(), "sent_s": sent.tolist()}

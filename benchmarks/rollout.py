@@ -75,7 +75,6 @@ def _copy_version(src: Path, root: Path, version: str) -> str:
 SHADOWS = {"slow_shadow": ("slow", {"delay_ms": 200}),
            "failing_shadow": ("failing", {"error_rate": 1.0}),
            "real_shadow": ("real", {})}
-CONFIGS = ("baseline", *SHADOWS)
 
 
 def configs(primary: str, shadow_version: str, only: list[str] | None = None

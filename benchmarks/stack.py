@@ -139,11 +139,6 @@ def cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
             for p, role, t in stack_processes(pid, lambda p: p.cpu_times())}
 
 
-def cpu_seconds_by_role(pid: int) -> dict[str, float]:
-    """User + system CPU seconds used so far by the stack's processes, summed per role."""
-    return cpu_by_role({}, cpu_seconds(pid))
-
-
 def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
                 ) -> dict[str, float]:
     """CPU seconds each role used between two `cpu_seconds` snapshots, matched by pid (a
