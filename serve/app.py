@@ -389,30 +389,30 @@ def policy_labels(text_labels: tuple[str, ...]) -> tuple[str, ...]:
     return labels if "nudity" in labels else (*labels, "nudity")
 
 
-def build_rollout_runtime(ingress: Any, handle: Any) -> Any:
-    """The replica's side of the rollout: variants loaded next to the pipeline's primary
-    bundle, routed by the controller's table."""
+def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
+                          serving: bool = True) -> Any:
+    """A replica's side of the rollout: variants loaded next to `owner`'s primary pipeline
+    (`owner` has `args`, `pipeline`, `versions`, `replica`), routed by the controller's
+    table. `shadow_scorer`: the ShadowScorer handle feed comparisons go to."""
     from pathlib import Path
 
     from serve.ranker_client import TritonRanker
     from serve.rollout.runtime import RolloutRuntime
-    from serve.rollout.variants import Variants, bundle_root
-
-    a = ingress.args
-    r = a.feed.ranker
-    replica_id = ingress.replica
-    from serve.rollout.variants import features_fingerprint
+    from serve.rollout.variants import Variants, bundle_root, features_fingerprint
     from training.bundle import read_manifest
 
+    a = owner.args
+    r = a.feed.ranker
     variants = Variants(
-        ingress.pipeline, primary_version=ingress.versions["bundle"],
+        owner.pipeline, primary_version=owner.versions["bundle"],
         primary_fingerprint=features_fingerprint(read_manifest(a.bundle)),
         root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
         make_ranker=lambda name: TritonRanker(r.url, model_name=name,
                                               timeout_s=r.timeout_ms / 1000.0),
         ef_search=a.feed.ann_ef_search)
-    return RolloutRuntime(pipeline=ingress.pipeline, variants=variants, controller=handle,
-                          replica_id=replica_id, settings=a.rollout)
+    return RolloutRuntime(pipeline=owner.pipeline, variants=variants, controller=handle,
+                          replica_id=owner.replica, settings=a.rollout,
+                          shadow_scorer=shadow_scorer, serving=serving)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
@@ -423,7 +423,7 @@ class FeedIngress:
     errors."""
 
     def __init__(self, args: dict[str, Any], moderation: Any = None,
-                 rollout: Any = None) -> None:
+                 rollout: Any = None, shadow_scorer: Any = None) -> None:
         from serve.loader import load_pipeline
         from serve.moderation.verdicts import LiveVerdicts
         from serve.review.store import ReviewStore
@@ -457,7 +457,8 @@ class FeedIngress:
 
         self.oip = OipDataPlane(build_oip_models(self), server_version=version("funnel"))
         self.rollout_handle = rollout
-        self.rollout = build_rollout_runtime(self, rollout) if rollout is not None else None
+        self.rollout = build_rollout_runtime(
+            self, rollout, shadow_scorer=shadow_scorer) if rollout is not None else None
         self._reporter: asyncio.Task[None] | None = None
         policy = self.moderation.policy.labels if self.moderation is not None else ()
         self.impressions = build_impression_logs(self.args, self.replica, policy)
@@ -1115,17 +1116,20 @@ def build_app(args: dict[str, Any]) -> Application:
     from serve.moderation.deployment import ModerationModels
     from serve.moderation.policy import load_policy
     from serve.rollout.deployment import RolloutController
+    from serve.rollout.scorer import ShadowScorer
     from training.bundle import read_manifest
 
     parsed = parse_app_args(args)  # refuse a bad config before any replica starts
     check_rollout_args(parsed)
     controller = RolloutController.bind(args)  # type: ignore[attr-defined]
+    scorer = (ShadowScorer.bind(args, controller)  # type: ignore[attr-defined]
+              if parsed.rollout.shadow_scorer else None)
     if not parsed.moderation.enabled:
-        return FeedIngress.bind(args, None, controller)  # type: ignore[attr-defined]
+        return FeedIngress.bind(args, None, controller, scorer)  # type: ignore[attr-defined]
     text_labels, _ = moderation_labels(read_manifest(parsed.bundle))
     load_policy(parsed.moderation.policy, labels=policy_labels(text_labels))  # refuse it now
     return FeedIngress.bind(args, ModerationModels.bind(args),  # type: ignore[attr-defined]
-                            controller)
+                            controller, scorer)
 
 
 def check_rollout_args(parsed: AppArgs) -> None:

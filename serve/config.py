@@ -188,6 +188,14 @@ class RolloutSettings(_Strict):
                                     "the parent of `bundle`")
     report_interval_s: float = Field(0.5, gt=0, le=60,
                                      description="replica -> controller: numbers and routing")
+    # feed comparisons (shadow variants, canary checks) run in the ShadowScorer deployment,
+    # a process of their own at a lower CPU priority; false: in each ingress replica
+    shadow_scorer: bool = True
+    shadow_nice: int = Field(10, ge=0, le=19, description="added to the ShadowScorer "
+                             "process's nice value: the serving path gets the CPU first")
+    shadow_handoff_limit: int = Field(64, ge=1, le=100_000, description="comparisons one "
+                                      "ingress replica has on their way to the ShadowScorer; "
+                                      "more are dropped (counted)")
     shadow_queue_size: int = Field(4, ge=1, le=100_000,
                                    description="pending shadow/compare jobs; more are dropped")
     shadow_concurrency: int = Field(2, ge=1, le=64)

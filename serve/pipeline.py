@@ -194,12 +194,14 @@ class FeedPipeline:
                 out[name] = res
         return out
 
-    def ranker_inputs(self, user_id: int, user: pd.DataFrame, items: list[Merged],
+    def ranker_inputs(self, user_id: int, user: pd.DataFrame, items: list[Merged] | np.ndarray,
                       retrieval_score: np.ndarray, now_s: float,
                       features: FeatureTransform | None = None) -> dict[str, np.ndarray]:
         """The ranker's inputs for (user, each item, now), from the shared feature module (the
-        ranker version's own fitted transform when given)."""
-        ids = np.asarray([m.item_id for m in items], dtype=np.int64)
+        ranker version's own fitted transform when given). `items`: the merged candidates,
+        or their ids."""
+        ids = (items.astype(np.int64, copy=False) if isinstance(items, np.ndarray)
+               else np.asarray([m.item_id for m in items], dtype=np.int64))
         rows = self.catalog.item_frame(ids)
         n = len(rows)
         followees = self.catalog.followees(user_id)
@@ -215,39 +217,56 @@ class FeedPipeline:
                                  rows["author_id"].to_numpy(), topic_idx)
         return ft.ranker_inputs(rows, counts, retrieval_score)
 
+    async def model_scores(self, user_id: int, user: pd.DataFrame | None,
+                           items: list[Merged] | np.ndarray, rscore: np.ndarray, now_s: float,
+                           model: RankerModel, timings: dict[str, float],
+                           cache: dict[int, dict[str, np.ndarray]] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray] | None:
+        """`model`'s (final weighted score [n], per-task probabilities [n, tasks]) for the
+        items, or None when the ranker is unavailable (a failure starts its `retry_after_s`
+        pause). `timings` gets `ranker_call`: the wait for the model alone, features
+        excluded. `cache` holds ranker inputs by id(FeatureTransform); `user` (the user's
+        catalog row) is looked up when None and the inputs must be built."""
+        m = model
+        if self._monotonic() < self._ranker_down_until.get(id(m.ranker), 0.0):
+            return None
+        try:
+            key = id(m.features)
+            inputs = cache.get(key) if cache is not None else None
+            if inputs is None:
+                if user is None:
+                    user = self.catalog.user_frame(user_id)
+                inputs = self.ranker_inputs(user_id, user, items, rscore, now_s, m.features)
+                if cache is not None:
+                    cache[key] = inputs
+            await yield_to_requests()  # off-path (a shadow): wait for an idle replica
+            t0 = time.perf_counter()
+            try:
+                logits = await m.ranker.logits(inputs)
+            finally:
+                timings["ranker_call"] = round((time.perf_counter() - t0) * 1000, 3)
+        except RankerUnavailable:
+            self._ranker_down_until[id(m.ranker)] = (self._monotonic()
+                                                     + self.settings.ranker.retry_after_s)
+            return None
+        probs = task_probs(logits, m.calibration)
+        return (probs @ self._weights).astype(np.float32, copy=False), probs
+
     async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
                     rscore: np.ndarray, now_s: float, degraded: list[str],
                     timings: dict[str, float], model: RankerModel | None = None,
                     cache: dict[int, dict[str, np.ndarray]] | None = None
                     ) -> tuple[list[Scored], dict[int, np.ndarray]]:
-        """Scored items, and each item's per-task probabilities (empty when degraded).
-        `timings` gets `ranker_call`: the wait for the model alone, features excluded."""
+        """Scored items, and each item's per-task probabilities (empty when degraded)."""
         if not items:
             return [], {}
-        m = model or self.primary_models.ranker
-        if self._monotonic() >= self._ranker_down_until.get(id(m.ranker), 0.0):
-            try:
-                key = id(m.features)
-                inputs = cache.get(key) if cache is not None else None
-                if inputs is None:
-                    inputs = self.ranker_inputs(user_id, user, items, rscore, now_s,
-                                                m.features)
-                    if cache is not None:
-                        cache[key] = inputs
-                await yield_to_requests()  # off-path (a shadow): wait for an idle replica
-                t0 = time.perf_counter()
-                try:
-                    logits = await m.ranker.logits(inputs)
-                finally:
-                    timings["ranker_call"] = round((time.perf_counter() - t0) * 1000, 3)
-                probs = task_probs(logits, m.calibration)
-                final = probs @ self._weights
-                # per-task probabilities go into `explain` for the page only (see run)
-                return ([Scored(m, float(final[i])) for i, m in enumerate(items)],
-                        {m.item_id: probs[i] for i, m in enumerate(items)})
-            except RankerUnavailable:
-                self._ranker_down_until[id(m.ranker)] = (self._monotonic()
-                                                         + self.settings.ranker.retry_after_s)
+        out = await self.model_scores(user_id, user, items, rscore, now_s,
+                                      model or self.primary_models.ranker, timings, cache)
+        if out is not None:
+            final, probs = out
+            # per-task probabilities go into `explain` for the page only (see run)
+            return ([Scored(m, float(final[i])) for i, m in enumerate(items)],
+                    {m.item_id: probs[i] for i, m in enumerate(items)})
         degraded.append("ranker")
         if rscore.any():
             return [Scored(m, float(rscore[i])) for i, m in enumerate(items)], {}
@@ -343,13 +362,13 @@ class FeedPipeline:
         """`model`'s final score of each of the trace's kept items, in `kept` order (a shadow
         ranker, or the primary next to a canary): (scores, degraded, ranker call ms). The
         features are the trace's when the bundles share them; no page is built."""
-        degraded: list[str] = []
         timings: dict[str, float] = {}
-        scored, _ = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
-                                     trace.now_s, degraded, timings, model, trace.inputs)
-        scores = (np.zeros(0, np.float32) if degraded else
-                  np.fromiter((x.score for x in scored), np.float32, len(scored)))
-        return scores, degraded, timings.get("ranker_call", 0.0)
+        out = (await self.model_scores(trace.user_id, trace.user, trace.kept_ids, trace.rscore,
+                                       trace.now_s, model, timings, trace.inputs)
+               if len(trace.kept_ids) else (np.zeros(0, np.float32), None))
+        if out is None:
+            return np.zeros(0, np.float32), ["ranker"], timings.get("ranker_call", 0.0)
+        return out[0], [], timings.get("ranker_call", 0.0)
 
     async def rerank_with(self, trace: Trace, model: RankerModel
                           ) -> tuple[list[FeedItem], list[str], float]:

@@ -139,7 +139,22 @@ def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any
         load_policy(parsed.moderation.policy,
                     labels=policy_labels(moderation_labels(b.manifest)[0]))
     check_rollout_args(parsed)  # exit 2 naming the field, before Ray starts
+    app = doc["applications"][0]
+    absent = absent_deployments(parsed)
+    app["deployments"] = [d for d in app.get("deployments") or []
+                          if d.get("name") not in absent]
     return doc, parsed
+
+
+def absent_deployments(args: AppArgs) -> set[str]:
+    """Deployments the app leaves out with these args: Serve refuses a config that sets
+    options for a deployment the app does not have."""
+    out = set()
+    if not args.moderation.enabled:
+        out.add("ModerationModels")
+    if not args.rollout.shadow_scorer:
+        out.add("ShadowScorer")
+    return out
 
 
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,

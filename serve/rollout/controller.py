@@ -178,8 +178,11 @@ class RolloutState:
                             f"{reason}; canary now at {w:g}%")
 
     # ---- live numbers --------------------------------------------------------------------
-    def report(self, replica: str, rows: list[dict[str, Any]]) -> None:
-        self._replicas[replica] = self._clock()
+    def report(self, replica: str, rows: list[dict[str, Any]], serving: bool = True) -> None:
+        """Merge a replica's rows. `serving` False: the ShadowScorer, which answers no client
+        and so takes no share of a canary's error budget."""
+        if serving:
+            self._replicas[replica] = self._clock()
         for r in rows:
             st = self.stages.get(str(r.get("stage")))
             if st is None:

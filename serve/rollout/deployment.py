@@ -195,11 +195,13 @@ class RolloutController:
                 return _refusal(e)
         return {"ok": True, "revision": self.state.revision}
 
-    async def report(self, replica: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """A replica's numbers since its last report in; the routing table out."""
+    async def report(self, replica: str, rows: list[dict[str, Any]], serving: bool = True
+                     ) -> dict[str, Any]:
+        """A replica's numbers since its last report in; the routing table out. `serving`
+        False: the ShadowScorer (it takes no share of a canary's error budget)."""
         async with self._lock:
             await self._start()
-            self.state.report(replica, rows)
+            self.state.report(replica, rows, serving)
             for d in self.state.evaluate():
                 log.warning("rollout: %s %s (%s): %s", d.stage, d.action, d.variant, d.reason)
             await self._heal()

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from monitoring import metrics
 from monitoring.interleaving import TEAM_A, TEAM_B, team_draft
 from serve.config import RolloutSettings
 from serve.offpath import off_path
-from serve.pipeline import FeedPipeline, FeedResult, Models, Trace
+from serve.pipeline import FeedPipeline, FeedResult, Models
 from serve.rollout.agreement import overlap_at_k, rbo
 from serve.rollout.router import Assignment, Router
 from serve.rollout.stats import Tally
@@ -96,6 +96,7 @@ class ShadowRunner:
         self._q: asyncio.Queue[tuple[Callable[[], Awaitable[None]], Callable[[], None]]] | \
             None = None
         self._workers: list[asyncio.Task[None]] = []
+        self.done = 0  # jobs run (succeeded or failed)
 
     def _start(self) -> asyncio.Queue[Any]:
         if self._q is None:
@@ -126,7 +127,12 @@ class ShadowRunner:
                 log.debug("shadow job failed", exc_info=True)
                 on_error()
             finally:
+                self.done += 1
                 self._q.task_done()
+
+    @property
+    def pending(self) -> int:
+        return self._q.qsize() if self._q is not None else 0
 
     async def drain(self) -> None:
         if self._q is not None:
@@ -135,6 +141,90 @@ class ShadowRunner:
     def stop(self) -> None:
         for t in self._workers:
             t.cancel()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One feed comparison, as the ingress hands it to whoever runs it (its own queue, or the
+    `ShadowScorer` deployment): plain values and arrays, nothing process-local, so it
+    crosses Ray's process boundary as it is.
+
+    `shadow` given: run that shadow variant on the request and compare it with the served
+    primary. `shadow` None: the request was served by the canary `served`; compute the
+    primary's list and compare the canary's with it."""
+
+    stage: str  # "ranker" | "retrieval"
+    served: Assignment
+    shadow: Assignment | None
+    ks: tuple[int, ...]
+    user_id: int
+    now_s: float
+    limit: int
+    request_id: str
+    revision: int  # the routing table the request was served by
+    served_ms: float  # the served ranker's call (ranker stage)
+    kept_ids: np.ndarray  # the candidates the served ranker scored, in order
+    rscore: np.ndarray  # their retrieval scores
+    scores: np.ndarray  # the served ranker's final score of each
+    # the served ranker's inputs for them (its bundle's features): a variant whose bundle
+    # has the same fitted features scores without building them again
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        """The variant this comparison is counted for."""
+        return self.shadow.variant if self.shadow is not None else self.served.variant
+
+
+class RemoteComparisons:
+    """Hands comparisons to the `ShadowScorer` deployment without waiting for them: at most
+    `max_inflight` hand-offs at once (each returns as soon as the scorer has queued or
+    dropped the job); beyond that, or when the scorer cannot be reached, the comparison is
+    dropped and counted here. The scorer counts what it runs, fails and drops itself."""
+
+    def __init__(self, handle: Any, *, max_inflight: int, on_drop: Callable[[str, str], None]
+                 ) -> None:
+        self._handle = handle
+        self._max = max_inflight
+        self._on_drop = on_drop
+        self.inflight = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._last_error = ""
+
+    def submit(self, c: Comparison) -> bool:
+        if self.inflight >= self._max:
+            return False
+        self.inflight += 1
+        try:
+            response = self._handle.compare.remote(c)
+        except Exception as e:
+            self.inflight -= 1
+            self._failed(e)
+            return False
+        t = asyncio.ensure_future(self._wait(response, c))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return True
+
+    def _failed(self, e: BaseException) -> None:
+        if str(e) != self._last_error:
+            log.warning("rollout: the shadow scorer is unreachable, comparisons dropped: %s",
+                        e)
+        self._last_error = str(e)
+
+    async def _wait(self, response: Any, c: Comparison) -> None:
+        try:
+            await response
+            self._last_error = ""
+        except Exception as e:  # the scorer restarting: the comparison is lost, counted
+            self._failed(e)
+            self._on_drop(c.stage, c.variant)
+        finally:
+            self.inflight -= 1
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 def _ids(items: Sequence[FeedItem]) -> list[int]:
@@ -162,7 +252,8 @@ def _top_mean(scores: np.ndarray, k: int) -> float:
 class RolloutRuntime:
     def __init__(self, *, pipeline: FeedPipeline, variants: Variants, controller: Any,
                  replica_id: str, settings: RolloutSettings,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, shadow_scorer: Any = None,
+                 serving: bool = True) -> None:
         self.pipeline = pipeline
         self.variants = variants
         self._controller = controller
@@ -178,6 +269,13 @@ class RolloutRuntime:
         self.pending_start = False
         self._unsent: list[dict[str, Any]] = []
         self._report_lock = asyncio.Lock()
+        # False: the ShadowScorer's runtime, which serves no client (the controller does not
+        # count it among the replicas that share a canary's error budget)
+        self.serving_replica = serving
+        # feed comparisons go to the ShadowScorer deployment when there is one
+        self.remote = RemoteComparisons(
+            shadow_scorer, max_inflight=settings.shadow_handoff_limit,
+            on_drop=self.tally.dropped) if shadow_scorer is not None else None
 
     # ---- the table -----------------------------------------------------------------------
     async def report_once(self) -> None:
@@ -191,7 +289,8 @@ class RolloutRuntime:
         sent = self.router.unreported()
         self._unsent = []
         try:
-            table = await self._controller.report.remote(self.replica_id, rows)
+            table = await self._controller.report.remote(self.replica_id, rows,
+                                                         self.serving_replica)
         except Exception as e:  # controller restarting: keep serving the table we have
             if str(e) != self.last_report_error:
                 log.warning("rollout: report to the controller failed: %s", e)
@@ -280,11 +379,15 @@ class RolloutRuntime:
             self.tally.served(stage, a.variant, latency_ms=latency, error=failed, score=score)
             if failed or result.trace is None:
                 continue
-            if not a.primary and a.compare:
-                self._queue(stage, a.variant, self._compare_job(stage, a, None, result))
-            if a.primary:
-                for s in self.router.shadows(stage):
-                    self._queue(stage, s.variant, self._compare_job(stage, a, s, result))
+            others: list[Assignment | None] = (
+                [None] if not a.primary and a.compare else
+                list(self.router.shadows(stage)) if a.primary else [])
+            for other in others:
+                try:
+                    self._compare(self._comparison(stage, a, other, result))
+                except Exception:  # a comparison's bug must not fail the client's request
+                    log.warning("rollout: comparison not queued", exc_info=True)
+                    self.tally.compare_failed(stage, other.variant if other else a.variant)
 
     async def interleave(self, served: Assignment | None, result: FeedResult) -> FeedResult:
         """The page to serve: `result`'s, or, for a sampled share of the primary's requests
@@ -378,7 +481,9 @@ class RolloutRuntime:
             for s in self.router.shadows("moderation"):
                 self._queue("moderation", s.variant, lambda s=s: compare(s))  # type: ignore[misc]
 
-    def _queue(self, stage: str, variant: str, job: Callable[[], Awaitable[None]]) -> None:
+    def _queue(self, stage: str, variant: str, job: Callable[[], Awaitable[None]]) -> bool:
+        """Queue `job` on the (stage, variant)'s bounded runner; False: full, dropped and
+        counted."""
         runner = self.runners.get((stage, variant))
         if runner is None:
             runner = self.runners[(stage, variant)] = ShadowRunner(
@@ -386,55 +491,100 @@ class RolloutRuntime:
                 concurrency=self.settings.shadow_concurrency, gate=self.gate)
         if not runner.submit(job, lambda: self.tally.compare_failed(stage, variant)):
             self.tally.dropped(stage, variant)
+            return False
+        return True
 
-    def _compare_job(self, stage: str, served: Assignment, shadow: Assignment | None,
-                     result: FeedResult) -> Callable[[], Awaitable[None]]:
-        """Shadow (`shadow` given): run it and compare with the served primary. Canary:
-        compute the primary's list and compare the served canary's with it."""
+    def _compare(self, c: Comparison) -> None:
+        """Run `c` off the critical path: in the ShadowScorer when there is one, else on this
+        replica's queue (never waits, never raises)."""
+        if self.remote is not None:
+            if not self.remote.submit(c):
+                self.tally.dropped(c.stage, c.variant)
+            return
+        self.accept(c)
+
+    def accept(self, c: Comparison) -> bool:
+        """Queue a comparison here (the ShadowScorer's entry point); False: dropped (queue
+        full), counted."""
+        return self._queue(c.stage, c.variant, lambda: self.run_comparison(c))
+
+    def _comparison(self, stage: str, served: Assignment, shadow: Assignment | None,
+                    result: FeedResult) -> Comparison:
         trace = result.trace
         assert trace is not None
-        ks = self.router.overlap_ks(stage)
-        if stage == "ranker":
-            served_ms = result.timings_ms.get("ranker_call", 0.0)
-            return lambda: self._compare_ranker(served, shadow, served_ms, trace, ks)
-        return lambda: self._compare_retrieval(served, shadow, trace, ks)
+        inputs: dict[str, np.ndarray] = {}
+        if stage == "ranker" and len(trace.inputs) == 1:  # the served ranker's own inputs
+            inputs = next(iter(trace.inputs.values()))
+        return Comparison(
+            stage=stage, served=served, shadow=shadow, ks=tuple(self.router.overlap_ks(stage)),
+            user_id=trace.user_id, now_s=trace.now_s, limit=trace.limit,
+            request_id=trace.request_id, revision=self.router.revision,
+            served_ms=result.timings_ms.get("ranker_call", 0.0) if stage == "ranker" else 0.0,
+            kept_ids=trace.kept_ids, rscore=trace.rscore, scores=trace.scores, inputs=inputs)
 
-    async def _compare_ranker(self, served: Assignment, shadow: Assignment | None,
-                              served_ms: float, trace: Trace, ks: list[int]) -> None:
+    async def _loaded(self, c: Comparison) -> bool:
+        """Whether the versions `c` names are loaded here. A comparison from a newer routing
+        table than this runtime's (the ShadowScorer hears of a change at its next report)
+        first fetches that table, which loads them; one whose versions a newer table has
+        retired is stale: False, and nothing is loaded for it."""
+        keys = [a.key for a in (c.served, c.shadow) if a is not None]
+        if not all(self.variants.has(c.stage, k) for k in keys) and \
+                c.revision > self.router.revision:
+            await self.report_once()
+        return all(self.variants.has(c.stage, k) for k in keys)
+
+    async def run_comparison(self, c: Comparison) -> None:
+        if not await self._loaded(c):
+            self.tally.dropped(c.stage, c.variant)
+            return
+        if c.stage == "ranker":
+            await self._compare_ranker(c)
+        else:
+            await self._compare_retrieval(c)
+
+    async def _compare_ranker(self, c: Comparison) -> None:
         """The two rankers' orderings of the same candidates, by their final scores: the
         re-rank after them (diversity, exploration) is the same code for both, so it is left
-        out; that keeps a comparison to one model call and a sort in this replica."""
+        out; that keeps a comparison to one model call and a sort."""
+        shadow = c.shadow
         other = self.variants.ranker(shadow)  # None: the primary
+        cache = {id(self.variants.ranker(c.served).features): c.inputs} if c.inputs else {}
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        other_scores, degraded, call_ms = await self.pipeline.scores_with(trace, other)
-        limit = trace.limit
+        out = (await self.pipeline.model_scores(c.user_id, None, c.kept_ids, c.rscore,
+                                                c.now_s, other, timings, cache)
+               if len(c.kept_ids) else (np.zeros(0, np.float32), None))
+        call_ms = timings.get("ranker_call", 0.0)
+        limit = c.limit
         if shadow is not None:
             self.tally.served("ranker", shadow.variant, latency_ms=call_ms or (
-                time.perf_counter() - t0) * 1000, error=bool(degraded),
-                score=None if degraded else _top_mean(other_scores, limit))
-        if degraded:
-            self.tally.compare_failed("ranker", shadow.variant if shadow else served.variant)
+                time.perf_counter() - t0) * 1000, error=out is None,
+                score=None if out is None else _top_mean(out[0], limit))
+        if out is None:
+            self.tally.compare_failed("ranker", c.variant)
             return
-        depth = max(max(ks), limit)
-        mine = _ranking(trace.kept_ids, trace.scores, depth)
-        theirs = _ranking(trace.kept_ids, other_scores, depth)
+        other_scores = out[0]
+        depth = max(max(c.ks), limit)
+        mine = _ranking(c.kept_ids, c.scores, depth)
+        theirs = _ranking(c.kept_ids, other_scores, depth)
         primary, variant = (mine, theirs) if shadow is not None else (theirs, mine)
-        p_s, v_s = (trace.scores, other_scores) if shadow is not None else (
-            other_scores, trace.scores)
-        p_ms, v_ms = (served_ms, call_ms) if shadow is not None else (call_ms, served_ms)
-        self._record("ranker", shadow.variant if shadow else served.variant, primary, variant,
-                     ks, score_delta=_top_mean(v_s, limit) - _top_mean(p_s, limit),
+        p_s, v_s = (c.scores, other_scores) if shadow is not None else (
+            other_scores, c.scores)
+        p_ms, v_ms = (c.served_ms, call_ms) if shadow is not None else (call_ms, c.served_ms)
+        self._record("ranker", c.variant, primary, variant, list(c.ks),
+                     score_delta=_top_mean(v_s, limit) - _top_mean(p_s, limit),
                      latency_delta=v_ms - p_ms)
 
-    async def _compare_retrieval(self, served: Assignment, shadow: Assignment | None,
-                                 trace: Trace, ks: list[int]) -> None:
-        depth = max(max(ks), 10)
-        served_r = self.variants.retrieval(served)
+    async def _compare_retrieval(self, c: Comparison) -> None:
+        shadow = c.shadow
+        depth = max(max(c.ks), 10)
+        served_r = self.variants.retrieval(c.served)
         other_r = self.variants.retrieval(shadow)
+        user = self.pipeline.catalog.user_frame(c.user_id)
 
         def search(r: Any) -> tuple[list[int], list[float], float]:
             t = time.perf_counter()
-            ids, scores = r.search(r.user_vector(trace.user), depth)
+            ids, scores = r.search(r.user_vector(user), depth)
             return ids.tolist(), scores.tolist(), (time.perf_counter() - t) * 1000
 
         try:
@@ -454,8 +604,8 @@ class RolloutRuntime:
         else:
             primary, p_scores, p_ms, variant, v_scores, v_ms = (
                 o_ids, o_scores, o_ms, s_ids, s_scores, s_ms)
-        self._record("retrieval", shadow.variant if shadow else served.variant, primary,
-                     variant, ks, score_delta=_mean(v_scores) - _mean(p_scores),
+        self._record("retrieval", c.variant, primary, variant, list(c.ks),
+                     score_delta=_mean(v_scores) - _mean(p_scores),
                      latency_delta=v_ms - p_ms)
 
     def _record(self, stage: str, variant: str, primary: Sequence[Hashable],
@@ -467,7 +617,10 @@ class RolloutRuntime:
                             latency_delta_ms=latency_delta)
 
     async def drain(self) -> None:
-        """Wait until every queued comparison has run (tests, shutdown)."""
+        """Wait until every queued comparison has run, or, with a ShadowScorer, has been
+        handed to it (tests, shutdown)."""
+        if self.remote is not None:
+            await self.remote.drain()
         for r in list(self.runners.values()):
             await r.drain()
 

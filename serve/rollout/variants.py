@@ -138,6 +138,10 @@ class Variants:
             self._rankers[(version, fault)] = replace(
                 base, ranker=FaultyRanker(base.ranker, rng=self._rng, **dict(fault)))
 
+    def has(self, stage: str, key: tuple[str, FaultKey]) -> bool:
+        """Whether the (version, fault) of `stage` is loaded here."""
+        return key in (self._retrieval if stage == "retrieval" else self._rankers)
+
     def load(self, stage: str, keys: Iterable[tuple[str, FaultKey]]) -> None:
         for version, fault in keys:
             if stage == "retrieval":

@@ -222,6 +222,25 @@ def test_slow_and_failing_shadows_never_reach_the_client(
     line = next(x for x in metrics.splitlines() if x.startswith(
         'funnel_rollout_errors_total{stage="ranker",variant="broken"}'))
     assert float(line.split()[-1]) >= 10
+    # the shadows ran in the ShadowScorer, a process of its own at a lower CPU priority
+    assert stack.serve_pid, "the stack's `funnel serve` pid is unknown"
+    nice = replica_nice(stack.serve_pid)
+    assert nice["ShadowScorer"] == min(19, nice["FeedIngress"] + 10), nice
+
+
+def replica_nice(serve_pid: int) -> dict[str, int]:
+    """The nice value of each Serve replica process below `funnel serve`, by deployment."""
+    import psutil
+
+    out = {}
+    for p in psutil.Process(serve_pid).children(recursive=True):
+        try:
+            title = " ".join(p.cmdline())
+            if title.startswith("ray::ServeReplica:"):
+                out[title.split()[0].split(":")[-1].split(".")[0]] = p.nice()
+        except psutil.Error:
+            continue
+    return out
 
 
 def test_a_failing_canary_is_rolled_back_within_its_error_budget(

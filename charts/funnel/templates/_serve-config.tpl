@@ -13,7 +13,9 @@ differs in a cluster is overridden here:
   set in the pods, says the same), a SQLite file in /tmp for the review queue when no database
   Secret is set (FUNNEL_REVIEW_DATABASE_URL wins when it is), and the rollout ConfigMap's file
   as the start-up rollout; then the user's serve.args, which win;
-- each deployment's keys from serve.deployments (replicas, CPUs, ...);
+- each deployment's keys from serve.deployments (replicas, CPUs, ...); a deployment the app
+  leaves out with these args (ModerationModels with moderation.enabled false, ShadowScorer
+  with rollout.shadow_scorer false) is left out of the config too;
 - RolloutController's user_config carries the rollout, so a rollout change is a user_config
   change that Serve applies in place (reconfigure), without redeploying the app. The start-up
   file keeps the same path whatever the rollout, so it never changes the app's args.
@@ -61,14 +63,25 @@ Built with fromYaml / mergeOverwrite / toYaml on data: nothing from the file goe
 {{- $_ := unset $doc "grpc_options" -}}
 {{- end -}}
 {{- $app := index $doc.applications 0 -}}
-{{- $_ := set $app "args" (include "funnel.serveArgs" . | fromYaml) -}}
+{{- $args := include "funnel.serveArgs" . | fromYaml -}}
+{{- $_ := set $app "args" $args -}}
+{{- /* deployments the app leaves out with these args (Serve refuses options for them) */ -}}
+{{- $absent := list -}}
+{{- if eq (toString (dig "moderation" "enabled" true $args)) "false" -}}
+{{- $absent = append $absent "ModerationModels" -}}
+{{- end -}}
+{{- if eq (toString (dig "rollout" "shadow_scorer" true $args)) "false" -}}
+{{- $absent = append $absent "ShadowScorer" -}}
+{{- end -}}
 {{- $deployments := list -}}
 {{- range $d := $app.deployments -}}
+{{- if not (has $d.name $absent) -}}
 {{- $d = mergeOverwrite $d (deepCopy (get ($.Values.serve.deployments | default dict) $d.name | default dict)) -}}
 {{- if eq $d.name "RolloutController" -}}
 {{- $_ := set $d "user_config" (dict "rollout" (include "funnel.rolloutConfig" $ | fromYaml)) -}}
 {{- end -}}
 {{- $deployments = append $deployments $d -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $app "deployments" $deployments -}}
 {{- toYaml $doc -}}

@@ -61,8 +61,8 @@ ingress.mode: "haproxy" with serve.grpc.enabled=true: Ray Serve's high-throughpu
 
 {{- define "funnel.validate.replicas" -}}
 {{- range $name, $d := (.Values.serve.deployments | default dict) -}}
-{{- if not (has $name (list "FeedIngress" "ModerationModels" "RolloutController")) -}}
-serve.deployments.{{ $name }}: no such Serve deployment; allowed: FeedIngress, ModerationModels, RolloutController
+{{- if not (has $name (list "FeedIngress" "ModerationModels" "ShadowScorer" "RolloutController")) -}}
+serve.deployments.{{ $name }}: no such Serve deployment; allowed: FeedIngress, ModerationModels, ShadowScorer, RolloutController
 {{ end -}}
 {{- if $d -}}
 {{- include "funnel.validate.atLeast" (list (printf "serve.deployments.%s.num_replicas" $name) $d.num_replicas 1) -}}

@@ -247,6 +247,19 @@ def test_values_reach_the_deployments_and_the_ingress_mode() -> None:
     assert serve_config(gpu)["applications"][0]["args"]["triton"]["device"] == "cuda"
 
 
+def test_deployments_the_app_leaves_out_are_left_out_of_the_serve_config() -> None:
+    """ShadowScorer runs unless rollout.shadow_scorer is false, ModerationModels unless
+    moderation is off: Serve refuses options for a deployment the app does not have."""
+    names = lambda docs: {d["name"]: d for d in  # noqa: E731
+                          serve_config(docs)["applications"][0]["deployments"]}
+    default = names(tuple(render_docs({})))
+    assert default["ShadowScorer"]["ray_actor_options"]["num_cpus"] == 1
+    assert {"ModerationModels", "RolloutController"} <= set(default)
+    off = names(tuple(render_docs({"serve": {"args": {
+        "rollout": {"shadow_scorer": False}, "moderation": {"enabled": False}}}})))
+    assert set(off) == {"FeedIngress", "RolloutController"}
+
+
 def test_drift_monitor_and_test_hook() -> None:
     docs = rendered("cpu-only-values.yaml")
     drift = one(docs, "Deployment", "rel-funnel-drift")["spec"]["template"]["spec"]

@@ -163,3 +163,12 @@ def test_interleaving_is_routed_until_the_candidate_is_rolled_back():
     assert s.status()["stages"]["ranker"]["interleaving"] == want
     s.rollback("ranker")
     assert s.routing()["stages"]["ranker"]["interleaving"] is None
+
+
+def test_the_shadow_scorer_reports_without_taking_a_share_of_the_budget() -> None:
+    s = RolloutState(clock=lambda: 100.0)
+    s.report("r1", [])
+    s.report("scorer", [{"stage": "ranker", "variant": "x", "comparisons": 3}], False)
+    assert s.active_replicas() == 1
+    s.report("r2", [])
+    assert s.active_replicas() == 2

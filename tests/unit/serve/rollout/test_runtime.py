@@ -46,8 +46,9 @@ class Controller:
     def __init__(self, state: RolloutState) -> None:
         self.state = state
 
-    def report(self, replica: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        self.state.report(replica, rows)
+    def report(self, replica: str, rows: list[dict[str, Any]], serving: bool = True
+               ) -> dict[str, Any]:
+        self.state.report(replica, rows, serving)
         self.state.evaluate()
         return self.state.routing()
 
@@ -324,3 +325,145 @@ def test_a_shadow_that_ranks_differently_is_measured_as_different(
     w = state.status()["stages"]["ranker"]["variants"]["rev"]["window"]
     assert w["comparisons"] == len(users)
     assert w["overlap_at_k"][10] < 0.5 and w["rank_correlation"] < 0.5
+
+
+class PickledHandle(FakeHandle):
+    """A ShadowScorer handle: what crosses it is pickled and unpickled on the way, as Ray's
+    process boundary does; `calls` counts the hand-offs."""
+
+    def __init__(self, obj: object, *, fail: bool = False) -> None:
+        super().__init__(obj)
+        self.calls = 0
+        self.fail = fail
+
+    def __getattr__(self, name: str) -> object:
+        import pickle
+
+        inner = super().__getattr__(name)
+        handle = self
+
+        class _Method:
+            @staticmethod
+            async def remote(*args: object) -> object:
+                handle.calls += 1
+                if handle.fail:
+                    raise ConnectionError("scorer replica gone")
+                return await inner.remote(*pickle.loads(pickle.dumps(args)))  # type: ignore[attr-defined]
+
+        return _Method()
+
+
+def scorer_pair(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any], *,
+                fail: bool = False, handoff_limit: int = 64
+                ) -> tuple[RolloutRuntime, RolloutRuntime, RolloutState, PickledHandle]:
+    """An ingress runtime that hands its comparisons to a ShadowScorer runtime (its own
+    pipeline and variants, reporting to the same controller as a non-serving replica)."""
+    ingress, state, _ = runtime(parts, config)
+    scorer, _, _ = runtime(parts, config)
+    scorer.serving_replica = False
+    scorer._controller = ingress._controller
+    scorer.replica_id = "scorer"
+    handle = PickledHandle(type("Scorer", (), {"compare": staticmethod(scorer.accept)})(),
+                           fail=fail)
+    from serve.rollout.runtime import RemoteComparisons
+
+    ingress.remote = RemoteComparisons(handle, max_inflight=handoff_limit,
+                                       on_drop=ingress.tally.dropped)
+    return ingress, scorer, state, handle
+
+
+SHADOWED = {"stages": {"ranker": {
+    "variants": [{"name": "control", "bundle_version": V, "weight": 100}],
+    "shadows": [{"name": "same", "bundle_version": V, "sample_rate": 1}]},
+    "retrieval": {"variants": [{"name": "control", "bundle_version": V, "weight": 100}],
+                  "shadows": [{"name": "idx", "bundle_version": V, "sample_rate": 1}]}}}
+
+
+def test_with_a_shadow_scorer_the_comparisons_run_there_not_in_the_ingress(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    ingress, scorer, state, handle = scorer_pair(parts, SHADOWED)
+    users = [int(u) for u in parts[0].user_ids[:8]]
+
+    async def go() -> list[tuple[dict[str, str], Any]]:
+        await scorer.report_once()
+        served = await serve(ingress, users)
+        await scorer.drain()
+        await scorer.report_once()
+        return served
+
+    served = asyncio.run(go())
+    assert all(not r.degraded for _, r in served)
+    known = sum(1 for _, r in served if r.trace is not None and r.trace.known)
+    assert handle.calls == len(users) + known  # one ranker + one retrieval hand-off each
+    assert not ingress.runners  # nothing ran in the ingress
+    assert {k: r.done for k, r in scorer.runners.items()} == {
+        ("ranker", "same"): len(users), ("retrieval", "idx"): known}
+    st = state.status()["stages"]
+    assert st["ranker"]["variants"]["same"]["window"]["comparisons"] == len(users)
+    assert st["ranker"]["variants"]["same"]["window"]["overlap_at_k"][10] == pytest.approx(1.0)
+    assert st["retrieval"]["variants"]["idx"]["window"]["comparisons"] == known
+    assert st["ranker"]["variants"]["control"]["window"]["requests"] == len(users)
+    assert state.active_replicas() == 1  # the scorer takes no share of a canary's budget
+
+
+def test_an_unreachable_scorer_or_a_full_hand_off_drops_and_counts(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    users = [int(u) for u in parts[0].user_ids[:6]]
+    ranker_only = {"stages": {"ranker": SHADOWED["stages"]["ranker"]}}
+    ingress, _, state, handle = scorer_pair(parts, ranker_only, fail=True)
+    served = asyncio.run(serve(ingress, users))
+    assert all(not r.degraded for _, r in served)  # the client never sees it
+    assert handle.calls == len(users)
+    totals = state.status()["stages"]["ranker"]["variants"]["same"]["totals"]
+    assert totals["dropped"] == len(users) and totals["comparisons"] == 0
+
+    ingress, _, state, handle = scorer_pair(parts, ranker_only, handoff_limit=1)
+
+    async def burst() -> None:  # hand-offs of one event-loop turn: all but the first drop
+        await ingress.report_once()
+        done = []
+        for u in users:
+            models, assigned = ingress.models_for(u)
+            done.append((assigned, await ingress.pipeline.run(
+                FeedQuery(user_id=u, limit=5, request_id=f"h{u}"), models)))
+        for assigned, res in done:
+            ingress.after_feed(assigned, res)
+        await ingress.drain()
+        await ingress.report_once()
+
+    asyncio.run(burst())
+    totals = state.status()["stages"]["ranker"]["variants"]["same"]["totals"]
+    assert handle.calls == 1 and totals["dropped"] == len(users) - 1
+
+
+def test_a_canary_retired_while_its_request_ran_costs_the_client_nothing(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    """A new table retires the canary's version while one of its requests is in flight: the
+    request's comparison is dropped and counted (it was a 500 once), nothing is reloaded."""
+    rt, state, _ = runtime(parts, {"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": V, "weight": 50},
+        {"name": "candidate", "bundle_version": V, "weight": 50,
+         "fault": {"delay_ms": 0}}]}}})
+
+    async def go() -> None:
+        await rt.report_once()
+        for u in parts[0].user_ids:
+            models, assigned = rt.models_for(int(u))
+            a = assigned["ranker"]
+            assert a is not None
+            if a.primary:
+                rt.abandon(assigned)
+                continue
+            res = await rt.pipeline.run(FeedQuery(user_id=int(u), limit=5,
+                                                  request_id=f"r{u}"), models)
+            rt.variants.retain({})  # the table moved on while the request ran
+            rt.after_feed(assigned, res)  # must not raise
+            assert not rt.variants.has("ranker", a.key)
+            break
+        await rt.drain()
+        await rt.report_once()
+
+    asyncio.run(go())
+    totals = state.status()["stages"]["ranker"]["variants"]["candidate"]["totals"]
+    assert totals["requests"] == 1 and totals["dropped"] == 1
+    assert totals.get("comparisons", 0) == 0

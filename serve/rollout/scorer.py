@@ -1,0 +1,75 @@
+"""`ShadowScorer`: the process where shadow variants run and canary requests are compared.
+
+A shadow's work (its model call, the call's serialisation, the sort and the agreement
+measures) and a canary's comparison with the primary do not belong on the replica that
+answers the client: in the ingress they share its event loop and its CPU with the requests
+they mirror. The ingress therefore hands each feed comparison (`runtime.Comparison`: the
+request's candidates, the served scores and ranker inputs, as plain arrays) to this
+deployment and does not wait for it; the hand-off is bounded and a lost one is counted.
+
+Here the comparisons run on the same bounded per-(stage, variant) queues as before, against
+the same bundle versions (loaded and checksum-verified here, routed by the controller's
+table), and the counts go to the controller like a replica's, flagged as not serving clients
+(they do not widen a canary's error-budget split).
+
+The process lowers its own CPU priority (`rollout.shadow_nice`, the nice value added to every
+thread): where it shares cores with the serving path, the kernel runs the serving path first.
+In a cluster, give it its own CPUs (`ray_actor_options`, or a worker group of its own). The
+ranker variants it calls are still Triton models, served where Triton runs.
+`rollout.shadow_scorer: false` runs the comparisons in each ingress replica instead.
+Moderation's comparisons stay in the ingress: their model calls already run in the
+ModerationModels deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from ray import serve
+
+from serve.config import AppArgs, parse_app_args
+from serve.offpath import lower_priority
+
+log = logging.getLogger("funnel.rollout")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=1000,
+                  health_check_period_s=10)
+class ShadowScorer:
+    def __init__(self, args: dict[str, Any], controller: Any) -> None:
+        from serve.app import build_rollout_runtime, replica_name
+        from serve.loader import load_pipeline
+
+        self.args: AppArgs = parse_app_args(args)
+        self.nice = lower_priority(self.args.rollout.shadow_nice)
+        self.replica = replica_name()
+        self.pipeline, self.versions = load_pipeline(self.args)
+        self.rollout = build_rollout_runtime(self, controller, serving=False)
+        self._reporter: asyncio.Task[None] | None = None
+        log.info("shadow scorer %s ready (nice %s)", self.replica, self.nice)
+
+    def _ensure_reporter(self) -> None:
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(
+                self.rollout.run_reports())
+
+    async def compare(self, comparison: Any) -> bool:
+        """Queue one comparison; False: its queue was full, dropped and counted here."""
+        self._ensure_reporter()
+        queued: bool = self.rollout.accept(comparison)
+        return queued
+
+    async def stats(self) -> dict[str, Any]:
+        """What this replica holds (tests, debugging): queues, nice value, the revision."""
+        return {"replica": self.replica, "nice": self.nice,
+                "revision": self.rollout.router.revision,
+                "queues": {f"{s}/{v}": {"pending": r.pending, "done": r.done}
+                           for (s, v), r in self.rollout.runners.items()}}
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._reporter is not None:
+                self._reporter.cancel()
