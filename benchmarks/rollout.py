@@ -33,7 +33,8 @@ Reported per config: p50 / p99 over every counted request pooled (a p99 of one b
 on its slowest request), client errors (every request, settling ones included), and the p99
 ratio to the baseline with a 95 % interval from a paired bootstrap over cycles
 (`p99_ratio_interval`). The shadow variants are a copy of the bundle under a new version,
-so their agreement with the primary is known (1.0).
+so their agreement with the primary is known (1.0). The comparisons run in the ShadowScorer
+deployment (`--no-shadow-scorer`: in the ingress replica, as before it existed).
 
     funnel bench rollout --bundle artifacts/latest --rate 10 --block-s 10 --cycles 40
 """
@@ -130,7 +131,8 @@ def p99_ratio_interval(base_rounds: list[np.ndarray], other_rounds: list[np.ndar
 
 def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: float = 2.0,
         limit: int = 20, shadow_queue_size: int | None = None, only: list[str] | None = None,
-        arrivals: str = "poisson", say: Say = print) -> dict[str, Any]:
+        arrivals: str = "poisson", shadow_scorer: bool = True, say: Say = print
+        ) -> dict[str, Any]:
     import httpx
     import psutil
 
@@ -142,6 +144,7 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
 
     def tweak(a: dict[str, Any]) -> None:
         a["rollout"]["allow_fault_injection"] = True
+        a["rollout"]["shadow_scorer"] = shadow_scorer
         if shadow_queue_size is not None:
             a["rollout"]["shadow_queue_size"] = shadow_queue_size
 
@@ -247,4 +250,4 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
                 "items": stack.manifest["dataset"]["posts"], "offered_rps": rate,
                 "block_s": block_s, "settle_s": settle_s, "cycles": cycles, "limit": limit,
                 "shadow_queue_size": RolloutSettings(**args["rollout"]).shadow_queue_size,
-                "arrivals": arrivals, "configs": results}
+                "arrivals": arrivals, "shadow_scorer": shadow_scorer, "configs": results}

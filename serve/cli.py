@@ -264,6 +264,9 @@ def bench_rollout(
     arrivals: Annotated[Arrivals, typer.Option(
         help="Request arrivals: a seeded Poisson process, or a fixed interval.")] = (
         Arrivals.poisson),
+    shadow_scorer: Annotated[bool, typer.Option(
+        help="Comparisons in the ShadowScorer deployment (args.rollout.shadow_scorer); "
+             "--no-shadow-scorer: in the ingress replica.")] = True,
 ) -> None:
     """The primary's latency with no shadow traffic, a slow shadow, a failing one and a real
     one, in short interleaved blocks; each p99 ratio with a 95 % interval."""
@@ -276,6 +279,7 @@ def bench_rollout(
     console = Console(stderr=True)
     result = run(bundle=bundle, rate=rate, block_s=block_s, settle_s=settle_s, cycles=cycles,
                  shadow_queue_size=shadow_queue_size, only=only, arrivals=arrivals.value,
+                 shadow_scorer=shadow_scorer,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 
