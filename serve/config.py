@@ -194,8 +194,12 @@ class RolloutSettings(_Strict):
     shadow_nice: int = Field(10, ge=0, le=19, description="added to the ShadowScorer "
                              "process's nice value: the serving path gets the CPU first")
     shadow_handoff_limit: int = Field(64, ge=1, le=100_000, description="comparisons one "
-                                      "ingress replica has on their way to the ShadowScorer; "
-                                      "more are dropped (counted)")
+                                      "ingress replica has batched or on their way to the "
+                                      "ShadowScorer; more are dropped (counted)")
+    # comparisons go to the ShadowScorer in batches: a Serve call costs milliseconds of CPU
+    # on each side whatever it carries (BENCHMARKS.md: rollout)
+    shadow_batch_size: int = Field(32, ge=1, le=10_000)
+    shadow_batch_interval_s: float = Field(0.25, gt=0, le=60)
     shadow_queue_size: int = Field(4, ge=1, le=100_000,
                                    description="pending shadow/compare jobs; more are dropped")
     shadow_concurrency: int = Field(2, ge=1, le=64)

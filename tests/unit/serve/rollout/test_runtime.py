@@ -334,6 +334,7 @@ class PickledHandle(FakeHandle):
     def __init__(self, obj: object, *, fail: bool = False) -> None:
         super().__init__(obj)
         self.calls = 0
+        self.items = 0
         self.fail = fail
 
     def __getattr__(self, name: str) -> object:
@@ -346,6 +347,7 @@ class PickledHandle(FakeHandle):
             @staticmethod
             async def remote(*args: object) -> object:
                 handle.calls += 1
+                handle.items += len(args[0])  # type: ignore[arg-type]
                 if handle.fail:
                     raise ConnectionError("scorer replica gone")
                 return await inner.remote(*pickle.loads(pickle.dumps(args)))  # type: ignore[attr-defined]
@@ -354,7 +356,8 @@ class PickledHandle(FakeHandle):
 
 
 def scorer_pair(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any], *,
-                fail: bool = False, handoff_limit: int = 64
+                fail: bool = False, handoff_limit: int = 64, batch_size: int = 32,
+                batch_interval_s: float = 0.01
                 ) -> tuple[RolloutRuntime, RolloutRuntime, RolloutState, PickledHandle]:
     """An ingress runtime that hands its comparisons to a ShadowScorer runtime (its own
     pipeline and variants, reporting to the same controller as a non-serving replica)."""
@@ -363,12 +366,17 @@ def scorer_pair(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any], *,
     scorer.serving_replica = False
     scorer._controller = ingress._controller
     scorer.replica_id = "scorer"
-    handle = PickledHandle(type("Scorer", (), {"compare": staticmethod(scorer.accept)})(),
+    def compare_many(cs: list[Any]) -> int:
+        return sum(scorer.accept(c) for c in cs)
+
+    handle = PickledHandle(type("Scorer", (), {"compare_many": staticmethod(compare_many)})(),
                            fail=fail)
     from serve.rollout.runtime import RemoteComparisons
 
-    ingress.remote = RemoteComparisons(handle, max_inflight=handoff_limit,
-                                       on_drop=ingress.tally.dropped)
+    ingress.remote = RemoteComparisons(handle, max_pending=handoff_limit,
+                                       on_drop=ingress.tally.dropped, batch_size=batch_size,
+                                       batch_interval_s=batch_interval_s,
+                                       gate=ingress.gate)
     return ingress, scorer, state, handle
 
 
@@ -381,7 +389,9 @@ SHADOWED = {"stages": {"ranker": {
 
 def test_with_a_shadow_scorer_the_comparisons_run_there_not_in_the_ingress(
         parts: tuple[Catalog, FakeRetrieval]) -> None:
-    ingress, scorer, state, handle = scorer_pair(parts, SHADOWED)
+    # batches of 4, and no timer flush within the test: the calls are exactly predictable
+    ingress, scorer, state, handle = scorer_pair(parts, SHADOWED, batch_size=4,
+                                                 batch_interval_s=60)
     users = [int(u) for u in parts[0].user_ids[:8]]
 
     async def go() -> list[tuple[dict[str, str], Any]]:
@@ -394,7 +404,8 @@ def test_with_a_shadow_scorer_the_comparisons_run_there_not_in_the_ingress(
     served = asyncio.run(go())
     assert all(not r.degraded for _, r in served)
     known = sum(1 for _, r in served if r.trace is not None and r.trace.known)
-    assert handle.calls == len(users) + known  # one ranker + one retrieval hand-off each
+    assert handle.items == len(users) + known  # one ranker + one retrieval comparison each
+    assert handle.calls == -(-handle.items // 4)  # in batches of 4; drain sent the rest
     assert not ingress.runners  # nothing ran in the ingress
     assert {k: r.done for k, r in scorer.runners.items()} == {
         ("ranker", "same"): len(users), ("retrieval", "idx"): known}
@@ -413,7 +424,7 @@ def test_an_unreachable_scorer_or_a_full_hand_off_drops_and_counts(
     ingress, _, state, handle = scorer_pair(parts, ranker_only, fail=True)
     served = asyncio.run(serve(ingress, users))
     assert all(not r.degraded for _, r in served)  # the client never sees it
-    assert handle.calls == len(users)
+    assert handle.items == len(users)
     totals = state.status()["stages"]["ranker"]["variants"]["same"]["totals"]
     assert totals["dropped"] == len(users) and totals["comparisons"] == 0
 
