@@ -199,7 +199,7 @@ class RolloutSettings(_Strict):
     # comparisons go to the ShadowScorer in batches: a Serve call costs milliseconds of CPU
     # on each side whatever it carries (BENCHMARKS.md: rollout)
     shadow_batch_size: int = Field(32, ge=1, le=10_000)
-    shadow_batch_interval_s: float = Field(0.25, gt=0, le=60)
+    shadow_batch_interval_s: float = Field(1.0, gt=0, le=60)
     shadow_queue_size: int = Field(4, ge=1, le=100_000,
                                    description="pending shadow/compare jobs; more are dropped")
     shadow_concurrency: int = Field(2, ge=1, le=64)

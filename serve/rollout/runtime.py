@@ -186,7 +186,7 @@ class RemoteComparisons:
     and drops itself."""
 
     def __init__(self, handle: Any, *, max_pending: int, on_drop: Callable[[str, str], None],
-                 batch_size: int = 32, batch_interval_s: float = 0.25,
+                 batch_size: int = 32, batch_interval_s: float = 1.0,
                  gate: IdleGate | None = None) -> None:
         self._handle = handle
         self._max = max_pending
