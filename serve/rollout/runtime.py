@@ -524,8 +524,11 @@ class RolloutRuntime:
         counted."""
         runner = self.runners.get((stage, variant))
         if runner is None:
+            size = self.settings.shadow_queue_size
+            if not self.serving_replica:  # the ShadowScorer: comparisons arrive a batch at once
+                size = max(size, self.settings.shadow_batch_size)
             runner = self.runners[(stage, variant)] = ShadowRunner(
-                size=self.settings.shadow_queue_size,
+                size=size,
                 concurrency=self.settings.shadow_concurrency, gate=self.gate)
         if not runner.submit(job, lambda: self.tally.compare_failed(stage, variant)):
             self.tally.dropped(stage, variant)

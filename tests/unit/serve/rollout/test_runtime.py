@@ -409,6 +409,8 @@ def test_with_a_shadow_scorer_the_comparisons_run_there_not_in_the_ingress(
     assert not ingress.runners  # nothing ran in the ingress
     assert {k: r.done for k, r in scorer.runners.items()} == {
         ("ranker", "same"): len(users), ("retrieval", "idx"): known}
+    # a batch arrives at once: the scorer's queues hold one (the ingress's hold 4)
+    assert all(r._size == 32 for r in scorer.runners.values())
     st = state.status()["stages"]
     assert st["ranker"]["variants"]["same"]["window"]["comparisons"] == len(users)
     assert st["ranker"]["variants"]["same"]["window"]["overlap_at_k"][10] == pytest.approx(1.0)
