@@ -3,9 +3,12 @@ and compare lists off the critical path.
 
 - `models_for(user_id)`: sticky assignment per stage -> the `Models` the pipeline runs with.
 - `after_feed(...)`: counts the request for its variants (the guardrails' numbers), then
-  queues, without waiting, the comparisons: shadows score the same candidates (ranker) or
-  search the same user (retrieval) with their own version; a sampled share of canary
-  requests is compared with what the primary would have served.
+  hands off, without waiting, the comparisons (`Comparison`): shadows score the same
+  candidates (ranker) or search the same user (retrieval) with their own version; a sampled
+  share of canary requests is compared with what the primary would have served. With a
+  `ShadowScorer` deployment (serve/rollout/scorer.py, the default) they go there in batches
+  (`RemoteComparisons`), and the scorer runs them with a runtime of its own (`accept`);
+  without one they run on this replica's queues.
 - `ShadowRunner`: one queue per (stage, variant), bounded and worked by a fixed number of
   tasks; a job that finds it full is dropped and counted (`dropped`), so a slow or failing
   shadow costs the client nothing but the CPU its bounded jobs use, and cannot starve
