@@ -357,19 +357,6 @@ class FeedPipeline:
             scored, infos, emb, limit=limit, now_s=now_s, rng=_rng_for(request_id),
             params=self._rerank)]
 
-    async def scores_with(self, trace: Trace, model: RankerModel
-                          ) -> tuple[np.ndarray, list[str], float]:
-        """`model`'s final score of each of the trace's kept items, in `kept` order (a shadow
-        ranker, or the primary next to a canary): (scores, degraded, ranker call ms). The
-        features are the trace's when the bundles share them; no page is built."""
-        timings: dict[str, float] = {}
-        out = (await self.model_scores(trace.user_id, trace.user, trace.kept_ids, trace.rscore,
-                                       trace.now_s, model, timings, trace.inputs)
-               if len(trace.kept_ids) else (np.zeros(0, np.float32), None))
-        if out is None:
-            return np.zeros(0, np.float32), ["ranker"], timings.get("ranker_call", 0.0)
-        return out[0], [], timings.get("ranker_call", 0.0)
-
     async def rerank_with(self, trace: Trace, model: RankerModel
                           ) -> tuple[list[FeedItem], list[str], float]:
         """The page `model` would have served for the same candidates (the interleaved
