@@ -133,10 +133,6 @@ class ShadowRunner:
                 self.done += 1
                 self._q.task_done()
 
-    @property
-    def pending(self) -> int:
-        return self._q.qsize() if self._q is not None else 0
-
     async def drain(self) -> None:
         if self._q is not None:
             await self._q.join()
@@ -163,7 +159,6 @@ class Comparison:
     user_id: int
     now_s: float
     limit: int
-    request_id: str
     revision: int  # the routing table the request was served by
     served_ms: float  # the served ranker's call (ranker stage)
     kept_ids: np.ndarray  # the candidates the served ranker scored, in order
@@ -199,7 +194,6 @@ class RemoteComparisons:
         self._gate = gate
         self._batch: list[Comparison] = []
         self.inflight = 0  # comparisons in calls not yet answered
-        self.calls = 0
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._last_error = ""
@@ -229,7 +223,6 @@ class RemoteComparisons:
         if not batch:
             return
         self.inflight += len(batch)
-        self.calls += 1
         try:
             response = self._handle.compare_many.remote(batch)
         except Exception as e:
@@ -562,7 +555,7 @@ class RolloutRuntime:
         return Comparison(
             stage=stage, served=served, shadow=shadow, ks=tuple(self.router.overlap_ks(stage)),
             user_id=trace.user_id, now_s=trace.now_s, limit=trace.limit,
-            request_id=trace.request_id, revision=self.router.revision,
+            revision=self.router.revision,
             served_ms=result.timings_ms.get("ranker_call", 0.0) if stage == "ranker" else 0.0,
             kept_ids=trace.kept_ids, rscore=trace.rscore, scores=trace.scores, inputs=inputs)
 

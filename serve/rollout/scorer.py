@@ -63,13 +63,6 @@ class ShadowScorer:
         self._ensure_reporter()
         return sum(bool(self.rollout.accept(c)) for c in comparisons)
 
-    async def stats(self) -> dict[str, Any]:
-        """What this replica holds (tests, debugging): queues, nice value, the revision."""
-        return {"replica": self.replica, "nice": self.nice,
-                "revision": self.rollout.router.revision,
-                "queues": {f"{s}/{v}": {"pending": r.pending, "done": r.done}
-                           for (s, v), r in self.rollout.runners.items()}}
-
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             if self._reporter is not None:

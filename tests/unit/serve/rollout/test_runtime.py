@@ -480,3 +480,27 @@ def test_a_canary_retired_while_its_request_ran_costs_the_client_nothing(
     totals = state.status()["stages"]["ranker"]["variants"]["candidate"]["totals"]
     assert totals["requests"] == 1 and totals["dropped"] == 1
     assert totals.get("comparisons", 0) == 0
+
+
+def test_a_scorer_behind_the_ingress_fetches_the_newer_table_before_comparing(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    """The scorer has not reported yet when the first comparisons arrive: their revision is
+    newer than its table, so it fetches the table (loading the shadow) and compares."""
+    cfg = {"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": V, "weight": 100}],
+        "shadows": [{"name": "faulty", "bundle_version": V, "sample_rate": 1,
+                     "fault": {"delay_ms": 0}}]}}}
+    ingress, scorer, state, _ = scorer_pair(parts, cfg, batch_size=2, batch_interval_s=60)
+    users = [int(u) for u in parts[0].user_ids[:4]]
+    assert scorer.router.revision < 0 and not scorer.variants.has("ranker", (V, (
+        ("delay_ms", 0.0),)))
+
+    async def go() -> None:
+        await serve(ingress, users)
+        await scorer.drain()
+        await scorer.report_once()
+
+    asyncio.run(go())
+    assert scorer.router.revision == ingress.router.revision >= 0
+    w = state.status()["stages"]["ranker"]["variants"]["faulty"]
+    assert w["window"]["comparisons"] == len(users) and w["totals"].get("dropped", 0) == 0
