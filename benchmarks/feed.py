@@ -59,7 +59,8 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
                     ) -> dict[str, Any]:
     """Send `rate` requests/s for `duration_s`; returns latency percentiles and rates, and the
     server-side median of each stage (with `keep_latencies`, also every latency in send order,
-    `latencies_ms`, and when each request went out, `sent_s`, seconds after the start).
+    `latencies_ms`, when each request went out, `sent_s`, seconds after the start, and the
+    server's own time for it, `handler_ms`, NaN where the response did not say).
 
     Requests go out at a constant interval, or, with `poisson_seed`, as a Poisson process of
     the same rate (exponential gaps, seeded): real traffic does not arrive on a clock, and
@@ -70,6 +71,7 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
     n = max(1, int(rate * duration_s))
     lat = np.full(n, np.nan)  # by send order
     sent = np.zeros(n)  # seconds after the start
+    handler = np.full(n, np.nan)  # the server's own time (Server-Timing `handler`), if sent
     start = time.perf_counter()
 
     async def one(i: int) -> None:
@@ -82,6 +84,7 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
             ok, timing = False, {}
         if timing:
             stages.append(timing)
+            handler[i] = timing.get("handler", np.nan)
         lat[i] = (time.perf_counter() - t0) * 1000
         if not ok:
             errors += 1
@@ -104,8 +107,8 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
             "error_rate": round(errors / n, 4), "requests": n,
             "server_stages_p50_ms": _stage_medians(stages),
-            **({"latencies_ms": lat.tolist(), "sent_s": sent.tolist()}
-               if keep_latencies else {})}
+            **({"latencies_ms": lat.tolist(), "sent_s": sent.tolist(),
+                "handler_ms": handler.tolist()} if keep_latencies else {})}
 
 
 async def sweep(call: Call, users: np.ndarray, *, duration_s: float, say: Say, name: str,

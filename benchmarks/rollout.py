@@ -29,8 +29,14 @@ interval; then a shadow delayed by a multiple of the interval lands on the phase
 request every time, a resonance real traffic does not have). Every config of a cycle
 replays the same arrival times.
 
+Before the measured cycles, one warm-up cycle runs every config once, not counted (reported
+as `warmup`): a shadow's first minute (the scorer's first calls, the shadow model's first
+real batches) is not its steady state.
+
 Reported per config: p50 / p99 over every counted request pooled (a p99 of one block rests
-on its slowest request), client errors (every request, settling ones included), and the p99
+on its slowest request), where the slowest 1 % spent their time (`tail`: the server's own
+time or outside it), client errors (every request, settling and warm-up ones included), and
+the p99
 ratio to the baseline with a 95 % interval from a paired bootstrap over cycles
 (`p99_ratio_interval`). The shadow variants are a copy of the bundle under a new version,
 so their agreement with the primary is known (1.0). The comparisons run in the ShadowScorer
@@ -108,6 +114,27 @@ def counted(latencies_ms: list[float], sent_s: list[float], settle_s: float) -> 
     return lat[np.asarray(sent_s, dtype=float) >= settle_s]
 
 
+def tail_breakdown(latencies_ms: np.ndarray, handler_ms: np.ndarray, q: float = 99.0
+                   ) -> dict[str, Any]:
+    """Where the slowest requests' time went: over the requests at or above the `q`-th
+    percentile, the median client latency, the median of the server's own time for them
+    (the ingress handler, from Server-Timing) and of the rest (the proxy, the network, the
+    load generator's event loop)."""
+    lat = np.asarray(latencies_ms, dtype=float)
+    handler = np.asarray(handler_ms, dtype=float)
+    if lat.shape != handler.shape or not len(lat):
+        raise ValueError("need as many handler times as latencies, and at least one")
+    slow = lat >= np.percentile(lat, q, method="lower")
+    h = handler[slow]
+    known = ~np.isnan(h)
+    out: dict[str, Any] = {"requests": int(slow.sum()),
+                           "latency_ms": round(float(np.median(lat[slow])), 2)}
+    if known.any():
+        out["handler_ms"] = round(float(np.median(h[known])), 2)
+        out["outside_handler_ms"] = round(float(np.median(lat[slow][known] - h[known])), 2)
+    return out
+
+
 def p99_ratio_interval(base_rounds: list[np.ndarray], other_rounds: list[np.ndarray], *,
                        boots: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(ratio, low, high): the pooled p99 of `other` over the baseline's, and a 95 % interval
@@ -163,8 +190,11 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
         names = list(plans)
         blocks: dict[str, list[dict[str, Any]]] = {name: [] for name in plans}
         per_cycle: dict[str, list[np.ndarray]] = {name: [] for name in plans}
+        handler_ms: dict[str, list[np.ndarray]] = {name: [] for name in plans}
+        warmup: dict[str, dict[str, Any]] = {}
         errors = dict.fromkeys(plans, 0)
         sent = dict.fromkeys(plans, 0)
+        cpu_requests = dict.fromkeys(plans, 0)  # requests of the measured blocks
         cpu: dict[str, dict[str, float]] = {name: {} for name in plans}
 
         def cpu_now() -> dict[int, tuple[str, float]]:
@@ -180,6 +210,16 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
                 resp = await admin.put(f"{base}/v1/admin/rollout", json=plans[name])
                 resp.raise_for_status()
 
+            async def block(name: str, c: int) -> tuple[dict[str, Any], np.ndarray,
+                                                         np.ndarray]:
+                await apply(name)
+                p = await open_loop(call, users, rate=rate, duration_s=settle_s + block_s,
+                                    keep_latencies=True,
+                                    poisson_seed=c if arrivals == "poisson" else None)
+                sent_s = p.pop("sent_s")
+                lat = counted(p.pop("latencies_ms"), sent_s, settle_s)
+                return p, lat, counted(p.pop("handler_ms"), sent_s, settle_s)
+
             try:
                 # the first apply loads the shadow version (checksums, a Triton model); the
                 # later ones only change sample rates
@@ -187,22 +227,31 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
                 await asyncio.sleep(2.0)
                 for i in range(200):  # warm-up
                     await call(int(users[i % len(users)]))
+                # a warm-up cycle, not counted: each shadow's first minute (the scorer's first
+                # calls, the shadow model's first real batches) is not its steady state; kept
+                # in the result as `warmup`
+                for name in names:
+                    p, lat, _ = await block(name, -1)
+                    warmup[name] = {"p50_ms": round(float(np.percentile(lat, 50)), 2),
+                                    "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                                    "client_errors": round(p["error_rate"] * p["requests"])}
+                    errors[name] += warmup[name]["client_errors"]
+                    sent[name] += p["requests"]
+                say("warm-up cycle: " + ", ".join(
+                    f"{n} p99 {w['p99_ms']:.1f} ms" for n, w in warmup.items()))
                 t_start = time.monotonic()
                 for c in range(cycles):
                     for name in cycle_order(names, c):
-                        await apply(name)
                         before = await asyncio.to_thread(cpu_now)
-                        p = await open_loop(
-                            call, users, rate=rate, duration_s=settle_s + block_s,
-                            keep_latencies=True,
-                            poisson_seed=c if arrivals == "poisson" else None)
+                        p, lat, handler = await block(name, c)
                         after = await asyncio.to_thread(cpu_now)
                         for role, t in cpu_by_role(before, after).items():
                             cpu[name][role] = cpu[name].get(role, 0.0) + t
-                        lat = counted(p.pop("latencies_ms"), p.pop("sent_s"), settle_s)
                         per_cycle[name].append(lat)
+                        handler_ms[name].append(handler)
                         errors[name] += round(p["error_rate"] * p["requests"])
                         sent[name] += p["requests"]
+                        cpu_requests[name] += p["requests"]
                         blocks[name].append({
                             "cycle": c, "counted": len(lat),
                             "p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -228,11 +277,14 @@ def run(*, bundle: str, rate: float, block_s: float, cycles: int, settle_s: floa
                 "p99_ms": round(float(np.percentile(lat, 99)), 2),
                 "client_errors": errors[name], "requests": sent[name],
                 "counted_requests": len(lat),
-                # CPU per request sent, by process role, over whole blocks (settling too)
+                # the slowest 1 %: in the server's own time, or outside it?
+                "tail": tail_breakdown(lat, np.concatenate(handler_ms[name])),
+                # CPU per request sent, by process role, over whole measured blocks (settling
+                # too; not the warm-up cycle)
                 "cpu_ms_per_request": {
-                    role: round(t * 1000 / sent[name], 3) for role, t in sorted(
+                    role: round(t * 1000 / cpu_requests[name], 3) for role, t in sorted(
                         cpu[name].items(), key=lambda kv: -kv[1]) if t > 0},
-                "blocks": blocks[name]}
+                "warmup": warmup[name], "blocks": blocks[name]}
             if name != "baseline":
                 ratio, low, high = p99_ratio_interval(per_cycle["baseline"], per_cycle[name])
                 variant = status["stages"]["ranker"]["variants"][SHADOWS[name][0]]

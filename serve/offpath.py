@@ -8,7 +8,12 @@ call `yield_to_requests()` just before their network or compute step; outside an
 off-path task it returns at once.
 
 A process that does only off-path work (the rollout's ShadowScorer) lowers its own CPU
-priority with `lower_priority`.
+priority with `lower_priority`: a higher nice value and, on Linux, the idle scheduling class
+(SCHED_IDLE). A nice value only shifts CPU shares: at nice 10 a busy process still gets
+about a tenth of a contended core, and a serving thread that wakes waits for the kernel's
+wake-up granularity before it preempts it. A SCHED_IDLE thread runs only on CPU time no
+other thread wants and is preempted as soon as one does. Neither needs privilege (lowering
+is always allowed), and neither can be undone without it.
 """
 
 from __future__ import annotations
@@ -38,19 +43,28 @@ async def yield_to_requests() -> None:
         await wait()
 
 
-def lower_priority(increment: int) -> int | None:
-    """Add `increment` to the nice value of every thread of this process (on Linux a nice
-    value is per thread; threads started later inherit their creator's); the new value, or
-    None where the platform has no priorities. Raising it needs no privilege."""
+def lower_priority(increment: int, *, idle_class: bool = False) -> tuple[int | None, bool]:
+    """Add `increment` to the nice value of every thread of this process and, with
+    `idle_class`, move them into the idle scheduling class (on Linux both are per thread;
+    threads started later inherit their creator's). Returns (the new nice value, or None
+    where the platform has no priorities; whether the threads run in the idle class)."""
     if not hasattr(os, "setpriority"):
-        return None
+        return None, False
     base = os.getpriority(os.PRIO_PROCESS, 0)
     target = min(19, base + max(0, increment))
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # not Linux: the process's priority
         tids = [0]
+    idle = idle_class and hasattr(os, "SCHED_IDLE")
     for tid in tids:
         with contextlib.suppress(OSError):  # a thread that just ended
             os.setpriority(os.PRIO_PROCESS, tid, target)
-    return target
+        if idle:
+            try:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            except ProcessLookupError:  # a thread that just ended
+                pass
+            except OSError:  # refused (a seccomp profile): the nice value still applies
+                idle = False
+    return target, idle

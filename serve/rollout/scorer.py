@@ -14,7 +14,8 @@ table), and the counts go to the controller like a replica's, flagged as not ser
 (they do not widen a canary's error-budget split).
 
 The process lowers its own CPU priority (`rollout.shadow_nice`, the nice value added to every
-thread): where it shares cores with the serving path, the kernel runs the serving path first.
+thread, and `rollout.shadow_idle_class`, Linux's SCHED_IDLE): where it shares cores with the
+serving path, the kernel runs the serving path first and the scorer on what is left.
 In a cluster, give it its own CPUs (`ray_actor_options`, or a worker group of its own). The
 ranker variants it calls are still Triton models, served where Triton runs.
 `rollout.shadow_scorer: false` runs the comparisons in each ingress replica instead.
@@ -45,12 +46,14 @@ class ShadowScorer:
         from serve.loader import load_pipeline
 
         self.args: AppArgs = parse_app_args(args)
-        self.nice = lower_priority(self.args.rollout.shadow_nice)
+        self.nice, self.idle_class = lower_priority(
+            self.args.rollout.shadow_nice, idle_class=self.args.rollout.shadow_idle_class)
         self.replica = replica_name()
         self.pipeline, self.versions = load_pipeline(self.args)
         self.rollout = build_rollout_runtime(self, controller, serving=False)
         self._reporter: asyncio.Task[None] | None = None
-        log.info("shadow scorer %s ready (nice %s)", self.replica, self.nice)
+        log.info("shadow scorer %s ready (nice %s%s)", self.replica, self.nice,
+                 ", idle scheduling class" if self.idle_class else "")
 
     def _ensure_reporter(self) -> None:
         if self._reporter is None or self._reporter.done():

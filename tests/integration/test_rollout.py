@@ -5,6 +5,7 @@ its rows to the wrong items). Every test starts from no rollout and leaves none 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -224,12 +225,14 @@ def test_slow_and_failing_shadows_never_reach_the_client(
     assert float(line.split()[-1]) >= 10
     # the shadows ran in the ShadowScorer, a process of its own at a lower CPU priority
     assert stack.serve_pid, "the stack's `funnel serve` pid is unknown"
-    nice = replica_nice(stack.serve_pid)
-    assert nice["ShadowScorer"] == min(19, nice["FeedIngress"] + 10), nice
+    nice = replica_priority(stack.serve_pid)
+    assert nice["ShadowScorer"] == (min(19, nice["FeedIngress"][0] + 10), os.SCHED_IDLE), nice
+    assert nice["FeedIngress"][1] == os.SCHED_OTHER, nice
 
 
-def replica_nice(serve_pid: int) -> dict[str, int]:
-    """The nice value of each Serve replica process below `funnel serve`, by deployment."""
+def replica_priority(serve_pid: int) -> dict[str, tuple[int, int]]:
+    """(nice value, scheduling policy) of each Serve replica process below `funnel serve`,
+    by deployment."""
     import psutil
 
     out = {}
@@ -237,8 +240,9 @@ def replica_nice(serve_pid: int) -> dict[str, int]:
         try:
             title = " ".join(p.cmdline())
             if title.startswith("ray::ServeReplica:"):
-                out[title.split()[0].split(":")[-1].split(".")[0]] = p.nice()
-        except psutil.Error:
+                out[title.split()[0].split(":")[-1].split(".")[0]] = (
+                    p.nice(), os.sched_getscheduler(p.pid))
+        except (psutil.Error, OSError):
             continue
     return out
 

@@ -130,3 +130,19 @@ def test_cpu_between_snapshots_follows_the_pid_when_its_role_changes() -> None:
              4: ("tritonserver", 0.25)}
     assert cpu_by_role(before, after) == {"ray::ServeController.listen_for_change": 2.0,
                                           "raylet": 0.5, "tritonserver": 0.25}
+
+
+def test_the_tail_breakdown_splits_the_slowest_requests_into_server_time_and_the_rest() -> None:
+    from benchmarks.rollout import tail_breakdown
+
+    lat = np.array([10.0] * 98 + [100.0, 120.0])
+    handler = np.array([8.0] * 98 + [90.0, np.nan])  # the last response sent no timing
+    t = tail_breakdown(lat, handler)
+    assert t["requests"] == 2
+    assert t["latency_ms"] == pytest.approx(110.0)
+    assert t["handler_ms"] == pytest.approx(90.0)  # only where the server said
+    assert t["outside_handler_ms"] == pytest.approx(10.0)
+    no_timing = tail_breakdown(lat, np.full(100, np.nan))
+    assert "handler_ms" not in no_timing and no_timing["requests"] == 2
+    with pytest.raises(ValueError):
+        tail_breakdown(lat, handler[:-1])
