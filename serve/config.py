@@ -193,8 +193,9 @@ class RolloutSettings(_Strict):
     shadow_scorer: bool = True
     shadow_nice: int = Field(10, ge=0, le=19, description="added to the ShadowScorer "
                              "process's nice value: the serving path gets the CPU first")
-    # true: the ShadowScorer's threads also run in Linux's idle scheduling class (SCHED_IDLE):
-    # only on CPU time nothing else wants, preempted at once when a serving thread wakes
+    # true: the ShadowScorer's threads, and the Triton model process of a ranker version only
+    # shadows use, run in Linux's idle scheduling class (SCHED_IDLE): only on CPU time
+    # nothing else wants, preempted at once when a serving thread wakes
     shadow_idle_class: bool = True
     shadow_handoff_limit: int = Field(64, ge=1, le=100_000, description="comparisons one "
                                       "ingress replica has batched or on their way to the "

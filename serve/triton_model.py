@@ -11,7 +11,9 @@ of 7.2 ms per 395-candidate call on 2 CPU cores (BENCHMARKS.md).
 Parameters (from config.pbtxt, or the JSON config of a version loaded at run time):
 `model_path` (TorchScript), `model_sha256` (when set, the file is checked against it before
 loading; a mismatch fails the load), `keys` (input names in the model's argument order),
-`device` (`cpu`, `cuda` or `auto`), `intra_op_threads`.
+`device` (`cpu`, `cuda` or `auto`), `intra_op_threads`, `cpu_class` (`idle`: every thread of
+this stub process moves into Linux's idle scheduling class, for a version only shadows call:
+it then runs on CPU time the serving path leaves; `normal`, the default, changes nothing).
 
 Only numpy and torch are imported at module level besides Triton's own utilities, which
 exist only inside the stub; the batching logic is `run_batch`, a pure function with unit
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +49,27 @@ def run_batch(forward: Callable[..., np.ndarray], keys: Sequence[str],
     columns += [np.concatenate([r[k].reshape(-1) for r in requests]) for k in keys[1:]]
     out = forward(*columns)
     return np.split(out, np.cumsum(sizes)[:-1])
+
+
+def idle_cpu_class() -> bool:
+    """Move every thread of this process into the idle scheduling class (SCHED_IDLE; threads
+    started later inherit it). True when it took; False where the platform has no such
+    class or refuses it. Lowering needs no privilege and cannot be undone without it: Triton
+    starts a new stub process when it loads the model again at another class."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:  # a thread that just ended
+            continue
+        except OSError:
+            return False
+    return True
 
 
 def file_sha256(path: str) -> str:
@@ -92,6 +116,8 @@ class TritonPythonModel:
         dev = torch.device(device)
         self.model = torch.jit.load(params["model_path"], map_location=dev).eval()
         self._forward = torch_forward(self.model, dev)
+        if params.get("cpu_class", "normal") == "idle":
+            idle_cpu_class()  # refused (a seccomp profile): the model runs as any other
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils

@@ -179,10 +179,15 @@ def model_config_pbtxt(*, n_dense: int, settings: TritonSettings, device: torch.
 
 
 def model_config_json(*, name: str, n_dense: int, settings: TritonSettings,
-                      model_path: str, model_sha256: str) -> dict[str, Any]:
+                      model_path: str, model_sha256: str, cpu_class: str = "normal"
+                      ) -> dict[str, Any]:
     """The `ranker` model config as Triton's JSON form, for loading a bundle version at run
     time (`load_model(name, config=...)`, with model.py sent as a file). Same shape as
-    `model_config_pbtxt`; the device is resolved by the model (`auto`: CUDA when present)."""
+    `model_config_pbtxt`; the device is resolved by the model (`auto`: CUDA when present).
+    `cpu_class` "idle": the model's process runs in Linux's idle scheduling class (a version
+    only shadows call)."""
+    if cpu_class not in ("normal", "idle"):
+        raise ValueError(f"cpu_class: {cpu_class!r}; allowed: 'normal', 'idle'")
     cfg: dict[str, Any] = {
         "name": name, "backend": "python", "max_batch_size": settings.max_batch_size,
         "input": [{"name": "dense", "data_type": "TYPE_FP32", "dims": [n_dense]},
@@ -195,7 +200,7 @@ def model_config_json(*, name: str, n_dense: int, settings: TritonSettings,
             "model_path": model_path, "model_sha256": model_sha256,
             "keys": ",".join(RANKER_KEYS), "device": settings.device,
             "intra_op_threads": str(settings.intra_op_threads),
-            "tasks": ",".join(TASKS)}.items()},
+            "tasks": ",".join(TASKS), "cpu_class": cpu_class}.items()},
     }
     # Warm-up before the model takes traffic: TorchScript's profiling executor optimises
     # during the first calls, which took over 150 ms (the ranker's timeout) here, so a canary

@@ -203,6 +203,11 @@ class StageRollout(_Strict):
         return {v.bundle_version for v in self.variants} | {
             s.bundle_version for s in self.shadows}
 
+    def shadow_only_versions(self) -> set[str]:
+        """Versions only shadows use: none of their calls answers a client."""
+        return {s.bundle_version for s in self.shadows} - {
+            v.bundle_version for v in self.variants}
+
 
 class RolloutConfig(_Strict):
     salt: str = Field("funnel", min_length=1, max_length=128)

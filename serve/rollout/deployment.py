@@ -114,7 +114,8 @@ class RolloutController:
         self.triton = TritonModels(a.feed.ranker.url, a.triton,
                                    primary_version=self.primary_version, root=self.root,
                                    base_name=a.feed.ranker.model_name,
-                                   grace_s=a.rollout.triton_unload_grace_s)
+                                   grace_s=a.rollout.triton_unload_grace_s,
+                                   idle_shadows=a.rollout.shadow_idle_class)
         self._lock = asyncio.Lock()
         self._last_heal = 0.0
         raw = load_rollout_source(a.rollout.config)
@@ -132,9 +133,10 @@ class RolloutController:
     async def _apply(self, cfg: RolloutConfig, source: str) -> None:
         await asyncio.to_thread(verify_versions, cfg, root=self.root,
                                 primary=self.primary_manifest)
-        versions = {v for name, st in cfg.stages.items() if name == "ranker"
-                    for v in st.versions()}
-        await asyncio.to_thread(self.triton.ensure, versions)
+        st = cfg.stages.get("ranker")
+        if st is not None:  # before the table that routes to them is in force
+            await asyncio.to_thread(self.triton.ensure, st.versions(),
+                                    st.shadow_only_versions())
         self.state.apply(cfg, source=source)
         log.info("rollout: config applied (%s), revision %d", source, self.state.revision)
 
@@ -215,9 +217,10 @@ class RolloutController:
         self._last_heal = now
         st = self.state.stages.get("ranker")
         keep = st.config.versions() if st is not None else set()
-        await asyncio.to_thread(self._heal_sync, keep)
+        shadow_only = st.config.shadow_only_versions() if st is not None else set()
+        await asyncio.to_thread(self._heal_sync, keep, shadow_only)
 
-    def _heal_sync(self, keep: set[str]) -> None:
+    def _heal_sync(self, keep: set[str], shadow_only: set[str]) -> None:
         from serve.rollout.variants import ranker_model_name
 
         for v in list(self.triton.loaded):
@@ -228,9 +231,9 @@ class RolloutController:
                 continue  # Triton down: try again later
             if not ready:
                 log.warning("rollout: Triton lost %s; loading it again", name)
-                self.triton.loaded.discard(v)
+                self.triton.loaded.pop(v, None)
         try:
-            self.triton.ensure(v for v in keep if v != self.primary_version)
+            self.triton.ensure((v for v in keep if v != self.primary_version), shadow_only)
         except FunnelError as e:
             log.warning("rollout: %s", e)
         self.triton.retire(keep)

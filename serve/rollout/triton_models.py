@@ -7,6 +7,12 @@ The bundle is checksum-verified here before Triton is asked to load it, and the 
 its own file's sha256 again when Triton loads it (Triton may run on another machine). A
 version no config names any more is unloaded after a grace period, so that replicas still
 routing to it under the previous table finish their calls.
+
+A version only shadows use is loaded in the idle CPU class (`cpu_class: idle`, with
+`rollout.shadow_idle_class`): its model process runs on CPU time the serving path leaves.
+When a later config gives that version client traffic (a shadow becoming a canary), it is
+loaded again in the normal class before the table that routes to it is in force; Triton
+swaps a reloaded model without a gap in availability.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ log = logging.getLogger("funnel.rollout")
 class TritonModels:
     def __init__(self, url: str, settings: TritonSettings, *, primary_version: str,
                  root: Path, base_name: str = "ranker", grace_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, client: Any = None) -> None:
+                 idle_shadows: bool = True, clock: Callable[[], float] = time.monotonic,
+                 client: Any = None) -> None:
         self._url = url
         self._settings = settings
         self._primary = primary_version
@@ -39,7 +46,8 @@ class TritonModels:
         self._grace_s = grace_s
         self._clock = clock
         self._client = client
-        self.loaded: set[str] = set()
+        self._idle_shadows = idle_shadows
+        self.loaded: dict[str, str] = {}  # version -> CPU class it was loaded in
         self._retiring: dict[str, float] = {}
 
     def _c(self) -> Any:
@@ -49,22 +57,27 @@ class TritonModels:
             self._client = grpcclient.InferenceServerClient(self._url)
         return self._client
 
-    def ensure(self, versions: Iterable[str]) -> list[str]:
-        """Load every version not yet loaded; BundleLoadError names the one that failed
-        (checksums, or Triton's reason). Returns the model names."""
+    def ensure(self, versions: Iterable[str], shadow_only: Iterable[str] = ()) -> list[str]:
+        """Load every version not yet loaded, those in `shadow_only` in the idle CPU class
+        (one loaded in the other class is loaded again); BundleLoadError names the one that
+        failed (checksums, or Triton's reason). Returns the model names."""
+        idle = set(shadow_only) if self._idle_shadows else set()
         names = []
         for v in sorted(set(versions)):
             name = ranker_model_name(v, self._primary, self._base)
             names.append(name)
             self._retiring.pop(v, None)
-            if v == self._primary or v in self.loaded:
+            cpu_class = "idle" if v in idle else "normal"
+            if v == self._primary or self.loaded.get(v) == cpu_class:
                 continue
             b = verify_bundle(version_path(self._root, v))
             meta = b.manifest["models"]["ranker"]
             path = b.file(meta["path"])
             cfg = model_config_json(name=name, n_dense=len(meta["dense_features"]),
                                     settings=self._settings, model_path=str(path.resolve()),
-                                    model_sha256=b.manifest["files"][meta["path"]])
+                                    model_sha256=b.manifest["files"][meta["path"]],
+                                    cpu_class=cpu_class)
+            again = v in self.loaded
             started = time.monotonic()
             try:
                 self._c().load_model(name, config=json.dumps(cfg),
@@ -73,8 +86,9 @@ class TritonModels:
             except Exception as e:
                 raise BundleLoadError(f"Triton did not load the ranker of bundle {v} as "
                                       f"{name!r}: {e}") from e
-            self.loaded.add(v)
-            log.info("rollout: Triton loaded %s (bundle %s) in %.1fs", name, v,
+            self.loaded[v] = cpu_class
+            log.info("rollout: Triton %s %s (bundle %s, %s CPU class) in %.1fs",
+                     "reloaded" if again else "loaded", name, v, cpu_class,
                      time.monotonic() - started)
         return names
 
@@ -95,5 +109,5 @@ class TritonModels:
                 log.info("rollout: Triton unloaded %s (no config names bundle %s)", name, v)
             except Exception as e:  # Triton down: it forgets its models anyway
                 log.warning("rollout: could not unload %s: %s", name, e)
-            self.loaded.discard(v)
+            self.loaded.pop(v, None)
             self._retiring.pop(v, None)

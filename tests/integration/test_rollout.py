@@ -228,6 +228,25 @@ def test_slow_and_failing_shadows_never_reach_the_client(
     nice = replica_priority(stack.serve_pid)
     assert nice["ShadowScorer"] == (min(19, nice["FeedIngress"][0] + 10), os.SCHED_IDLE), nice
     assert nice["FeedIngress"][1] == os.SCHED_OTHER, nice
+    # and the shadows' ranker version, which serves no client, runs in Triton's model
+    # process in the idle class; the primary's does not
+    assert model_process_policy(f"ranker-{versions['canary']}") == os.SCHED_IDLE
+    assert model_process_policy("ranker") == os.SCHED_OTHER
+
+
+def model_process_policy(model: str) -> int:
+    """The scheduling policy of the newest Triton Python-backend process serving `model`
+    (its command line ends with the instance name, `<model>_0_0`)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].endswith("triton_python_backend_stub") and \
+                f"{model}_0_0" in cmd:
+            found.append((p.info["create_time"], p.pid))
+    assert found, f"no Triton model process for {model}"
+    return os.sched_getscheduler(max(found)[1])
 
 
 def replica_priority(serve_pid: int) -> dict[str, tuple[int, int]]:

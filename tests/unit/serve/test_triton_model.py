@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +84,38 @@ def test_config_pbtxt_follows_the_batching_and_device_settings() -> None:
     off = _parse(model_config_pbtxt(n_dense=3, settings=TritonSettings(dynamic_batching=False),
                                     device=torch.device("cpu"), model_path="/m.pt"))
     assert not off.HasField("dynamic_batching")
+
+
+IDLE_CHILD = """
+import os, threading
+from serve.triton_model import idle_cpu_class
+started = threading.Event(); stop = threading.Event()
+t = threading.Thread(target=lambda: (started.set(), stop.wait())); t.start(); started.wait()
+ok = idle_cpu_class()
+late = []
+t2 = threading.Thread(target=lambda: late.append(os.sched_getscheduler(0))); t2.start(); t2.join()
+print(int(ok), os.sched_getscheduler(0), os.sched_getscheduler(t.native_id), late[0])
+stop.set()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the idle class is Linux's")
+def test_a_shadow_only_model_moves_its_whole_process_into_the_idle_class() -> None:
+    # in a child process: the class cannot be left without privilege
+    out = subprocess.run([sys.executable, "-c", IDLE_CHILD], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    ok, *policies = map(int, out)
+    assert ok == 1
+    assert policies == [os.SCHED_IDLE] * 3, policies
+
+
+def test_the_json_config_names_the_cpu_class_and_refuses_an_unknown_one() -> None:
+    from serve.triton_server import model_config_json
+
+    kw = {"name": "ranker-v2", "n_dense": 4, "settings": TritonSettings(),
+          "model_path": "/b/model.pt", "model_sha256": "ab"}
+    assert model_config_json(**kw)["parameters"]["cpu_class"] == {"string_value": "normal"}
+    assert model_config_json(**kw, cpu_class="idle")["parameters"]["cpu_class"] == {
+        "string_value": "idle"}
+    with pytest.raises(ValueError, match="cpu_class: 'low'; allowed"):
+        model_config_json(**kw, cpu_class="low")

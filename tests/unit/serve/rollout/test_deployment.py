@@ -142,3 +142,32 @@ def test_a_user_config_triton_cannot_load_yet_is_retried_not_dropped(controller)
     s = asyncio.run(ctrl.status())
     assert "v9" in s["user_config_error"] and not s["pending_start_config"]
     assert s["stages"]["ranker"]["weights"]["canary"] == 20.0
+
+
+def test_a_version_only_shadows_use_runs_in_the_idle_class_until_it_serves_clients(
+        controller) -> None:
+    ctrl, triton = controller
+    loads: list[tuple[str, str]] = []
+    real_load = triton.load_model
+
+    def load_model(name: str, config: str, **kw: Any) -> None:
+        loads.append((name, json.loads(config)["parameters"]["cpu_class"]["string_value"]))
+        real_load(name, config, **kw)
+
+    triton.load_model = load_model  # type: ignore[method-assign]
+    shadowed = {"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": "v1", "weight": 100}],
+        "shadows": [{"name": "next", "bundle_version": "v2", "sample_rate": 0.5}]}}}
+    assert asyncio.run(ctrl.apply(shadowed))["ok"] is True
+    assert loads == [("ranker-v2", "idle")]
+    assert asyncio.run(ctrl.apply(shadowed))["ok"] is True  # same class: not loaded again
+    assert loads == [("ranker-v2", "idle")]
+    # the shadow becomes a canary: loaded again in the normal class before it serves
+    assert asyncio.run(ctrl.apply(ranker(canary="v2")))["ok"] is True
+    assert loads == [("ranker-v2", "idle"), ("ranker-v2", "normal")]
+    # a version that is both a canary and a shadow serves clients: normal
+    both = ranker(canary="v2")
+    both["stages"]["ranker"]["shadows"] = [
+        {"name": "again", "bundle_version": "v2", "sample_rate": 0.1}]
+    assert asyncio.run(ctrl.apply(both))["ok"] is True
+    assert loads[-1] == ("ranker-v2", "normal") and len(loads) == 2
