@@ -55,7 +55,9 @@ def idle_cpu_class() -> bool:
     """Move every thread of this process into the idle scheduling class (SCHED_IDLE; threads
     started later inherit it). True when it took; False where the platform has no such
     class or refuses it. Lowering needs no privilege and cannot be undone without it: Triton
-    starts a new stub process when it loads the model again at another class."""
+    starts a new stub process when it loads the model again at another class. (The idle
+    half of `serve.offpath.lower_priority`, repeated: this file runs in Triton's stub, where
+    the serve package need not be installed.)"""
     if not hasattr(os, "SCHED_IDLE"):
         return False
     try:
