@@ -46,14 +46,14 @@ class ShadowScorer:
         from serve.loader import load_pipeline
 
         self.args: AppArgs = parse_app_args(args)
-        self.nice, self.idle_class = lower_priority(
+        nice, idle_class = lower_priority(
             self.args.rollout.shadow_nice, idle_class=self.args.rollout.shadow_idle_class)
         self.replica = replica_name()
         self.pipeline, self.versions = load_pipeline(self.args)
         self.rollout = build_rollout_runtime(self, controller, serving=False)
         self._reporter: asyncio.Task[None] | None = None
-        log.info("shadow scorer %s ready (nice %s%s)", self.replica, self.nice,
-                 ", idle scheduling class" if self.idle_class else "")
+        log.info("shadow scorer %s ready (nice %s%s)", self.replica, nice,
+                 ", idle scheduling class" if idle_class else "")
 
     def _ensure_reporter(self) -> None:
         if self._reporter is None or self._reporter.done():
