@@ -213,7 +213,10 @@ def ab_analyse(imp: pd.DataFrame, events: pd.DataFrame, users: int, alpha: float
                ) -> dict[str, Any]:
     """The report's analysis of the experiment's first `users` users."""
     joined = join_events(imp[imp["user_id"] < users], events[events["user_id"] < users])
-    rep = analyze(joined, stage="ranker", control=CONTROL, alpha=alpha)
+    # no minimum sample: the benchmark measures the test's power at every size, the
+    # report's "insufficient data" guard included would hide the small prefixes
+    rep = analyze(joined, stage="ranker", control=CONTROL, alpha=alpha, min_users=0,
+                  min_impressions=0)
     m = rep.metric("ctr", CANDIDATE)
     c = m.vs_control
     assert c is not None

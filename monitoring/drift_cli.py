@@ -32,7 +32,8 @@ LogOpt = Annotated[str, typer.Option(
 BundleOpt = Annotated[str, typer.Option(help="Bundle whose reference is compared against.")]
 OutOpt = Annotated[str, typer.Option(envvar="FUNNEL_DRIFT_REPORTS_URL",
                                      help="Where window reports go (directory or URL).")]
-WindowOpt = Annotated[str, typer.Option(help="Window length: 30m, 1h, 1h30m, 1d.")]
+WindowOpt = Annotated[str, typer.Option(
+    help="Window length ending at --end: 30m, 1h, 1h30m, 1d.")]
 EndOpt = Annotated[str | None, typer.Option(
     help="Window end, ISO 8601 (UTC without an offset); default: now.")]
 MaxRowsOpt = Annotated[int | None, typer.Option(
@@ -51,6 +52,9 @@ BaselineOpt = Annotated[str | None, typer.Option(
     "of the bundle's reference sample: served traffic against served traffic.")]
 ShareOpt = Annotated[float | None, typer.Option(
     help="A group's dataset drift: at least this share of its columns drifted (default 0.5).")]
+MinRowsOpt = Annotated[int | None, typer.Option(
+    help="Rows a group needs in the window and in the reference to be judged; fewer is "
+    "'insufficient data', no verdict. Default: DriftSettings.min_rows, 1,000.")]
 
 
 def _say(console: Console) -> Callable[[str], None]:
@@ -58,14 +62,14 @@ def _say(console: Console) -> Callable[[str], None]:
 
 
 def _settings(*, max_rows: int | None = None, num_threshold: float | None = None,
-              cat_threshold: float | None = None,
-              drift_share: float | None = None, exclude: str | None = None) -> DriftSettings:
+              cat_threshold: float | None = None, drift_share: float | None = None,
+              exclude: str | None = None, min_rows: int | None = None) -> DriftSettings:
     from pydantic import ValidationError
 
     from monitoring.drift import DriftSettings
 
     given: dict[str, Any] = {"num_threshold": num_threshold, "cat_threshold": cat_threshold,
-                             "drift_share": drift_share}
+                             "drift_share": drift_share, "min_rows": min_rows}
     given = {k: v for k, v in given.items() if v is not None}
     if max_rows is not None:
         given["max_rows"] = max_rows or None  # 0: the whole window
@@ -155,17 +159,26 @@ def _print_run(run: DriftRun, console: Console) -> None:
     if run.status == "empty":
         console.print("[yellow]no records in window[/]: nothing compared", highlight=False)
     else:
-        table = Table("group", "column", "test", "threshold", "score", "drifted")
-        for c in run.columns:
-            table.add_row(c.group, c.column, c.method, f"{c.threshold:g}", f"{c.score:.4f}",
-                          "[red]yes[/]" if c.drifted else "no")
-        console.print(table)
+        if run.columns:
+            table = Table("group", "column", "test", "threshold", "score", "drifted")
+            for c in run.columns:
+                table.add_row(c.group, c.column, c.method, f"{c.threshold:g}",
+                              f"{c.score:.4f}", "[red]yes[/]" if c.drifted else "no")
+            console.print(table)
         for g, r in run.groups.items():
+            if r.status != "ok" or r.drifted_share is None:
+                console.print(f"{g}: [yellow]{r.status}[/] ({r.rows:,} rows in the window, "
+                              f"{r.reference_rows:,} in the reference; at least "
+                              f"{run.settings.min_rows:,} each needed): no verdict",
+                              highlight=False)
+                continue
             console.print(f"{g}: {r.drifted_columns}/{r.columns} columns drifted "
                           f"(share {r.drifted_share:.2f}); dataset drift: "
                           f"{'[red]yes[/]' if r.dataset_drifted else 'no'}", highlight=False)
+    said = tuple(f"{g}: {r.status}" for g, r in run.groups.items() if r.status != "ok")
     for n in run.notes:
-        console.print(f"note: {n}", highlight=False)
+        if not n.startswith(said):  # an insufficient group: its line above said it
+            console.print(f"note: {n}", highlight=False)
 
 
 def _now() -> datetime:
@@ -185,15 +198,17 @@ def run_cmd(
     drift_share: ShareOpt = None,
     exclude: ExcludeOpt = None,
     baseline: BaselineOpt = None,
+    min_rows: MinRowsOpt = None,
 ) -> None:
     """Compare one window with the reference; write report.html and summary.json.
 
     An empty window is reported ("no records in window"), writes a summary with status
-    'empty', and exits 0."""
+    'empty', and exits 0. A group with fewer than --min-rows rows in the window or the
+    reference is reported as "insufficient data", without a verdict."""
     console = Console()
     settings = _settings(max_rows=max_rows, num_threshold=num_threshold,
                          cat_threshold=cat_threshold, drift_share=drift_share,
-                         exclude=exclude)
+                         exclude=exclude, min_rows=min_rows)
     w = _window(window, end, _now)
     run, paths = _run(window=w, log=log, reference=_reference(bundle), out=out,
                       settings=settings, console=console, baseline=baseline)
@@ -211,17 +226,63 @@ def report_cmd(
     out: OutOpt = "drift-reports",
     max_rows: MaxRowsOpt = None,
     baseline: BaselineOpt = None,
+    min_rows: MinRowsOpt = None,
 ) -> None:
     """Write the window's report (as `run` does) and print the HTML report's path."""
     console = Console(stderr=True)
-    settings = _settings(max_rows=max_rows)
+    settings = _settings(max_rows=max_rows, min_rows=min_rows)
     w = _window(window, end, _now)
-    _, paths = _run(window=w, log=log, reference=_reference(bundle), out=out,
-                    settings=settings, console=console, baseline=baseline)
+    run, paths = _run(window=w, log=log, reference=_reference(bundle), out=out,
+                      settings=settings, console=console, baseline=baseline)
     if "report" not in paths:
-        console.print(f"no records in window; summary: {paths['summary']}", highlight=False)
+        why = ("no records in window" if run.status == "empty" else
+               f"nothing compared ({', '.join(f'{g}: {r.status}' for g, r in run.groups.items())})")
+        console.print(f"{why}; summary: {paths['summary']}", highlight=False)
         return
     Console().print(paths["report"], highlight=False, soft_wrap=True)
+
+
+def short_time(text: str) -> str:
+    """'2026-12-03T14:05:00+00:00' (or a stamp, 20261203T140500Z) -> '2026-12-03 14:05Z':
+    a window end that fits a narrow terminal; seconds only when they are not 0."""
+    from monitoring.drift_window import STAMP_FORMAT
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            t = datetime.strptime(text, STAMP_FORMAT)
+        except ValueError:
+            return text
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return t.strftime("%Y-%m-%d %H:%M:%SZ" if t.second else "%Y-%m-%d %H:%MZ")
+
+
+def status_tables(summaries: list[dict[str, Any]], *, drifted_only: bool = False
+                  ) -> list[Table]:
+    """A table per window, newest first, titled with the window's span (so no column repeats
+    the time, and five columns fit 80 terminal columns): a row per compared column, one per
+    group that was not judged (insufficient data), one for an empty window."""
+    out = []
+    for s in summaries:
+        w = s.get("window", {})
+        end = short_time(w.get("end", s["stamp"]))
+        span = f"{short_time(w['start'])} to {end}" if "start" in w else f"ending {end}"
+        table = Table("group", "feature", "test", "score", "drifted",
+                      title=f"window {span}", title_justify="left")
+        if s.get("status") == "empty":
+            table.add_row("-", "-", "-", "-", "no records in window")
+        for c in s.get("columns", []):
+            if drifted_only and not c.get("drifted"):
+                continue
+            table.add_row(c["group"], c["column"], c["method"], f"{c['score']:.4f}",
+                          "[red]yes[/]" if c["drifted"] else "no")
+        for g, r in s.get("groups", {}).items():
+            if r.get("status", "ok") != "ok":
+                table.add_row(g, f"{r.get('rows', 0):,} rows", "-", "-",
+                              f"[yellow]{r['status']}[/]")
+        out.append(table)
+    return out
 
 
 @drift_app.command("status")
@@ -230,7 +291,7 @@ def status_cmd(
     last: Annotated[int, typer.Option(min=1, max=1000, help="Windows to show.")] = 5,
     drifted_only: Annotated[bool, typer.Option(help="Only drifted columns.")] = False,
 ) -> None:
-    """The latest windows as a table: window, group, feature, test, score, drifted."""
+    """The latest windows, a table each: group, feature, test, score, drifted."""
     from monitoring.drift import latest_summaries
 
     console = Console()
@@ -239,18 +300,8 @@ def status_cmd(
         console.print(f"no drift reports under {out}; run `funnel drift run` first",
                       highlight=False)
         return
-    table = Table("window end", "group", "feature", "test", "score", "drifted")
-    for s in summaries:
-        end = s.get("window", {}).get("end", s["stamp"])
-        if s.get("status") == "empty":
-            table.add_row(end, "-", "-", "-", "-", "no records in window")
-            continue
-        for c in s.get("columns", []):
-            if drifted_only and not c.get("drifted"):
-                continue
-            table.add_row(end, c["group"], c["column"], c["method"], f"{c['score']:.4f}",
-                          "[red]yes[/]" if c["drifted"] else "no")
-    console.print(table)
+    for table in status_tables(summaries, drifted_only=drifted_only):
+        console.print(table)
 
 
 @drift_app.command("watch")
@@ -270,6 +321,7 @@ def watch_cmd(
     drift_share: ShareOpt = None,
     exclude: ExcludeOpt = None,
     baseline: BaselineOpt = None,
+    min_rows: MinRowsOpt = None,
     settle_s: Annotated[float, typer.Option(
         min=0, help="Wait this long after a window ends (buffered records land).")] = 30.0,
 ) -> None:
@@ -285,7 +337,7 @@ def watch_cmd(
     say = _say(console)
     settings = _settings(max_rows=max_rows, num_threshold=num_threshold,
                          cat_threshold=cat_threshold, drift_share=drift_share,
-                         exclude=exclude)
+                         exclude=exclude, min_rows=min_rows)
     length = _duration(window, "--window")
     interval = _duration(every, "--every")
     _reference(bundle)  # a bad --bundle exits 2 now, not at the first window

@@ -10,7 +10,11 @@ Metrics (own registry; the alert rules use these names):
 - funnel_drift_column_drifted{group, column}: 1 when that score reached its threshold.
 - funnel_drift_share{group}: the share of the group's columns that drifted.
 - funnel_drift_dataset_drifted{group}: 1 when that share reached `drift_share`.
-- funnel_drift_window_rows{group}: live rows compared for the group in the last window.
+- funnel_drift_window_rows{group}: live rows compared for the group in the last window (for
+  a group with insufficient data, the rows the window had).
+- funnel_drift_insufficient_data{group}: 1 when the group had fewer than `min_rows` rows in
+  the window or the reference, so it was not judged: it then has no score, drifted, share or
+  dataset-drifted series, and no drift alert can fire on it; 0 otherwise.
 - funnel_drift_last_success_timestamp_seconds: end of the last run that did not fail
   (an empty window counts: the monitor worked, the log was empty); 0 before the first.
 - funnel_drift_run_duration_seconds: how long the last run took.
@@ -55,6 +59,10 @@ class DriftMetrics:
                                      registry=r)
         self.window_rows = Gauge("funnel_drift_window_rows", "Live rows compared for the "
                                  "group in the last window", ["group"], registry=r)
+        self.insufficient = Gauge("funnel_drift_insufficient_data", "1 when the group had "
+                                  "fewer than min_rows rows in the last window or the "
+                                  "reference: not judged, no drift series", ["group"],
+                                  registry=r)
         self.last_success = Gauge("funnel_drift_last_success_timestamp_seconds", "When the "
                                   "last run that did not fail ended (Unix time)", registry=r)
         self.duration = Gauge("funnel_drift_run_duration_seconds", "Duration of the last run",
@@ -65,6 +73,7 @@ class DriftMetrics:
             self.runs.labels(o)
         for g in GROUPS:
             self.window_rows.labels(g)
+            self.insufficient.labels(g)
 
     def observe(self, run: DriftRun, *, duration_s: float, now_s: float) -> None:
         for gauge in (self.score, self.column_drifted, self.share, self.dataset_drifted):
@@ -73,10 +82,14 @@ class DriftMetrics:
             self.score.labels(c.group, c.column, c.method).set(c.score)
             self.column_drifted.labels(c.group, c.column).set(int(c.drifted))
         for name, res in run.groups.items():
+            if res.status != "ok" or res.drifted_share is None:
+                continue  # no verdict: leave the alerted series out
             self.share.labels(name).set(res.drifted_share)
             self.dataset_drifted.labels(name).set(int(res.dataset_drifted))
         for g in GROUPS:
-            self.window_rows.labels(g).set(run.groups[g].rows if g in run.groups else 0)
+            got = run.groups.get(g)
+            self.window_rows.labels(g).set(got.rows if got is not None else 0)
+            self.insufficient.labels(g).set(int(got is not None and got.status != "ok"))
         self.runs.labels(run.status).inc()
         self.duration.set(duration_s)
         self.last_success.set(now_s)
@@ -115,7 +128,8 @@ def watch(*, run_window: Callable[[datetime], DriftRun], every: timedelta,
             else:
                 metrics.observe(run, duration_s=time.perf_counter() - t0, now_s=clock())
                 say(f"window ending {end.isoformat()}: " + (
-                    ", ".join(f"{g} {r.drifted_columns}/{r.columns} drifted"
+                    ", ".join(f"{g} {r.drifted_columns}/{r.columns} drifted" if r.status == "ok"
+                              else f"{g} {r.status} ({r.rows:,} rows)"
                               for g, r in run.groups.items())
                     if run.status == "ok" else "no records in window"))
             last_end, runs = end, runs + 1

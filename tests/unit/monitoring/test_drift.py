@@ -193,9 +193,14 @@ def test_reference_checksums_are_verified(bundle: Path, tmp_path: Path) -> None:
         load_reference(tmp_path / "nope")
 
 
+# The fixtures' windows are small (600 feed rows, 200 text-only calls): these tests judge them
+# with a lower minimum than the default, which insufficient-data tests below cover.
+SMALL = DriftSettings(min_rows=100)
+
+
 def test_run_summary_and_reports(bundle: Path, log: Path, tmp_path: Path) -> None:
     run = run_drift(log_url=str(log), reference=load_reference(bundle),
-                    window=Window(T10, T10 + timedelta(hours=1)), settings=DriftSettings())
+                    window=Window(T10, T10 + timedelta(hours=1)), settings=SMALL)
     assert run.status == "ok"
     assert run.rows_read == {"feed": 600, "moderation": 300}
     assert run.rows_compared == {"feed": 600, "moderation": 200}  # text-only calls
@@ -220,7 +225,9 @@ def test_run_summary_and_reports(bundle: Path, log: Path, tmp_path: Path) -> Non
                                           "drifted", "rows"}
     assert set(summary["groups"]["features"]) == {
         "group", "columns", "drifted_columns", "drifted_share", "dataset_drifted",
-        "any_drifted", "rows"}
+        "any_drifted", "rows", "reference_rows", "status"}
+    assert summary["groups"]["features"]["status"] == "ok"
+    assert summary["groups"]["moderation"]["reference_rows"] == 800
     assert summary["rows_read"] == {"feed": 600, "moderation": 300}
     assert summary["settings"]["num_threshold"] == pytest.approx(0.1)
     assert [s["stamp"] for s in latest_summaries(str(tmp_path / "out"), last=5)] == [
@@ -232,7 +239,7 @@ def test_excluded_columns_are_not_compared_and_the_summary_says_so(bundle: Path,
     ref = load_reference(bundle)
     window = Window(T10, T10 + timedelta(hours=1))
     run = run_drift(log_url=str(log), reference=ref, window=window,
-                    settings=DriftSettings(exclude=("post_ctr",)))
+                    settings=DriftSettings(exclude=("post_ctr",), min_rows=100))
     assert "post_ctr" not in {c.column for c in run.columns}
     assert run.groups["features"].drifted_columns == 0
     assert "not compared (settings.exclude): post_ctr" in run.notes
@@ -240,7 +247,7 @@ def test_excluded_columns_are_not_compared_and_the_summary_says_so(bundle: Path,
     assert {"hour_sin", "hour_cos", "dow_sin", "dow_cos"} <= set(DriftSettings().exclude)
     code, out = _cli("run", "--window", "1h", "--end", "2026-12-01T11:00", "--log", str(log),
                      "--bundle", str(bundle), "--out", str(log.parent / "o"),
-                     "--exclude", "")
+                     "--exclude", "", "--min-rows", "100")
     assert code == 0, out
     assert "post_ctr" in out
 
@@ -250,7 +257,7 @@ def test_a_baseline_compares_with_an_earlier_window_of_the_log(bundle: Path, log
     """11:00-11:30 holds unshifted rows, 10:00-10:30 shifted ones: against the 10:00
     baseline post_ctr drifted; against the bundle (unshifted, like 11:00) it did not."""
     common = ["--window", "30m", "--end", "2026-12-01T11:30", "--log", str(log), "--bundle",
-              str(bundle), "--exclude", ""]
+              str(bundle), "--exclude", "", "--min-rows", "100"]
     code, out = _cli("run", *common, "--out", str(tmp_path / "a"), "--baseline", "1h")
     assert code == 0, out
     summary = json.loads(next((tmp_path / "a").rglob("summary.json")).read_text())
@@ -275,14 +282,16 @@ def _cli(*args: str) -> tuple[int, str]:
 def test_cli_run_then_status(bundle: Path, log: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "reports")
     code, text = _cli("run", "--window", "30m", "--end", "2026-12-01T10:30:00Z", "--log",
-                      str(log), "--bundle", str(bundle), "--out", out, "--max-rows", "100")
+                      str(log), "--bundle", str(bundle), "--out", out, "--max-rows", "100",
+                      "--min-rows", "100")
     assert code == 0, text
     assert "post_ctr" in text and "report: " in text and "summary: " in text
     summary = json.loads((tmp_path / "reports/20261201T103000Z/summary.json").read_text())
     assert summary["rows_compared"]["feed"] == 100 < summary["rows_read"]["feed"]
     code, text = _cli("status", "--out", out, "--last", "5")
     assert code == 0, text
-    assert "2026-12-01T10:30:00+00:00" in text and "post_ctr" in text and "wasserstein" in text
+    assert "window 2026-12-01 10:00Z to 2026-12-01 10:30Z" in text
+    assert "post_ctr" in text and "wasserstein" in text
 
 
 def test_cli_empty_window_is_reported_and_exits_0(bundle: Path, log: Path,
@@ -321,7 +330,7 @@ def test_metrics_render_the_alerted_names(bundle: Path, log: Path) -> None:
     for o in ("ok", "empty", "failed"):
         assert f'funnel_drift_runs_total{{outcome="{o}"}} 0.0' in before
     run = run_drift(log_url=str(log), reference=load_reference(bundle),
-                    window=Window(T10, T10 + timedelta(hours=1)), settings=DriftSettings())
+                    window=Window(T10, T10 + timedelta(hours=1)), settings=SMALL)
     m.observe(run, duration_s=1.5, now_s=1_700_000_000)
     text = m.render().decode()
     assert 'funnel_drift_score{column="post_ctr",group="features",method="wasserstein"}' in text
@@ -349,7 +358,7 @@ def test_watch_counts_a_failed_run_and_goes_on(bundle: Path, log: Path) -> None:
         if len(ends) == 2:
             stop.set()
         return run_drift(log_url=str(log), reference=ref, window=Window(T10, end),
-                         settings=DriftSettings())
+                         settings=SMALL)
 
     class Clock:  # waiting advances the fake clock instead of sleeping
         def __call__(self) -> float:
@@ -373,3 +382,107 @@ def test_window_ends_align_to_the_interval() -> None:
     t = datetime(2026, 12, 1, 10, 47, 3, tzinfo=UTC)
     assert last_complete_end(t, timedelta(hours=1)) == T10
     assert last_complete_end(t, timedelta(minutes=15)) == T10 + timedelta(minutes=45)
+
+
+# ---- small windows: insufficient data ------------------------------------------------
+def test_split_insufficient_judges_only_groups_with_enough_rows() -> None:
+    from monitoring.drift import split_insufficient
+
+    specs = [ColumnSpec("a", "features", "numerical"), ColumnSpec("p_x", "predictions",
+                                                                   "numerical"),
+             ColumnSpec("score_spam", "moderation", "numerical")]
+    keep, thin = split_insufficient(
+        specs, window_rows={"features": 43, "predictions": 43, "moderation": 5000},
+        reference_rows={"features": 5000, "predictions": 5000, "moderation": 999},
+        min_rows=1000)
+    assert keep == [] and set(thin) == {"features", "predictions", "moderation"}
+    f = thin["features"]
+    assert (f.status, f.rows, f.reference_rows, f.columns) == ("insufficient data", 43, 5000, 1)
+    assert f.drifted_share is None and not f.dataset_drifted and not f.any_drifted
+    keep, thin = split_insufficient(
+        specs, window_rows={"features": 1000, "predictions": 1000, "moderation": 1000},
+        reference_rows={"features": 1000, "predictions": 1000, "moderation": 1000},
+        min_rows=1000)
+    assert keep == specs and thin == {}
+
+
+def test_a_small_window_is_insufficient_data_and_no_drift_alert_can_fire(
+        bundle: Path, log: Path, tmp_path: Path) -> None:
+    """The trial's case: a window of 43 rows flagged 23 of 24 columns as drifted. Ten
+    minutes of the fixture's log (about 100 feed rows, 35 text calls) is below the default
+    minimum of 1,000 rows."""
+    run = run_drift(log_url=str(log), reference=load_reference(bundle),
+                    window=Window(T10, T10 + timedelta(minutes=10)), settings=DriftSettings())
+    assert run.status == "ok" and run.columns == [] and run.snapshot is None
+    assert {g: r.status for g, r in run.groups.items()} == {
+        "features": "insufficient data", "predictions": "insufficient data",
+        "moderation": "insufficient data"}
+    assert not any(r.dataset_drifted or r.any_drifted for r in run.groups.values())
+    assert 0 < run.groups["features"].rows < 1000
+    assert any(n.startswith("features: insufficient data") for n in run.notes)
+    summary = json.loads(Path(write_run(run, str(tmp_path / "o"))["summary"]).read_text())
+    assert summary["groups"]["features"]["drifted_share"] is None
+    assert summary["settings"]["min_rows"] == 1000
+
+    m = DriftMetrics()
+    m.observe(run, duration_s=1.0, now_s=1_700_000_000)
+    text = m.render().decode()
+    assert 'funnel_drift_insufficient_data{group="features"} 1.0' in text
+    # the series the drift alerts read are absent: no alert can fire on a guess
+    for name in ("funnel_drift_column_drifted{", "funnel_drift_dataset_drifted{",
+                 "funnel_drift_share{", "funnel_drift_score{"):
+        assert name not in text
+    assert 'funnel_drift_runs_total{outcome="ok"} 1.0' in text
+    # a judged window clears the flag
+    m.observe(run_drift(log_url=str(log), reference=load_reference(bundle),
+                        window=Window(T10, T10 + timedelta(hours=1)), settings=SMALL),
+              duration_s=1.0, now_s=1_700_000_000)
+    assert 'funnel_drift_insufficient_data{group="features"} 0.0' in m.render().decode()
+
+
+def test_cli_small_window_says_insufficient_data(bundle: Path, log: Path,
+                                                 tmp_path: Path) -> None:
+    code, text = _cli("run", "--window", "10m", "--end", "2026-12-01T10:10:00Z", "--log",
+                      str(log), "--bundle", str(bundle), "--out", str(tmp_path / "r"))
+    assert code == 0, text
+    assert "features: insufficient data" in text and "no verdict" in text
+    assert "yes" not in text  # no column called drifted
+    code, text = _cli("status", "--out", str(tmp_path / "r"))
+    assert code == 0 and "insufficient data" in text
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--min-rows", "0"], "--min-rows"),
+    (["--max-rows", "500"], "--max-rows"),  # below the default min_rows: always insufficient
+])
+def test_cli_min_rows_is_validated(args: list[str], flag: str, bundle: Path, log: Path,
+                                   tmp_path: Path) -> None:
+    code, text = _cli("run", *args, "--log", str(log), "--bundle", str(bundle), "--out",
+                      str(tmp_path / "r"))
+    assert code == 2, text
+    assert flag in text and "Traceback" not in text
+
+
+def test_status_keeps_the_window_end_whole_at_80_columns(bundle: Path, log: Path,
+                                                          tmp_path: Path) -> None:
+    """`funnel drift status` cut the window end to '2026-12-03T1…' at 80 columns."""
+    from rich.console import Console
+
+    from monitoring.drift_cli import status_tables
+
+    out = str(tmp_path / "reports")
+    for end in ("2026-12-01T10:30:00Z", "2026-12-01T11:00:00Z"):
+        code, text = _cli("run", "--window", "30m", "--end", end, "--log", str(log),
+                          "--bundle", str(bundle), "--out", out, "--min-rows", "100")
+        assert code == 0, text
+    r = CliRunner().invoke(drift_app, ["status", "--out", out], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "2026-12-01 10:30Z to 2026-12-01 11:00Z" in r.output
+    assert "2026-12-01 10:00Z to 2026-12-01 10:30Z" in r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+    console = Console(width=80, record=True)
+    for table in status_tables(latest_summaries(out, last=5)):
+        console.print(table)
+    shown = console.export_text()
+    assert "2026-12-01 11:00Z" in shown and "…" not in shown
+    assert "post_ctr" in shown and "wasserstein" in shown

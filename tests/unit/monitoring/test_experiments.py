@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,14 +14,23 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from monitoring.experiments import (
+    INSUFFICIENT,
+    MIN_IMPRESSIONS,
+    MIN_USERS,
     ExperimentInputError,
+    ExperimentReport,
     analyze,
+    analyze_moderation,
+    choose_control,
     compare,
     join_events,
+    moderation_calls,
     plan,
+    rate_interval,
     ratio_estimate,
+    wilson,
 )
-from monitoring.experiments_cli import experiment_app
+from monitoring.experiments_cli import experiment_app, report_cmd
 from monitoring.interleaving import (
     TEAM_A,
     TEAM_B,
@@ -330,7 +341,7 @@ def test_cli_report_table_and_json(log: Path, tmp_path: Path) -> None:
     assert ctr["verdict"] == "better" and ctr["vs_control"]["p_value"] < 0.05
     assert "interleaving (team-draft" in text and "candidate preferred" in text
     assert rep["interleaving"][0]["requests"] == 200
-    code, text = _cli("report", "ranker", "--since", "1h", "--end", "2026-11-01T00:00:00Z",
+    code, text = _cli("report", "ranker", "--window", "1h", "--end", "2026-11-01T00:00:00Z",
                       "--log", str(log))
     assert code == 0 and "no feed impressions" in text
 
@@ -345,10 +356,13 @@ def test_cli_plan() -> None:
 
 
 @pytest.mark.parametrize(("args", "flag"), [
-    (["report", "moderation"], "STAGE"),
-    (["report", "ranker", "--since", "1h", "--start", "2026-12-01T10:00:00Z"], "--since"),
+    (["report", "feed"], "STAGE"),
+    (["report", "ranker", "--window", "1h", "--start", "2026-12-01T10:00:00Z"], "--window"),
+    (["report", "ranker", "--window", "1h", "--since", "1h"], "--since"),
     (["report", "ranker", "--end", "noon"], "--end"),
-    (["report", "ranker", "--since", "a day"], "--since"),
+    (["report", "ranker", "--window", "a day"], "--window"),
+    (["report", "ranker", "--min-users", "-1"], "--min-users"),
+    (["report", "ranker", "--rollout-config", "/no/such/rollout.yaml"], "--rollout-config"),
     (["report", "ranker", "--log", "/no/such/log"], "--log"),
     (["report", "ranker", "--start", "2026-12-01T10:00:00Z", "--end", "2026-12-01T11:00:00Z",
       "--control", "nope"], "--control"),
@@ -371,3 +385,244 @@ def test_a_window_of_interleaved_requests_only_still_reports_the_preference() ->
     assert rep.variants == () and rep.metrics == () and rep.control == "control"
     assert rep.interleaving[0].verdict == "candidate preferred"
     assert "every impression in the window was interleaved" in rep.notes[0]
+
+
+# ---- choosing the control -----------------------------------------------------------------
+def _with(f: pd.DataFrame, variant: str, users: int, impressions: int, clicks: int
+          ) -> pd.DataFrame:
+    """`f` plus a small variant: `impressions` spread over `users`, the first `clicks`
+    clicked (e.g. residual 'primary' traffic from before a rollout config was applied)."""
+    uid = 10**6 + len(f) + np.arange(impressions) % users
+    extra = pd.DataFrame({"request_id": [f"{variant}{i}" for i in range(impressions)],
+                          "item_id": 10**7 + len(f) + np.arange(impressions), "user_id": uid,
+                          "ranker_variant": variant, "click": np.arange(impressions) < clicks})
+    return pd.concat([f, extra], ignore_index=True)
+
+
+def _report(f: pd.DataFrame, **kwargs: Any) -> ExperimentReport:
+    return analyze(join_events(f.drop(columns="click"), _events_of(f)), stage="ranker",
+                   **kwargs)
+
+
+def test_residual_primary_traffic_is_not_the_control() -> None:
+    """The trial's case: 'primary' had 2 users and 1 click in 43 impressions (served before the
+    rollout config was applied) and was taken as the control over 'control'."""
+    f = _with(_frame(np.random.default_rng(10), 150, {"control": 0.0, "candidate": 0.0}),
+              "primary", 2, 43, 1)
+    rep = analyze(join_events(f.drop(columns="click"), _events_of(f)), stage="ranker")
+    assert rep.control == "control"
+    assert rep.control_rule == "the variant named 'control'"
+    assert rep.metric("ctr", "primary").verdict == INSUFFICIENT
+
+
+def test_the_rollout_configs_primary_is_the_control_and_control_wins_over_it() -> None:
+    f = _with(_frame(np.random.default_rng(11), 150, {"base": 0.0, "control": 0.0}),
+              "primary", 2, 43, 1)
+    joined = join_events(f.drop(columns="click"), _events_of(f))
+    rep = analyze(joined, stage="ranker", rollout_variants=("base", "control"))
+    assert rep.control == "base" and rep.variants[0].name == "base"
+    assert rep.control_rule == "the rollout config's primary (stages.ranker.variants[0])"
+    assert any(n.startswith("primary: not in the rollout config") for n in rep.notes)
+    explicit = analyze(joined, stage="ranker", control="control",
+                       rollout_variants=("base", "control"))
+    assert (explicit.control, explicit.control_rule) == ("control", "given (--control)")
+    with pytest.raises(ExperimentInputError, match="primary 'gone'") as e:
+        analyze(joined, stage="ranker", rollout_variants=("gone", "base"))
+    assert e.value.field == "rollout_config"
+
+
+def test_choose_control_order_of_rules() -> None:
+    sizes = {"primary": 2, "x": 50, "control": 40, "y": 60}
+    assert choose_control(["primary", "x", "control"], sizes)[0] == "control"
+    assert choose_control(["primary", "x"], sizes)[0] == "primary"
+    assert choose_control(["x", "y"], sizes) == (
+        "y", "the variant with most users (no rollout config, no 'control' or 'primary')")
+    assert choose_control(["x", "y"], sizes, primary="x")[0] == "x"
+
+
+# ---- small samples: intervals and minimums --------------------------------------------------
+def test_wilson_by_hand() -> None:
+    z = 1.959963984540054
+    assert wilson(0.0, 10, z) == pytest.approx((0.0, z * z / (10 + z * z)))
+    assert wilson(0.5, 100, z) == pytest.approx((0.4038, 0.5962), abs=1e-4)  # 50 of 100
+    lo, hi = wilson(1.0, 4, z)
+    assert hi == 1.0 and lo == pytest.approx(4 / (4 + z * z))
+    assert all(math.isnan(x) for x in wilson(0.0, 0, z))
+
+
+def test_rate_intervals_are_never_a_point_when_there_are_impressions() -> None:
+    z = 1.959963984540054
+    zero = ratio_estimate(np.zeros(3), np.array([10, 10, 10]))
+    assert zero.value == 0 and zero.se == 0  # the delta method has no variance here
+    # Kish's worst case: 3 users of 10 impressions each count as 3 trials
+    assert rate_interval(zero, z) == pytest.approx((0.0, z * z / (3 + z * z)))
+    lone = ratio_estimate(np.array([1.0]), np.array([43]))  # one user: no variance estimate
+    lo, hi = rate_interval(lone, z)
+    assert 0 < lo < 1 / 43 < hi < 1
+    # with counts, Wilson on the clustered effective sample size ~ the delta method's Wald
+    rng = np.random.default_rng(0)
+    y, n = _arm(rng, 2000)
+    e = ratio_estimate(y, n)
+    lo, hi = rate_interval(e, z)
+    assert lo == pytest.approx(e.value - z * e.se, rel=0.02)
+    assert hi == pytest.approx(e.value + z * e.se, rel=0.02)
+    dwell = ratio_estimate(np.zeros(3), np.array([1, 2, 3]), np.zeros(3))
+    assert all(math.isnan(x) for x in rate_interval(dwell, z, binary=False))
+
+
+def test_a_zero_click_arm_is_tested_with_the_pooled_variance() -> None:
+    t = ratio_estimate(np.zeros(200), np.full(200, 10))
+    yc = np.zeros(200)
+    yc[:8] = 1
+    c = ratio_estimate(yc, np.full(200, 10))
+    pooled = 8 / 4000
+    se = math.hypot(math.sqrt(pooled * (1 - pooled) / 200), c.se)
+    got = compare(t, c)
+    assert got.diff == pytest.approx(-0.004)
+    assert got.p_value == pytest.approx(2 * stats.norm.sf(0.004 / se))
+    assert got.p_value > 2 * stats.norm.sf(0.004 / c.se)  # what ignoring the zero arm gave
+
+
+def test_variants_below_the_minimums_get_insufficient_data_not_a_p_value() -> None:
+    """The trial's case: variants with no clicks from a handful of users were called worse
+    (p = 1.7e-05) with an interval of [0, 0]."""
+    f = _with(_frame(np.random.default_rng(12), 150, {"control": 0.0}), "tiny", 3, 40, 0)
+    rep = _report(f)
+    m = rep.metric("ctr", "tiny")
+    assert m.verdict == INSUFFICIENT and m.vs_control is None
+    assert m.ci[0] == 0 and m.ci[1] > 0.3  # 3 users: wide, not [0, 0]
+    tiny = next(v for v in rep.variants if v.name == "tiny")
+    assert not tiny.sufficient
+    d = rep.to_dict()
+    assert d["minimums"] == {"users": MIN_USERS, "impressions": MIN_IMPRESSIONS}
+    ctr = next(x for x in d["metrics"] if x["metric"] == "ctr" and x["variant"] == "tiny")
+    assert ctr["verdict"] == "insufficient data" and ctr["vs_control"] is None
+    assert any("tiny (3 users, 40 impressions): below the minimum" in n
+               for n in d["notes"])
+    # the minimums are options: at 0 the comparison is made, with a defensible p-value
+    loose = _report(f, min_users=0, min_impressions=0)
+    cmp = loose.metric("ctr", "tiny").vs_control
+    assert cmp is not None and cmp.p_value > 0.01
+    with pytest.raises(ExperimentInputError) as e:
+        _report(f, min_users=-1)
+    assert e.value.field == "min_users"
+
+
+def test_cli_minimum_defaults_are_the_documented_ones() -> None:
+    params = inspect.signature(report_cmd).parameters
+    assert params["min_users"].default == MIN_USERS == 100
+    assert params["min_impressions"].default == MIN_IMPRESSIONS == 1000
+
+
+def test_cli_report_says_insufficient_data_and_which_rule_chose_the_control(
+        log: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    code, text = _cli("report", "ranker", "--start", "2026-12-01T10:00:00Z", "--end",
+                      "2026-12-01T11:00:00Z", "--log", str(log), "--out", str(out),
+                      "--min-users", "1000")
+    assert code == 0, text
+    assert "control: control, chosen as the variant named 'control'" in text
+    assert "insufficient data" in text and "better" not in text
+    rep = json.loads(out.read_text())
+    assert rep["minimums"]["users"] == 1000 and rep["control_rule"]
+    assert {m["verdict"] for m in rep["metrics"]} == {"control", "insufficient data"}
+
+
+def test_cli_rollout_config_names_the_control(log: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "rollout.yaml"
+    cfg.write_text("stages:\n  ranker:\n    variants:\n"
+                   "      - {name: candidate, bundle_version: v2, weight: 90}\n"
+                   "      - {name: control, bundle_version: v1, weight: 10}\n")
+    window = ["--start", "2026-12-01T10:00:00Z", "--end", "2026-12-01T11:00:00Z"]
+    code, text = _cli("report", "ranker", *window, "--log", str(log), "--rollout-config",
+                      str(cfg))
+    assert code == 0, text
+    assert ("control: candidate, chosen as the rollout config's primary "
+            "(stages.ranker.variants[0])") in text
+    cfg.write_text("stages:\n  retrieval:\n    variants:\n"
+                   "      - {name: a, bundle_version: v2, weight: 100}\n")
+    code, text = _cli("report", "ranker", *window, "--log", str(log), "--rollout-config",
+                      str(cfg))
+    assert code == 2 and "--rollout-config" in text and "no variants for stage" in text
+
+
+# ---- moderation ---------------------------------------------------------------------------
+def _calls(rng: np.random.Generator, contents: int, block: dict[str, float]) -> pd.DataFrame:
+    """Two calls per content id (assignment hashes the content id, so both in one variant);
+    per variant, blocked with the given probability; one image-only call per variant."""
+    rows = []
+    for k, (name, p) in enumerate(block.items()):
+        cid = np.repeat([f"{name}-c{i}" for i in range(contents)], 2)
+        blocked = rng.random(len(cid)) < p
+        rows.append(pd.DataFrame({
+            "request_id": [f"{name}-r{i}" for i in range(len(cid))], "content_id": cid,
+            "content": "text", "decision": np.where(blocked, "block", "allow"),
+            "outcome_spam": np.where(blocked, "block", "allow"),
+            "outcome_abuse": "allow", "degraded": "", "variant": name}))
+        rows.append(pd.DataFrame({"request_id": [f"{name}-img"], "content_id": [f"img{k}"],
+                                  "content": "image", "decision": "block",
+                                  "outcome_spam": "allow", "outcome_abuse": "block",
+                                  "degraded": "", "variant": name}))
+    f = pd.concat(rows, ignore_index=True)
+    return pd.concat([f, f.iloc[:1]], ignore_index=True)  # one call logged twice
+
+
+def test_moderation_rates_per_variant_clustered_by_content_id() -> None:
+    calls = _calls(np.random.default_rng(20), 600, {"control": 0.05, "candidate": 0.12})
+    mc = moderation_calls(calls)
+    assert (mc.image_only, mc.duplicates) == (2, 1) and len(mc.frame) == 2400
+    assert [m.name for m in mc.metrics] == ["block_rate", "review_rate", "abuse_flag_rate",
+                                            "spam_flag_rate", "degraded_rate"]
+    rep = analyze_moderation(calls)
+    assert rep.stage == "moderation" and (rep.unit, rep.row) == ("content ids", "calls")
+    assert rep.control == "control" and rep.variants[1].users == 600
+    assert rep.variants[1].impressions == 1200
+    block = rep.metric("block_rate", "candidate")
+    assert block.verdict == "higher"  # not "better": that needs reviewers' decisions
+    assert block.value == pytest.approx(
+        (calls.iloc[:-1].query("variant == 'candidate' and content == 'text'")["decision"]
+         == "block").mean())
+    assert rep.metric("degraded_rate", "candidate").guardrail
+    assert any("reviewers' decisions" in n for n in rep.notes)
+    with pytest.raises(ExperimentInputError, match="no 'decision' column"):
+        analyze_moderation(calls.drop(columns="decision"))
+
+
+def test_cli_reports_the_moderation_stage(tmp_path: Path) -> None:
+    calls = _calls(np.random.default_rng(21), 600, {"control": 0.05, "candidate": 0.12})
+    calls["ts"] = pd.Timestamp("2026-12-01T10:20:00Z")
+    d = tmp_path / "log" / "moderation" / "date=2026-12-01" / "hour=10"
+    d.mkdir(parents=True)
+    calls.to_parquet(d / "r0-1.parquet", index=False)
+    out = tmp_path / "m.json"
+    code, text = _cli("report", "moderation", "--start", "2026-12-01T10:00:00Z", "--end",
+                      "2026-12-01T11:00:00Z", "--log", str(tmp_path / "log"), "--out",
+                      str(out))
+    assert code == 0, text
+    assert "block_rate" in text and "content ids" in text and "higher" in text
+    rep = json.loads(out.read_text())
+    assert rep["stage"] == "moderation" and rep["events"]["image_only"] == 2
+
+
+# ---- plan labels, option names ---------------------------------------------------------------
+def test_cli_plan_labels_impressions_unless_it_can_compute_users() -> None:
+    code, text = _cli("plan", "--mde", "0.02", "--baseline-rate", "0.05")
+    assert code == 0, text
+    assert "impressions needed per variant" in text and "users and impressions" not in text
+    assert "not computed: needs --impressions-per-user" in text
+    code, text = _cli("plan", "--mde", "0.02", "--baseline-rate", "0.05",
+                      "--impressions-per-user", "20")
+    assert code == 0, text
+    assert "users and impressions needed per variant" in text and "111 (at 20" in text
+
+
+def test_window_is_the_option_and_since_a_hidden_deprecated_alias(log: Path) -> None:
+    args = ["report", "ranker", "--end", "2026-11-01T00:00:00Z", "--log", str(log)]
+    r = CliRunner().invoke(experiment_app, [*args, "--since", "1h"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "--since is deprecated; use --window" in r.stderr
+    assert "no feed impressions" in r.stdout
+    r = CliRunner().invoke(experiment_app, [*args, "--window", "1h"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "deprecated" not in r.output
+    _, text = _cli("report", "--help")
+    assert "--window" in text and "--since" not in text
