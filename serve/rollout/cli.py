@@ -1,10 +1,13 @@
-"""`funnel rollout apply FILE | status | promote STAGE | rollback STAGE`: the admin routes
-(`/v1/admin/rollout`) from a terminal. The bearer token comes from the environment
+"""`funnel rollout versions | apply FILE | status | promote STAGE | rollback STAGE`: the admin
+routes (`/v1/admin/rollout`) from a terminal. The bearer token comes from the environment
 (`FUNNEL_ADMIN_TOKEN` by default), never from the command line, so it stays out of shell
 history and process lists.
 
-A config is checked here first (shape; exit 2 with the fields named), then by the server
-(bundle versions, loading); a refusal exits 2 and the running config keeps serving.
+`versions` lists the bundle versions a config can name: those under the local bundle root
+(the one `funnel serve` uses), or, with `--server`, those the running server has. A config
+is checked here first (shape; with `--dry-run`, also that every version it names exists under
+the bundle root and passes its checksums), then by the server (bundle versions, loading); a
+refusal exits 2 naming the field, and the running config keeps serving.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import os
 import urllib.error
 import urllib.request
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,11 +26,21 @@ from rich.table import Table
 from serve.errors import RolloutConfigError
 from training.errors import FunnelError
 
+if TYPE_CHECKING:
+    from serve.rollout.config import RolloutConfig
+
 rollout_app = typer.Typer(help="Canary and shadow rollout (docs/rollout.md).",
                           no_args_is_help=True)
 
 Url = Annotated[str, typer.Option(help="The serving endpoint.")]
 TokenEnv = Annotated[str, typer.Option(help="Environment variable holding the admin token.")]
+Bundles = Annotated[str | None, typer.Option(
+    help="Bundle root: the directory of bundle versions (default: the one `funnel serve` "
+    "uses with --config: args.rollout.bundle_root, else the parent of args.bundle, "
+    "artifacts/).")]
+ServeConfig = Annotated[str | None, typer.Option(
+    "--config", help="The Ray Serve config `funnel serve` runs with (default: "
+    "serve/configs/local.yaml).")]
 
 
 class AdminCallError(FunnelError):
@@ -65,22 +79,113 @@ def _explain(detail: Any) -> str:
     return str(detail)
 
 
+_SERVE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+
+
+def serving_root(bundles: str | None, config: str | None) -> tuple[Path, str, bool]:
+    """The bundle root, the serving bundle and whether fault injection is allowed, as
+    `funnel serve --config CONFIG` resolves them (serve/app.py `check_rollout_args`).
+    `bundles` wins; given a bundle (`artifacts/latest`) rather than a root, its parent."""
+    from serve.config import load_serve_config
+    from serve.rollout.variants import bundle_root
+    from training.bundle import MANIFEST
+
+    _, args = load_serve_config(config or _SERVE_CONFIG)
+    allow = args.rollout.allow_fault_injection
+    if bundles is not None:
+        is_bundle = (Path(bundles) / MANIFEST).is_file()
+        return (bundle_root(bundles) if is_bundle else Path(bundles)), bundles, allow
+    root = Path(args.rollout.bundle_root) if args.rollout.bundle_root else bundle_root(
+        args.bundle)
+    return root, args.bundle, allow
+
+
+@rollout_app.command("versions")
+def versions_cmd(bundles: Bundles = None, config: ServeConfig = None,
+                 server: Annotated[bool, typer.Option(
+                     "--server", help="Ask the running server at --url (needs the admin "
+                     "token) instead of reading the bundle root here.")] = False,
+                 url: Url = "http://127.0.0.1:8000",
+                 token_env: TokenEnv = "FUNNEL_ADMIN_TOKEN") -> None:
+    """The bundle versions a rollout config can name as `bundle_version`."""
+    from serve.rollout.variants import available_versions
+    from training.bundle import read_manifest, resolve_bundle
+
+    console = Console()
+    if server:
+        s = _call(url, token_env, "GET", "/v1/admin/rollout")
+        t = Table("bundle_version", "", title=f"{url}: {s.get('bundle_root')}")
+        for v in s.get("available_versions", []):
+            t.add_row(v, "serving (primary)" if v == s.get("primary_version") else "")
+        console.print(t)
+        return
+    root, _, _ = serving_root(bundles, config)
+    versions = available_versions(root)
+    if not versions:
+        raise RolloutConfigError(f"no bundle versions under {root} (a version is a directory "
+                                 f"with a manifest.json); `funnel train --out {root}` writes "
+                                 "one, or pass --bundles DIR")
+    latest = resolve_bundle(root / "latest").name if (root / "latest").exists() else None
+    t = Table("bundle_version", "created (UTC)", "dataset", "", title=str(root))
+    for v in versions:
+        try:  # the manifest only: `apply --dry-run` verifies the checksums
+            m = read_manifest(root / v)
+            ds = m["dataset"] if isinstance(m.get("dataset"), dict) else {}
+            created = str(m.get("created_at", "-"))[:16].replace("T", " ")
+            data = f"{ds.get('name', '-')}, {ds.get('users', '?')} users"
+        except FunnelError as e:
+            created, data = "-", f"unreadable: {e}"
+        t.add_row(v, created, data, "latest" if v == latest else "")
+    console.print(t)
+
+
+def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> RolloutConfig:
+    """What the server checks at apply, done here against the bundle root: the shape, every
+    named version exists (the field named, the available versions listed), fault injection
+    only where allowed, and every version passes its checksums (a moderation version: with
+    the serving bundle's text labels). RolloutConfigError otherwise."""
+    from serve.rollout.config import check_versions, parse_rollout
+    from serve.rollout.deployment import verify_versions
+    from serve.rollout.variants import available_versions
+    from training.bundle import read_manifest
+
+    cfg = parse_rollout(raw)
+    have = available_versions(root)
+    try:
+        check_versions(cfg, have, allow_faults=allow_faults)
+    except RolloutConfigError as e:
+        hint = "" if have else (f"; `funnel train --out {root}` writes one, `funnel rollout "
+                                "versions --bundles DIR` lists another root's")
+        raise RolloutConfigError(f"{e} (bundle root {root}{hint})", fields=e.fields) from e
+    primary = read_manifest(serving) if "moderation" in cfg.stages else {}
+    # version "": verify every version, the serving one too (the server verified that one
+    # when it started; a dry run has not)
+    verify_versions(cfg, root=root, primary={**primary, "version": ""})
+    return cfg
+
+
 @rollout_app.command("apply")
 def apply_cmd(file: Annotated[str, typer.Argument(help="Rollout config YAML.")],
               url: Url = "http://127.0.0.1:8000", token_env: TokenEnv = "FUNNEL_ADMIN_TOKEN",
               dry_run: Annotated[bool, typer.Option(
-                  help="Only check the file's shape here.")] = False) -> None:
+                  help="Only check here: the shape, and that every bundle version exists "
+                  "under --bundles and passes its checksums.")] = False,
+              bundles: Bundles = None, config: ServeConfig = None) -> None:
     """Validate and apply a rollout config (replicas switch without a restart)."""
     from serve.rollout.config import parse_rollout
     from training.config import read_yaml
 
     raw = read_yaml(file, what="rollout config", error=RolloutConfigError)
-    cfg = parse_rollout(raw)
     console = Console(stderr=True)
     if dry_run:
-        console.print(f"[bold]funnel[/] {file}: valid shape ({len(cfg.stages)} stage(s)); "
-                      "bundle versions are checked by the server", highlight=False)
+        root, serving, allow = serving_root(bundles, config)
+        cfg = check_local(raw, root=root, serving=serving, allow_faults=allow)
+        versions = sorted({v for st in cfg.stages.values() for v in st.versions()})
+        console.print(f"[bold]funnel[/] {file}: valid ({len(cfg.stages)} stage(s)); bundle "
+                      f"versions {versions} exist under {root} and pass their checksums",
+                      highlight=False)
         return
+    parse_rollout(raw)
     out = _call(url, token_env, "PUT", "/v1/admin/rollout", raw)
     console.print(f"[bold]funnel[/] applied {file}: revision {out.get('revision')}",
                   highlight=False)

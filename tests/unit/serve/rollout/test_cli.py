@@ -1,0 +1,129 @@
+"""`funnel rollout versions` and `apply --dry-run` against a bundle root of real (tiny)
+bundles: manifests and checksums as `funnel train` writes them, no server. Run through
+`serve.cli.main`, so bad input is checked as the user sees it: exit 2, the field named."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from training.bundle import REQUIRED_FILES, point_latest, write_manifest
+
+EXAMPLE = Path(__file__).resolve().parents[4] / "serve" / "configs" / "rollout-canary.yaml"
+
+
+def make_bundle(root: Path, version: str) -> Path:
+    d = root / version
+    for rel in REQUIRED_FILES:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(f"{version}:{rel}".encode())
+    write_manifest(d, {"version": version, "created_at": "2026-11-01T09:30:00+00:00",
+                       "dataset": {"name": "synthetic-tiny", "users": 50, "posts": 200}})
+    return d
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "artifacts"
+    make_bundle(r, "v1")
+    point_latest(r, make_bundle(r, "v2"))
+    return r
+
+
+def funnel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+           *args: str) -> tuple[int, str]:
+    from serve.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["funnel", *args])
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    code = e.value.code
+    return (code if isinstance(code, int) else 1), out.out + out.err
+
+
+def canary(tmp_path: Path, control: str, candidate: str, **extra: Any) -> str:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(yaml.safe_dump({"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": control, "weight": 90},
+        {"name": "candidate", "bundle_version": candidate, "weight": 10, **extra}]}}}))
+    return str(path)
+
+
+def test_versions_lists_the_bundle_root_and_marks_latest(root, monkeypatch, capsys) -> None:
+    code, out = funnel(monkeypatch, capsys, "rollout", "versions", "--bundles", str(root))
+    assert code == 0, out
+    rows = {line.split()[1]: line for line in out.splitlines() if " v" in line}
+    assert set(rows) == {"v1", "v2"}
+    assert "latest" in rows["v2"] and "latest" not in rows["v1"]
+    assert "synthetic-tiny" in rows["v1"]
+
+
+def test_versions_of_a_root_with_none_exits_2(tmp_path, monkeypatch, capsys) -> None:
+    code, out = funnel(monkeypatch, capsys, "rollout", "versions", "--bundles",
+                       str(tmp_path))
+    assert code == 2
+    assert f"no bundle versions under {tmp_path}" in out.replace("\n", "")
+
+
+def test_dry_run_passes_when_every_version_exists_and_verifies(root, tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v1", "v2"),
+                       "--dry-run", "--bundles", str(root))
+    assert code == 0, out
+    assert "['v1', 'v2'] exist" in out
+
+
+def test_dry_run_names_the_missing_version_its_field_and_the_available_ones(
+        root, tmp_path, monkeypatch, capsys) -> None:
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply",
+                       canary(tmp_path, "v1", "v20261123-191548"), "--dry-run",
+                       "--bundles", str(root))
+    out = out.replace("\n", "")
+    assert code == 2, out
+    assert ("stages.ranker.variants[1].bundle_version: unknown bundle version "
+            "'v20261123-191548'; available: ['v1', 'v2']") in out
+    assert "Traceback" not in out
+
+
+def test_dry_run_refuses_a_version_whose_checksums_fail(root, tmp_path, monkeypatch,
+                                                        capsys) -> None:
+    (root / "v2" / "index" / "items.faiss").write_bytes(b"tampered")
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v1", "v2"),
+                       "--dry-run", "--bundles", str(root))
+    out = out.replace("\n", "")
+    assert code == 2, out
+    assert "stages.ranker.variants[1].bundle_version:" in out
+    assert "items.faiss: checksum mismatch" in out
+
+
+def test_dry_run_defaults_to_the_serve_configs_bundle_root_and_fault_setting(
+        root, tmp_path, monkeypatch, capsys) -> None:
+    serve_cfg = tmp_path / "serve.yaml"
+    serve_cfg.write_text(yaml.safe_dump({"applications": [
+        {"args": {"bundle": str(root / "latest")}}]}))
+    faulty = canary(tmp_path, "v1", "v2", fault={"error_rate": 0.5})
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", faulty, "--dry-run",
+                       "--config", str(serve_cfg))
+    assert code == 2, out
+    assert "stages.ranker.variants[1].fault" in out.replace("\n", "")
+    serve_cfg.write_text(yaml.safe_dump({"applications": [{"args": {
+        "bundle": str(root / "latest"), "rollout": {"allow_fault_injection": True}}}]}))
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", faulty, "--dry-run",
+                       "--config", str(serve_cfg))
+    assert code == 0, out
+
+
+def test_the_shipped_example_names_placeholders_the_dry_run_explains(
+        root, monkeypatch, capsys) -> None:
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", str(EXAMPLE), "--dry-run",
+                       "--bundles", str(root))
+    out = out.replace("\n", "")
+    assert code == 2, out
+    assert "stages.ranker.variants[0].bundle_version: unknown bundle version " \
+           "'PRIMARY_VERSION'; available: ['v1', 'v2']" in out
