@@ -80,7 +80,9 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
         say(f"starting funnel serve (bundle {b.version})")
         proc = subprocess.Popen(
             [sys.executable, "-m", "serve", "serve", "--bundle", str(root / b.version),
-             "--config", str(config), "--ready-file", str(ready)],
+             "--config", str(config), "--ready-file", str(ready),
+             *(["--grpc"] if (doc.get("grpc_options") or {}).get("grpc_servicer_functions")
+               else [])],
             stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "FUNNEL_ADMIN_TOKEN": TOKEN})
         deadline = time.monotonic() + start_timeout_s

@@ -75,14 +75,26 @@ def serve_cmd(
         help="HTTP ingress: 'proxy' (Ray Serve's Python proxy) or 'haproxy' (Ray Serve's "
              "high-throughput mode, ~7 ms less per request; needs haproxy installed, and its "
              "stats/metrics ports listen on all interfaces).")] = Ingress.proxy,
+    grpc: Annotated[bool, typer.Option(
+        "--grpc", help="Also serve gRPC (funnel.v1 and the Open Inference Protocol) on the "
+        "config's grpc_options.port. Off by default: Ray Serve's gRPC proxy listens on every "
+        "network interface.")] = False,
 ) -> None:
-    """Serve the feed: local Ray, Triton and the Serve app on 127.0.0.1."""
+    """Serve the feed: local Ray, Triton and the Serve app.
+
+    HTTP on the config's http_options (127.0.0.1:8000 in the shipped config); Triton on
+    args.triton's ports. A busy port is refused before anything starts (exit 2).
+
+    The admin routes (/v1/review, /v1/admin/rollout) are on only when FUNNEL_ADMIN_TOKEN
+    (args.review.admin_token_env) is set in the environment of this command; clients send it
+    as `Authorization: Bearer ...`."""
     from serve.runner import serve_forever
 
     console = Console(stderr=True)
     serve_forever(config_path=config, bundle=bundle, triton=triton.value, ingress=ingress.value,
-                  say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False),
-                  ready_file=ready_file)
+                  say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False,
+                                              soft_wrap=True),
+                  ready_file=ready_file, grpc=grpc)
 
 
 @app.command("triton")

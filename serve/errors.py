@@ -23,6 +23,11 @@ class ServeConfigError(InvalidInputError):
     grpc_code = "INVALID_ARGUMENT"
 
 
+class PortInUseError(InvalidInputError):
+    """A port the config names is already taken (another `funnel serve`?): refused before
+    anything starts. CLI exit 2."""
+
+
 class RequestTooLarge(ServeError):
     http_status = 413
     grpc_code = "RESOURCE_EXHAUSTED"

@@ -29,6 +29,7 @@ from typing import Any
 
 from serve.config import AppArgs, load_serve_config, parse_app_args
 from serve.errors import ServeConfigError
+from serve.ports import Port, check_free
 from training.bundle import verify_bundle
 
 log = logging.getLogger("funnel.serve")
@@ -157,24 +158,73 @@ def absent_deployments(args: AppArgs) -> set[str]:
     return out
 
 
+def serve_ports(doc: dict[str, Any], args: AppArgs, *, triton_local: bool,
+                grpc: bool) -> list[Port]:
+    """Every port this start would listen on, with the config field that sets it."""
+    http = doc.get("http_options") or {}
+    out = [Port(http.get("host", "127.0.0.1"), int(http.get("port", 8000)),
+                "HTTP, http_options.port")]
+    if grpc:
+        # Ray Serve's gRPC proxy binds every interface
+        out.append(Port("0.0.0.0", int((doc.get("grpc_options") or {}).get("port", 9000)),
+                        "gRPC, grpc_options.port"))
+    if triton_local:
+        t = args.triton
+        out += [Port(t.host, t.http_port, "Triton HTTP, args.triton.http_port"),
+                Port(t.host, t.grpc_port, "Triton gRPC, args.triton.grpc_port"),
+                Port(t.host, t.metrics_port, "Triton metrics, args.triton.metrics_port")]
+    return out
+
+
+def next_steps(base: str, *, admin_env: str, admin_on: bool, grpc_note: str) -> list[str]:
+    """What `funnel serve` prints once ready: the commands to try next."""
+    funnel = Path(sys.executable).parent / "funnel"
+    with contextlib.suppress(ValueError):
+        funnel = funnel.relative_to(Path.cwd())
+    admin = (f"admin routes (/v1/review, /v1/admin/rollout): on, with ${admin_env}"
+             if admin_on else
+             f"admin routes (/v1/review, /v1/admin/rollout): OFF, ${admin_env} was not set "
+             f"when this started; to use them: Ctrl-C, `export {admin_env}=<a long random "
+             "string>`, start again")
+    return ["try:",
+            f"  curl -s -XPOST {base}/v1/feed -d '{{\"user_id\": 5, \"limit\": 10}}'",
+            f"  {admin}",
+            f"  {grpc_note}",
+            f"  the command line: {funnel} --help  (or `source "
+            f"{funnel.parent / 'activate'}` to put `funnel` on PATH)"]
+
+
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
-                  ready_file: str | None = None, ingress: str = "proxy") -> None:
-    """Start everything, print where, block until SIGINT/SIGTERM, then stop everything."""
+                  ready_file: str | None = None, ingress: str = "proxy",
+                  grpc: bool = False) -> None:
+    """Start everything, print where, block until SIGINT/SIGTERM, then stop everything.
+
+    gRPC (funnel.v1 and the Open Inference Protocol) is served only with `grpc=True`: Ray
+    Serve's gRPC proxy has no host setting and listens on every interface."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
     from serve.ingress import apply_ray_serve_env
 
+    # first, and cheap: a second `funnel serve` would share these ports with the first
+    raw_doc, raw_args = load_serve_config(config_path)
+    grpc = grpc and bool((raw_doc.get("grpc_options") or {}).get("grpc_servicer_functions"))
+    if ingress == "haproxy" and grpc:
+        raise ServeConfigError(
+            f"{config_path}: --ingress haproxy (Ray Serve's high-throughput mode) does not "
+            "serve gRPC; use --ingress proxy, or leave out --grpc")
+    check_free(serve_ports(raw_doc, raw_args, triton_local=triton == "local", grpc=grpc))
     doc, args = resolved_config(config_path, bundle)
     try:
         schema = ServeDeploySchema.model_validate(doc)
     except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
         raise ServeConfigError(f"{config_path}: not a valid Ray Serve config: {e}") from e
-    if ingress == "haproxy" and schema.grpc_options.grpc_servicer_functions:
-        raise ServeConfigError(
-            f"{config_path}: --ingress haproxy (Ray Serve's high-throughput mode) does not "
-            "serve gRPC; use --ingress proxy, or remove grpc_options.grpc_servicer_functions")
+    admin_env = args.review.admin_token_env
+    admin_on = bool(os.environ.get(admin_env))
+    if not admin_on:
+        say(f"admin routes (/v1/review, /v1/admin/rollout) are off: ${admin_env} is not set "
+            "(export it before `funnel serve` to turn them on)")
     metrics_dir = prepare_metrics_dir(doc)
     schema = ServeDeploySchema.model_validate(doc)  # with the replicas' metrics directory
     ingress = apply_ray_serve_env(ingress)  # before ray.init: Ray's processes read it
@@ -197,10 +247,10 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
                  configure_logging=False, namespace="funnel")
         for sig in (signal.SIGINT, signal.SIGTERM):  # ray.init installs its own handlers
             signal.signal(sig, on_signal)
-        grpc = schema.grpc_options
+        grpc_port = schema.grpc_options.port
         client = serve_api.serve_start(
             http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-            grpc_options=grpc.model_dump() if grpc and grpc.grpc_servicer_functions else None)
+            grpc_options=schema.grpc_options.model_dump() if grpc else None)
         client.deploy_apps(schema, _blocking=False)
         host, port = schema.http_options.host, schema.http_options.port
         base = f"http://{host}:{port}"
@@ -209,11 +259,15 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
                 break
         if not stop.is_set():
             ready = _wait_http(f"{base}/readyz", timeout_s=60, ok=lambda s: s == 200)
-            grpc_note = (f"; gRPC funnel.v1 on port {grpc.port} (all interfaces)"
-                         if grpc and grpc.grpc_servicer_functions else "")
+            grpc_note = (f"gRPC (funnel.v1, Open Inference Protocol): port {grpc_port}, on "
+                         "every network interface (Ray Serve's gRPC proxy has no host setting)"
+                         if grpc else "gRPC: off (--grpc serves it, on every interface)")
             say(f"serving on {base}  (POST {base}/v1/feed, POST {base}/v1/moderate, "
-                f"GET {base}/readyz){grpc_note}"
+                f"GET {base}/readyz)"
                 + ("" if ready else "  [not ready yet: see GET /readyz]"))
+            for line in next_steps(base, admin_env=admin_env, admin_on=admin_on,
+                                   grpc_note=grpc_note):
+                say(line)
             if ready_file:
                 Path(ready_file).write_text(json.dumps({"url": base, "pid": os.getpid()}))
         stop.wait()
@@ -251,6 +305,8 @@ def run_triton_process(*, config_path: str, bundle: str | None, say: Say) -> Non
     """`funnel triton`: only Triton, in the foreground, until SIGINT/SIGTERM."""
     from serve.triton_server import run_triton
 
+    raw_doc, raw_args = load_serve_config(config_path)
+    check_free(serve_ports(raw_doc, raw_args, triton_local=True, grpc=False)[1:])
     _, args = resolved_config(config_path, bundle)
     run_triton(args.bundle, args.triton,
                on_ready=lambda: say(f"triton ready: grpc {args.triton.host}:"

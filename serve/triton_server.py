@@ -31,6 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -247,10 +248,12 @@ def _tritonserver_dist() -> tuple[Path, Path, Path]:
             Path(get_stub_path(version)))
 
 
-def tritonserver_command(repo: Path, root: Path, settings: TritonSettings
+def tritonserver_command(repo: Path, root: Path, settings: TritonSettings,
+                         device: torch.device | None = None
                          ) -> tuple[list[str], dict[str, str]]:
     """The tritonserver command line and environment; copies the Python backend (with the
-    stub built for this interpreter's version) under `root`, as PyTriton does."""
+    stub built for this interpreter's version) under `root`, as PyTriton does. On the CPU,
+    Triton is told not to look for GPUs (pinned memory, GPU metrics through NVML/DCGM)."""
     dist, libs, stub = _tritonserver_dist()
     backends = root / "backends"
     shutil.copytree(dist / "backends", backends)
@@ -271,7 +274,37 @@ def tritonserver_command(repo: Path, root: Path, settings: TritonSettings
            "--model-control-mode=explicit", f"--load-model={MODEL_NAME}",
            "--exit-timeout-secs=5", "--log-verbose=0", "--log-info=false",
            "--strict-readiness=true", "--allow-metrics=true"]
+    if device is not None and device.type == "cpu":
+        cmd += ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0"]
     return cmd, env
+
+
+# What tritonserver prints on a machine without a GPU although nothing is wrong: it was built
+# with CUDA and says so once at start. Hidden when the ranker runs on the CPU.
+CPU_ONLY_NOISE = ("CudaDriverHelper has not been initialized",
+                  "CUDA driver version is insufficient",
+                  "Failed to initialize NVML", "DCGM", "pinned memory pool",
+                  "failed to allocate pinned system memory")
+
+
+def is_cpu_only_noise(line: str) -> bool:
+    return any(n in line for n in CPU_ONLY_NOISE)
+
+
+def relay_stderr(stream: Any, *, drop: Callable[[str], bool]) -> threading.Thread:
+    """Copy a child's stderr to ours line by line, leaving out what `drop` says."""
+
+    def pump() -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace")
+            if not drop(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        stream.close()
+
+    t = threading.Thread(target=pump, name="triton-stderr", daemon=True)
+    t.start()
+    return t
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -282,14 +315,72 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float,
+                port: int | None = None) -> bool:
+    """Ready when our own tritonserver answers: `url` says 200 and, where the OS tells, the
+    process listening on `port` is `proc` (not another instance's Triton on that port)."""
+    from serve.ports import listener_pids
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
             if r.status == 200:
-                return True
+                owners = listener_pids(port) if port is not None else []
+                if not owners or proc.pid in owners:
+                    return proc.poll() is None
         time.sleep(0.2)
     return False
+
+
+def become_subreaper() -> None:
+    """Linux: orphans of our children (Triton's Python-backend stubs, when tritonserver
+    dies) become our children, so that `reap_descendants` can stop them."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_descendants(grace_s: float = 5.0) -> list[int]:
+    """SIGTERM every process below this one, SIGKILL what is left after `grace_s` (a
+    backend stub may ignore SIGTERM); returns the pids that had to be stopped."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.terminate()
+    _, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for k in alive:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [k.pid for k in kids]
+
+
+# What Triton's Python backend leaves when tritonserver dies without shutting down: its
+# execution-environment directories and its shared-memory regions.
+_LEFTOVER_GLOBS = (("/tmp", "python_env_*"), ("/dev/shm", "triton_python_backend_shm*"))
+
+
+def leftovers() -> set[Path]:
+    return {p for d, g in _LEFTOVER_GLOBS for p in Path(d).glob(g)}
+
+
+def remove_leftovers(new: set[Path]) -> None:
+    """Remove what appeared while our tritonserver ran and that no process still uses
+    (an empty directory; a shared-memory file no process has mapped or open)."""
+    import psutil
+
+    in_use: set[str] = set()
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            in_use.update(m.path for m in proc.memory_maps(grouped=True))
+            in_use.update(f.path for f in proc.open_files())
+    for p in new:
+        with contextlib.suppress(OSError):
+            if p.is_dir():
+                p.rmdir()  # only when empty
+            elif str(p) not in in_use:
+                p.unlink()
 
 
 def run_python_backend(bundle_path: str, settings: TritonSettings, *,
@@ -311,15 +402,20 @@ def run_python_backend(bundle_path: str, settings: TritonSettings, *,
     proc: subprocess.Popen[bytes] | None = None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    become_subreaper()
+    before = leftovers()
     with tempfile.TemporaryDirectory(prefix="funnel-triton-") as tmp:
         root = Path(tmp)
         repo = write_model_repository(b, settings, device, root)
-        cmd, env = tritonserver_command(repo, root, settings)
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+        cmd, env = tritonserver_command(repo, root, settings, device)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent,
+                                stderr=subprocess.PIPE if device.type == "cpu" else None)
+        if proc.stderr is not None:
+            relay_stderr(proc.stderr, drop=is_cpu_only_noise)
         try:
             ready_url = (f"http://{settings.host}:{settings.http_port}/v2/models/"
                          f"{MODEL_NAME}/ready")
-            if _wait_ready(ready_url, proc, ready_timeout_s):
+            if _wait_ready(ready_url, proc, ready_timeout_s, port=settings.http_port):
                 log.info("triton: ranker of bundle %s on %s (python backend), gRPC %s:%d, "
                          "HTTP %s:%d, batching %s", b.version, device, settings.host,
                          settings.grpc_port, settings.host, settings.http_port,
@@ -338,5 +434,11 @@ def run_python_backend(bundle_path: str, settings: TritonSettings, *,
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
+            stray = reap_descendants()  # backend stubs tritonserver left behind
+            if stray or proc.returncode != 0:
+                if stray:
+                    log.warning("triton: stopped %d process(es) tritonserver left behind",
+                                len(stray))
+                remove_leftovers(leftovers() - before)
     if not stop_requested:
         raise TritonExited(f"tritonserver exited with code {code}; its log is above")

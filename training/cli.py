@@ -161,8 +161,50 @@ def train(
         ds = load_any_dataset(dataset, profile.value, cfg.seed)
     console.print(f"dataset {ds.name}: {len(ds.users):,} users, {len(ds.posts):,} posts, "
                   f"{len(ds.impressions):,} impressions")
-    run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work", source=source,
-                 review_labels=labels)
+    try:
+        run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work", source=source,
+                     review_labels=labels)
+    except KeyboardInterrupt:
+        console.print("training interrupted (Ctrl-C)")
+        raise typer.Exit(130) from None
+
+
+def start_local_ray(runtime_env: dict[str, Any], *, say: Any) -> None:
+    """A Ray of our own on this machine's cores, that shares them with a running server.
+
+    - Ray Train's placement-group cleaner finds "its" Ray through the state API, which
+      looks for *the* Ray on this machine and fails when a `funnel serve` runs one too; the
+      cleaner then never releases a finished trial's CPUs and the next stage waits forever.
+      So our Ray's GCS port is chosen here and every process of ours is told it
+      (RAY_ADDRESS).
+    - With another Ray on the machine (a running server), training runs at a lower CPU
+      priority (nice +10): the server keeps answering, training takes the CPU time left."""
+    import socket
+
+    import ray
+
+    from training.stall import other_ray_clusters
+
+    others = other_ray_clusters(None)
+    if others:
+        os.nice(10)
+        say("another Ray runs on this machine: " + "; ".join(others) + ". Training shares "
+            "the CPUs with it at a lower priority (nice +10), so the server keeps answering; "
+            "it will take longer than on an idle machine")
+    with socket.socket() as s:  # a free port for our GCS (never Redis's 6379)
+        s.bind(("", 0))
+        port = int(s.getsockname()[1])
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
+                                       "RAY_ADDRESS": address}}
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
+                 dashboard_host="127.0.0.1", logging_level=logging.ERROR,
+                 log_to_driver=False, runtime_env=env)
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    os.environ["RAY_ADDRESS"] = address  # the state API in this process, too
 
 
 def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
@@ -171,11 +213,16 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
 
     from training.bundle import verify_bundle
     from training.pipeline import train_bundle
+    from training.stall import StallWatch
     from training.text import MiniLMEncoder
 
     out.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ctrl-C stops at once (Tune's own handler waits for trials to wind down), and Tune's
+    # console reporter (TensorBoard hints, tables) stays quiet: our progress line says it
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = time.time()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
@@ -188,26 +235,38 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
                 # a RayJob's driver (or a user's cluster): join it; its resources are its own
                 ray.init(logging_level=logging.ERROR, log_to_driver=False, runtime_env=env)
             else:  # a local Ray on this machine's cores
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=True,
-                         dashboard_host="127.0.0.1", logging_level=logging.ERROR,
-                         log_to_driver=False, runtime_env=env)
+                start_local_ray(env, say=lambda m: progress.console.print(
+                    f"[bold]·[/] {m}", highlight=False, soft_wrap=True))
+
+        watch = StallWatch(lambda m: progress.console.print(
+            f"[yellow]·[/] {m}", highlight=False, soft_wrap=True)).start()
 
         def say(msg: str) -> None:
-            progress.console.print(f"[bold]·[/] {msg}")
+            watch.progress()
+            progress.console.print(f"[bold]·[/] {msg}", highlight=False, soft_wrap=True)
             progress.update(task, description=msg.split(":")[0], detail="")
 
         def on_trial(stage: str, r: dict[str, Any]) -> None:
+            watch.progress()
             shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in r.items())
             progress.update(task, description=f"{stage}: tuning", detail=shown)
 
-        encoder = MiniLMEncoder(progress=lambda d, n: progress.update(
-            task, description="features: text embeddings", detail=f"{d:,}/{n:,}"))
+        def on_encode(done: int, n: int) -> None:
+            watch.progress()
+            progress.update(task, description="features: text embeddings",
+                            detail=f"{done:,}/{n:,}")
+
+        encoder = MiniLMEncoder(progress=on_encode)
         try:
             bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
                                 say=say, on_trial=on_trial, config_source=source,
                                 review_labels=review_labels)
+        except KeyboardInterrupt:
+            progress.console.print("[bold]·[/] interrupted: stopping Ray; no bundle written")
+            raise
         finally:
+            watch.stop()
             ray.shutdown()
     bundle = verify_bundle(bdir)
     m = bundle.manifest["metrics"]

@@ -305,7 +305,8 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory,
     ready = tmp / "ready.json"
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
-                             str(config), "--triton", "external", "--ready-file", str(ready)],
+                             str(config), "--triton", "external", "--ready-file", str(ready),
+                             "--grpc"],
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
     s.serve_pid = proc.pid
