@@ -1,6 +1,9 @@
 """Wire payloads of the HTTP API (pydantic), separate from the pipeline's value objects.
 
 Ids are strict integers: `"user_id": "42"` is a 422 naming the field, not a silent cast.
+The one id that is text is moderation's `content_id` (content from any system: post ids,
+UUIDs, comment keys); it also takes a feed item id as a JSON integer, read as its decimal
+string, which is how the feed's moderation filter matches it (`serve.moderation.verdicts`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,15 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+)
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
 
@@ -50,6 +61,30 @@ def _no_nul(v: str | None) -> str | None:
 # the API's answer must not depend on the database, so it is refused here on every backend.
 StoredText = Annotated[str, AfterValidator(_no_nul),
                        Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]
+
+MAX_ID = 2**63 - 1  # item ids are signed 64-bit integers in the databases
+_CONTENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+
+
+def _item_id_as_text(v: Any) -> Any:
+    """A JSON integer content id (a feed item id) as its decimal string; anything else is
+    left to the string checks (so `true` or `1.5` is still refused)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not 0 <= v <= MAX_ID:
+            raise ValueError(f"an integer content_id is a feed item id in 0..{MAX_ID}; "
+                             f"got {v}")
+        return str(v)
+    return v
+
+
+ContentId = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=_CONTENT_ID_PATTERN),
+    BeforeValidator(_item_id_as_text),
+    # the wire form clients may send (pydantic alone would document only the string)
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 128, "pattern": _CONTENT_ID_PATTERN},
+        {"type": "integer", "minimum": 0, "maximum": MAX_ID}]}, mode="validation")]
+
 
 class FeedContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -103,8 +138,11 @@ class ModerateRequest(BaseModel):
         {"required": ["image_base64"], "properties": {"image_base64": {"type": "string",
                                                                        "minLength": 1}}}]})
 
-    content_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
-                            description="your id for the content; a post id for feed posts")
+    content_id: ContentId = Field(
+        description="your id for the content, as text (1-128 of A-Z a-z 0-9 . _ : -): ids "
+        "from any system, e.g. UUIDs. A feed post's id may be sent as a JSON integer; it is "
+        "read as its decimal string, and answered as one (`1241` -> `\"1241\"`), which is "
+        "how the feed matches moderation decisions to its items.")
     text: StoredText | None = Field(None, description="at most 64 KiB of UTF-8, no U+0000")
     image_base64: str | None = Field(None, description="JPEG/PNG/WebP/...; <= 5 MiB decoded, "
                                      "<= 4096 px a side")

@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monitoring import metrics
 from serve import openapi
 from serve.api import (
+    MAX_ID,
     ErrorBody,
     FeedItemOut,
     FeedRequest,
@@ -51,7 +52,14 @@ from serve.api import (
     ReviewList,
 )
 from serve.config import AppArgs, parse_app_args
-from serve.errors import InvalidContent, InvalidTensor, RequestTooLarge
+from serve.errors import (
+    VALIDATION_ERROR,
+    InvalidContent,
+    InvalidTensor,
+    RequestTooLarge,
+    error_code,
+    error_status,
+)
 from serve.grpc_api import MalformedMessage, inference_pb2
 from training.errors import FunnelError
 
@@ -62,8 +70,9 @@ inference_pb2()
 log = logging.getLogger("funnel.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
-fastapi_app = FastAPI(title="Funnel", version="1", docs_url="/docs", redoc_url=None)
-openapi.install(fastapi_app)  # /openapi.json: every route's bodies and answers, in full
+# /docs is openapi.install's: Swagger UI from an installed package, not FastAPI's CDN default
+fastapi_app = FastAPI(title="Funnel", version="1", docs_url=None, redoc_url=None)
+openapi.install(fastapi_app)  # /openapi.json: every route's bodies and answers, in full; /docs
 
 
 class RequestMetrics:
@@ -125,7 +134,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     detail = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")}
               for e in exc.errors()]
-    return error(422, "validation_error", detail, request_id_of(request))
+    return error(422, VALIDATION_ERROR, detail, request_id_of(request))
 
 
 @fastapi_app.exception_handler(Exception)
@@ -136,7 +145,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                  rid)
 
 
-MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the databases
+MODERATION_DISABLED = ("moderation is disabled in this deployment "
+                       "(args.moderation.enabled: false)")
 _UINT = re.compile(r"^[0-9]{1,19}$")
 
 
@@ -171,10 +181,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def funnel_error(e: FunnelError, rid: str) -> JSONResponse:
-    """One mapping from Funnel's error classes to HTTP (each class names its status)."""
-    code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).lower()
-    return error(e.http_status, code, str(e), rid)
+def error_detail(e: BaseException) -> Any:
+    """What an error body's `detail` says about `e` (HTTP and gRPC alike)."""
+    return validation_detail(e) if isinstance(e, ValidationError) else str(e)
+
+
+def funnel_error(e: BaseException, rid: str) -> JSONResponse:
+    """HTTP's answer for `e`: status and `error` name from the mapping gRPC uses too
+    (`serve.errors.error_status` / `error_code`; each Funnel error class names its status)."""
+    return error(error_status(e), error_code(e), error_detail(e), rid)
 
 
 async def parse_json_body(request: Request, limit: int, rid: str
@@ -204,16 +219,22 @@ def grpc_request_id(grpc_context: Any) -> str:
     return rid or uuid.uuid4().hex
 
 
-def grpc_fail(grpc_context: Any, http_status: int, detail: Any, rid: str, empty: Any) -> Any:
+def grpc_fail(grpc_context: Any, http_status: int, code: str, detail: Any, rid: str,
+              empty: Any) -> Any:
     """Set the gRPC status from the shared error table; the details carry the same JSON body
-    an HTTP client gets ({error, detail, request_id})."""
+    an HTTP client gets ({error, detail, request_id}), `error` named as HTTP names it."""
     from serve.grpc_api import grpc_code_for
 
     if grpc_context is not None:
         grpc_context.set_code(grpc_code_for(http_status))
-        grpc_context.set_details(json.dumps({"error": "request_failed", "detail": detail,
+        grpc_context.set_details(json.dumps({"error": code, "detail": detail,
                                              "request_id": rid}, default=str))
     return empty
+
+
+def grpc_error(grpc_context: Any, e: BaseException, rid: str, empty: Any) -> Any:
+    """gRPC's answer for `e`: `funnel_error`'s twin (same mapping, same body)."""
+    return grpc_fail(grpc_context, error_status(e), error_code(e), error_detail(e), rid, empty)
 
 
 def grpc_observed(method: str, grpc_context: Any, started: float) -> None:
@@ -342,7 +363,7 @@ async def parse_payload(request: Request, model: Any, limit: int, rid: str
     try:
         return model.model_validate(payload), None
     except ValidationError as e:
-        return None, error(422, "validation_error", validation_detail(e), rid)
+        return None, funnel_error(e, rid)
 
 
 class HandleScorer:
@@ -626,14 +647,13 @@ class FeedIngress:
         rid = request_id_of(request)
         self._ensure_poller()
         if self.moderation is None:
-            return error(503, "moderation_disabled", "moderation is disabled in this "
-                         "deployment (args.moderation.enabled: false)", rid)
+            return error(503, "moderation_disabled", MODERATION_DISABLED, rid)
         req, bad = await parse_payload(request, ModerateRequest,
                                        self.args.moderation.max_body_bytes, rid)
         if bad is not None:
             return bad
         if req.missing_content():
-            return error(422, "validation_error", req.missing_content(), rid)
+            return error(422, VALIDATION_ERROR, req.missing_content(), rid)
         try:
             image = decode_base64_image(req.image_base64) if req.image_base64 else None
             out = await self._moderate(req, image, rid)
@@ -672,7 +692,7 @@ class FeedIngress:
             problems.append({"field": "after_id", "message": f"an integer in 0..{MAX_ID}",
                              "given": after_text})
         if problems or limit is None or after is None:
-            return error(422, "validation_error", problems, rid)
+            return error(422, VALIDATION_ERROR, problems, rid)
         try:
             items = await asyncio.to_thread(
                 self.store.list_items, status=None if status == "all" else status,  # type: ignore[arg-type]
@@ -692,9 +712,9 @@ class FeedIngress:
             return denied
         review_id = parse_uint(item_id)
         if review_id is None:
-            return error(422, "validation_error", [{"field": "item_id", "message":
-                                                    f"a review item id in 0..{MAX_ID}",
-                                                    "given": item_id}], rid)
+            return error(422, VALIDATION_ERROR, [{"field": "item_id", "message":
+                                                  f"a review item id in 0..{MAX_ID}",
+                                                  "given": item_id}], rid)
         d, bad = await parse_payload(request, ReviewDecisionIn, 64 * 1024, rid)
         if bad is not None:
             return bad
@@ -753,7 +773,7 @@ class FeedIngress:
         if bad is not None:
             return bad
         if not isinstance(raw, dict):
-            return error(422, "validation_error", [{
+            return error(422, VALIDATION_ERROR, [{
                 "field": "body", "message": "a rollout config is a JSON object ({} for no "
                 "rollout)", "given": type(raw).__name__}], rid)
         return await self._rollout_call(request, "apply", raw)
@@ -772,7 +792,7 @@ class FeedIngress:
                              "given": action})
         if problems:
             denied = self._admin_denied(request, rid)
-            return denied if denied is not None else error(422, "validation_error", problems,
+            return denied if denied is not None else error(422, VALIDATION_ERROR, problems,
                                                            rid)
         return await self._rollout_call(request, action, stage)
 
@@ -906,10 +926,10 @@ class FeedIngress:
             events = (EventsRequest.model_validate(payload).events if batch
                       else [EventIn.model_validate(payload)])
         except ValidationError as e:
-            return error(422, "validation_error", validation_detail(e), rid)
+            return funnel_error(e, rid)
         problems = time_problems(events, datetime.now(UTC), prefix="events" if batch else "")
         if problems:
-            return error(422, "validation_error", problems, rid)
+            return error(422, VALIDATION_ERROR, problems, rid)
         fresh, keys = [], []
         for ev in events:
             key = event_key(ev)
@@ -959,13 +979,12 @@ class FeedIngress:
 
         rid = grpc_request_id(grpc_context)
         if isinstance(request, MalformedMessage):
-            return grpc_fail(grpc_context, 400, request.detail(), rid,
+            return grpc_fail(grpc_context, 400, request.code, request.detail(), rid,
                              feed_pb2.GetFeedResponse())
         try:
             req = FeedRequest.model_validate(feed_payload(request))
         except ValidationError as e:
-            return grpc_fail(grpc_context, 422, validation_detail(e), rid,
-                             feed_pb2.GetFeedResponse())
+            return grpc_error(grpc_context, e, rid, feed_pb2.GetFeedResponse())
         body, _ = await self._run_feed(req, rid)
         return feed_response(body)
 
@@ -984,16 +1003,17 @@ class FeedIngress:
         rid = grpc_request_id(grpc_context)
         empty = moderation_pb2.ModerateResponse()
         if isinstance(request, MalformedMessage):
-            return grpc_fail(grpc_context, 400, request.detail(), rid, empty)
+            return grpc_fail(grpc_context, 400, request.code, request.detail(), rid, empty)
         if self.moderation is None:
-            return grpc_fail(grpc_context, 503, "moderation is disabled", rid, empty)
+            return grpc_fail(grpc_context, 503, "moderation_disabled", MODERATION_DISABLED,
+                             rid, empty)
         fields, image = moderate_fields(request)
         try:
             req = ModerateRequest.model_validate(fields)
         except ValidationError as e:
-            return grpc_fail(grpc_context, 422, validation_detail(e), rid, empty)
+            return grpc_error(grpc_context, e, rid, empty)
         if not image and req.missing_content():
-            return grpc_fail(grpc_context, 422, [
+            return grpc_fail(grpc_context, 422, VALIDATION_ERROR, [
                 {"field": "text", "message": "give at least one of text or image"},
                 {"field": "image", "message": "give at least one of text or image"}],
                 rid, empty)
@@ -1001,7 +1021,7 @@ class FeedIngress:
             info = inspect_image(image, field="image") if image else None
             out = await self._moderate(req, info, rid)
         except FunnelError as e:
-            return grpc_fail(grpc_context, e.http_status, str(e), rid, empty)
+            return grpc_error(grpc_context, e, rid, empty)
         return moderate_response(out)
 
     # ---- Open Inference Protocol (KServe V2), REST ----------------------------------------
@@ -1072,24 +1092,24 @@ class FeedIngress:
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
         pb = inference_pb2()
         if isinstance(request, MalformedMessage):
-            return grpc_fail(grpc_context, 400, request.detail(), grpc_request_id(grpc_context),
-                             pb.ModelReadyResponse())
+            return grpc_fail(grpc_context, 400, request.code, request.detail(),
+                             grpc_request_id(grpc_context), pb.ModelReadyResponse())
         try:
             return pb.ModelReadyResponse(ready=await self.oip.model_ready(request.name))
         except FunnelError as e:
-            return grpc_fail(grpc_context, e.http_status, str(e), grpc_request_id(grpc_context),
-                             pb.ModelReadyResponse())
+            return grpc_error(grpc_context, e, grpc_request_id(grpc_context),
+                              pb.ModelReadyResponse())
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
         pb = inference_pb2()
         if isinstance(request, MalformedMessage):
-            return grpc_fail(grpc_context, 400, request.detail(), grpc_request_id(grpc_context),
-                             pb.ModelMetadataResponse())
+            return grpc_fail(grpc_context, 400, request.code, request.detail(),
+                             grpc_request_id(grpc_context), pb.ModelMetadataResponse())
         try:
             m = self.oip.model_metadata(request.name)
         except FunnelError as e:
-            return grpc_fail(grpc_context, e.http_status, str(e), grpc_request_id(grpc_context),
-                             pb.ModelMetadataResponse())
+            return grpc_error(grpc_context, e, grpc_request_id(grpc_context),
+                              pb.ModelMetadataResponse())
         t = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=m["name"], versions=m["versions"], platform=m["platform"],
@@ -1100,15 +1120,15 @@ class FeedIngress:
 
         pb = inference_pb2()
         if isinstance(request, MalformedMessage):
-            return grpc_fail(grpc_context, 400, request.detail(), grpc_request_id(grpc_context),
-                             pb.ModelInferResponse())
+            return grpc_fail(grpc_context, 400, request.code, request.detail(),
+                             grpc_request_id(grpc_context), pb.ModelInferResponse())
         try:
             tensors = decode_grpc(request)
             model = self.oip.check(request.model_name, tensors)
             outputs = await model.infer(tensors)
         except FunnelError as e:
-            return grpc_fail(grpc_context, e.http_status, str(e), grpc_request_id(grpc_context),
-                             pb.ModelInferResponse())
+            return grpc_error(grpc_context, e, grpc_request_id(grpc_context),
+                              pb.ModelInferResponse())
         return encode_grpc(pb.ModelInferResponse, model, outputs, request.id)
 
 def build_app(args: dict[str, Any]) -> Application:

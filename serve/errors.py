@@ -133,3 +133,34 @@ class BundleLoadError(ServeError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+# ---- the one mapping both edges use ------------------------------------------------------
+# The `error` name of an error body: HTTP answers it in the JSON body, gRPC in the status
+# details (the same JSON), so a client matches one name whichever protocol it speaks.
+VALIDATION_ERROR = "validation_error"  # a body or message failed its pydantic model
+INTERNAL_ERROR = "internal"
+
+
+def error_code(e: BaseException) -> str:
+    """The `error` name for `e`: a Funnel error's class name in snake_case
+    (`InvalidContent` -> `invalid_content`), a pydantic validation failure
+    `validation_error`, anything else `internal`. Pure: no web or gRPC framework."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return VALIDATION_ERROR
+    if isinstance(e, FunnelError):
+        return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower()
+                       for i, c in enumerate(type(e).__name__))
+    return INTERNAL_ERROR
+
+
+def error_status(e: BaseException) -> int:
+    """The HTTP status for `e` (gRPC derives its code from it: `serve.grpc_api`): 422 for a
+    validation failure, the class's `http_status` for a Funnel error, else 500."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return 422
+    return e.http_status if isinstance(e, FunnelError) else 500

@@ -4,7 +4,8 @@ Serve routes each RPC to the ingress deployment's method of the same name (`GetF
 `Moderate`); this module holds what those methods need without the web framework: the
 servicer-registration functions the Serve config names (`grpc_options.grpc_servicer_functions`),
 message <-> payload conversion, and the one error table shared with HTTP: a status code
-chosen from the HTTP status each error class declares.
+chosen from the HTTP status each error class declares. The status details carry the JSON
+body an HTTP client gets, its `error` named by the same function (`serve.errors.error_code`).
 
 Ray Serve's gRPC proxy listens on all interfaces (`[::]:<port>`); it has no host setting.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -45,6 +46,8 @@ class MalformedMessage:
 
     method: str
     error: str
+    # the body's `error` name (HTTP's twin for a body that does not parse is `invalid_json`)
+    code: ClassVar[str] = "malformed_message"
 
     def detail(self) -> str:
         return f"the request is not a valid message for {self.method}: {self.error}"

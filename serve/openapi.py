@@ -6,6 +6,10 @@ handlers' signatures. This module declares what each route takes and answers, fr
 pydantic models the handlers use, and `install(app)` makes `/openapi.json` serve it. The
 fuzz tests (schemathesis) generate requests from this document and check every response
 against it, so it is kept exact rather than decorative.
+
+`install(app)` also serves `/docs`, Swagger UI over that document, with Swagger UI's own
+files from an installed package (`swagger-ui-bundle-v2`) at `/docs/static/...`: FastAPI's
+default page loads them from a CDN, so it is blank on a machine that cannot reach one.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
 from serve.api import (
@@ -222,12 +229,58 @@ def build(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
+DOCS_URL = "/docs"
+DOCS_ASSETS_URL = "/docs/static"
+# The files the page loads (name -> media type); only these are served from the package.
+SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+                  "swagger-ui.css": "text/css; charset=utf-8",
+                  "favicon-32x32.png": "image/png"}
+
+
+def swagger_asset(name: str) -> Path | None:
+    """The installed file behind `/docs/static/{name}`, or None for a name that is not one of
+    SWAGGER_ASSETS (no other file of the package, nor any path, is reachable)."""
+    if name not in SWAGGER_ASSETS:
+        return None
+    from swagger_ui_bundle import swagger_ui_path  # swagger-ui-bundle-v2: Swagger UI 5's dist
+
+    return Path(str(swagger_ui_path)) / name
+
+
+def docs_html(*, title: str, openapi_url: str, root_path: str = "") -> HTMLResponse:
+    """The /docs page: Swagger UI over `openapi_url`, its script, style and icon from
+    DOCS_ASSETS_URL (under `root_path`, the prefix the app is mounted at)."""
+    base = root_path.rstrip("/")
+    assets = f"{base}{DOCS_ASSETS_URL}"
+    return get_swagger_ui_html(
+        openapi_url=f"{base}{openapi_url}", title=f"{title} - Swagger UI",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon-32x32.png")
+
+
 def install(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """Serve `build(app)` at /openapi.json (built once, on first use)."""
+    """Serve `build(app)` at /openapi.json (built once, on first use), and Swagger UI over it
+    at /docs from the installed assets (create the app with `docs_url=None`)."""
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = build(app)
         return app.openapi_schema
 
+    async def docs(request: Request) -> HTMLResponse:
+        return docs_html(title=app.title, openapi_url=app.openapi_url or "/openapi.json",
+                         root_path=request.scope.get("root_path", ""))
+
+    async def docs_asset(name: str) -> FileResponse:
+        path = swagger_asset(name)
+        if path is None:
+            raise HTTPException(404, f"no docs asset {name!r}; there are "
+                                f"{sorted(SWAGGER_ASSETS)}")
+        return FileResponse(path, media_type=SWAGGER_ASSETS[name],
+                            headers={"cache-control": "public, max-age=86400"})
+
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_api_route(DOCS_URL, docs, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{DOCS_ASSETS_URL}/{{name}}", docs_asset, methods=["GET"],
+                      include_in_schema=False)
     return openapi

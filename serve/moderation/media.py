@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 MAX_TEXT_BYTES = 64 * 1024
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_SIDE = 4096
+FORMATS = "JPEG, PNG, WebP, GIF, BMP, ..."
+# Pillow's messages name the stream it read, e.g. "cannot identify image file <_io.BytesIO
+# object at 0x7f...>": an address means nothing to a client, and differs on every call
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9A-Fa-f]+>")
+
+
+def _reason(e: BaseException) -> str:
+    """Pillow's message for `e` without object reprs (what is wrong, not where in memory)."""
+    text = _OBJECT_REPR.sub("", str(e)).strip()
+    return text or type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,15 @@ def inspect_image(data: bytes, *, field: str = "image_base64",
         with Image.open(io.BytesIO(data)) as im:
             fmt, (w, h) = str(im.format), im.size
     except Image.DecompressionBombError as e:  # a header claiming billions of pixels
-        raise RequestTooLarge(f"{field} claims more pixels than allowed ({e}); the limit is "
-                              f"{max_side} a side") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InvalidContent(f"{field} is not an image Pillow can read (JPEG, PNG, WebP, "
-                             f"GIF, BMP, ...): {e}") from e
+        raise RequestTooLarge(f"{field} claims more pixels than allowed ({_reason(e)}); the "
+                              f"limit is {max_side} a side") from e
+    except UnidentifiedImageError as e:
+        raise InvalidContent(f"{field} is not an image Pillow can read ({FORMATS}): no "
+                             f"complete image header in its {len(data)} bytes (they start "
+                             f"{data[:8].hex(' ')}, in hex)") from e
+    except (OSError, ValueError) as e:
+        raise InvalidContent(f"{field} is not an image Pillow can read ({FORMATS}): "
+                             f"{_reason(e)}") from e
     if w > max_side or h > max_side:
         raise RequestTooLarge(f"{field} is {w}x{h} pixels; the limit is {max_side} a side")
     return ImageInfo(data=data, format=fmt, width=w, height=h)
@@ -87,4 +102,4 @@ def decode_image(data: bytes, *, field: str = "image_base64",
             im.load()
             return im.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt pixel data
-        raise InvalidContent(f"{field}: the image data is corrupt: {e}") from e
+        raise InvalidContent(f"{field}: the image data is corrupt: {_reason(e)}") from e

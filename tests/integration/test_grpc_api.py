@@ -63,6 +63,7 @@ def test_get_feed_bad_request_is_invalid_argument_naming_the_field(
         stub.GetFeed(feed_pb2.GetFeedRequest(user_id=1, limit=500), timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     detail = json.loads(e.value.details())
+    assert detail["error"] == "validation_error"  # the name HTTP gives the same fault
     assert detail["detail"][0]["field"] == "limit"
     with pytest.raises(grpc.RpcError) as e:
         stub.GetFeed(feed_pb2.GetFeedRequest(user_id=-4), timeout=30)
@@ -106,3 +107,4 @@ def test_image_bytes_are_not_base64_over_grpc(channel: grpc.Channel) -> None:
         stub.Moderate(moderation_pb2.ModerateRequest(
             content_id="x", image=base64.b64encode(_jpeg())), timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert json.loads(e.value.details())["error"] == "invalid_content"

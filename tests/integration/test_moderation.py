@@ -215,7 +215,7 @@ def _png(w: int, h: int) -> str:
     ({"content_id": "x"}, 422, "validation_error", "image_base64"),
     ({"content_id": "x", "text": "", "image_base64": ""}, 422, "validation_error", "text"),
     ({"content_id": "x", "text": "   "}, 422, "validation_error", "image_base64"),
-    ({"content_id": 5, "text": "hi"}, 422, "validation_error", "content_id"),
+    ({"content_id": 5.5, "text": "hi"}, 422, "validation_error", "content_id"),
     ({"content_id": "x", "text": "hi", "colour": "red"}, 422, "validation_error", "colour"),
     ({"content_id": "x", "text": "a" * (64 * 1024 + 1)}, 413, "request_too_large", "65537"),
     ({"content_id": "x", "image_base64": "abc$%^"}, 422, "invalid_content", "base64"),
@@ -236,6 +236,7 @@ def test_bad_moderation_input_is_a_clear_4xx(stack: Stack, client: httpx.Client,
     assert r.status_code == status, r.text
     out = r.json()
     assert out["error"] == error and needle in str(out["detail"])
+    assert " object at 0x" not in str(out["detail"])  # no Python reprs in a client's answer
     assert out["request_id"] == r.headers["x-request-id"]
 
 

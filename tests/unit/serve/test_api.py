@@ -57,3 +57,31 @@ def test_text_the_review_database_keeps_refuses_nul_on_every_backend() -> None:
     # the schema says so, for clients and the HTTP fuzzer
     assert ModerateRequest.model_json_schema()["properties"]["text"]["anyOf"][0][
         "pattern"] == "^[^\\u0000]*$"
+
+
+def test_content_id_is_text_and_takes_a_feed_item_id_as_an_integer() -> None:
+    # found by a new user: feed item ids are integers, content_id was text only (422 for
+    # `"content_id": 1241`); it stays text (ids from any system) and reads an item id too
+    import pytest
+    from pydantic import ValidationError
+
+    from serve.api import ModerateRequest
+
+    max_id = 2**63 - 1
+
+    def content_id(v: object) -> str:
+        return ModerateRequest.model_validate({"content_id": v, "text": "hi"}).content_id
+
+    assert content_id(1241) == "1241" and content_id(max_id) == str(max_id)
+    assert content_id("1241") == "1241"
+    assert content_id("5f0c6e1a-9a3b-4c1e-8f55-2b7d9e3c1a00").startswith("5f0c")
+    for bad in (-1, max_id + 1, True, 12.0, "bad id!", ""):
+        with pytest.raises(ValidationError) as e:
+            content_id(bad)
+        assert e.value.errors()[0]["loc"] == ("content_id",), bad
+    with pytest.raises(ValidationError, match="an integer content_id is a feed item id"):
+        content_id(-1)
+    # documented as either, for clients and the HTTP fuzzer; answered as text
+    field = ModerateRequest.model_json_schema()["properties"]["content_id"]
+    assert {s["type"] for s in field["anyOf"]} == {"string", "integer"}
+    assert "JSON integer" in field["description"]

@@ -52,3 +52,19 @@ def test_every_registered_method_parses_leniently() -> None:
     ok = parse(feed_pb2.GetFeedRequest(user_id=7, limit=3).SerializeToString())
     assert (ok.user_id, ok.limit) == (7, 3)
     assert "GetFeed" in MalformedMessage("/funnel.v1.Feed/GetFeed", "x").detail()
+
+
+def test_grpc_content_id_is_a_string_field_read_as_http_reads_it() -> None:
+    # funnel.v1.ModerateRequest.content_id is `string`: a feed item id is sent as its decimal
+    # text, the same value HTTP makes of a JSON integer (`1241` -> "1241")
+    ensure_stubs()
+    from serve.api import ModerateRequest
+    from serve.grpc_api import moderate_fields
+    from serve.protos.funnel.v1 import moderation_pb2
+
+    fields, image = moderate_fields(moderation_pb2.ModerateRequest(content_id="1241",
+                                                                   text="hi"))
+    assert image is None
+    assert ModerateRequest.model_validate(fields).content_id == "1241"
+    assert ModerateRequest.model_validate({"content_id": 1241, "text": "hi"}).content_id \
+        == ModerateRequest.model_validate(fields).content_id

@@ -70,3 +70,21 @@ def test_a_header_claiming_billions_of_pixels_is_too_large_not_a_crash() -> None
         media.inspect_image(png)
     with pytest.raises(RequestTooLarge):
         media.decode_image(png)
+
+
+def test_an_unreadable_image_names_the_field_and_its_bytes_not_an_object_repr() -> None:
+    # found by a new user: the 422 said "cannot identify image file <_io.BytesIO object at
+    # 0x7f...>" (Pillow's message, naming the buffer it read)
+    b64 = base64.b64encode(b"%PDF-1.4 hello").decode()
+    with pytest.raises(InvalidContent) as e:
+        media.decode_base64_image(b64)
+    msg = str(e.value)
+    assert msg.startswith("image_base64 is not an image Pillow can read (JPEG, PNG")
+    assert "no complete image header in its 14 bytes (they start 25 50 44 46 2d 31 2e 34" in msg
+    assert "object at 0x" not in msg and "BytesIO" not in msg
+    with pytest.raises(InvalidContent, match=r"^image is not an image") as e:
+        media.inspect_image(b"not an image", field="image")  # the gRPC field's name
+    assert "object at 0x" not in str(e.value)
+    with pytest.raises(InvalidContent) as e:
+        media.decode_image(b"GIF89a")  # a signature, then nothing: Pillow's other messages
+    assert "object at 0x" not in str(e.value) and str(e.value).startswith("image_base64")
