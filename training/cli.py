@@ -269,23 +269,40 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
             watch.stop()
             ray.shutdown()
     bundle = verify_bundle(bdir)
-    m = bundle.manifest["metrics"]
-    table = Table(title=f"bundle {bundle.version}  ({time.time() - started:.0f}s)")
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    table.add_column("baseline", justify="right")
-    r = m["retrieval"]
-    table.add_row("retrieval recall@50", f"{r['recall_at_50']:.4f}",
-                  f"popularity {r['baselines']['popularity']['recall_at_50']:.4f}")
-    if "itemknn" in r["baselines"]:
-        table.add_row("retrieval recall@10", f"{r['recall_at_10']:.4f}",
-                      f"itemknn {r['baselines']['itemknn']['recall_at_10']:.4f}")
-    base = m["ranker"]["baselines"]["retrieval_order"]["ndcg_at_10"]
-    table.add_row("ranker ndcg@10", f"{m['ranker']['ndcg_at_10']:.4f}",
-                  f"retrieval order {base:.4f}")
-    mod = m["moderation"]["roc_auc_macro"]
-    table.add_row("moderation macro ROC-AUC", "-" if mod is None else f"{mod:.4f}", "")
-    table.add_row("ann recall@100 vs exact", f"{m['ann']['recall_at_100_vs_exact']:.4f}", "")
-    Console().print(table)
+    print_summary(bundle.manifest, title=f"bundle {bundle.version}  "
+                  f"({time.time() - started:.0f}s)")
     Console().print(f"bundle: {bundle.path}  (latest -> {bundle.version})")
     return bundle.path
+
+
+def print_summary(manifest: dict[str, Any], *, title: str) -> None:
+    """Each model against its same-run baseline, with the quality gate's verdict."""
+    from training.quality import evaluate
+
+    m = manifest["metrics"]
+    gate = manifest.get("quality_gate") or evaluate(m)
+    table = Table(title=title)
+    for col, justify in (("model", "left"), ("metric", "left"), ("value", "right"),
+                         ("baseline", "right"), ("verdict", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    style = {"beats": "green", "loses": "bold red", "not measured": "dim"}
+    for name, g in gate["models"].items():
+        value = "-" if g["value"] is None else f"{g['value']:.4f}"
+        base = ("-" if g["baseline_value"] is None
+                else f"{g['baseline']} {g['baseline_value']:.4f}")
+        table.add_row(name, g["metric"], value, base,
+                      f"[{style[g['verdict']]}]{g['verdict']}[/]")
+    r = m["retrieval"]
+    if "itemknn" in r["baselines"]:
+        table.add_row("retrieval", "recall@10", f"{r['recall_at_10']:.4f}",
+                      f"itemknn {r['baselines']['itemknn']['recall_at_10']:.4f}", "(info)")
+    table.add_row("ann index", "recall@100 vs exact",
+                  f"{m['ann']['recall_at_100_vs_exact']:.4f}", "", "")
+    out = Console()
+    out.print(table)
+    if gate["passed"]:
+        out.print("quality gate: passed (every model beats its baseline)")
+    else:
+        out.print("[bold red]quality gate: FAILED[/]: a model does not beat its baseline. "
+                  "The bundle is written and marked (manifest quality_gate); `funnel "
+                  "rollout apply` refuses it unless --allow-regression")

@@ -99,6 +99,10 @@ def read_view(own_session_dir: str | None) -> ClusterView:
                        load_1m=os.getloadavg()[0], cores=os.cpu_count() or 1)
 
 
+# with every trial running, wait this many times longer before speaking (a slow epoch)
+QUIET_WHEN_RUNNING = 6
+
+
 class StallWatch:
     """A daemon thread: `progress()` on every sign of life; after `after_s` without one it
     prints `stall_message` through `say`, then again every `every_s`."""
@@ -140,7 +144,11 @@ class StallWatch:
                 continue
             try:
                 assert self._view is not None
-                msg = stall_message(self._view(), idle)
+                view = self._view()
+                if not (view.groups_pending or view.actors_pending) and (
+                        idle < self._after * QUIET_WHEN_RUNNING):
+                    continue  # trials running, no result yet: a long epoch is no stall
+                msg = stall_message(view, idle)
             except Exception as e:  # never let the watch break training
                 msg = f"waiting: no progress for {idle:.0f}s (cluster state unreadable: {e})"
             self._told = now

@@ -147,7 +147,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     from serve.rollout.config import check_versions, parse_rollout
     from serve.rollout.deployment import verify_versions
     from serve.rollout.variants import available_versions
-    from training.bundle import read_manifest
+    from training.bundle import read_manifest, resolve_bundle
 
     cfg = parse_rollout(raw)
     have = available_versions(root)
@@ -160,7 +160,9 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     primary = read_manifest(serving) if "moderation" in cfg.stages else {}
     # version "": verify every version, the serving one too (the server verified that one
     # when it started; a dry run has not)
-    verify_versions(cfg, root=root, primary={**primary, "version": ""})
+    serving_version = resolve_bundle(Path(serving)).name if Path(serving).exists() else ""
+    verify_versions(cfg, root=root, primary={**primary, "version": ""},
+                    gate_exempt=serving_version)
     return cfg
 
 
@@ -170,12 +172,18 @@ def apply_cmd(file: Annotated[str, typer.Argument(help="Rollout config YAML.")],
               dry_run: Annotated[bool, typer.Option(
                   help="Only check here: the shape, and that every bundle version exists "
                   "under --bundles and passes its checksums.")] = False,
-              bundles: Bundles = None, config: ServeConfig = None) -> None:
+              bundles: Bundles = None, config: ServeConfig = None,
+              allow_regression: Annotated[bool, typer.Option(
+                  "--allow-regression", help="Apply even a bundle whose quality gate failed "
+                  "(a model that does not beat its baseline; `funnel train` prints the "
+                  "verdicts). Recorded as an allow_regression decision.")] = False) -> None:
     """Validate and apply a rollout config (replicas switch without a restart)."""
     from serve.rollout.config import parse_rollout
     from training.config import read_yaml
 
     raw = read_yaml(file, what="rollout config", error=RolloutConfigError)
+    if allow_regression and isinstance(raw, dict):
+        raw = {**raw, "allow_regression": True}
     console = Console(stderr=True)
     if dry_run:
         root, serving, allow = serving_root(bundles, config)

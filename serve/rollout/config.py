@@ -212,6 +212,9 @@ class StageRollout(_Strict):
 class RolloutConfig(_Strict):
     salt: str = Field("funnel", min_length=1, max_length=128)
     stages: dict[Stage, StageRollout] = Field(default_factory=dict)
+    # apply bundles whose quality gate failed (a model that does not beat its same-run
+    # baseline, training/quality.py); recorded as an `allow_regression` decision per stage
+    allow_regression: bool = False
 
     @model_validator(mode="after")
     def _interleaving_ranker_only(self) -> RolloutConfig:

@@ -128,6 +128,10 @@ class RolloutState:
             st.totals = prev.totals if prev is not None else {}
             self.stages[name] = st
             self._decide(name, "apply", cfg.primary.name, f"config applied ({source})")
+            if config.allow_regression:
+                self._decide(name, "allow_regression", cfg.primary.name,
+                             f"applied with allow_regression ({source}): a bundle that failed "
+                             "its quality gate may serve")
         self.revision += 1
 
     def _move(self, stage: str, weights: list[float], status: str, step: int) -> None:

@@ -57,12 +57,16 @@ def validate_rollout(raw: Any, *, root: Path, allow_faults: bool) -> RolloutConf
     return cfg
 
 
-def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) -> None:
+def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any],
+                    gate_exempt: str = "") -> None:
     """Every bundle version other than the primary passes its checksums and has what its
     stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
-    the field of each one that does not. A corrupt bundle is refused here, at apply."""
+    the field of each one that does not. A corrupt bundle is refused here, at apply, and so
+    is one whose quality gate failed, unless the config says `allow_regression: true`
+    (`gate_exempt`: a version already serving, which the gate does not judge again)."""
     from serve.rollout.variants import version_path
     from training.bundle import verify_bundle
+    from training.quality import failures
 
     fields: list[dict[str, object]] = []
     checked: dict[str, dict[str, Any] | str] = {}
@@ -85,6 +89,14 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) 
                 if got != want:
                     problem = (f"bundle {version} has text labels {got}; the serving bundle's "
                                f"are {want}")
+            if (not problem and not isinstance(m, str) and not cfg.allow_regression
+                    and version not in (gate_exempt, primary.get("version"))):
+                lost = failures(m)
+                if lost:
+                    problem = (f"bundle {version} failed its quality gate: {'; '.join(lost)}. "
+                               "Set allow_regression: true in the config (`funnel rollout "
+                               "apply --allow-regression`) to apply it anyway; the decision "
+                               "is recorded")
             if problem:
                 fields.append({"field": f"stages.{stage}.{kind}[{i}].bundle_version",
                                "message": problem, "given": version})

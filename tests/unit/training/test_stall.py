@@ -56,3 +56,14 @@ def test_a_broken_view_never_breaks_training() -> None:
     finally:
         w.stop()
     assert "cluster state unreadable: gcs away" in said[0]
+
+
+def test_running_trials_without_results_are_not_a_stall_until_much_later() -> None:
+    said: list[str] = []
+    view = ClusterView(cpus_total=2, cpus_free=0)  # nothing pending: trials are running
+    w = StallWatch(said.append, after_s=1.0, view=lambda: view).start()
+    try:
+        threading.Event().wait(3.5)
+    finally:
+        w.stop()
+    assert said == []

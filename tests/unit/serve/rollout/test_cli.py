@@ -127,3 +127,41 @@ def test_the_shipped_example_names_placeholders_the_dry_run_explains(
     assert code == 2, out
     assert "stages.ranker.variants[0].bundle_version: unknown bundle version " \
            "'PRIMARY_VERSION'; available: ['v1', 'v2']" in out
+
+
+def _failing_gate(root: Path, version: str) -> None:
+    """Re-write a bundle's manifest with a ranker that loses to retrieval order."""
+    import json
+
+    d = root / version
+    m = json.loads((d / "manifest.json").read_text())
+    m.pop("files", None)
+    m["metrics"] = {"ranker": {"ndcg_at_10": 0.6025,
+                               "baselines": {"retrieval_order": {"ndcg_at_10": 0.6060}}}}
+    write_manifest(d, m)
+
+
+def test_a_bundle_that_failed_its_quality_gate_is_refused_unless_allowed(
+        root, tmp_path, monkeypatch, capsys) -> None:
+    _failing_gate(root, "v1")
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v2", "v1"),
+                       "--dry-run", "--bundles", str(root))
+    out = out.replace("\n", "")
+    assert code == 2, out
+    assert ("stages.ranker.variants[1].bundle_version: bundle v1 failed its quality gate: "
+            "ranker ndcg@10 0.6025 does not beat retrieval order 0.6060") in out
+    assert "--allow-regression" in out
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v2", "v1"),
+                       "--dry-run", "--bundles", str(root), "--allow-regression")
+    assert code == 0, out
+
+
+def test_the_serving_bundle_is_not_judged_again(root, tmp_path, monkeypatch,
+                                                capsys) -> None:
+    _failing_gate(root, "v2")  # latest: what the serve config's args.bundle serves
+    serve_cfg = tmp_path / "serve.yaml"
+    serve_cfg.write_text(yaml.safe_dump({"applications": [
+        {"args": {"bundle": str(root / "latest")}}]}))
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v2", "v1"),
+                       "--dry-run", "--config", str(serve_cfg))
+    assert code == 0, out

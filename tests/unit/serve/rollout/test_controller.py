@@ -172,3 +172,17 @@ def test_the_shadow_scorer_reports_without_taking_a_share_of_the_budget() -> Non
     assert s.active_replicas() == 1
     s.report("r2", [])
     assert s.active_replicas() == 2
+
+
+def test_allow_regression_is_kept_as_a_decision_of_each_stage() -> None:
+    s = RolloutState(clock=lambda: 100.0)
+    cfg = parse_rollout({"allow_regression": True, "stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": "v1", "weight": 90},
+        {"name": "candidate", "bundle_version": "v2", "weight": 10}]}}})
+    s.apply(cfg, source="api")
+    actions = [(d.stage, d.action) for d in s.decisions]
+    assert actions == [("ranker", "apply"), ("ranker", "allow_regression")]
+    plain = parse_rollout({"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": "v1", "weight": 100}]}}})
+    s.apply(plain, source="api")
+    assert [d.action for d in s.decisions][-1] == "apply"
