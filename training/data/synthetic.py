@@ -83,6 +83,37 @@ HARM_PHRASES: dict[str, tuple[str, ...]] = {
              "earn 5000 dollars a day from home", "free gift card visit my link"),
 }
 
+# Newer wording of the same harms: used only by harmful posts of the last LATE_FROM share of
+# the period (half of them), so a model must generalize from meaning, not memorize phrases
+# (spammers and trolls change their wording; the test split is the newest posts).
+HARM_PHRASES_LATE: dict[str, tuple[str, ...]] = {
+    "abuse": ("you are a brainless fool", "what a useless clown you are",
+              "get lost you dimwitted loser", "everyone laughs at how stupid you are"),
+    "hate": ("people like them are parasites on society", "that race is inferior scum",
+             "those immigrants are animals", "their religion is a disease to wipe out"),
+    "nudity": ("full frontal naked video here", "leaked nudes of her uncensored",
+               "xxx explicit pics no censorship", "see her completely undressed"),
+    "violence": ("I am going to stab him tonight", "let's kill them all with guns",
+                 "smash his skull with a bat", "set fire to their homes"),
+    "misinformation": ("5g towers spread the virus", "the earth is flat and nasa lies",
+                       "the vaccine rewrites your dna", "the ballots were all fake"),
+    "spam": ("make money fast work from home", "cheap followers and likes for sale",
+             "you won a prize claim it now", "dm me for a crypto giveaway"),
+}
+LATE_FROM = 0.75
+
+# Harmless sentences that share words with the harms (hard negatives for a word matcher).
+BENIGN_LOOKALIKES: tuple[str, ...] = (
+    "click here for the full recipe", "free gift wrapping at the store this week",
+    "the boxer will beat him in round three", "we shoot the final scene tonight",
+    "this naked cake recipe is delicious", "the comedian killed it on stage",
+    "our team will destroy them in the final", "limited offer on museum tickets",
+    "the documentary debunks the moon landing myth", "earn points with every purchase",
+)
+LOOKALIKE_RATE = 0.04      # share of harmless posts that carry one
+LABEL_MISS_RATE = 0.10     # harmful posts the annotators did not label
+LABEL_FALSE_RATE = 0.003   # harmless posts labelled harmful by mistake
+
 # Share of harmful posts that carry each label (a post carries one label).
 HARM_MIX: dict[str, float] = {
     "spam": 0.30, "abuse": 0.20, "misinformation": 0.15, "nudity": 0.15,
@@ -257,13 +288,27 @@ def generate_with_truth(
     subj = rng.integers(0, 4, size=p.n_posts)
     pred = rng.integers(0, 4, size=p.n_posts)
     phrase = rng.integers(0, 4, size=p.n_posts)
+    # The text and its labels, from a generator of their own: the engagement tables stay
+    # what they were for a seed, whatever the text does.
+    trng = np.random.default_rng([seed, 7])
+    late = (created_days >= LATE_FROM * p.days) & (trng.random(p.n_posts) < 0.5)
+    lookalike = ~harmful & (trng.random(p.n_posts) < LOOKALIKE_RATE)
+    lookalike_idx = trng.integers(0, len(BENIGN_LOOKALIKES), size=p.n_posts)
     texts = []
     for i in range(p.n_posts):
         s, v = TOPICS[topics[topic_idx[i]]]
         text = f"{s[subj[i]]} {v[pred[i]]}"
         if harmful[i]:
-            text = f"{text}. {HARM_PHRASES[harm_names[harm_kind[i]]][phrase[i]]}"
+            phrases = (HARM_PHRASES_LATE if late[i] else HARM_PHRASES)[harm_names[harm_kind[i]]]
+            text = f"{text}. {phrases[phrase[i]]}"
+        elif lookalike[i]:
+            text = f"{text}. {BENIGN_LOOKALIKES[lookalike_idx[i]]}"
         texts.append(text)
+    # annotators: some harm missed, a few harmless posts flagged
+    labelled = harmful & (trng.random(p.n_posts) >= LABEL_MISS_RATE)
+    false_flag = ~harmful & (trng.random(p.n_posts) < LABEL_FALSE_RATE)
+    label_kind = np.where(false_flag, trng.integers(0, len(HARM_MIX), size=p.n_posts),
+                          harm_kind)
     posts = pd.DataFrame({
         "post_id": np.arange(1, p.n_posts + 1, dtype=np.int64),
         "author_id": user_ids[author_idx],
@@ -274,7 +319,7 @@ def generate_with_truth(
         "created_at": pd.to_datetime(_ms(created_days), unit="ms", utc=True),
     })
     for j, h in enumerate(harm_names):
-        posts[f"label_{h}"] = harmful & (harm_kind == j)
+        posts[f"label_{h}"] = (labelled | false_flag) & (label_kind == j)
     posts = posts[["post_id", "author_id", "topic", "modality", "language", "text",
                    "created_at", *[f"label_{h}" for h in HARM_LABELS]]]
     z_post = rng.normal(0, 1, size=(p.n_posts, d)) / d ** 0.25

@@ -30,12 +30,40 @@ def test_no_post_shown_before_it_exists() -> None:
     assert (m["timestamp"] >= m["created_at"]).all()
 
 
-def test_harmful_text_carries_the_harm_and_topic_words() -> None:
+def test_harmful_text_carries_a_harm_phrase_and_the_newest_posts_a_new_wording() -> None:
+    from training.data.synthetic import HARM_PHRASES, HARM_PHRASES_LATE, LATE_FROM
+
+    ds, truth = generate_with_truth(SMALL, seed=0)
+    posts = ds.posts.assign(harmful=truth.harmful)
+    old = {ph for v in HARM_PHRASES.values() for ph in v}
+    new = {ph for v in HARM_PHRASES_LATE.values() for ph in v}
+    tail = posts["text"].str.split(". ", n=1, regex=False).str[1]
+    harmful = posts[posts["harmful"]]
+    assert tail[posts["harmful"]].isin(old | new).all()
+    day = (posts["created_at"] - posts["created_at"].min()).dt.total_seconds() / 86400
+    late_wording = tail.isin(new)
+    assert late_wording.any() and (day[late_wording] >= LATE_FROM * SMALL.days - 1).all()
+    assert len(harmful) > 0
+
+
+def test_labels_are_noisy_as_annotators_are() -> None:
+    from training.data.synthetic import BENIGN_LOOKALIKES
+
+    ds, truth = generate_with_truth(PROFILES["demo"], seed=0)
+    labelled = ds.posts[[f"label_{h}" for h in HARM_LABELS]].any(axis=1).to_numpy()
+    harmful = truth.harmful
+    missed = (harmful & ~labelled).sum() / harmful.sum()
+    false = (~harmful & labelled).sum() / (~harmful).sum()
+    assert 0.05 < missed < 0.15 and 0.001 < false < 0.006
+    lookalike = ds.posts["text"].str.split(". ", n=1, regex=False).str[1].isin(BENIGN_LOOKALIKES)
+    assert lookalike.any() and not (lookalike.to_numpy() & harmful).any()
+
+
+def test_the_text_does_not_change_the_engagement_tables() -> None:
+    # the text and its labels come from a generator of their own
     ds = generate(SMALL, seed=0)
-    spam = ds.posts[ds.posts["label_spam"]]
-    assert len(spam) > 0
-    words = ("click", "offer", "dollars", "gift")
-    assert spam["text"].map(lambda t: any(w in t for w in words)).all()
+    assert ds.impressions["click"].sum() > 0
+    assert len(ds.impressions) == SMALL.n_users * SMALL.impressions_per_user
 
 
 def test_large_profile_has_the_documented_size() -> None:
