@@ -17,6 +17,7 @@ from training.cli import data_app, train
 from training.errors import FunnelError
 
 app = typer.Typer(help="Funnel: feed serving with built-in moderation.", no_args_is_help=True,
+                  rich_markup_mode="markdown",  # docstrings reflow: no breaks mid-sentence
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(data_app, name="data")
 app.command("train")(train)
@@ -127,8 +128,9 @@ app.add_typer(review_app, name="review")
 
 @review_app.command("export")
 def review_export(
-    out: Annotated[Path, typer.Option(help="Parquet file to write (training labels).")] = Path(
-        "labels.parquet"),
+    out: Annotated[Path, typer.Option(help="Parquet file to write (training labels); the "
+                                      "default is under artifacts/, which git ignores.")] = Path(
+        "artifacts/review-labels.parquet"),
     database_url: Annotated[str | None, typer.Option(
         help="Review database (default: $FUNNEL_REVIEW_DATABASE_URL, else the serve config's "
         "args.review.database_url).")] = None,

@@ -24,6 +24,12 @@ console = Console(stderr=True)
 data_app = typer.Typer(help="Generate, convert and check datasets.", no_args_is_help=True)
 
 
+class GpuMode(StrEnum):
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+
 class ProfileName(StrEnum):
     tiny = "tiny"
     demo = "demo"
@@ -116,8 +122,8 @@ def train(
                                                   "weights (default: OUT/.work).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers per trial "
                                                 "(overrides the config).")] = None,
-    gpu: Annotated[str | None, typer.Option(help="auto|true|false: use_gpu for Ray Train "
-                                            "workers (overrides the config).")] = None,
+    gpu: Annotated[GpuMode | None, typer.Option(help="use_gpu for Ray Train workers "
+                                                "(overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
     review_labels: Annotated[Path | None, typer.Option(
         help="Reviewer decisions from `funnel review export` (parquet), added to the "
@@ -125,7 +131,6 @@ def train(
 ) -> None:
     """Train retrieval, ranker and moderation with Ray Tune; write a versioned bundle."""
     from training.config import load_config, parse_config, profile_config
-    from training.errors import ConfigError
 
     if config is not None:
         cfg = load_config(config)
@@ -142,9 +147,7 @@ def train(
     if workers is not None:
         overrides["num_workers"] = workers
     if gpu is not None:
-        if gpu not in ("auto", "true", "false"):
-            raise ConfigError(f"--gpu: {gpu!r} is not allowed; allowed: auto, true, false")
-        overrides["use_gpu"] = gpu
+        overrides["use_gpu"] = gpu.value
     data = cfg.model_dump(mode="json")
     data["resources"].update(overrides)
     if seed is not None:

@@ -26,7 +26,7 @@ def test_data_generate_then_validate(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "expected"), [
     (("train", "--dataset", "/no/such/dir"), "neither 'synthetic'"),
-    (("train", "--gpu", "maybe"), "--gpu: 'maybe' is not allowed"),
+    (("train", "--gpu", "maybe"), "'maybe' is not one of 'auto',"),
     (("data", "validate", "/no/such/dir"), "does not exist"),
     (("bundle-verify", "/no/such/bundle"), "not a bundle"),
     (("data", "generate", "--profile", "huge"), "huge"),
@@ -57,3 +57,15 @@ def test_schema_violation_exits_2(tmp_path: Path) -> None:
     r = _funnel("train", "--dataset", str(d), "--out", str(tmp_path / "a"))
     assert r.returncode == 2
     assert "required column 'topic' is missing" in r.stderr
+
+
+def test_help_text_reflows_instead_of_breaking_mid_sentence() -> None:
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "serve", "serve", "--help"], capture_output=True,
+                       text=True, timeout=120, check=False,
+                       env={**os.environ, "COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    one_line = ("HTTP on the config's http_options (127.0.0.1:8000 in the shipped config); "
+                "Triton on args.triton's ports.")
+    assert any(one_line in line for line in r.stdout.splitlines()), r.stdout
