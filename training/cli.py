@@ -288,7 +288,8 @@ def print_summary(manifest: dict[str, Any], *, title: str) -> None:
     for col, justify in (("model", "left"), ("metric", "left"), ("value", "right"),
                          ("baseline", "right"), ("verdict", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    style = {"beats": "green", "loses": "bold red", "not measured": "dim"}
+    style = {"beats": "green", "loses": "bold red", "not measured": "dim",
+             "insufficient data": "yellow"}
     for name, g in gate["models"].items():
         value = "-" if g["value"] is None else f"{g['value']:.4f}"
         base = ("-" if g["baseline_value"] is None

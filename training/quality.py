@@ -11,8 +11,10 @@ Every model is evaluated on the same held-out split as a simple same-run baselin
 A model that does not beat its baseline "loses"; the bundle's manifest records the verdicts
 (`quality_gate`), `funnel train` prints them, and `funnel rollout apply` refuses a bundle
 that failed unless the config says `allow_regression: true` (recorded as a decision).
-A model with no metric (moderation on a dataset without harm labels) is "not measured" and
-does not fail the gate. Pure: no torch, no Ray.
+A model with no metric (moderation on a dataset without harm labels) is "not measured",
+and one judged on too few examples to tell (`MIN_MODERATION_POSITIVES` harmful texts in the
+test split: the tiny profile has about a dozen) is "insufficient data"; neither fails the
+gate. Pure: no torch, no Ray.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Verdict = Literal["beats", "loses", "not measured"]
+Verdict = Literal["beats", "loses", "not measured", "insufficient data"]
+
+# Below this many harmful texts in the test split (over all labels), two macro ROC-AUCs a few
+# thousandths apart are noise: one text moves a label's AUC by 1/positives.
+MIN_MODERATION_POSITIVES = 50
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,13 @@ def _get(metrics: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
     return None if node is None else float(node)
 
 
+def moderation_positives(metrics: Mapping[str, Any]) -> int | None:
+    labels = (metrics.get("moderation") or {}).get("per_label")
+    if not isinstance(labels, Mapping):
+        return None
+    return sum(int(v.get("positives") or 0) for v in labels.values())
+
+
 def evaluate(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's `quality_gate`: each model's verdict, and whether all pass."""
     models: dict[str, dict[str, Any]] = {}
@@ -59,8 +72,14 @@ def evaluate(metrics: Mapping[str, Any]) -> dict[str, Any]:
         value, base = _get(metrics, g.value_path), _get(metrics, g.baseline_path)
         verdict: Verdict = ("not measured" if value is None or base is None
                             else "beats" if value > base else "loses")
-        models[g.model] = {"metric": g.metric, "value": value, "baseline": g.baseline,
-                           "baseline_value": base, "verdict": verdict}
+        entry: dict[str, Any] = {"metric": g.metric, "value": value, "baseline": g.baseline,
+                                 "baseline_value": base}
+        if g.model == "moderation" and verdict != "not measured":
+            n = moderation_positives(metrics)
+            entry["test_positives"] = n
+            if n is not None and n < MIN_MODERATION_POSITIVES:
+                verdict = "insufficient data"
+        models[g.model] = {**entry, "verdict": verdict}
     return {"passed": all(m["verdict"] != "loses" for m in models.values()),
             "models": models}
 

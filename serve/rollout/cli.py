@@ -16,6 +16,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -100,18 +101,37 @@ def serving_root(bundles: str | None, config: str | None) -> tuple[Path, str, bo
     return root, args.bundle, allow
 
 
+class Only(StrEnum):
+    serving = "serving"
+    latest = "latest"
+
+
 @rollout_app.command("versions")
 def versions_cmd(bundles: Bundles = None, config: ServeConfig = None,
                  server: Annotated[bool, typer.Option(
                      "--server", help="Ask the running server at --url (needs the admin "
                      "token) instead of reading the bundle root here.")] = False,
                  url: Url = "http://127.0.0.1:8000",
-                 token_env: TokenEnv = "FUNNEL_ADMIN_TOKEN") -> None:
+                 token_env: TokenEnv = "FUNNEL_ADMIN_TOKEN",
+                 only: Annotated[Only | None, typer.Option(
+                     help="Print just one version, for scripts: 'serving' (the server's "
+                     "primary; asks the server) or 'latest' (artifacts/latest).")] = None
+                 ) -> None:
     """The bundle versions a rollout config can name as `bundle_version`."""
     from serve.rollout.variants import available_versions
     from training.bundle import read_manifest, resolve_bundle
 
     console = Console()
+    if only is Only.serving:
+        print(_call(url, token_env, "GET", "/v1/admin/rollout").get("primary_version", ""))
+        return
+    if only is Only.latest:
+        root, _, _ = serving_root(bundles, config)
+        if not (root / "latest").exists():
+            raise RolloutConfigError(f"--only latest: no {root / 'latest'}; `funnel train "
+                                     f"--out {root}` writes one")
+        print(resolve_bundle(root / "latest").name)
+        return
     if server:
         s = _call(url, token_env, "GET", "/v1/admin/rollout")
         t = Table("bundle_version", "", title=f"{url}: {s.get('bundle_root')}")
@@ -147,7 +167,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     from serve.rollout.config import check_versions, parse_rollout
     from serve.rollout.deployment import verify_versions
     from serve.rollout.variants import available_versions
-    from training.bundle import read_manifest, resolve_bundle
+    from training.bundle import read_manifest
 
     cfg = parse_rollout(raw)
     have = available_versions(root)
@@ -160,9 +180,9 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     primary = read_manifest(serving) if "moderation" in cfg.stages else {}
     # version "": verify every version, the serving one too (the server verified that one
     # when it started; a dry run has not)
-    serving_version = resolve_bundle(Path(serving)).name if Path(serving).exists() else ""
-    verify_versions(cfg, root=root, primary={**primary, "version": ""},
-                    gate_exempt=serving_version)
+    # the quality gate too, for every version: here we cannot tell which one the server
+    # serves (`latest` may be newer), and the server skips only that one
+    verify_versions(cfg, root=root, primary={**primary, "version": ""})
     return cfg
 
 

@@ -57,13 +57,12 @@ def validate_rollout(raw: Any, *, root: Path, allow_faults: bool) -> RolloutConf
     return cfg
 
 
-def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any],
-                    gate_exempt: str = "") -> None:
+def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) -> None:
     """Every bundle version other than the primary passes its checksums and has what its
     stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
     the field of each one that does not. A corrupt bundle is refused here, at apply, and so
-    is one whose quality gate failed, unless the config says `allow_regression: true`
-    (`gate_exempt`: a version already serving, which the gate does not judge again)."""
+    is one whose quality gate failed, unless the config says `allow_regression: true` (the
+    serving bundle, `primary`, is not judged again)."""
     from serve.rollout.variants import version_path
     from training.bundle import verify_bundle
     from training.quality import failures
@@ -90,7 +89,7 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any],
                     problem = (f"bundle {version} has text labels {got}; the serving bundle's "
                                f"are {want}")
             if (not problem and not isinstance(m, str) and not cfg.allow_regression
-                    and version not in (gate_exempt, primary.get("version"))):
+                    and version != primary.get("version")):
                 lost = failures(m)
                 if lost:
                     problem = (f"bundle {version} failed its quality gate: {'; '.join(lost)}. "

@@ -50,3 +50,14 @@ def test_a_bundle_from_before_the_gate_is_judged_from_its_metrics() -> None:
     old = {"metrics": metrics(0.0208, 0.0218, 0.7, 0.6, None, None)}
     assert failures(old) == ["retrieval recall@50 0.0208 does not beat popularity 0.0218"]
     assert failures({}) == []
+
+
+def test_moderation_on_a_handful_of_harmful_texts_is_insufficient_data() -> None:
+    m = metrics(0.2, 0.1, 0.7, 0.6, 0.9563, 0.9584)
+    m["moderation"]["per_label"] = {"spam": {"positives": 7}, "hate": {"positives": 5}}
+    g = evaluate(m)
+    assert g["models"]["moderation"]["verdict"] == "insufficient data"
+    assert g["models"]["moderation"]["test_positives"] == 12
+    assert g["passed"] is True
+    m["moderation"]["per_label"]["spam"]["positives"] = 60
+    assert evaluate(m)["models"]["moderation"]["verdict"] == "loses"

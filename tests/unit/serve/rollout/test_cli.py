@@ -156,12 +156,26 @@ def test_a_bundle_that_failed_its_quality_gate_is_refused_unless_allowed(
     assert code == 0, out
 
 
-def test_the_serving_bundle_is_not_judged_again(root, tmp_path, monkeypatch,
-                                                capsys) -> None:
-    _failing_gate(root, "v2")  # latest: what the serve config's args.bundle serves
-    serve_cfg = tmp_path / "serve.yaml"
-    serve_cfg.write_text(yaml.safe_dump({"applications": [
-        {"args": {"bundle": str(root / "latest")}}]}))
-    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v2", "v1"),
-                       "--dry-run", "--config", str(serve_cfg))
-    assert code == 0, out
+def test_the_dry_run_judges_every_version_even_the_one_serving(root, tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    # it cannot tell which version the server serves: `latest` may be newer than it
+    _failing_gate(root, "v1")
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", canary(tmp_path, "v1", "v2"),
+                       "--dry-run", "--bundles", str(root))
+    assert code == 2, out
+    assert "stages.ranker.variants[0].bundle_version: bundle v1 failed its quality gate" in \
+        out.replace("\n", "")
+
+
+def test_the_server_does_not_judge_the_bundle_it_serves_again(root: Path) -> None:
+    from serve.errors import RolloutConfigError
+    from serve.rollout.config import parse_rollout
+    from serve.rollout.deployment import verify_versions
+
+    _failing_gate(root, "v1")
+    cfg = parse_rollout({"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": "v1", "weight": 90},
+        {"name": "candidate", "bundle_version": "v2", "weight": 10}]}}})
+    verify_versions(cfg, root=root, primary={"version": "v1"})  # v1 serves: not judged
+    with pytest.raises(RolloutConfigError, match="bundle v1 failed its quality gate"):
+        verify_versions(cfg, root=root, primary={"version": "v2"})
