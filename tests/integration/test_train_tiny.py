@@ -53,6 +53,21 @@ def test_models_beat_their_baselines_on_held_out_data(bundle_dir: Path) -> None:
     assert m["ann"]["recall_at_100_vs_exact"] >= 0.95
 
 
+def test_the_manifest_keeps_the_quality_gates_verdicts(bundle_dir: Path) -> None:
+    from training.quality import evaluate
+
+    manifest = verify_bundle(bundle_dir).manifest
+    gate = manifest["quality_gate"]
+    assert gate == evaluate(manifest["metrics"])  # what `funnel train` printed and wrote
+    assert gate["models"]["retrieval"]["verdict"] == "beats"
+    assert gate["models"]["ranker"]["verdict"] == "beats"
+    mod = gate["models"]["moderation"]
+    assert mod["baseline"] == "tf-idf logreg" and mod["baseline_value"] is not None
+    # the tiny profile has about a dozen harmful test texts: too few for a verdict
+    assert mod["verdict"] == "insufficient data", mod
+    assert gate["passed"] is True
+
+
 def test_bundle_holds_no_pickle_and_loads_torchscript(bundle_dir: Path) -> None:
     import numpy as np
     import torch
