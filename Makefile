@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PROFILE ?= demo
+REVIEW_LABELS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
@@ -34,8 +35,10 @@ run: $(STAMP)
 	fi
 	$(BIN)/funnel serve --bundle $(ARTIFACTS)/latest
 
+# `make train REVIEW_LABELS=artifacts/review-labels.parquet`: with reviewer decisions
 train: $(STAMP)
-	$(BIN)/funnel train --profile $(PROFILE) --out $(ARTIFACTS)
+	$(BIN)/funnel train --profile $(PROFILE) --out $(ARTIFACTS) \
+		$(if $(REVIEW_LABELS),--review-labels $(REVIEW_LABELS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     WithJsonSchema,
 )
@@ -149,6 +150,9 @@ class ModerateRequest(BaseModel):
     author_id: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     locale: str | None = Field(None, max_length=35,
                                pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+    reported: StrictBool = Field(False, description="a user reported this content: the "
+                                 "decision is at least `review` (a person looks at it, "
+                                 "whatever the models say); a model's `block` stays")
 
     def missing_content(self) -> list[dict[str, Any]]:
         """Validation detail when neither text nor image is given (both fields named)."""

@@ -590,7 +590,8 @@ class FeedIngress:
         assert self.moderation is not None
         text = check_text(req.text) if req.text and req.text.strip() else None
         inp = ModerationInput(content_id=req.content_id, request_id=rid, text=text,
-                              image=image, author_id=req.author_id, locale=req.locale)
+                              image=image, author_id=req.author_id, locale=req.locale,
+                              reported=req.reported)
         a = self.rollout.router.assign("moderation", req.content_id) if self.rollout else None
         if a is None:
             out = await self.moderation.moderate(inp)

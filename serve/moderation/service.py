@@ -54,6 +54,7 @@ class ModerationInput:
     image: ImageInfo | None = None
     author_id: int | None = None
     locale: str | None = None
+    reported: bool = False  # a user reported it: a person looks at it, whatever the models say
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ class ModerationService:
         if degraded:
             decision = more_severe(decision, "review")
             reasons = (*reasons, *(f"{n}: unavailable; held for human review" for n in degraded))
+        if inp.reported:
+            decision = more_severe(decision, "review")
+            reasons = (*reasons, "reported by a user; held for human review")
         flagged = [lb for lb, s in labels.items()
                    if lb in self.policy.thresholds and s >= self.policy.thresholds[lb].review_at]
         review_id = None

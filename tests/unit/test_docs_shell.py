@@ -65,3 +65,21 @@ def test_no_shell_block_pipes_a_funnel_command_into_another(doc: Path) -> None:
            if pipes_funnel_into_funnel(line)]
     assert not bad, "a pipe runs both commands; put alternatives on separate lines:\n" + \
         "\n".join(bad)
+
+
+def test_the_docs_test_sees_every_shell_block_and_each_skip_says_why(tmp_path: Path) -> None:
+    from tests.docs_blocks import all_blocks, shell_blocks
+
+    doc = tmp_path / "x.md"
+    doc.write_text("```bash\nfunnel a\n```\n\n<!-- docs-test: skip: cluster only -->\n"
+                   "```sh\nhelm install\n```\n<!-- docs-test: server -->\n\n```bash\nmake run\n"
+                   "```\n```yaml\nk: v\n```\n")
+    got = [(b.line, b.kind, b.why, b.text) for b in shell_blocks(doc)]
+    assert got == [(1, "run", "", "funnel a\n"), (6, "skip", "cluster only", "helm install\n"),
+                   (11, "server", "", "make run\n")]
+    blocks = all_blocks()
+    assert any(b.doc.name == "README.md" for b in blocks)
+    no_reason = [b.where for b in blocks if b.kind == "skip" and len(b.why) < 10]
+    assert not no_reason, f"a skipped block must say why it cannot run here: {no_reason}"
+    servers = [b.where for b in blocks if b.kind == "server"]
+    assert len(servers) == 1, f"exactly one block starts the server: {servers}"

@@ -66,6 +66,18 @@ def test_a_failed_model_degrades_to_review_never_allow(mode: str) -> None:
     assert set(out.model_versions) == {"moderation_text"}  # type: ignore[attr-defined]
 
 
+def test_a_reported_item_goes_to_review_whatever_the_models_say(tmp_path: Path) -> None:
+    store = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
+    svc = _service(FakeScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
+    out = _run(svc, text="buy cheap pills now", reported=True)
+    assert out.decision == "review"  # type: ignore[attr-defined]
+    assert out.reasons[-1] == "reported by a user; held for human review"  # type: ignore[attr-defined]
+    assert out.review_id is not None  # type: ignore[attr-defined]
+    assert [i.text for i in store.list_items()] == ["buy cheap pills now"]
+    blocked = _service(FakeScorer(text={"abuse": 0.95, "nudity": 0.0}), store)
+    assert _run(blocked, text="x", reported=True).decision == "block"  # type: ignore[attr-defined]
+
+
 def test_a_block_stays_a_block_when_another_model_fails() -> None:
     scorer = FakeScorer(text={"abuse": 0.95, "nudity": 0.0}, fail="image")
     out = _run(_service(scorer), text="x", image=IMAGE)
