@@ -44,7 +44,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from serve.errors import RolloutConfigError
 
@@ -144,7 +144,7 @@ class Step(_Strict):
 
 class Promotion(_Strict):
     steps: list[Step] = Field(min_length=1, max_length=20)
-    auto_rollback: bool = True
+    auto_rollback: StrictBool = True
     error_budget: int = Field(50, ge=1, le=1_000_000,
                               description="canary failures a step may cost before rollback")
 
@@ -214,7 +214,7 @@ class RolloutConfig(_Strict):
     stages: dict[Stage, StageRollout] = Field(default_factory=dict)
     # apply bundles whose quality gate failed (a model that does not beat its same-run
     # baseline, training/quality.py); recorded as an `allow_regression` decision per stage
-    allow_regression: bool = False
+    allow_regression: StrictBool = False
 
     @model_validator(mode="after")
     def _interleaving_ranker_only(self) -> RolloutConfig:
