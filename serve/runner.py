@@ -169,11 +169,16 @@ def serve_ports(doc: dict[str, Any], args: AppArgs, *, triton_local: bool,
         out.append(Port("0.0.0.0", int((doc.get("grpc_options") or {}).get("port", 9000)),
                         "gRPC, grpc_options.port"))
     if triton_local:
-        t = args.triton
-        out += [Port(t.host, t.http_port, "Triton HTTP, args.triton.http_port"),
-                Port(t.host, t.grpc_port, "Triton gRPC, args.triton.grpc_port"),
-                Port(t.host, t.metrics_port, "Triton metrics, args.triton.metrics_port")]
+        out += triton_ports(args)
     return out
+
+
+def triton_ports(args: AppArgs) -> list[Port]:
+    """The ports `funnel triton` listens on, with the config field that sets each."""
+    t = args.triton
+    return [Port(t.host, t.http_port, "Triton HTTP, args.triton.http_port"),
+            Port(t.host, t.grpc_port, "Triton gRPC, args.triton.grpc_port"),
+            Port(t.host, t.metrics_port, "Triton metrics, args.triton.metrics_port")]
 
 
 def next_steps(base: str, *, admin_env: str, admin_on: bool, grpc_note: str) -> list[str]:
@@ -305,8 +310,7 @@ def run_triton_process(*, config_path: str, bundle: str | None, say: Say) -> Non
     """`funnel triton`: only Triton, in the foreground, until SIGINT/SIGTERM."""
     from serve.triton_server import run_triton
 
-    raw_doc, raw_args = load_serve_config(config_path)
-    check_free(serve_ports(raw_doc, raw_args, triton_local=True, grpc=False)[1:])
+    check_free(triton_ports(load_serve_config(config_path)[1]))
     _, args = resolved_config(config_path, bundle)
     run_triton(args.bundle, args.triton,
                on_ready=lambda: say(f"triton ready: grpc {args.triton.host}:"

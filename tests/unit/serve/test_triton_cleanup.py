@@ -52,3 +52,18 @@ def test_leftovers_are_removed_only_when_empty_or_unused(tmp_path: Path) -> None
         assert (tmp_path / "triton_python_backend_shm_region_2").exists()  # still open
         held.write(b"x")
     assert not empty.exists() and full.exists() and not shm.exists()
+
+
+def test_on_the_cpu_triton_is_told_not_to_look_for_gpus_and_its_gpu_noise_is_hidden(
+        tmp_path: Path) -> None:
+    import torch
+
+    from serve.config import parse_app_args
+    from serve.triton_server import is_cpu_only_noise, tritonserver_command
+
+    settings = parse_app_args({"bundle": "b"}).triton
+    cmd, _ = tritonserver_command(tmp_path / "repo", tmp_path, settings, torch.device("cpu"))
+    assert "--allow-gpu-metrics=false" in cmd and "--pinned-memory-pool-byte-size=0" in cmd
+    assert is_cpu_only_noise('E1203 server.cc:241] "CudaDriverHelper has not been initialized."')
+    assert is_cpu_only_noise("Error: Failed to initialize NVML")
+    assert not is_cpu_only_noise('E1203 model.cc:1] "failed to load model ranker"')
