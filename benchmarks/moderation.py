@@ -99,7 +99,7 @@ def serve_stack(bundle: str, *, text_batch: int, work: Path, say: Say) -> Iterat
     cfg.write_text(yaml.safe_dump(doc))
     ready = work / f"ready-{text_batch}.json"
     log = (work / f"serve-{text_batch}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "serve", "serve", "--bundle", bundle,
+    proc = subprocess.Popen([sys.executable, "-m", "funnel", "serve", "--bundle", bundle,
                              "--config", str(cfg), "--ready-file", str(ready)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

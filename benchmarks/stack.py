@@ -79,7 +79,7 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
         log = (work / "serve.log").open("wb")
         say(f"starting funnel serve (bundle {b.version})")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve", "serve", "--bundle", str(root / b.version),
+            [sys.executable, "-m", "funnel", "serve", "--bundle", str(root / b.version),
              "--config", str(config), "--ready-file", str(ready),
              *(["--grpc"] if (doc.get("grpc_options") or {}).get("grpc_servicer_functions")
                else [])],
@@ -115,7 +115,7 @@ def process_role(cmdline: list[str], name: str) -> str:
         return args[0].split(".", 1)[0]
     if "tritonserver" in cmd:
         return "tritonserver"
-    if "-m serve serve" in cmd:
+    if "-m funnel serve" in cmd:
         return "funnel serve"
     return scripts[0] if scripts else Path(name).name
 

@@ -83,7 +83,7 @@ def _inputs(rows: int, n_dense: int, rng: np.random.Generator) -> dict[str, np.n
 
 
 class TritonProcess:
-    """`python -m serve triton` on free ports with one setting changed."""
+    """`python -m funnel triton` on free ports with one setting changed."""
 
     def __init__(self, bundle: str, *, dynamic_batching: bool, base_config: Path,
                  runtime: str | None = None) -> None:
@@ -98,7 +98,7 @@ class TritonProcess:
         self._dir = tempfile.TemporaryDirectory(prefix="funnel-bench-")
         self.config = Path(self._dir.name) / "serve.yaml"
         self.config.write_text(yaml.safe_dump(doc))
-        self._cmd = [sys.executable, "-m", "serve", "triton", "--bundle", bundle, "--config",
+        self._cmd = [sys.executable, "-m", "funnel", "triton", "--bundle", bundle, "--config",
                      str(self.config)]
         self.proc: subprocess.Popen[bytes] | None = None
 

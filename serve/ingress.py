@@ -23,10 +23,17 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from enum import StrEnum
 
 from serve.errors import ServeConfigError
 
-INGRESS_MODES = ("proxy", "haproxy")
+
+class Ingress(StrEnum):
+    proxy = "proxy"
+    haproxy = "haproxy"
+
+
+INGRESS_MODES = tuple(Ingress)
 # Direct ingress holds a stopping replica open this long so that a load balancer can
 # deregister it (Ray's default: 30 s). Locally nothing needs deregistering, and Ctrl-C should
 # not take half a minute; the Helm chart keeps Ray's default.

@@ -1,6 +1,6 @@
 """`funnel serve`: local Ray + Triton + the Serve app, stopped cleanly on a signal.
 
-Triton runs in its own process (`python -m serve triton`), supervised: if it exits while
+Triton runs in its own process (`python -m funnel triton`), supervised: if it exits while
 serving, it is started again after `restart_delay_s`. `--triton external` skips that, for
 a Triton run elsewhere (a separate pod in the cluster, or a test that stops and restarts it).
 
@@ -37,11 +37,11 @@ Say = Callable[[str], None]
 
 
 class TritonSupervisor:
-    """Keeps one `python -m serve triton` process alive until `stop()`."""
+    """Keeps one `python -m funnel triton` process alive until `stop()`."""
 
     def __init__(self, *, bundle: str, config_path: str, say: Say,
                  restart_delay_s: float = 1.0) -> None:
-        self._cmd = [sys.executable, "-m", "serve", "triton", "--bundle", bundle,
+        self._cmd = [sys.executable, "-m", "funnel", "triton", "--bundle", bundle,
                      "--config", config_path]
         self._say = say
         self._delay = restart_delay_s

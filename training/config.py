@@ -198,22 +198,3 @@ def profile_config(profile: str) -> TrainConfig:
     if profile not in PROFILE_NAMES:
         raise ConfigError(f"profile: {profile!r} is not allowed; allowed: {list(PROFILE_NAMES)}")
     return load_config(CONFIG_DIR / f"{profile}.yaml")
-
-
-def to_search_space(params: dict[str, ParamValue]) -> dict[str, Any]:
-    """Turn validated params into Ray Tune search-space objects."""
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    for name, v in params.items():
-        if isinstance(v, LogUniform):
-            space[name] = tune.loguniform(*v.loguniform)
-        elif isinstance(v, Uniform):
-            space[name] = tune.uniform(*v.uniform)
-        elif isinstance(v, RandInt):
-            space[name] = tune.randint(*v.randint)
-        elif isinstance(v, Choice):
-            space[name] = tune.choice(v.choice)
-        else:
-            space[name] = v
-    return space

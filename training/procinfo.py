@@ -14,7 +14,7 @@ def command_line(p: Any, width: int = 120) -> str:
 
 def is_funnel_command(cmd: list[str]) -> bool:
     return any(x == "funnel" or x.endswith("/funnel") for x in cmd[:2]) or (
-        cmd[1:3] == ["-m", "serve"])
+        cmd[1:3] == ["-m", "funnel"])
 
 
 def funnel_ancestor(p: Any) -> str:

@@ -16,7 +16,15 @@ from typing import Any
 
 from ray.tune import Callback
 
-from training.config import ResourcesConfig, StageConfig, to_search_space
+from training.config import (
+    Choice,
+    LogUniform,
+    ParamValue,
+    RandInt,
+    ResourcesConfig,
+    StageConfig,
+    Uniform,
+)
 from training.errors import FunnelError
 from training.loops import LOOPS, threads_per_worker
 
@@ -46,6 +54,25 @@ def gpu_wanted(resources: ResourcesConfig) -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def to_search_space(params: dict[str, ParamValue]) -> dict[str, Any]:
+    """Turn validated params into Ray Tune search-space objects."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, v in params.items():
+        if isinstance(v, LogUniform):
+            space[name] = tune.loguniform(*v.loguniform)
+        elif isinstance(v, Uniform):
+            space[name] = tune.uniform(*v.uniform)
+        elif isinstance(v, RandInt):
+            space[name] = tune.randint(*v.randint)
+        elif isinstance(v, Choice):
+            space[name] = tune.choice(v.choice)
+        else:
+            space[name] = v
+    return space
 
 
 def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,

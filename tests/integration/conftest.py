@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-FUNNEL = [sys.executable, "-m", "serve"]
+FUNNEL = [sys.executable, "-m", "funnel"]
 LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "configs" / "local.yaml"
 
 

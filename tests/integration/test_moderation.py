@@ -254,7 +254,7 @@ def test_a_policy_with_an_unknown_label_is_refused_at_start(stack: Stack,
     doc = yaml.safe_load(LOCAL_CONFIG.read_text())
     doc["applications"][0]["args"]["moderation"]["policy"] = str(tmp_path / "policy.yaml")
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(doc))
-    r = subprocess.run([sys.executable, "-m", "serve", "serve", "--bundle", str(stack.bundle),
+    r = subprocess.run([sys.executable, "-m", "funnel", "serve", "--bundle", str(stack.bundle),
                         "--config", str(tmp_path / "serve.yaml"), "--triton", "external"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]

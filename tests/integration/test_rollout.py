@@ -144,7 +144,7 @@ def test_refused_configs_name_the_field_and_the_old_config_keeps_serving(
 def test_the_cli_applies_refuses_and_reports(stack: Stack, versions: dict[str, str],
                                              tmp_path: Path) -> None:
     env = {"FUNNEL_ADMIN_TOKEN": stack.admin_token, "PATH": ""}
-    cli = [sys.executable, "-m", "serve", "rollout"]
+    cli = [sys.executable, "-m", "funnel", "rollout"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(two_variants({**versions, "canary": "v-nope"}, 10)))
     r = subprocess.run([*cli, "apply", str(bad), "--url", stack.url], env=env,
@@ -470,7 +470,7 @@ def test_interleaved_pages_are_served_logged_and_reported(
     out = tmp_path / "report.json"
     end = datetime.now(UTC)
     proc = subprocess.run(
-        [sys.executable, "-m", "serve", "experiment", "report", "ranker", "--log",
+        [sys.executable, "-m", "funnel", "experiment", "report", "ranker", "--log",
          str(stack.impressions), "--start", started.isoformat(), "--end", end.isoformat(),
          "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

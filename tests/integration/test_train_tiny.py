@@ -109,7 +109,7 @@ def test_corrupt_bundle_is_refused_by_name(bundle_dir: Path, tmp_path: Path) -> 
     (copy / "features/transform.json").write_text(json.dumps({"tampered": True}))
     with pytest.raises(BundleError, match=r"features/transform\.json: checksum mismatch"):
         verify_bundle(copy)
-    r = subprocess.run([sys.executable, "-c", "from serve.cli import main; main()",
+    r = subprocess.run([sys.executable, "-c", "from funnel.cli import main; main()",
                         "bundle-verify", str(copy)], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 2

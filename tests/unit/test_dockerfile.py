@@ -32,7 +32,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from typer.testing import CliRunner
 
-from serve.cli import app
+from funnel.cli import app
 from serve.config import load_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def test_dockerignore_keeps_local_state_and_generated_files_out(path: str) -> No
 
 def test_dockerignore_sends_the_protos_and_configs() -> None:
     for path in ("serve/protos/funnel/v1/feed.proto", "serve/configs/local.yaml",
-                 "training/configs/tiny.yaml", "serve/cli.py", "pyproject.toml"):
+                 "training/configs/tiny.yaml", "funnel/cli.py", "pyproject.toml"):
         assert not ignored(path), path
 
 

@@ -82,7 +82,7 @@ def test_processes_are_named_by_role_not_pid() -> None:
         "ray::ServeController"
     assert process_role(["/opt/tritonserver/bin/tritonserver", "--model-repository=/m"],
                         "tritonserver") == "tritonserver"
-    assert process_role(["/v/bin/python", "-m", "serve", "serve", "--config", "c.yaml"],
+    assert process_role(["/v/bin/python", "-m", "funnel", "serve", "--config", "c.yaml"],
                         "python") == "funnel serve"
     assert process_role(["/v/bin/python", "/x/ray/dashboard/agent.py", "--a"], "python") == \
         "agent.py"

@@ -10,7 +10,7 @@ import pytest
 
 
 def _funnel(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from serve.cli import main; main()"
+    code = "from funnel.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=120, check=False)
 
@@ -62,7 +62,7 @@ def test_schema_violation_exits_2(tmp_path: Path) -> None:
 def test_help_text_reflows_instead_of_breaking_mid_sentence() -> None:
     import os
 
-    r = subprocess.run([sys.executable, "-m", "serve", "serve", "--help"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "funnel", "serve", "--help"], capture_output=True,
                        text=True, timeout=120, check=False,
                        env={**os.environ, "COLUMNS": "250"})
     assert r.returncode == 0, r.stderr

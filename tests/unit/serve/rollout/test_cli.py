@@ -1,6 +1,6 @@
 """`funnel rollout versions` and `apply --dry-run` against a bundle root of real (tiny)
 bundles: manifests and checksums as `funnel train` writes them, no server. Run through
-`serve.cli.main`, so bad input is checked as the user sees it: exit 2, the field named."""
+`funnel.cli.main`, so bad input is checked as the user sees it: exit 2, the field named."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def root(tmp_path: Path) -> Path:
 
 def funnel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
            *args: str) -> tuple[int, str]:
-    from serve.cli import main
+    from funnel.cli import main
 
     monkeypatch.setattr(sys, "argv", ["funnel", *args])
     monkeypatch.setenv("COLUMNS", "250")
