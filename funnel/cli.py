@@ -40,6 +40,11 @@ def bundle_verify(path: str = typer.Argument("artifacts/latest",
 DEFAULT_SERVE_CONFIG = str(Path(serve.__file__).parent / "configs" / "local.yaml")
 
 
+class RankerBackend(StrEnum):
+    triton = "triton"
+    local = "local"
+
+
 class TritonMode(StrEnum):
     local = "local"
     external = "external"
@@ -63,6 +68,10 @@ def serve_cmd(
         "--grpc", help="Also serve gRPC (funnel.v1 and the Open Inference Protocol) on the "
         "config's grpc_options.port. Off by default: Ray Serve's gRPC proxy listens on every "
         "network interface.")] = False,
+    ranker: Annotated[RankerBackend | None, typer.Option(
+        help="Ranker backend (default: the config's args.feed.ranker.backend, triton): "
+             "'triton' (Triton's dynamic batching; started here with --triton local) or "
+             "'local' (the bundle's TorchScript in each feed replica; no Triton).")] = None,
 ) -> None:
     """Serve the feed: local Ray, Triton and the Serve app.
 
@@ -78,7 +87,8 @@ def serve_cmd(
     serve_forever(config_path=config, bundle=bundle, triton=triton.value, ingress=ingress.value,
                   say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False,
                                               soft_wrap=True),
-                  ready_file=ready_file, grpc=grpc)
+                  ready_file=ready_file, grpc=grpc,
+                  ranker=ranker.value if ranker is not None else None)
 
 
 @app.command("triton")

@@ -309,7 +309,9 @@ def build_oip_models(ingress: Any) -> list[Any]:
         return bool(await ready()) if ready else True
 
     models = [OipModel(
-        name="ranker", version=version, platform="triton_python_backend",
+        name="ranker", version=version,
+        platform=("pytorch_torchscript" if ingress.args.feed.ranker.backend == "local"
+                  else "triton_python_backend"),
         inputs=(TensorSpec("dense", "FP32", (-1, n_dense)),
                 *(TensorSpec(k, "INT64", (-1, 1)) for k in RANKER_KEYS[1:])),
         outputs=(TensorSpec("logits", "FP32", (-1, len(TASKS))),), infer=rank,
@@ -417,7 +419,7 @@ def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
     table. `shadow_scorer`: the ShadowScorer handle feed comparisons go to."""
     from pathlib import Path
 
-    from serve.ranker_client import TritonRanker
+    from serve.ranker_client import make_ranker
     from serve.rollout.runtime import RolloutRuntime
     from serve.rollout.variants import Variants, bundle_root, features_fingerprint
     from training.bundle import read_manifest
@@ -428,8 +430,7 @@ def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
         owner.pipeline, primary_version=owner.versions["bundle"],
         primary_fingerprint=features_fingerprint(read_manifest(a.bundle)),
         root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
-        make_ranker=lambda name: TritonRanker(r.url, model_name=name,
-                                              timeout_s=r.timeout_ms / 1000.0),
+        make_ranker=lambda name, bundle: make_ranker(r, bundle=bundle, model_name=name),
         ef_search=a.feed.ann_ef_search)
     return RolloutRuntime(pipeline=owner.pipeline, variants=variants, controller=handle,
                           replica_id=owner.replica, settings=a.rollout,

@@ -53,6 +53,10 @@ def _default_sources() -> dict[str, SourceSettings]:
 
 
 class RankerSettings(_Strict):
+    backend: Literal["triton", "local"] = Field(
+        "triton", description="triton: the ranker on Triton at `url`, whose dynamic batcher "
+        "groups concurrent requests; local: each feed replica runs the bundle's TorchScript "
+        "ranker in-process (no Triton: a laptop, a CPU-only dev box, a test)")
     url: str = Field("127.0.0.1:8011", description="Triton gRPC address, host:port")
     model_name: str = "ranker"
     timeout_ms: float = Field(150.0, gt=0, le=10_000)

@@ -8,7 +8,7 @@ import time
 from serve.catalog import Catalog
 from serve.config import AppArgs
 from serve.pipeline import FeedPipeline
-from serve.ranker_client import LocalRanker, Ranker, TritonRanker
+from serve.ranker_client import LocalRanker, Ranker, make_ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES
 from training.bundle import VerifiedBundle, verify_bundle
@@ -60,12 +60,12 @@ def load_calibration(b: VerifiedBundle) -> Calibration | None:
 
 def load_pipeline(args: AppArgs, *, ranker: Ranker | None = None
                   ) -> tuple[FeedPipeline, dict[str, str]]:
-    """The pipeline and the model versions it serves. `ranker` defaults to Triton at
-    `args.feed.ranker.url`; pass a `LocalRanker` to run without Triton."""
+    """The pipeline and the model versions it serves. `ranker` defaults to the configured
+    backend (`args.feed.ranker.backend`: Triton at `args.feed.ranker.url`, or in-process)."""
     b, catalog, retrieval = load_parts(args)
     r = args.feed.ranker
     if ranker is None:
-        ranker = TritonRanker(r.url, model_name=r.model_name, timeout_s=r.timeout_ms / 1000.0)
+        ranker = make_ranker(r, bundle=b.path, model_name=r.model_name)
     sources = {name: SOURCES[name](catalog, retrieval) for name in args.feed.sources}
     pipeline = FeedPipeline(catalog=catalog, retrieval=retrieval, ranker=ranker,
                             sources=sources, settings=args.feed,

@@ -1,17 +1,22 @@
-"""Ranker clients: Triton over gRPC (serving) and an in-process TorchScript twin (tests and
-the in-process benchmark floor). Both take the feature module's ranker inputs and return
-per-task logits [n, tasks]."""
+"""Ranker backends behind one interface (`Ranker`): Triton over gRPC (`ranker.backend:
+triton`, the default) and the bundle's TorchScript in-process (`ranker.backend: local`, no
+Triton; also the in-process benchmark floor). Both take the feature module's ranker inputs
+and return per-task logits [n, tasks]. `make_ranker` is the one place that picks."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from serve.errors import RankerUnavailable
 from training.loops import RANKER_KEYS
+
+if TYPE_CHECKING:
+    from serve.config import RankerSettings
 
 
 class Ranker(Protocol):
@@ -31,7 +36,12 @@ class LocalRanker:
         return np.asarray(out.numpy(), dtype=np.float32)
 
     async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.logits_sync(inputs)
+        """As TritonRanker: any failure is RankerUnavailable (the feed keeps retrieval order
+        and says `degraded: ["ranker"]`), never a failed request."""
+        try:
+            return self.logits_sync(inputs)
+        except Exception as e:
+            raise RankerUnavailable(f"in-process ranker: {type(e).__name__}: {e}") from e
 
 
 _TRITON_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
@@ -103,3 +113,16 @@ class TritonRanker:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def make_ranker(settings: RankerSettings, *, bundle: Path, model_name: str) -> Ranker:
+    """The ranker of the bundle at `bundle` on the configured backend: Triton's model
+    `model_name` (Triton loads the bundle's ranker itself), or the bundle's TorchScript loaded
+    here after its checksums are verified."""
+    if settings.backend == "local":
+        from training.bundle import verify_bundle
+
+        b = verify_bundle(bundle)
+        return LocalRanker(str(b.file(b.manifest["models"]["ranker"]["path"])))
+    return TritonRanker(settings.url, model_name=model_name,
+                        timeout_s=settings.timeout_ms / 1000.0)

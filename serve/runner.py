@@ -105,9 +105,11 @@ def absolute_sqlite_url(url: str) -> str:
     return prefix + str(Path(url[len(prefix):]).resolve())
 
 
-def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any], AppArgs]:
+def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str | None = None
+                    ) -> tuple[dict[str, Any], AppArgs]:
     """The Serve config with the bundle, the moderation policy and a SQLite review database
-    made absolute (replicas do not share our cwd); the policy is checked here (exit 2)."""
+    made absolute (replicas do not share our cwd); the policy is checked here (exit 2).
+    `ranker_backend` ("triton" or "local") overrides args.feed.ranker.backend."""
     from serve.app import check_rollout_args, moderation_labels, policy_labels
     from serve.moderation.policy import load_policy
 
@@ -134,6 +136,10 @@ def resolved_config(config_path: str, bundle: str | None) -> tuple[dict[str, Any
     if "://" not in url:  # a local directory: the replicas do not share our cwd
         impressions["url"] = str(Path(url).resolve())
         app_args["impressions"] = impressions
+    if ranker_backend is not None:
+        feed = dict(app_args.get("feed") or {})
+        feed["ranker"] = {**(feed.get("ranker") or {}), "backend": ranker_backend}
+        app_args["feed"] = feed
     doc["applications"][0]["args"] = app_args
     parsed = parse_app_args(app_args)
     if parsed.moderation.enabled:
@@ -201,11 +207,12 @@ def next_steps(base: str, *, admin_env: str, admin_on: bool, grpc_note: str) -> 
 
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
                   ready_file: str | None = None, ingress: str = "proxy",
-                  grpc: bool = False) -> None:
+                  grpc: bool = False, ranker: str | None = None) -> None:
     """Start everything, print where, block until SIGINT/SIGTERM, then stop everything.
 
     gRPC (funnel.v1 and the Open Inference Protocol) is served only with `grpc=True`: Ray
-    Serve's gRPC proxy has no host setting and listens on every interface."""
+    Serve's gRPC proxy has no host setting and listens on every interface. `ranker`
+    ("triton" or "local") overrides args.feed.ranker.backend; with "local" no Triton runs."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
@@ -219,8 +226,10 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
         raise ServeConfigError(
             f"{config_path}: --ingress haproxy (Ray Serve's high-throughput mode) does not "
             "serve gRPC; use --ingress proxy, or leave out --grpc")
-    check_free(serve_ports(raw_doc, raw_args, triton_local=triton == "local", grpc=grpc))
-    doc, args = resolved_config(config_path, bundle)
+    backend = ranker or raw_args.feed.ranker.backend
+    triton_local = triton == "local" and backend == "triton"
+    check_free(serve_ports(raw_doc, raw_args, triton_local=triton_local, grpc=grpc))
+    doc, args = resolved_config(config_path, bundle, ranker_backend=ranker)
     try:
         schema = ServeDeploySchema.model_validate(doc)
     except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
@@ -242,7 +251,10 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
         signal.signal(sig, on_signal)
 
     supervisor = None
-    if triton == "local":
+    if backend == "local":
+        say("ranker: in-process TorchScript in each feed replica (ranker.backend local); "
+            "no Triton")
+    elif triton_local:
         supervisor = TritonSupervisor(bundle=args.bundle, config_path=config_path, say=say)
         say(f"starting Triton (ranker) on grpc {args.triton.host}:{args.triton.grpc_port}")
         supervisor.start()

@@ -113,7 +113,7 @@ def _refusal(e: FunnelError) -> dict[str, Any]:
                   max_ongoing_requests=1000, health_check_period_s=10)
 class RolloutController:
     def __init__(self, args: dict[str, Any]) -> None:
-        from serve.rollout.triton_models import TritonModels
+        from serve.rollout.triton_models import InProcessRankers, TritonModels
 
         a = parse_app_args(args)
         self.args = a
@@ -122,11 +122,12 @@ class RolloutController:
         self.primary_manifest = read_manifest(a.bundle)
         self.primary_version = str(self.primary_manifest["version"])
         self.state = RolloutState()
-        self.triton = TritonModels(a.feed.ranker.url, a.triton,
-                                   primary_version=self.primary_version, root=self.root,
-                                   base_name=a.feed.ranker.model_name,
-                                   grace_s=a.rollout.triton_unload_grace_s,
-                                   idle_shadows=a.rollout.shadow_idle_class)
+        self.triton: TritonModels | InProcessRankers = InProcessRankers() \
+            if a.feed.ranker.backend == "local" else TritonModels(
+                a.feed.ranker.url, a.triton, primary_version=self.primary_version,
+                root=self.root, base_name=a.feed.ranker.model_name,
+                grace_s=a.rollout.triton_unload_grace_s,
+                idle_shadows=a.rollout.shadow_idle_class)
         self._lock = asyncio.Lock()
         self._last_heal = 0.0
         raw = load_rollout_source(a.rollout.config)
@@ -232,8 +233,11 @@ class RolloutController:
         await asyncio.to_thread(self._heal_sync, keep, shadow_only)
 
     def _heal_sync(self, keep: set[str], shadow_only: set[str]) -> None:
+        from serve.rollout.triton_models import TritonModels
         from serve.rollout.variants import ranker_model_name
 
+        if not isinstance(self.triton, TritonModels):
+            return  # in-process rankers: each replica holds its own, nothing to heal
         for v in list(self.triton.loaded):
             name = ranker_model_name(v, self.primary_version, self.args.feed.ranker.model_name)
             try:

@@ -111,3 +111,18 @@ class TritonModels:
                 log.warning("rollout: could not unload %s: %s", name, e)
             self.loaded.pop(v, None)
             self._retiring.pop(v, None)
+
+
+class InProcessRankers:
+    """`ranker.backend: local`: no Triton to load ranker versions into; each feed replica
+    loads a version's TorchScript itself (serve/rollout/variants.py). Same surface as
+    TritonModels, with nothing to do."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, str] = {}
+
+    def ensure(self, versions: Iterable[str], shadow_only: Iterable[str] = ()) -> list[str]:
+        return []
+
+    def retire(self, keep: Iterable[str]) -> None:
+        return None

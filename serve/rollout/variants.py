@@ -74,7 +74,7 @@ class Variants:
     """Loaded retrievals and rankers by (bundle version, fault)."""
 
     def __init__(self, pipeline: FeedPipeline, *, primary_version: str, root: Path,
-                 make_ranker: Callable[[str], Ranker], ef_search: int | None = None,
+                 make_ranker: Callable[[str, Path], Ranker], ef_search: int | None = None,
                  rng: random.Random | None = None, primary_fingerprint: str = "") -> None:
         self._pipeline = pipeline
         self.primary_version = primary_version
@@ -131,8 +131,8 @@ class Variants:
         if base is None:
             features, _ = self._bundle_parts(version)
             base = RankerModel(version, version, self._make_ranker(
-                ranker_model_name(version, self.primary_version)), features,
-                self._calibrations[version])
+                ranker_model_name(version, self.primary_version),
+                version_path(self.root, version)), features, self._calibrations[version])
             self._rankers[(version, None)] = base
         if fault is not None:
             self._rankers[(version, fault)] = replace(

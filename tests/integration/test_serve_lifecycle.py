@@ -118,3 +118,45 @@ def test_a_second_serve_on_busy_ports_exits_2_naming_the_port_and_leaves_nothing
                                          "triton_python_backend_stub"))]
     assert not strays, strays
     assert _leftovers() - before == set()
+
+
+def test_serve_with_the_local_ranker_runs_no_triton_and_ranks_the_feed(tiny_bundle: Path,
+                                                                       tmp_path: Path) -> None:
+    """`funnel serve --ranker local`: the bundle's TorchScript ranks in each feed replica; no
+    Triton starts, its ports stay free, and the first feed is already ranked."""
+    config, _port, triton_grpc = write_serve_config(tmp_path, grpc=False)
+    ready = tmp_path / "ready.json"
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([*FUNNEL, "serve", "--bundle", str(tiny_bundle), "--config",
+                             str(config), "--ready-file", str(ready), "--ranker", "local"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        url = json.loads(ready.read_text())["url"]
+        for user in (1, 2, 3):
+            r = httpx.post(f"{url}/v1/feed", json={"user_id": user, "limit": 5}, timeout=30)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["degraded"] == [], body
+            assert len(body["items"]) == 5
+        meta = httpx.get(f"{url}/v2/models/ranker", timeout=30)
+        assert meta.status_code == 200, meta.text
+        assert meta.json()["platform"] == "pytorch_torchscript"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(p.name() for p in tree)
+        assert "raylet" in names and "tritonserver" not in names, names
+        assert not any(c.laddr.port == triton_grpc for c in psutil.net_connections("tcp")
+                       if c.status == psutil.CONN_LISTEN)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+        logged = (tmp_path / "serve.log").read_text(errors="replace")
+        assert "ranker: in-process TorchScript" in logged
+        assert "starting Triton" not in logged
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()

@@ -67,7 +67,7 @@ def runtime(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any]
     state = RolloutState()
     state.apply(parse_rollout(config))
     variants = Variants(p, primary_version=V, root=Path("/nonexistent"),
-                        make_ranker=lambda name: ranker, rng=random.Random(1))
+                        make_ranker=lambda name, bundle: ranker, rng=random.Random(1))
     rt = RolloutRuntime(pipeline=p, variants=variants, controller=FakeHandle(Controller(state)),
                         replica_id="r1", settings=RolloutSettings(shadow_queue_size=4),
                         rng=random.Random(2))

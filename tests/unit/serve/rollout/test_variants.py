@@ -68,7 +68,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeedPipeline, Varia
                                   {n: SOURCES[n](catalog, r) for n in sources}),
                      settings=FeedSettings(sources=sources), calibration=_temperature(2.0))
     variants = Variants(p, primary_version="v1", root=root,
-                        make_ranker=lambda name: FixedLogitsRanker(LOGITS),
+                        make_ranker=lambda name, bundle: FixedLogitsRanker(LOGITS),
                         rng=random.Random(1))
     return p, variants
 
