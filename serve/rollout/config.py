@@ -99,11 +99,14 @@ class InterleavingSpec(_Strict):
     sample_rate: float = Field(ge=0, le=1, description="share of the primary's requests")
 
 
+GuardrailMetric = Literal["error_rate", "p99_latency_ratio", "overlap_at_k",
+                         "rank_correlation", "drift_score"]  # the keys of GUARDRAIL_METRICS
+
+
 class Guardrail(_Strict):
-    metric: Literal["error_rate", "p99_latency_ratio", "overlap_at_k", "rank_correlation",
-                    "drift_score"]
-    max: float | None = None
-    min: float | None = None
+    metric: GuardrailMetric
+    max: float | None = Field(None, ge=0)
+    min: float | None = Field(None, ge=0)
     k: int = Field(10, ge=1, le=1000, description="list depth for overlap_at_k")
     min_samples: int = Field(100, ge=1, le=1_000_000,
                              description="requests (or comparisons) before it can break")

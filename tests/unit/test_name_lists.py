@@ -1,0 +1,32 @@
+"""Name lists that live in more than one module (the metric label sets are pre-created in
+monitoring/, which must not import serve/): each must equal its source of truth."""
+
+from __future__ import annotations
+
+from monitoring import experiments, metrics
+from serve import api
+from serve.config import FILTER_NAMES, SOURCE_NAMES
+from serve.filters import FILTERS
+from serve.sources import SOURCES
+from training.data.schema import HARM_LABELS
+from training.data.synthetic import HARM_MIX, HARM_PHRASES, HARM_PHRASES_LATE
+
+
+def test_candidate_sources() -> None:
+    assert tuple(SOURCES) == SOURCE_NAMES
+    assert metrics.SOURCES == SOURCE_NAMES
+    assert {f"source:{s}" for s in SOURCE_NAMES} <= set(metrics.DEGRADED_STAGES)
+
+
+def test_filters() -> None:
+    assert tuple(FILTERS) == FILTER_NAMES
+
+
+def test_event_types() -> None:
+    assert metrics.EVENT_TYPES == api.EVENT_TYPES
+    assert experiments.EVENT_TYPES == api.EVENT_TYPES
+
+
+def test_harm_labels() -> None:
+    for table in (HARM_MIX, HARM_PHRASES, HARM_PHRASES_LATE):
+        assert set(table) == set(HARM_LABELS)
