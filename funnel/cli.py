@@ -133,13 +133,13 @@ def review_export(
     import os
 
     from serve.config import load_serve_config
+    from serve.review.base import open_store
     from serve.review.export import export_labels
-    from serve.review.store import ReviewStore
 
     _, args = load_serve_config(config)
     url = database_url or os.environ.get(args.review.database_url_env) or (
         args.review.database_url)
-    store = ReviewStore(url)
+    store = open_store(url, store_class=args.review.store_class)
     try:
         counts = export_labels(store, out)
     finally:

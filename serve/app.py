@@ -448,13 +448,14 @@ class FeedIngress:
                  rollout: Any = None, shadow_scorer: Any = None) -> None:
         from serve.loader import load_pipeline
         from serve.moderation.verdicts import LiveVerdicts
-        from serve.review.store import ReviewStore
+        from serve.review.base import open_store
 
         self.args: AppArgs = parse_app_args(args)
         self.replica = replica_name()
         self.pipeline, self.versions = load_pipeline(self.args)
         r = self.args.review
-        self.store = ReviewStore(os.environ.get(r.database_url_env) or r.database_url)
+        self.store = open_store(os.environ.get(r.database_url_env) or r.database_url,
+                                store_class=r.store_class)
         self.spool = None
         if r.spool_path:
             from serve.review.spool import ReviewSpool

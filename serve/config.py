@@ -168,6 +168,11 @@ class ReviewSettings(_Strict):
     # Secret, not in a config file.
     database_url: str = "sqlite:///funnel-review.sqlite3"
     database_url_env: str = "FUNNEL_REVIEW_DATABASE_URL"
+    store_class: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="another review store, as 'package.module:Class' (constructed with the "
+        "database URL, implementing serve.review.base.ReviewStore); null: the SQL store for "
+        "sqlite:// and postgresql:// URLs")
     admin_token_env: str = "FUNNEL_ADMIN_TOKEN"
     verdict_poll_s: float = Field(2.0, gt=0, le=3600,
                                   description="how often the feed reads new verdicts")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import numpy as np
 
@@ -133,3 +135,124 @@ class FakeHandle:
                 return await out if inspect.isawaitable(out) else out
 
         return _Method()
+
+
+class MemoryReviewStore:
+    """serve.review.base.ReviewStore in a dict, for unit tests of moderation, review and
+    export logic; held to the SQL store's contract by test_store_contract.py. `down = True`
+    makes every call fail as an unreachable database does."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        import threading
+
+        self.url = url
+        self.down = False
+        self._lock = threading.Lock()
+        self._items: dict[int, Any] = {}
+        self._log: list[dict[str, Any]] = []
+        self._keys: dict[str, int | None] = {}
+
+    @property
+    def safe_url(self) -> str:
+        return self.url
+
+    def close(self) -> None:
+        return None
+
+    def _check(self) -> None:
+        from serve.errors import ReviewStoreError
+
+        if self.down:
+            raise ReviewStoreError(f"review database unavailable ({self.url}): down")
+
+    def _append(self, **row: Any) -> None:
+        self._log.append({"id": len(self._log) + 1, "note": None, "idempotency_key": None,
+                          "request_id": None, **row})
+
+    def record_model_decision(self, *, content_id: str, decision: str, model: str,
+                              policy_version: str, request_id: str, text: str | None,
+                              has_image: bool, author_id: int | None,
+                              scores: Mapping[str, float], flagged_labels: Sequence[str],
+                              reasons: Sequence[str], model_versions: Mapping[str, str],
+                              idempotency_key: str | None = None, at: datetime | None = None
+                              ) -> int | None:
+        from serve.review.base import ReviewItem
+
+        self._check()
+        with self._lock:
+            if idempotency_key is not None and idempotency_key in self._keys:
+                return self._keys[idempotency_key]
+            now = at or datetime.now(UTC)
+            item_id = None
+            if decision == "review":
+                item_id = len(self._items) + 1
+                self._items[item_id] = ReviewItem(
+                    id=item_id, content_id=content_id, text=text, has_image=has_image,
+                    author_id=author_id, scores={k: float(v) for k, v in scores.items()},
+                    flagged_labels=tuple(flagged_labels), reasons=tuple(reasons),
+                    policy_version=policy_version, model_versions=dict(model_versions),
+                    request_id=request_id, status="pending", created_at=now, decided_at=None,
+                    decided_by=None, decision_note=None)
+            self._append(content_id=content_id, review_item_id=item_id, source="model",
+                         decision=decision, actor=model, policy_version=policy_version,
+                         request_id=request_id, at=now, idempotency_key=idempotency_key)
+            if idempotency_key is not None:
+                self._keys[idempotency_key] = item_id
+            return item_id
+
+    def decide(self, item_id: int, *, decision: Literal["allow", "block"], reviewer: str,
+               note: str | None = None) -> Any:
+        from dataclasses import replace
+
+        from serve.errors import AlreadyDecided
+
+        self._check()
+        with self._lock:
+            item = self.get(item_id)
+            if item.status != "pending":
+                raise AlreadyDecided(f"review item {item_id} was already decided "
+                                     f"({item.status}) by {item.decided_by}")
+            item = replace(item, status=decision, decided_at=datetime.now(UTC),
+                           decided_by=reviewer, decision_note=note)
+            self._items[item_id] = item
+            self._append(content_id=item.content_id, review_item_id=item_id,
+                         source="reviewer", decision=decision, actor=reviewer,
+                         policy_version=item.policy_version, note=note, at=item.decided_at)
+            return item
+
+    def get(self, item_id: int) -> Any:
+        from serve.errors import ReviewItemNotFound
+
+        self._check()
+        if item_id not in self._items:
+            raise ReviewItemNotFound(f"no review item with id {item_id}")
+        return self._items[item_id]
+
+    def list_items(self, *, status: str | None = "pending", limit: int = 50,
+                   after_id: int = 0) -> list[Any]:
+        self._check()
+        rows = [i for k, i in sorted(self._items.items())
+                if k > after_id and (status is None or i.status == status)]
+        return rows[:limit]
+
+    def backlog(self) -> tuple[int, datetime | None]:
+        self._check()
+        pending = [i for i in self._items.values() if i.status == "pending"]
+        return len(pending), min((i.created_at for i in pending), default=None)
+
+    def decided(self) -> Iterator[Any]:
+        self._check()
+        done = [i for i in self._items.values() if i.status != "pending"]
+        yield from sorted(done, key=lambda i: (i.decided_at, i.id))
+
+    def decision_log(self, *, after_id: int = 0, limit: int = 10_000) -> list[Any]:
+        from serve.review.base import DecisionEvent
+
+        self._check()
+        return [DecisionEvent(id=r["id"], content_id=r["content_id"], source=r["source"],
+                              decision=r["decision"])
+                for r in self._log if r["id"] > after_id][:limit]
+
+    def audit(self, *, content_id: str | None = None) -> list[dict[str, Any]]:
+        self._check()
+        return [dict(r) for r in self._log if content_id is None or r["content_id"] == content_id]

@@ -29,8 +29,8 @@ from typing import Any, Protocol, TypeVar
 from serve.errors import InvalidContent, RequestTooLarge, ReviewStoreError
 from serve.moderation.media import ImageInfo
 from serve.moderation.policy import Decision, ModerationPolicy, more_severe
+from serve.review.base import ReviewStore
 from serve.review.spool import ReviewSpool
-from serve.review.store import ReviewStore
 
 log = logging.getLogger("funnel.moderation")
 T = TypeVar("T")

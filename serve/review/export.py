@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serve.review.store import ReviewStore
+from serve.review.base import ReviewStore
 from training.review_labels import BASE_COLUMNS, LABEL_COLUMNS
 
 

@@ -1,4 +1,5 @@
-"""The review queue and the moderation-decision audit, stored through SQLAlchemy.
+"""The review queue and the moderation-decision audit, stored through SQLAlchemy: the SQL
+implementation of `serve.review.base.ReviewStore`.
 
 SQLite (a file, embedded) by default; any SQLAlchemy URL for PostgreSQL
 (`postgresql+psycopg://...`; a plain `postgresql://` URL is read as psycopg 3) in a cluster.
@@ -23,7 +24,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -37,10 +37,10 @@ from serve.errors import (
     ReviewItemNotFound,
     ReviewStoreError,
 )
+from serve.review.base import DecisionEvent, ReviewItem, ReviewStatus
 
 log = logging.getLogger("funnel.review")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # never used: created_at is NOT NULL
-ReviewStatus = Literal["pending", "allow", "block"]
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = sa.MetaData()
@@ -67,36 +67,6 @@ decisions = sa.Table(
 )
 
 
-@dataclass(frozen=True)
-class ReviewItem:
-    id: int
-    content_id: str
-    text: str | None
-    has_image: bool
-    author_id: int | None
-    scores: Mapping[str, float]
-    flagged_labels: tuple[str, ...]
-    reasons: tuple[str, ...]
-    policy_version: str
-    model_versions: Mapping[str, str]
-    request_id: str
-    status: ReviewStatus
-    created_at: datetime
-    decided_at: datetime | None
-    decided_by: str | None
-    decision_note: str | None
-
-
-@dataclass(frozen=True)
-class DecisionEvent:
-    """One row of the decision log, as the feed reads it."""
-
-    id: int
-    content_id: str
-    source: Literal["model", "reviewer"]
-    decision: Literal["allow", "review", "block"]
-
-
 def normalise_url(url: str) -> str:
     """`postgresql://` -> psycopg 3 (the driver installed); other URLs unchanged."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -109,8 +79,9 @@ def _utc(dt: datetime | None) -> datetime | None:
     return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-class ReviewStore:
-    """Thread-safe (SQLAlchemy's connection pool); every method is one transaction."""
+class SqlReviewStore:
+    """The review store (serve/review/base.py) on SQLite or PostgreSQL. Thread-safe
+    (SQLAlchemy's connection pool); every method is one transaction."""
 
     def __init__(self, url: str, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  engine: Engine | None = None) -> None:

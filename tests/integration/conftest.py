@@ -50,7 +50,7 @@ def review_labels(directory: Path) -> Path:
     """Reviewer decisions in a real review database, exported by `funnel review export` the
     way a user would, so the session's bundle is trained with `--review-labels` (the
     manifest's `review_label_rows` proves `funnel train` took them)."""
-    from serve.review.store import ReviewStore
+    from serve.review.store import SqlReviewStore as ReviewStore
 
     url = f"sqlite:///{directory / 'review.sqlite3'}"
     store = ReviewStore(url)

@@ -242,7 +242,7 @@ def test_the_review_database_away_moderation_answers_and_loses_nothing(stack: St
     request answered 200; decisions made meanwhile say `degraded: ["review_queue"]` and are
     parked; within 30 s of the database's return every decision is in the database exactly
     once (decision rows = moderation answers; review items = `review` answers)."""
-    from serve.review.store import ReviewStore
+    from serve.review.store import SqlReviewStore as ReviewStore
     from tests.integration.test_monitoring import scrape
 
     if stack.review is None or stack.review.proxy is None:

@@ -12,7 +12,7 @@ from serve.moderation.media import ImageInfo
 from serve.moderation.policy import parse_policy
 from serve.moderation.service import ModerationInput, ModerationService, write_record
 from serve.review.spool import ReviewSpool
-from serve.review.store import ReviewStore
+from serve.review.store import SqlReviewStore as ReviewStore
 from tests.fakes import FakeScorer
 
 LABELS = ("abuse", "nudity")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from serve.review.export import export_labels
-from serve.review.store import ReviewStore
+from serve.review.store import SqlReviewStore as ReviewStore
 from training.errors import DatasetError
 from training.review_labels import LABEL_COLUMNS, read_review_labels
 

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from serve.errors import AlreadyDecided, ReviewItemNotFound
-from serve.review.store import ReviewStore, normalise_url
+from serve.review.store import SqlReviewStore as ReviewStore
+from serve.review.store import normalise_url
 
 PG_URL = os.environ.get("FUNNEL_TEST_POSTGRES_URL")
 
