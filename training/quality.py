@@ -19,7 +19,7 @@ gate. Pure: no torch, no Ray.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,12 +84,14 @@ def evaluate(metrics: Mapping[str, Any]) -> dict[str, Any]:
             "models": models}
 
 
-def failures(manifest: Mapping[str, Any]) -> list[str]:
-    """What a bundle's gate says is wrong, one phrase per losing model; empty when it passed
-    (or predates the gate: such a bundle is judged by its metrics, see `evaluate`)."""
+def failures(manifest: Mapping[str, Any], models: Collection[str] | None = None) -> list[str]:
+    """What a bundle's gate says is wrong, one phrase per losing model (of `models` only,
+    when given); empty when it passed (or predates the gate: such a bundle is judged by its
+    metrics, see `evaluate`)."""
     gate = manifest.get("quality_gate")
     if not isinstance(gate, Mapping):
         gate = evaluate(manifest.get("metrics") or {})
     return [f"{name} {m['metric']} {m['value']:.4f} does not beat {m['baseline']} "
             f"{m['baseline_value']:.4f}"
-            for name, m in (gate.get("models") or {}).items() if m.get("verdict") == "loses"]
+            for name, m in (gate.get("models") or {}).items()
+            if m.get("verdict") == "loses" and (models is None or name in models)]

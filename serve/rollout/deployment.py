@@ -61,8 +61,9 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) 
     """Every bundle version other than the primary passes its checksums and has what its
     stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
     the field of each one that does not. A corrupt bundle is refused here, at apply, and so
-    is one whose quality gate failed, unless the config says `allow_regression: true` (the
-    serving bundle, `primary`, is not judged again)."""
+    is one whose quality gate failed for the model of the stage that names it (a ranker
+    canary is judged by the bundle's ranker, not by its retrieval), unless the config says
+    `allow_regression: true` (the serving bundle, `primary`, is not judged again)."""
     from serve.rollout.variants import version_path
     from training.bundle import verify_bundle
     from training.quality import failures
@@ -90,7 +91,7 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) 
                                f"are {want}")
             if (not problem and not isinstance(m, str) and not cfg.allow_regression
                     and version != primary.get("version")):
-                lost = failures(m)
+                lost = failures(m, models=(stage,))  # the model this stage swaps
                 if lost:
                     problem = (f"bundle {version} failed its quality gate: {'; '.join(lost)}. "
                                "Set allow_regression: true in the config (`funnel rollout "

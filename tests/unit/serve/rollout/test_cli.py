@@ -179,3 +179,33 @@ def test_the_server_does_not_judge_the_bundle_it_serves_again(root: Path) -> Non
     verify_versions(cfg, root=root, primary={"version": "v1"})  # v1 serves: not judged
     with pytest.raises(RolloutConfigError, match="bundle v1 failed its quality gate"):
         verify_versions(cfg, root=root, primary={"version": "v2"})
+
+
+def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
+    """A bundle whose retrieval lost but whose ranker won is a fine ranker canary, and is
+    refused as a retrieval canary."""
+    import json
+
+    from serve.errors import RolloutConfigError
+    from serve.rollout.config import parse_rollout
+    from serve.rollout.deployment import verify_versions
+
+    d = root / "v1"
+    m = json.loads((d / "manifest.json").read_text())
+    m.pop("files", None)
+    m["metrics"] = {
+        "retrieval": {"recall_at_50": 0.0212, "baselines": {"popularity": {"recall_at_50":
+                                                                           0.0218}}},
+        "ranker": {"ndcg_at_10": 0.6793,
+                   "baselines": {"retrieval_order": {"ndcg_at_10": 0.6055}}}}
+    m.pop("quality_gate", None)
+    write_manifest(d, m)
+
+    def canary_of(stage: str) -> Any:
+        return parse_rollout({"stages": {stage: {"variants": [
+            {"name": "control", "bundle_version": "v2", "weight": 90},
+            {"name": "candidate", "bundle_version": "v1", "weight": 10}]}}})
+
+    verify_versions(canary_of("ranker"), root=root, primary={"version": "v2"})
+    with pytest.raises(RolloutConfigError, match=r"retrieval recall@50 0\.0212 does not beat"):
+        verify_versions(canary_of("retrieval"), root=root, primary={"version": "v2"})
