@@ -58,13 +58,14 @@ def feed_columns(result: FeedResult, *, request_id: str, user_id: int, ts_us: in
                          for i in ids.tolist()]
         # the inputs the served ranker got: run() builds one set (shadows add theirs later)
         inputs = next(iter(trace.inputs.values()), None)
+        names = trace.dense_features or RANKER_DENSE
         dense = inputs.get("dense") if inputs is not None else None
         if dense is not None and len(dense) == len(trace.kept_ids):
             row_of = {int(k): j for j, k in enumerate(trace.kept_ids.tolist())}
             rows = [row_of.get(i, -1) for i in ids.tolist()]
-            if min(rows) >= 0:
+            if min(rows) >= 0 and np.asarray(dense).shape[1] == len(names):
                 d = np.asarray(dense)[rows]
-                for j, name in enumerate(RANKER_DENSE):
+                for j, name in enumerate(names):  # a feature the bundle lacks stays null
                     cols[name] = d[:, j]
                 mod = inputs.get("modality") if inputs is not None else None
                 if mod is not None and len(modalities):

@@ -97,6 +97,8 @@ class Trace:
     # ranker inputs by id(FeatureTransform): a shadow whose bundle has the same fitted
     # features (Variants shares the object) scores without building them again
     inputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, compare=False)
+    # the served ranker's dense inputs by name, in column order (its bundle's layout)
+    dense_features: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ class FeedPipeline:
                       infos=infos, vecs=vecs, kept_ids=kept_ids,
                       scores=(np.zeros(0, np.float32) if "ranker" in degraded else
                               np.fromiter((x.score for x in scored), np.float32, len(scored))),
-                      inputs=inputs_cache)
+                      inputs=inputs_cache, dense_features=m.ranker.features.dense_features)
         return FeedResult(items=items, degraded=degraded, cold_start=not known,
                           timings_ms=timings, filtered=removed, trace=trace,
                           candidates={n: len(c) for n, c in per_source.items()})

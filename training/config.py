@@ -144,6 +144,18 @@ class TrainConfig(_Strict):
     ranker: StageConfig
     moderation: StageConfig
     reference_sample_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 5000
+    # The ranker's dense inputs, a subset of training.features.RANKER_DENSE in the order the
+    # model takes them (default: all). The bundle records them; serving builds what each
+    # bundle lists, so rankers with different features can be canaried against each other.
+    ranker_dense_features: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check_dense(self) -> TrainConfig:
+        if self.ranker_dense_features is not None:
+            from training.features import check_dense_features
+
+            check_dense_features(self.ranker_dense_features, where="ranker_dense_features")
+        return self
 
 
 def _format_error(e: ValidationError, source: str) -> str:

@@ -38,6 +38,18 @@ COUNTER_KEYS: tuple[str, ...] = ("post", "author", "user", "user_topic")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
+def check_dense_features(names: Sequence[str], *, where: str = "ranker dense features"
+                         ) -> tuple[str, ...]:
+    """`names` as a tuple, if each is a dense feature this code computes, once; else a
+    ValueError naming the unknown ones (a bundle from newer code, or a typo in a config)."""
+    out = tuple(names)
+    unknown = [n for n in out if n not in RANKER_DENSE]
+    if unknown or not out or len(set(out)) != len(out):
+        raise ValueError(f"{where}: dense features {list(out)} must be distinct names from "
+                         f"{list(RANKER_DENSE)}; unknown: {unknown}")
+    return out
+
+
 def hash_ids(ids: np.ndarray | Sequence[int], buckets: int, *, salt: int = 0) -> np.ndarray:
     """Stable multiplicative hash of int64 ids into [1, buckets); 0 is kept for padding."""
     x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
@@ -111,12 +123,17 @@ class FeatureTransform:
     # (0 = padding), newest last: the user tower's interaction-history input.
     user_history_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     user_history: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))
+    # The ranker's dense inputs, in order: a subset of RANKER_DENSE chosen at training time
+    # and kept in the bundle (transform.json and the manifest), so that bundles with
+    # different feature sets are served side by side.
+    dense_features: tuple[str, ...] = RANKER_DENSE
 
     # ---- fitting -------------------------------------------------------------------------
     @classmethod
     def fit(cls, ds: Dataset, train_mask: np.ndarray, encoder: TextEncoder, *,
             id_buckets: int = 50_021, author_buckets: int = 20_011,
-            prior_strength: float = 20.0, history_len: int = 50) -> FeatureTransform:
+            prior_strength: float = 20.0, history_len: int = 50,
+            dense_features: Sequence[str] | None = None) -> FeatureTransform:
         vocabs = {f"{t}.{c}": sorted(map(str, ds.table(t)[c].unique())) for t, c in CATEGORICALS}
         posts = ds.posts.sort_values("post_id")
         text_idx, table = encode_texts(posts["text"], encoder)
@@ -143,6 +160,7 @@ class FeatureTransform:
         prof_v /= np.linalg.norm(prof_v, axis=1, keepdims=True) + 1e-8
         hist_ids, hist = _histories(clicked, id_buckets, history_len)
         return cls(vocabs=vocabs, id_buckets=id_buckets, author_buckets=author_buckets,
+                   dense_features=check_dense_features(dense_features or RANKER_DENSE),
                    global_ctr=float(click.mean()) if len(click) else 0.05,
                    prior_strength=prior_strength, counters=counters,
                    post_ids=pid.astype(np.int64), post_text_idx=text_idx, text_table=table,
@@ -241,13 +259,15 @@ class FeatureTransform:
         pid = rows["post_id"].to_numpy(np.int64)
         uid = rows["user_id"].to_numpy(np.int64)
         affinity = np.einsum("ij,ij->i", self.profile_of(uid), self.text_of(pid))
-        dense = np.column_stack([
+        every = np.column_stack([
             cyclic_time(rows["timestamp"]),
             np.log1p(np.clip(age_h, 0, None)),
             rate["post"], np.log1p(counts.imps["post"]), rate["author"], rate["user"],
             np.log1p(counts.clicks["user"]), rate["user_topic"],
             rows["follows_author"].to_numpy(np.float32), retrieval_score, affinity,
-        ]).astype(np.float32)
+        ]).astype(np.float32)  # one column per RANKER_DENSE name, in that order
+        dense = (every if self.dense_features == RANKER_DENSE else np.ascontiguousarray(
+            every[:, [RANKER_DENSE.index(f) for f in self.dense_features]]))
         return {
             "dense": dense,
             "user_hash": hash_ids(uid, self.id_buckets, salt=3),
@@ -263,7 +283,8 @@ class FeatureTransform:
         meta = {"vocabs": self.vocabs, "id_buckets": self.id_buckets,
                 "author_buckets": self.author_buckets, "global_ctr": self.global_ctr,
                 "prior_strength": self.prior_strength, "text_model": self.text_model,
-                "dense_features": list(RANKER_DENSE), "counter_keys": list(COUNTER_KEYS)}
+                "dense_features": list(self.dense_features),
+                "counter_keys": list(COUNTER_KEYS)}
         paths = [directory / "transform.json", directory / "embeddings.safetensors"]
         paths[0].write_text(json.dumps(meta, indent=2, sort_keys=True))
         save_file({"post_ids": self.post_ids, "post_text_idx": self.post_text_idx,
@@ -286,6 +307,8 @@ class FeatureTransform:
                     .sort_values("key").reset_index(drop=True) for k in meta["counter_keys"]}
         return cls(vocabs=meta["vocabs"], id_buckets=meta["id_buckets"],
                    author_buckets=meta["author_buckets"], global_ctr=meta["global_ctr"],
+                   dense_features=check_dense_features(
+                       meta.get("dense_features", RANKER_DENSE), where=str(directory)),
                    prior_strength=meta["prior_strength"], counters=counters,
                    post_ids=t["post_ids"], post_text_idx=t["post_text_idx"],
                    text_table=t["text_table"],

@@ -50,7 +50,7 @@ from training.export import (
     write_reference,
     write_triton_config,
 )
-from training.features import RANKER_DENSE, FeatureTransform, join_rows, point_in_time_counts
+from training.features import FeatureTransform, join_rows, point_in_time_counts
 from training.loops import (
     ITEM_KEYS,
     RANKER_KEYS,
@@ -136,7 +136,8 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     uix, pix = pd.Index(users["user_id"]), pd.Index(posts["post_id"])
 
     say(f"features: encoding {posts['text'].nunique():,} distinct post texts with {encoder.name}")
-    ft = FeatureTransform.fit(ds, split.train, encoder)
+    ft = FeatureTransform.fit(ds, split.train, encoder,
+                              dense_features=cfg.ranker_dense_features)
     data_root = work_dir / "data"
     resources = cfg.resources
     metrics: dict[str, Any] = {}
@@ -204,7 +205,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
              * (1 - rows["hide"].to_numpy(np.float32)))
     groups = pd.factorize(rows["request_id"])[0]
     part = rows["_split"].to_numpy()
-    rk_meta = {"n_dense": len(RANKER_DENSE), "id_buckets": ft.id_buckets,
+    rk_meta = {"n_dense": len(ft.dense_features), "id_buckets": ft.id_buckets,
                "n_topic": ft.vocab_size("posts.topic"),
                "n_modality": ft.vocab_size("posts.modality"),
                "n_age": ft.vocab_size("users.age_band"),
@@ -288,7 +289,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     script_module(two_tower.item_tower, bdir / "models/item_tower.pt")
     script_module(ranker, bdir / "triton/ranker/1/model.pt")
     calibration.save(bdir / CALIBRATION_FILE)
-    write_triton_config(bdir / "triton/ranker/config.pbtxt", n_dense=len(RANKER_DENSE))
+    write_triton_config(bdir / "triton/ranker/config.pbtxt", n_dense=len(ft.dense_features))
     if moderation is not None:
         script_module(moderation, bdir / "models/moderation_head.pt")
     (bdir / "index").mkdir(parents=True, exist_ok=True)
@@ -298,7 +299,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     say("export: writing the serving catalog (items, graph, engagement, seen)")
     write_catalog(bdir / "catalog", ds)
     # calibrated, as serving logs them: the drift monitor compares like with like
-    sample = pd.DataFrame(inputs["dense"][test], columns=list(RANKER_DENSE))
+    sample = pd.DataFrame(inputs["dense"][test], columns=list(ft.dense_features))
     for j, t in enumerate(TASKS):
         sample[f"p_{t}"] = probs[:, j]
     sample["score"] = final
@@ -324,7 +325,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
             "item_tower": {"path": "models/item_tower.pt", "inputs": list(ITEM_KEYS),
                            "hparams": ret.config},
             "ranker": {"path": "triton/ranker/1/model.pt", "inputs": list(RANKER_KEYS),
-                       "dense_features": list(RANKER_DENSE), "tasks": list(TASKS),
+                       "dense_features": list(ft.dense_features), "tasks": list(TASKS),
                        "score_weights": SCORE_WEIGHTS, "hparams": rk.config,
                        "calibration": CALIBRATION_FILE},
             "moderation": ({"path": "models/moderation_head.pt", "labels": list(HARM_LABELS),

@@ -61,3 +61,13 @@ def test_not_yaml(tmp_path: Path) -> None:
 def test_unknown_profile() -> None:
     with pytest.raises(ConfigError, match=r"profile: 'huge' is not allowed"):
         profile_config("huge")
+
+
+def test_ranker_dense_features_are_a_known_subset(tmp_path: Path) -> None:
+    ok = load_config(_write(tmp_path, _tiny_text()
+                            + "ranker_dense_features: [retrieval_score, post_ctr]\n"))
+    assert ok.ranker_dense_features == ["retrieval_score", "post_ctr"]
+    assert profile_config("tiny").ranker_dense_features is None  # all of them
+    with pytest.raises(ConfigError, match=r"ranker_dense_features.*'post_ctrr'"):
+        load_config(_write(tmp_path, _tiny_text()
+                           + "ranker_dense_features: [retrieval_score, post_ctrr]\n"))

@@ -88,3 +88,36 @@ def test_history_round_trips_and_is_zero_for_unknown_users(tmp_path: Path) -> No
     again = FeatureTransform.load(tmp_path).user_features(users)
     np.testing.assert_array_equal(again["history"], feats["history"])
     assert not ft.history_of(np.array([10**12])).any()
+
+
+def test_a_dense_feature_subset_is_the_full_layout_s_columns_and_round_trips(
+        tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    from training.features import RANKER_DENSE
+
+    ds = generate(SMALL, seed=2)
+    mask = np.ones(len(ds.impressions), bool)
+    full = FeatureTransform.fit(ds, mask, HashingTextEncoder())
+    subset = ["retrieval_score", "post_ctr", "follows_author"]
+    part = FeatureTransform.fit(ds, mask, HashingTextEncoder(), dense_features=subset)
+    rows = join_rows(ds, ds.impressions.head(40), full)
+    args = (rows["user_id"].to_numpy(), rows["post_id"].to_numpy(),
+            rows["author_id"].to_numpy(), rows["topic_idx"].to_numpy())
+    score = np.linspace(0, 1, len(rows)).astype(np.float32)
+    a = full.ranker_inputs(rows, full.final_counts(*args), score)["dense"]
+    b = part.ranker_inputs(rows, part.final_counts(*args), score)["dense"]
+    assert a.shape[1] == len(RANKER_DENSE) and b.shape == (len(rows), 3)
+    np.testing.assert_array_equal(b, a[:, [RANKER_DENSE.index(f) for f in subset]])
+    part.save(tmp_path / "f")
+    assert json.loads((tmp_path / "f" / "transform.json").read_text())["dense_features"] == \
+        subset
+    assert FeatureTransform.load(tmp_path / "f").dense_features == tuple(subset)
+    # a bundle naming a feature this code cannot compute is refused, named
+    meta = json.loads((tmp_path / "f" / "transform.json").read_text())
+    meta["dense_features"] = ["post_ctr", "seconds_since_last_visit"]
+    (tmp_path / "f" / "transform.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="seconds_since_last_visit"):
+        FeatureTransform.load(tmp_path / "f")
