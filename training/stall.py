@@ -153,3 +153,51 @@ class StallWatch:
                 msg = f"waiting: no progress for {idle:.0f}s (cluster state unreadable: {e})"
             self._told = now
             self._say(msg)
+
+
+class CtrlC:
+    """Ctrl-C stops training at once, wherever it lands.
+
+    The first SIGINT raises KeyboardInterrupt in the main thread, as Python does. Library code
+    on the way (a framework's event loop) may catch it and carry on; so until the caller says
+    the interrupt reached it (`handled()`, first thing in its `except KeyboardInterrupt`), it
+    is raised again every `every_s`. Use as a context manager around the work (main thread).
+    """
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self._every_s = every_s
+        self._interrupted = threading.Event()
+        self._handled = threading.Event()
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        import signal
+
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        self._handled.set()
+        signal.signal(signal.SIGINT, self._previous)
+
+    def handled(self) -> None:
+        """The KeyboardInterrupt reached the caller: stop raising it again."""
+        self._handled.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted.is_set()
+
+    def _on_sigint(self, _signum: int, _frame: object) -> None:
+        if not self._interrupted.is_set():
+            self._interrupted.set()
+            threading.Thread(target=self._again, name="ctrl-c", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _again(self) -> None:
+        import _thread
+
+        while not self._handled.wait(self._every_s):
+            _thread.interrupt_main()
