@@ -52,12 +52,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from funnel.contracts import names
 from training.errors import InvalidInputError
 
 STAGES: dict[str, str] = {"ranker": "ranker_variant", "retrieval": "retrieval_variant",
                           "moderation": "variant"}
 FEED_STAGES = ("ranker", "retrieval")
-EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
+EVENT_TYPES = names.EVENT_TYPES
 # Per variant, below these a comparison reports "insufficient data" instead of a p-value.
 # 100 users: the delta method is a central limit theorem over users, and with fewer its
 # variance estimate is itself too noisy for the interval's coverage. 1,000 impressions: at a

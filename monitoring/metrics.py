@@ -41,6 +41,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from funnel.contracts import names
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -53,12 +55,11 @@ COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
 
 FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "interleaving",
                "total")
-SOURCES = ("ann", "social", "trending", "fresh")
+SOURCES = names.SOURCES
 DECISIONS = ("allow", "review", "block")
-DEGRADED_STAGES = ("ranker", "source:ann", "source:social", "source:trending", "source:fresh",
-                   "moderation_text", "moderation_image", "interleaving", "review_queue")
+DEGRADED_STAGES = names.DEGRADED_STAGES
 IMPRESSION_KINDS = ("feed", "moderation", "events")
-EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
+EVENT_TYPES = names.EVENT_TYPES
 IMPRESSION_OUTCOMES = ("written", "dropped", "failed")
 
 # ---- requests --------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from funnel.contracts import names
+
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
 
 
@@ -207,7 +209,7 @@ class ReviewDecisionIn(BaseModel):
     note: StoredText | None = Field(None, max_length=4000)
 
 
-EVENT_TYPES = ("click", "like", "comment", "share", "hide", "report", "dwell")
+EVENT_TYPES = names.EVENT_TYPES
 MAX_EVENTS = 500
 
 

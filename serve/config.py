@@ -21,12 +21,13 @@ from pydantic import (
     model_validator,
 )
 
+from funnel.contracts import names
 from serve.errors import ServeConfigError
 from training.config import read_yaml
 from training.models.ranker import TASKS
 
-SOURCE_NAMES = ("ann", "social", "trending", "fresh")
-FILTER_NAMES = ("excluded", "seen", "blocked_author", "locale", "moderation")
+SOURCE_NAMES = names.SOURCES
+FILTER_NAMES = names.FILTERS
 
 
 def _only_known(names: Iterable[str], allowed: Sequence[str], what: str) -> Any:

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from funnel.contracts import names
 from training.errors import DatasetError
 
-HARM_LABELS: tuple[str, ...] = ("abuse", "hate", "nudity", "violence", "misinformation", "spam")
+HARM_LABELS: tuple[str, ...] = names.HARM_LABELS
 ENGAGEMENT_TASKS: tuple[str, ...] = ("click", "like", "comment", "share", "hide")
 AGE_BANDS: tuple[str, ...] = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
 MODALITIES: tuple[str, ...] = ("text", "image", "video")
