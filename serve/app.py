@@ -61,6 +61,7 @@ from serve.errors import (
     error_status,
 )
 from serve.grpc_api import MalformedMessage, inference_pb2
+from serve.rollout.runtime import build_rollout_runtime, replica_name
 from training.errors import FunnelError
 
 # Ray Serve unpickles gRPC requests in this replica before calling a method: tritonclient's
@@ -246,13 +247,6 @@ def grpc_observed(method: str, grpc_context: Any, started: float) -> None:
     metrics.observe_request(f"grpc:{method}", code, time.perf_counter() - started)
 
 
-def replica_name() -> str:
-    try:
-        return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # outside a Serve replica (tests)
-        return uuid.uuid4().hex[:8]
-
-
 def build_impression_logs(args: AppArgs, replica: str, labels: tuple[str, ...]
                           ) -> dict[str, Any]:
     """The replica's impression-log writers (feed, moderation); none when disabled."""
@@ -410,31 +404,6 @@ def policy_labels(text_labels: tuple[str, ...]) -> tuple[str, ...]:
 
     labels = text_labels or HARM_LABELS
     return labels if "nudity" in labels else (*labels, "nudity")
-
-
-def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
-                          serving: bool = True) -> Any:
-    """A replica's side of the rollout: variants loaded next to `owner`'s primary pipeline
-    (`owner` has `args`, `pipeline`, `versions`, `replica`), routed by the controller's
-    table. `shadow_scorer`: the ShadowScorer handle feed comparisons go to."""
-    from pathlib import Path
-
-    from serve.ranker_client import make_ranker
-    from serve.rollout.runtime import RolloutRuntime
-    from serve.rollout.variants import Variants, bundle_root, features_fingerprint
-    from training.bundle import read_manifest
-
-    a = owner.args
-    r = a.feed.ranker
-    variants = Variants(
-        owner.pipeline, primary_version=owner.versions["bundle"],
-        primary_fingerprint=features_fingerprint(read_manifest(a.bundle)),
-        root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
-        make_ranker=lambda name, bundle: make_ranker(r, bundle=bundle, model_name=name),
-        ef_search=a.feed.ann_ef_search)
-    return RolloutRuntime(pipeline=owner.pipeline, variants=variants, controller=handle,
-                          replica_id=owner.replica, settings=a.rollout,
-                          shadow_scorer=shadow_scorer, serving=serving)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,

@@ -9,11 +9,11 @@ and compare lists off the critical path.
   `ShadowScorer` deployment (serve/rollout/scorer.py, the default) they go there in batches
   (`RemoteComparisons`), and the scorer runs them with a runtime of its own (`accept`);
   without one they run on this replica's queues.
-- `ShadowRunner`: one queue per (stage, variant), bounded and worked by a fixed number of
-  tasks; a job that finds it full is dropped and counted (`dropped`), so a slow or failing
-  shadow costs the client nothing but the CPU its bounded jobs use, and cannot starve
-  another variant's comparisons. Jobs run when the replica serves no request
-  (`IdleGate`), so that CPU lands between requests, not inside them.
+- `ShadowRunner` (serve/rollout/scheduling.py): one queue per (stage, variant), bounded and
+  worked by a fixed number of tasks; a job that finds it full is dropped and counted
+  (`dropped`), so a slow or failing shadow costs the client nothing but the CPU its bounded
+  jobs use, and cannot starve another variant's comparisons. Jobs run when the replica
+  serves no request (`IdleGate`), so that CPU lands between requests, not inside them.
 - `run_reports`: every `report_interval_s`, the counts go to the controller and the routing
   table comes back; a new table's bundle versions are loaded (checksums first) before any
   request is routed to them.
@@ -26,8 +26,9 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,10 +36,11 @@ import numpy as np
 from monitoring import metrics
 from monitoring.interleaving import TEAM_A, TEAM_B, team_draft
 from serve.config import RolloutSettings
-from serve.offpath import off_path
 from serve.pipeline import FeedPipeline, FeedResult, Models
 from serve.rollout.agreement import overlap_at_k, rbo
+from serve.rollout.comparisons import Comparison, RemoteComparisons
 from serve.rollout.router import Assignment, Router
+from serve.rollout.scheduling import IdleGate, ShadowRunner
 from serve.rollout.stats import Tally
 from serve.rollout.variants import Variants
 from serve.types import FeedItem
@@ -48,215 +50,6 @@ STAGE_ERROR = {"ranker": "ranker", "retrieval": "source:ann",
                "moderation": "moderation_text"}
 TEAM_NAMES = {TEAM_A: "control", TEAM_B: "candidate"}  # explain / the log's `team`
 MAX_UNSENT_ROWS = 1000  # rows kept for the next report while the controller is away
-
-
-class IdleGate:
-    """Lets off-path work wait for a moment when this replica serves no client request.
-
-    Shadows and comparisons share the replica's event loop (and its GIL) with the requests
-    they mirror: a job's few milliseconds of CPU that land while a request is in flight add
-    to that request's latency. A job therefore waits until no request is in flight, at
-    most `max_wait_s`: at moderate load it runs in the gaps between requests; under
-    sustained saturation it still progresses, but no faster than one job per `max_wait_s`
-    per worker, and the bounded queue drops the rest (counted)."""
-
-    def __init__(self, *, max_wait_s: float) -> None:
-        self.max_wait_s = max_wait_s
-        self.inflight = 0
-        self._idle: asyncio.Event | None = None
-
-    def _event(self) -> asyncio.Event:
-        if self._idle is None:
-            self._idle = asyncio.Event()
-            if self.inflight == 0:
-                self._idle.set()
-        return self._idle
-
-    def started(self) -> None:
-        self.inflight += 1
-        self._event().clear()
-
-    def finished(self) -> None:
-        self.inflight = max(0, self.inflight - 1)
-        if self.inflight == 0:
-            self._event().set()
-
-    async def wait(self) -> None:
-        if self.inflight == 0 or self.max_wait_s <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event().wait(), self.max_wait_s)
-
-
-class ShadowRunner:
-    """A bounded queue of jobs run by `concurrency` tasks of the current event loop, each
-    job started when the `gate` opens."""
-
-    def __init__(self, *, size: int, concurrency: int, gate: IdleGate | None = None) -> None:
-        self._gate = gate
-        self._size = size
-        self._n = concurrency
-        self._q: asyncio.Queue[tuple[Callable[[], Awaitable[None]], Callable[[], None]]] | \
-            None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self.done = 0  # jobs run (succeeded or failed)
-
-    def _start(self) -> asyncio.Queue[Any]:
-        if self._q is None:
-            self._q = asyncio.Queue(self._size)
-            self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
-        return self._q
-
-    def submit(self, job: Callable[[], Awaitable[None]], on_error: Callable[[], None]) -> bool:
-        """Queue `job`; False (and nothing queued) when the queue is full."""
-        try:
-            self._start().put_nowait((job, on_error))
-            return True
-        except asyncio.QueueFull:
-            return False
-
-    async def _work(self) -> None:
-        assert self._q is not None
-        while True:
-            job, on_error = await self._q.get()
-            try:
-                if self._gate is None:
-                    await job()
-                else:
-                    await self._gate.wait()
-                    with off_path(self._gate.wait):  # model calls wait for idle too
-                        await job()
-            except Exception:  # a shadow's failure is counted, never raised to a client
-                log.debug("shadow job failed", exc_info=True)
-                on_error()
-            finally:
-                self.done += 1
-                self._q.task_done()
-
-    async def drain(self) -> None:
-        if self._q is not None:
-            await self._q.join()
-
-    def stop(self) -> None:
-        for t in self._workers:
-            t.cancel()
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One feed comparison, as the ingress hands it to whoever runs it (its own queue, or the
-    `ShadowScorer` deployment): plain values and arrays, nothing process-local, so it
-    crosses Ray's process boundary as it is.
-
-    `shadow` given: run that shadow variant on the request and compare it with the served
-    primary. `shadow` None: the request was served by the canary `served`; compute the
-    primary's list and compare the canary's with it."""
-
-    stage: str  # "ranker" | "retrieval"
-    served: Assignment
-    shadow: Assignment | None
-    ks: tuple[int, ...]
-    user_id: int
-    now_s: float
-    limit: int
-    revision: int  # the routing table the request was served by
-    served_ms: float  # the served ranker's call (ranker stage)
-    kept_ids: np.ndarray  # the candidates the served ranker scored, in order
-    rscore: np.ndarray  # their retrieval scores
-    scores: np.ndarray  # the served ranker's final score of each
-    # the served ranker's inputs for them (its bundle's features): a variant whose bundle
-    # has the same fitted features scores without building them again
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def variant(self) -> str:
-        """The variant this comparison is counted for."""
-        return self.shadow.variant if self.shadow is not None else self.served.variant
-
-
-class RemoteComparisons:
-    """Hands comparisons to the `ShadowScorer` deployment without waiting for them, in
-    batches: one call per `batch_interval_s` (or as soon as `batch_size` wait), because a
-    Serve call costs milliseconds of CPU on each side whatever it carries. The call goes out
-    when the replica serves no request (`gate`, as for local jobs). At most `max_pending`
-    comparisons are batched or on their way; beyond that, or when the scorer cannot be
-    reached, a comparison is dropped and counted here. The scorer counts what it runs, fails
-    and drops itself."""
-
-    def __init__(self, handle: Any, *, max_pending: int, on_drop: Callable[[str, str], None],
-                 batch_size: int = 32, batch_interval_s: float = 1.0,
-                 gate: IdleGate | None = None) -> None:
-        self._handle = handle
-        self._max = max_pending
-        self._on_drop = on_drop
-        self._batch_size = batch_size
-        self._interval = batch_interval_s
-        self._gate = gate
-        self._batch: list[Comparison] = []
-        self.inflight = 0  # comparisons in calls not yet answered
-        self._flusher: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._last_error = ""
-
-    @property
-    def pending(self) -> int:
-        return len(self._batch) + self.inflight
-
-    def submit(self, c: Comparison) -> bool:
-        if self.pending >= self._max:
-            return False
-        self._batch.append(c)
-        if len(self._batch) >= self._batch_size:
-            self._send()
-        elif self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush_later())
-        return True
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._interval)
-        if self._gate is not None:
-            await self._gate.wait()
-        self._send()
-
-    def _send(self) -> None:
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
-        self.inflight += len(batch)
-        try:
-            response = self._handle.compare_many.remote(batch)
-        except Exception as e:
-            self._lost(batch, e)
-            return
-        t = asyncio.ensure_future(self._wait(response, batch))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    def _lost(self, batch: list[Comparison], e: BaseException) -> None:
-        self.inflight -= len(batch)
-        if str(e) != self._last_error:
-            log.warning("rollout: the shadow scorer is unreachable, comparisons dropped: %s",
-                        e)
-        self._last_error = str(e)
-        for c in batch:
-            self._on_drop(c.stage, c.variant)
-
-    async def _wait(self, response: Any, batch: list[Comparison]) -> None:
-        try:
-            await response
-        except Exception as e:  # the scorer restarting: the comparisons are lost, counted
-            self._lost(batch, e)
-            return
-        self.inflight -= len(batch)
-        self._last_error = ""
-
-    async def drain(self) -> None:
-        """Send what is batched now and wait for every call's answer."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-        self._send()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 def _ids(items: Sequence[FeedItem]) -> list[int]:
@@ -666,3 +459,38 @@ class RolloutRuntime:
             r.stop()
         with contextlib.suppress(Exception):
             await self.report_once()
+
+
+def replica_name() -> str:
+    """This Serve replica's id (a short random one outside a replica, in tests)."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside a Serve replica (tests)
+        return uuid.uuid4().hex[:8]
+
+
+def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
+                          serving: bool = True) -> RolloutRuntime:
+    """A replica's side of the rollout: variants loaded next to `owner`'s primary pipeline
+    (`owner` has `args`, `pipeline`, `versions`, `replica`), routed by the controller's
+    table. `shadow_scorer`: the ShadowScorer handle feed comparisons go to. Used by the
+    ingress (serve/app.py) and by the ShadowScorer (serve/rollout/scorer.py)."""
+    from pathlib import Path
+
+    from serve.ranker_client import make_ranker
+    from serve.rollout.variants import bundle_root, features_fingerprint
+    from training.bundle import read_manifest
+
+    a = owner.args
+    r = a.feed.ranker
+    variants = Variants(
+        owner.pipeline, primary_version=owner.versions["bundle"],
+        primary_fingerprint=features_fingerprint(read_manifest(a.bundle)),
+        root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
+        make_ranker=lambda name, bundle: make_ranker(r, bundle=bundle, model_name=name),
+        ef_search=a.feed.ann_ef_search)
+    return RolloutRuntime(pipeline=owner.pipeline, variants=variants, controller=handle,
+                          replica_id=owner.replica, settings=a.rollout,
+                          shadow_scorer=shadow_scorer, serving=serving)

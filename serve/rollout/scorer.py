@@ -3,7 +3,7 @@
 A shadow's work (its model call, the call's serialisation, the sort and the agreement
 measures) and a canary's comparison with the primary do not belong on the replica that
 answers the client: in the ingress they share its event loop and its CPU with the requests
-they mirror. The ingress therefore hands each feed comparison (`runtime.Comparison`: the
+they mirror. The ingress therefore hands each feed comparison (`comparisons.Comparison`: the
 request's candidates, the served scores and ranker inputs, as plain arrays) to this
 deployment and does not wait for it. Hand-offs go in batches (a Serve call costs a few ms of
 CPU on each side, whatever it carries), bounded, and a lost one is counted.
@@ -42,8 +42,8 @@ log = logging.getLogger("funnel.rollout")
                   health_check_period_s=10)
 class ShadowScorer:
     def __init__(self, args: dict[str, Any], controller: Any) -> None:
-        from serve.app import build_rollout_runtime, replica_name
         from serve.loader import load_pipeline
+        from serve.rollout.runtime import build_rollout_runtime, replica_name
 
         self.args: AppArgs = parse_app_args(args)
         nice, idle_class = lower_priority(

@@ -145,7 +145,7 @@ def test_a_failing_canary_stays_within_its_budget_and_is_rolled_back(
 
 
 def test_shadow_jobs_wait_for_the_replica_to_be_idle() -> None:
-    from serve.rollout.runtime import IdleGate, ShadowRunner
+    from serve.rollout.scheduling import IdleGate, ShadowRunner
 
     async def scenario() -> tuple[list[str], float]:
         gate = IdleGate(max_wait_s=5.0)
@@ -178,7 +178,7 @@ def test_a_shadow_model_call_waits_again_after_its_job_started() -> None:
     slow (a fault's delay): its model call waits for the request, not only the job's
     start. Outside a shadow job nothing waits."""
     from serve.offpath import yield_to_requests
-    from serve.rollout.runtime import IdleGate, ShadowRunner
+    from serve.rollout.scheduling import IdleGate, ShadowRunner
 
     async def scenario() -> list[str]:
         gate = IdleGate(max_wait_s=5.0)
@@ -371,7 +371,7 @@ def scorer_pair(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any], *,
 
     handle = PickledHandle(type("Scorer", (), {"compare_many": staticmethod(compare_many)})(),
                            fail=fail)
-    from serve.rollout.runtime import RemoteComparisons
+    from serve.rollout.comparisons import RemoteComparisons
 
     ingress.remote = RemoteComparisons(handle, max_pending=handoff_limit,
                                        on_drop=ingress.tally.dropped, batch_size=batch_size,
