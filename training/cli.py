@@ -216,7 +216,7 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
 
     from training.bundle import verify_bundle
     from training.pipeline import train_bundle
-    from training.stall import CtrlC, StallWatch
+    from training.stall import StallWatch
     from training.text import MiniLMEncoder
 
     out.mkdir(parents=True, exist_ok=True)
@@ -261,14 +261,11 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
                             detail=f"{done:,}/{n:,}")
 
         encoder = MiniLMEncoder(progress=on_encode)
-        ctrl_c = CtrlC()
         try:
-            with ctrl_c:
-                bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
-                                    say=say, on_trial=on_trial, config_source=source,
-                                    review_labels=review_labels)
+            bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
+                                say=say, on_trial=on_trial, config_source=source,
+                                review_labels=review_labels)
         except KeyboardInterrupt:
-            ctrl_c.handled()
             progress.console.print("[bold]·[/] interrupted: stopping Ray; no bundle written")
             raise
         finally:

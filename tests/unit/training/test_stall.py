@@ -67,34 +67,3 @@ def test_running_trials_without_results_are_not_a_stall_until_much_later() -> No
     finally:
         w.stop()
     assert said == []
-
-
-def test_ctrl_c_is_raised_again_when_something_swallows_it() -> None:
-    """A library that catches KeyboardInterrupt and carries on (as an event loop may) does
-    not keep training running: the interrupt comes again until the caller has it."""
-    import os
-    import signal
-    import threading
-    import time
-
-    import pytest
-
-    from training.stall import CtrlC
-
-    swallowed = 0
-    ctrl_c = CtrlC(every_s=0.05)
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt), ctrl_c:
-        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # the swallowing library
-            try:
-                time.sleep(0.01)
-            except KeyboardInterrupt:
-                swallowed += 1
-                if swallowed > 1:
-                    raise
-    ctrl_c.handled()
-    assert ctrl_c.interrupted and swallowed == 2
-    assert time.monotonic() - started < 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
