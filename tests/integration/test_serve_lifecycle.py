@@ -20,6 +20,16 @@ from tests.integration.conftest import FUNNEL, Stack, write_serve_config
 pytestmark = pytest.mark.integration
 
 
+def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path,
+               timeout_s: float = 240) -> str:
+    """The URL `funnel serve --ready-file` wrote, once it did (the log's tail if it died)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return str(json.loads(ready.read_text())["url"])
+
+
 @pytest.mark.parametrize("ingress", [
     "proxy",
     pytest.param("haproxy", marks=pytest.mark.skipif(
@@ -36,12 +46,7 @@ def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
                              str(config), "--ready-file", str(ready), "--ingress", ingress],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
-        url = json.loads(ready.read_text())["url"]
+        url = wait_ready(proc, ready, tmp_path / "serve.log")
         # Triton comes up beside the app; the feed is ranked once it is ready
         ranked = False
         for _ in range(120):
@@ -131,12 +136,7 @@ def test_serve_with_the_local_ranker_runs_no_triton_and_ranks_the_feed(tiny_bund
                              str(config), "--ready-file", str(ready), "--ranker", "local"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
-        url = json.loads(ready.read_text())["url"]
+        url = wait_ready(proc, ready, tmp_path / "serve.log")
         for user in (1, 2, 3):
             r = httpx.post(f"{url}/v1/feed", json={"user_id": user, "limit": 5}, timeout=30)
             assert r.status_code == 200, r.text
