@@ -72,6 +72,10 @@ def _pipeline(parts: tuple[Catalog, FakeRetrieval], ranker: Ranker,
     r = cast(TwoTowerRetrieval, retrieval)
     srcs = impls or {n: SOURCES[n](catalog, r) for n in ("ann", "social", "trending",
                                                             "fresh")}
+    # Real sources get a generous deadline unless a test sets one: on a busy machine the
+    # default 50 ms would time a healthy source out and mark the feed degraded.
+    settings.setdefault("sources", {n: s.model_copy(update={"timeout_ms": 5000.0})
+                                    for n, s in FeedSettings().sources.items()})
     return FeedPipeline(catalog=catalog, retrieval=r, ranker=ranker,
                         sources=cast(dict[str, CandidateSource], srcs),
                         settings=FeedSettings(**settings),
@@ -121,8 +125,9 @@ def test_a_failing_and_a_slow_source_degrade_only_themselves(
     sources = {"ann": SOURCES["ann"](catalog, r), "social": Failing(),
                "trending": SOURCES["trending"](catalog, r), "fresh": Slow()}
     p = _pipeline(parts, FakeRanker(), impls=sources,
-                  sources={"ann": SourceSettings(quota=50), "social": SourceSettings(),
-                           "trending": SourceSettings(),
+                  sources={"ann": SourceSettings(quota=50, timeout_ms=5000),
+                           "social": SourceSettings(),
+                           "trending": SourceSettings(timeout_ms=5000),
                            "fresh": SourceSettings(timeout_ms=50)})
     res = _run(p, int(catalog.user_ids[2]))
     assert sorted(res.degraded) == ["source:fresh", "source:social"]
@@ -157,13 +162,7 @@ def test_blocked_and_excluded_items_are_never_served(
 
 def test_exploration_is_replayable_from_the_request_id(
         parts: tuple[Catalog, FakeRetrieval]) -> None:
-    from serve.config import FeedSettings
-
-    # generous source timeouts: on a loaded machine a 50 ms source timeout can fire in one
-    # run and not the other, which changes the candidates (a different test's subject)
-    sources = {n: v.model_copy(update={"timeout_ms": 10_000.0})
-               for n, v in FeedSettings().sources.items()}
-    p = _pipeline(parts, FakeRanker(), sources=sources)
+    p = _pipeline(parts, FakeRanker())  # generous source timeouts (see _pipeline)
     uid = int(parts[0].user_ids[4])
     ra, rb = _run(p, uid, rid="same"), _run(p, uid, rid="same")
     assert ra.degraded == rb.degraded == []
