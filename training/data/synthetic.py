@@ -14,6 +14,12 @@ A shown item is examined with probability (1 + position) ** -0.8 (position bias)
 item is clicked with probability sigmoid(s - 1.2); likes, comments and shares follow a click
 with their own offsets; hides and reports rise for low affinity and harmful posts.
 
+What is shown. The logged candidates come from the old system: a third from followed
+authors' posts, most of the rest from a topic-aware retrieval (topics by the user's
+preference, posts by quality), and 10 % uniform exploration. With exposure that ignored
+taste, a user's next clicks followed global popularity so closely that no model of taste
+could beat most-popular retrieval (BENCHMARKS.md, "What bounds retrieval on this data").
+
 `generate_with_truth` also returns that hidden model (`HiddenTruth`), so that simulations
 (benchmarks/experiments.py) can score any ranking against the true engagement probabilities.
 """
@@ -154,6 +160,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+SOCIAL_SHARE = 0.33     # logged candidates from followed authors' posts
+EXPLORE_SHARE = 0.10    # logged candidates drawn uniformly (exploration)
+TOPIC_EXPOSURE = 0.9    # weight of the user's topic preference (vs uniform) in the old
+                        # retrieval's choice of topic
 POSITION_BIAS = 0.8  # examination probability (1 + position) ** -POSITION_BIAS
 
 
@@ -328,18 +338,28 @@ def generate_with_truth(
     say(f"impressions ({p.n_users * p.impressions_per_user:,})")
     n_imp = p.n_users * p.impressions_per_user
     imp_user = np.repeat(np.arange(p.n_users), p.impressions_per_user)
-    # Candidates: a third from followed authors' posts, a third popularity-weighted, a third
-    # uniform, so the log carries both social and exploration signal.
+    # Candidates, as the old system picked them: a third from followed authors' posts; most
+    # of the rest from its topic-aware retrieval (a topic drawn from the user's preference,
+    # mixed with a little uniform, then a post of that topic weighted by exp(quality)); and
+    # EXPLORE_SHARE uniform exploration. So the log carries social, taste and exploration
+    # signal, and a user's next clicks follow their taste as well as the posts' popularity.
     src = rng.random(n_imp)
     popular = np.exp(quality)
-    cand = np.where(src < 0.66,
-                    rng.choice(p.n_posts, size=n_imp, p=popular / popular.sum()),
-                    rng.integers(0, p.n_posts, size=n_imp))
+    cand = rng.integers(0, p.n_posts, size=n_imp)
+    topical = np.flatnonzero(src < 1.0 - EXPLORE_SHARE)  # social rows too: their fallback
+    mix = TOPIC_EXPOSURE * topic_pref[imp_user[topical]] + (1.0 - TOPIC_EXPOSURE) / k
+    drawn = (mix.cumsum(1) < rng.random(len(topical))[:, None]).sum(1).clip(0, k - 1)
+    for t in range(k):
+        of_topic = np.flatnonzero(topic_idx == t)
+        rows = topical[drawn == t]
+        if len(of_topic) and len(rows):
+            w = popular[of_topic]
+            cand[rows] = rng.choice(of_topic, size=len(rows), p=w / w.sum())
     by_author = pd.Series(np.arange(p.n_posts)).groupby(author_idx).apply(np.asarray)
     fol_u = follows.follower_id.to_numpy() - 1
     fol_a = follows.followee_id.to_numpy() - 1
     first_follow = pd.Series(fol_a).groupby(fol_u).apply(np.asarray)
-    social_rows = np.flatnonzero(src < 0.33)
+    social_rows = np.flatnonzero(src < SOCIAL_SHARE)
     for row in social_rows:
         u = imp_user[row]
         authors = first_follow.get(u)
