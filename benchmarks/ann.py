@@ -28,11 +28,11 @@ import faiss
 import numpy as np
 import torch
 
-from training.bundle import verify_bundle
+from funnel.contracts.bundle import verify_bundle
+from funnel.contracts.model_io import ITEM_KEYS, USER_KEYS
 from training.data.synthetic import generate
 from training.export import build_hnsw
 from training.features import FeatureTransform
-from training.loops import ITEM_KEYS, USER_KEYS
 
 
 def _embed(model: torch.jit.ScriptModule, arrays: dict[str, np.ndarray], keys: tuple[str, ...],

@@ -69,12 +69,12 @@ def synthetic_rows(bundle: str, profile: str, say: Say) -> pd.DataFrame:
     """Every impression of the generated log with the ranker's inputs and outputs."""
     import torch
 
-    from training.bundle import verify_bundle
+    from funnel.contracts.bundle import verify_bundle
+    from funnel.contracts.model_io import ITEM_KEYS, RANKER_DENSE, RANKER_KEYS, TASKS, USER_KEYS
     from training.data.synthetic import generate
-    from training.features import RANKER_DENSE, Counts, FeatureTransform, join_rows
+    from training.features import Counts, FeatureTransform, join_rows
     from training.features import point_in_time_counts as pit
-    from training.loops import ITEM_KEYS, RANKER_KEYS, USER_KEYS, embed
-    from training.models.ranker import TASKS
+    from training.loops import embed
     from training.pipeline import SCORE_WEIGHTS
     from training.text import MiniLMEncoder
 
@@ -121,7 +121,7 @@ def synthetic_rows(bundle: str, profile: str, say: Say) -> pd.DataFrame:
 
 
 def _specs(frame: pd.DataFrame) -> list[ColumnSpec]:
-    from training.features import RANKER_DENSE
+    from funnel.contracts.model_io import RANKER_DENSE
 
     specs = [ColumnSpec(c, "features", "numerical") for c in RANKER_DENSE]
     specs += [ColumnSpec(c, "features", "categorical") for c in ("topic", "modality")]
@@ -156,7 +156,7 @@ def _requests(pool: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def detection(pool: pd.DataFrame, *, windows: int, requests: int, seed: int,
               say: Say) -> dict[str, Any]:
-    from training.features import RANKER_DENSE
+    from funnel.contracts.model_io import RANKER_DENSE
 
     rng = np.random.default_rng(seed)
     codes, all_req = _requests(pool)
@@ -311,9 +311,9 @@ finally:
 def timing_fixture(root: Path, *, rows: int, seed: int = 0) -> tuple[Path, Path, list[str]]:
     """A reference-only bundle and a one-hour log of `rows` feed rows (files of 2,000 rows,
     as the writer flushes) and 10,000 moderation calls."""
-    from training.bundle import write_manifest
+    from funnel.contracts.bundle import write_manifest
+    from funnel.contracts.model_io import RANKER_DENSE
     from training.export import write_moderation_reference, write_reference
-    from training.features import RANKER_DENSE
 
     rng = np.random.default_rng(seed)
     numeric = [*RANKER_DENSE, *[f"extra_{i:02d}" for i in range(16)]]

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.errors import FunnelError
+from funnel.contracts.errors import FunnelError
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 

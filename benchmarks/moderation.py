@@ -163,7 +163,7 @@ async def _endpoint(url: str, texts: list[str], image_b64: str, *, callers: int,
 
 
 def run(*, bundle: str, callers: int, duration_s: float, say: Say = print) -> dict[str, Any]:
-    from training.bundle import verify_bundle
+    from funnel.contracts.bundle import verify_bundle
 
     b = verify_bundle(bundle)
     texts = distinct_texts(1024)

@@ -167,7 +167,7 @@ def build_naive_app(args: dict[str, Any]) -> Application:
     import json
     from pathlib import Path
 
-    from training.bundle import verify_bundle
+    from funnel.contracts.bundle import verify_bundle
 
     b = verify_bundle(a.bundle)
     as_of = float(json.loads(Path(b.file("catalog/catalog.json")).read_text())["as_of_s"])

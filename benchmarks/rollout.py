@@ -62,8 +62,8 @@ import numpy as np
 
 from benchmarks.feed import _http_call, open_loop
 from benchmarks.stack import cpu_by_role, cpu_seconds, local_stack
+from funnel.contracts.bundle import write_manifest
 from serve.config import RolloutSettings
-from training.bundle import write_manifest
 
 Say = Callable[[str], None]
 

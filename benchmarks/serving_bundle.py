@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.bundle import VerifiedBundle, verify_bundle, write_manifest
+from funnel.contracts.bundle import VerifiedBundle, verify_bundle, write_manifest
+from funnel.contracts.errors import BundleError
+from funnel.contracts.model_io import ITEM_KEYS
 from training.catalog import write_catalog
 from training.data.synthetic import generate
-from training.errors import BundleError
 from training.export import build_hnsw
 from training.features import FeatureTransform
-from training.loops import ITEM_KEYS
 
 Say = Callable[[str], None]
 

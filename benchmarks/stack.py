@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from benchmarks.triton_batching import DEFAULT_CONFIG, free_port
-from training.bundle import resolve_bundle, verify_bundle
+from funnel.contracts.bundle import resolve_bundle, verify_bundle
 
 Say = Callable[[str], None]
 TOKEN = "bench-admin-token"

@@ -41,9 +41,9 @@ import numpy as np
 import yaml
 
 from benchmarks.h2load import H2LoadError, run_h2load
+from funnel.contracts.bundle import verify_bundle
+from funnel.contracts.model_io import RANKER_KEYS
 from serve.config import load_serve_config
-from training.bundle import verify_bundle
-from training.loops import RANKER_KEYS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve" / "configs" / "local.yaml"
 

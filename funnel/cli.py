@@ -13,11 +13,11 @@ import typer
 from rich.console import Console
 
 import serve
+from funnel.contracts.errors import FunnelError
 from monitoring.drift_cli import drift_app
 from monitoring.experiments_cli import experiment_app
 from serve.ingress import Ingress
 from training.cli import data_app, train
-from training.errors import FunnelError
 
 app = typer.Typer(help="Funnel: feed serving with built-in moderation.", no_args_is_help=True,
                   rich_markup_mode="markdown",  # docstrings reflow: no breaks mid-sentence
@@ -30,7 +30,7 @@ app.command("train")(train)
 def bundle_verify(path: str = typer.Argument("artifacts/latest",
                                              help="Bundle directory or artifacts/.")) -> None:
     """Verify every checksum of a bundle; exit 2 naming the first bad file."""
-    from training.bundle import verify_bundle
+    from funnel.contracts.bundle import verify_bundle
 
     b = verify_bundle(path)
     Console().print(f"ok: bundle {b.version} at {b.path} ({len(b.manifest['files'])} files "

@@ -51,9 +51,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from funnel.contracts.bundle import FORMAT_VERSION, read_manifest, resolve_bundle, sha256_file
+from funnel.contracts.errors import BundleError
 from monitoring.drift_window import LogReadError, Window, open_log, read_window
-from training.bundle import FORMAT_VERSION, read_manifest, resolve_bundle, sha256_file
-from training.errors import BundleError
 
 log = logging.getLogger("funnel.drift")
 Say = Callable[[str], None]

@@ -105,8 +105,8 @@ def _window(window: str, end: str | None, now: Callable[[], datetime]) -> Window
 
 
 def _reference(bundle: str) -> Reference:
+    from funnel.contracts.errors import BundleError
     from monitoring.drift import load_reference
-    from training.errors import BundleError
 
     try:
         return load_reference(bundle)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from training.errors import InvalidInputError
+from funnel.contracts.errors import InvalidInputError
 
 log = logging.getLogger("funnel.drift")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"

@@ -53,7 +53,7 @@ import pandas as pd
 from scipy import stats
 
 from funnel.contracts import names
-from training.errors import InvalidInputError
+from funnel.contracts.errors import InvalidInputError
 
 STAGES: dict[str, str] = {"ranker": "ranker_variant", "retrieval": "retrieval_variant",
                           "moderation": "variant"}

@@ -40,9 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from funnel.contracts.model_io import RANKER_DENSE, TASKS
 from monitoring import metrics
-from training.features import RANKER_DENSE
-from training.models.ranker import TASKS
 
 log = logging.getLogger("funnel.impressions")
 KINDS = ("feed", "moderation", "events")

@@ -66,6 +66,16 @@ StoredText = Annotated[str, AfterValidator(_no_nul),
                        Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]
 
 MAX_ID = 2**63 - 1  # item ids are signed 64-bit integers in the databases
+_UINT = re.compile(r"^[0-9]{1,19}$")
+
+
+def parse_uint(text: str, *, maximum: int = MAX_ID) -> int | None:
+    """A decimal integer in 0..maximum in ASCII digits, else None (`str.isdigit` also takes
+    '²' and other digits `int` refuses, and a database refuses ids past 64 bits)."""
+    if not _UINT.match(text):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
 _CONTENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 
 

@@ -22,9 +22,9 @@ from pydantic import (
 )
 
 from funnel.contracts import names
+from funnel.contracts.model_io import TASKS
 from serve.errors import ServeConfigError
 from training.config import read_yaml
-from training.models.ranker import TASKS
 
 SOURCE_NAMES = names.SOURCES
 FILTER_NAMES = names.FILTERS

@@ -7,7 +7,7 @@ the response and says so in `degraded`).
 
 from __future__ import annotations
 
-from training.errors import FunnelError, InvalidInputError
+from funnel.contracts.errors import FunnelError, InvalidInputError
 
 
 class ServeError(FunnelError):

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from funnel.contracts.model_io import RANKER_DENSE, TASKS
 from serve.pipeline import FeedResult
-from training.features import RANKER_DENSE
-from training.models.ranker import TASKS
 
 TEAMS = {"control": 0, "candidate": 1}  # monitoring.interleaving's TEAM_A / TEAM_B
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import time
 
+from funnel.contracts.bundle import VerifiedBundle, verify_bundle
+from funnel.contracts.errors import BundleError
+from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import AppArgs
 from serve.pipeline import FeedPipeline
 from serve.ranker_client import LocalRanker, Ranker, make_ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES
-from training.bundle import VerifiedBundle, verify_bundle
 from training.calibration import CALIBRATION_FILE, Calibration
-from training.errors import BundleError
 from training.features import FeatureTransform
-from training.models.ranker import TASKS
 
 log = logging.getLogger("funnel.serve")
 

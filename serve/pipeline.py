@@ -22,10 +22,12 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import FeedSettings
 from serve.errors import RankerUnavailable
@@ -33,14 +35,15 @@ from serve.filters import FilterContext, apply_filters, build_filters
 from serve.merge import merge_candidates
 from serve.moderation.verdicts import LiveVerdicts
 from serve.offpath import yield_to_requests
-from serve.ranker_client import Ranker
 from serve.rerank import RerankParams, rerank
-from serve.retrieval import TwoTowerRetrieval
 from serve.sources import AnnSource, CandidateSource, SourceQuery
 from serve.types import Candidate, FeedItem, ItemInfo, Merged, Scored
 from training.calibration import Calibration
 from training.features import FeatureTransform
-from training.models.ranker import TASKS
+
+if TYPE_CHECKING:  # the model runtimes (torch, faiss) load with a bundle, not with this
+    from serve.ranker_client import Ranker
+    from serve.retrieval import TwoTowerRetrieval
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from funnel.contracts.model_io import RANKER_KEYS
 from serve.errors import RankerUnavailable
-from training.loops import RANKER_KEYS
 
 if TYPE_CHECKING:
     from serve.config import RankerSettings
@@ -120,7 +120,7 @@ def make_ranker(settings: RankerSettings, *, bundle: Path, model_name: str) -> R
     `model_name` (Triton loads the bundle's ranker itself), or the bundle's TorchScript loaded
     here after its checksums are verified."""
     if settings.backend == "local":
-        from training.bundle import verify_bundle
+        from funnel.contracts.bundle import verify_bundle
 
         b = verify_bundle(bundle)
         return LocalRanker(str(b.file(b.manifest["models"]["ranker"]["path"])))

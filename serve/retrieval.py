@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.bundle import VerifiedBundle
+from funnel.contracts.bundle import VerifiedBundle
+from funnel.contracts.model_io import USER_KEYS
 from training.features import FeatureTransform
-from training.loops import USER_KEYS
 
 
 class TwoTowerRetrieval:

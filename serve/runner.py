@@ -27,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from funnel.contracts.bundle import verify_bundle
 from serve.config import AppArgs, load_serve_config, parse_app_args
 from serve.errors import ServeConfigError
 from serve.ports import Port, check_free
-from training.bundle import verify_bundle
 
 log = logging.getLogger("funnel.serve")
 Say = Callable[[str], None]
@@ -110,8 +110,9 @@ def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str
     """The Serve config with the bundle, the moderation policy and a SQLite review database
     made absolute (replicas do not share our cwd); the policy is checked here (exit 2).
     `ranker_backend` ("triton" or "local") overrides args.feed.ranker.backend."""
-    from serve.app import check_rollout_args, moderation_labels, policy_labels
+    from serve.app import check_rollout_args
     from serve.moderation.policy import load_policy
+    from serve.moderation.remote import moderation_labels, policy_labels
 
     doc, args = load_serve_config(config_path)
     doc = copy.deepcopy(doc)

@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from funnel.contracts.bundle import VerifiedBundle, verify_bundle
+from funnel.contracts.model_io import RANKER_KEYS, TASKS
 from serve.config import TritonSettings
 from serve.errors import TritonExited
 from serve.triton_model import run_batch, torch_forward
-from training.bundle import VerifiedBundle, verify_bundle
-from training.loops import RANKER_KEYS
-from training.models.ranker import TASKS
 
 log = logging.getLogger("funnel.triton")
 MODEL_NAME = "ranker"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ class FakeRetrieval:
         v = np.random.default_rng(seed).normal(size=(len(self.item_ids), dim))
         self.vectors = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
         self.dim = dim
+        self.index = SimpleNamespace(ntotal=len(self.item_ids))  # readiness reads it
 
     def user_vector(self, user: object) -> np.ndarray:
         uid = int(user["user_id"].iloc[0])  # type: ignore[index]

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from training.errors import DatasetError
+from funnel.contracts.errors import DatasetError
 
 console = Console(stderr=True)
 data_app = typer.Typer(help="Generate, convert and check datasets.", no_args_is_help=True)
@@ -214,7 +214,7 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
                  review_labels: Any = None) -> Path:
     import ray
 
-    from training.bundle import verify_bundle
+    from funnel.contracts.bundle import verify_bundle
     from training.pipeline import train_bundle
     from training.stall import StallWatch
     from training.text import MiniLMEncoder

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.errors import ConfigError, InvalidInputError
+from funnel.contracts.errors import ConfigError, InvalidInputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILE_NAMES = ("tiny", "demo", "large")
@@ -144,7 +144,7 @@ class TrainConfig(_Strict):
     ranker: StageConfig
     moderation: StageConfig
     reference_sample_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 5000
-    # The ranker's dense inputs, a subset of training.features.RANKER_DENSE in the order the
+    # The ranker's dense inputs, a subset of funnel.contracts.model_io.RANKER_DENSE in the order the
     # model takes them (default: all). The bundle records them; serving builds what each
     # bundle lists, so rankers with different features can be canaried against each other.
     ranker_dense_features: list[str] | None = None

@@ -1,5 +1,5 @@
 """Writing the bundle's pieces: TorchScript models, the Triton config, the faiss index and
-the drift references. `training.pipeline` calls these; `training.bundle` checksums them."""
+the drift references. `training.pipeline` calls these; `funnel.contracts.bundle` checksums them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.models.ranker import TASKS
+from funnel.contracts.model_io import TASKS
 
 TRITON_CONFIG = """name: "ranker"
 backend: "pytorch"

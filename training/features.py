@@ -22,17 +22,13 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
+from funnel.contracts.model_io import RANKER_DENSE
 from training.data.schema import Dataset
 from training.text import TextEncoder
 
 CATEGORICALS: tuple[tuple[str, str], ...] = (
     ("users", "age_band"), ("users", "country"), ("users", "language"),
     ("posts", "topic"), ("posts", "modality"),
-)
-RANKER_DENSE: tuple[str, ...] = (
-    "hour_sin", "hour_cos", "dow_sin", "dow_cos", "log_post_age_h",
-    "post_ctr", "log_post_imps", "author_ctr", "user_ctr", "log_user_clicks",
-    "user_topic_ctr", "follows_author", "retrieval_score", "text_affinity",
 )
 COUNTER_KEYS: tuple[str, ...] = ("post", "author", "user", "user_topic")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -19,14 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from funnel.contracts.model_io import ITEM_KEYS, RANKER_KEYS, USER_KEYS
 from training.evaluation import full_ranking_metrics, grouped_ndcg, safe_auc
 from training.models.moderation import ModerationHead, focal_loss, weighted_bce
 from training.models.ranker import MultiTaskRanker, multitask_loss
 from training.models.two_tower import ItemTower, TwoTower, UserTower, in_batch_logq_loss
-
-USER_KEYS = ("user_hash", "age_band", "country", "language", "profile", "history")
-ITEM_KEYS = ("item_hash", "author_hash", "topic", "modality", "text")
-RANKER_KEYS = ("dense", "user_hash", "item_hash", "topic", "modality", "age_band")
 
 
 def load_arrays(data_dir: str | Path, prefix: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from funnel.contracts.bundle import point_latest, write_manifest
+from funnel.contracts.model_io import ITEM_KEYS, RANKER_KEYS, TASKS, USER_KEYS
 from training import quality
-from training.bundle import point_latest, write_manifest
 from training.calibration import (
     CALIBRATION_FILE,
     N_BINS,
@@ -52,9 +53,6 @@ from training.export import (
 )
 from training.features import FeatureTransform, join_rows, point_in_time_counts
 from training.loops import (
-    ITEM_KEYS,
-    RANKER_KEYS,
-    USER_KEYS,
     _split_by_user,
     build_moderation,
     build_ranker,
@@ -62,7 +60,6 @@ from training.loops import (
     embed,
     save_arrays,
 )
-from training.models.ranker import TASKS
 from training.models.two_tower import TwoTower
 from training.text import TextEncoder
 from training.tune import StageResult, tune_stage

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from funnel.contracts.errors import DatasetError
 from training.data.schema import HARM_LABELS
-from training.errors import DatasetError
 
 BASE_COLUMNS = ("content_id", "text", "decision", "reviewer", "decided_at", "policy_version")
 LABEL_COLUMNS = tuple(f"label_{h}" for h in HARM_LABELS)

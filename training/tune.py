@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from funnel.contracts.errors import FunnelError
 from training.config import (
     Choice,
     LogUniform,
@@ -25,7 +26,6 @@ from training.config import (
     StageConfig,
     Uniform,
 )
-from training.errors import FunnelError
 from training.loops import LOOPS, threads_per_worker
 
 

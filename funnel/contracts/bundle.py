@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.errors import BundleError
+from funnel.contracts.errors import BundleError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -1,4 +1,4 @@
-"""Errors raised by the training package.
+"""Errors every part of Funnel raises on purpose (training, serving, monitoring, the CLI).
 
 Each class says how the edge maps it: the CLI exits with `exit_code`, an HTTP edge answers
 `http_status`. Raise them with `raise ... from e` so the cause stays in the chain.

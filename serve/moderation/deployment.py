@@ -21,9 +21,9 @@ from typing import Any
 
 from ray import serve
 
+from funnel.contracts.errors import BundleError
 from serve.batcher import GreedyBatcher
 from serve.config import parse_app_args
-from training.errors import BundleError
 
 log = logging.getLogger("funnel.moderation")
 

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = sys.argv[:1]
     import kserve
 
+    from funnel.contracts.errors import FunnelError
     from serve.moderation.models import ImageModerationModel, TextModerationModel
-    from training.errors import FunnelError
 
     text = TextModerationModel(bundle=a.bundle, intra_op_threads=a.intra_op_threads)
     image = ImageModerationModel(intra_op_threads=a.intra_op_threads)

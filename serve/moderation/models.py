@@ -108,8 +108,8 @@ class TextModerationModel(_ModerationModel):
     def load(self) -> bool:
         import torch
 
-        from training.bundle import verify_bundle
-        from training.errors import BundleError
+        from funnel.contracts.bundle import verify_bundle
+        from funnel.contracts.errors import BundleError
         from training.text import MiniLMEncoder
 
         b = verify_bundle(self._bundle)

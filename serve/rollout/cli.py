@@ -24,8 +24,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from funnel.contracts.errors import FunnelError
 from serve.errors import RolloutConfigError
-from training.errors import FunnelError
 
 if TYPE_CHECKING:
     from serve.rollout.config import RolloutConfig
@@ -87,9 +87,9 @@ def serving_root(bundles: str | None, config: str | None) -> tuple[Path, str, bo
     """The bundle root, the serving bundle and whether fault injection is allowed, as
     `funnel serve --config CONFIG` resolves them (serve/app.py `check_rollout_args`).
     `bundles` wins; given a bundle (`artifacts/latest`) rather than a root, its parent."""
+    from funnel.contracts.bundle import MANIFEST
     from serve.config import load_serve_config
     from serve.rollout.variants import bundle_root
-    from training.bundle import MANIFEST
 
     _, args = load_serve_config(config or _SERVE_CONFIG)
     allow = args.rollout.allow_fault_injection
@@ -118,8 +118,8 @@ def versions_cmd(bundles: Bundles = None, config: ServeConfig = None,
                      "primary; asks the server) or 'latest' (artifacts/latest).")] = None
                  ) -> None:
     """The bundle versions a rollout config can name as `bundle_version`."""
+    from funnel.contracts.bundle import read_manifest, resolve_bundle
     from serve.rollout.variants import available_versions
-    from training.bundle import read_manifest, resolve_bundle
 
     console = Console()
     if only is Only.serving:
@@ -164,10 +164,10 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     named version exists (the field named, the available versions listed), fault injection
     only where allowed, and every version passes its checksums (a moderation version: with
     the serving bundle's text labels). RolloutConfigError otherwise."""
+    from funnel.contracts.bundle import read_manifest
     from serve.rollout.config import check_versions, parse_rollout
     from serve.rollout.deployment import verify_versions
     from serve.rollout.variants import available_versions
-    from training.bundle import read_manifest
 
     cfg = parse_rollout(raw)
     have = available_versions(root)

@@ -29,14 +29,14 @@ from typing import Any
 
 from ray import serve
 
+from funnel.contracts.bundle import read_manifest
+from funnel.contracts.errors import FunnelError
 from serve.config import parse_app_args
 from serve.errors import RolloutConfigError
 from serve.rollout.config import RolloutConfig, check_versions, parse_rollout
 from serve.rollout.controller import RolloutState
 from serve.rollout.variants import available_versions, bundle_root
-from training.bundle import read_manifest
 from training.config import read_yaml
-from training.errors import FunnelError
 
 log = logging.getLogger("funnel.rollout")
 HEAL_EVERY_S = 5.0
@@ -64,8 +64,8 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) 
     is one whose quality gate failed for the model of the stage that names it (a ranker
     canary is judged by the bundle's ranker, not by its retrieval), unless the config says
     `allow_regression: true` (the serving bundle, `primary`, is not judged again)."""
+    from funnel.contracts.bundle import verify_bundle
     from serve.rollout.variants import version_path
-    from training.bundle import verify_bundle
     from training.quality import failures
 
     fields: list[dict[str, object]] = []

@@ -479,9 +479,9 @@ def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
     ingress (serve/app.py) and by the ShadowScorer (serve/rollout/scorer.py)."""
     from pathlib import Path
 
+    from funnel.contracts.bundle import read_manifest
     from serve.ranker_client import make_ranker
     from serve.rollout.variants import bundle_root, features_fingerprint
-    from training.bundle import read_manifest
 
     a = owner.args
     r = a.feed.ranker

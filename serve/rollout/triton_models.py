@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from funnel.contracts.bundle import verify_bundle
 from serve.config import TritonSettings
 from serve.errors import BundleLoadError
 from serve.rollout.variants import ranker_model_name, version_path
 from serve.triton_server import model_config_json, model_py_source
-from training.bundle import verify_bundle
 
 log = logging.getLogger("funnel.rollout")
 

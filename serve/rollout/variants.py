@@ -20,15 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from funnel.contracts.bundle import MANIFEST, resolve_bundle, verify_bundle
+from funnel.contracts.errors import BundleError
 from serve.loader import load_calibration
 from serve.pipeline import FeedPipeline, RankerModel
 from serve.ranker_client import Ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.rollout.faults import FaultyRanker, FaultyRetrieval
 from serve.rollout.router import Assignment
-from training.bundle import MANIFEST, resolve_bundle, verify_bundle
 from training.calibration import Calibration
-from training.errors import BundleError
 from training.features import FeatureTransform
 
 log = logging.getLogger("funnel.rollout")

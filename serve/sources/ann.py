@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from serve.retrieval import TwoTowerRetrieval
+from typing import TYPE_CHECKING
+
 from serve.sources.base import SourceQuery
 from serve.types import Candidate
+
+if TYPE_CHECKING:
+    from serve.retrieval import TwoTowerRetrieval
 
 
 class AnnSource:

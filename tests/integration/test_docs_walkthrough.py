@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from funnel.contracts.bundle import point_latest, resolve_bundle
 from tests.docs_blocks import ROOT, Block, all_blocks
-from training.bundle import point_latest, resolve_bundle
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from funnel.contracts.model_io import RANKER_DENSE
 from tests.integration.conftest import FUNNEL, Stack
-from training.features import RANKER_DENSE
 
 pytestmark = pytest.mark.integration
 SUBSET = ["retrieval_score", "post_ctr", "user_topic_ctr", "follows_author", "text_affinity"]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from funnel.contracts.bundle import read_manifest
+from funnel.contracts.model_io import RANKER_KEYS
 from tests.integration.conftest import Stack
-from training.bundle import read_manifest
-from training.loops import RANKER_KEYS
 
 pytestmark = pytest.mark.integration
 MODELS = ("ranker", "moderation_text", "moderation_image")

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
+from funnel.contracts.bundle import verify_bundle
 from tests.integration.conftest import FUNNEL, Stack
-from training.bundle import verify_bundle
 
 pytestmark = pytest.mark.integration
 

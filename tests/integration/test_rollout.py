@@ -31,7 +31,7 @@ COLD = 50_000_000  # user ids above the catalog's: cold start, the cheapest full
 
 def copy_bundle(src: Path, version: str, *, scramble_index: bool = False) -> str:
     """A new bundle version beside `src` (same models), manifest checksums rewritten."""
-    from training.bundle import write_manifest
+    from funnel.contracts.bundle import write_manifest
 
     dst = src.parent / version
     if dst.exists():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from training.bundle import get_metric, verify_bundle
-from training.errors import BundleError
+from funnel.contracts.bundle import get_metric, verify_bundle
+from funnel.contracts.errors import BundleError
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +87,8 @@ def test_bundle_holds_no_pickle_and_loads_torchscript(bundle_dir: Path) -> None:
 
 
 def test_each_ranker_head_is_better_calibrated_on_held_out_data(bundle_dir: Path) -> None:
+    from funnel.contracts.model_io import TASKS
     from training.calibration import CALIBRATION_FILE, Calibration
-    from training.models.ranker import TASKS
 
     b = verify_bundle(bundle_dir)
     cal = Calibration.load(b.file(CALIBRATION_FILE), tasks=TASKS)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from benchmarks.triton_batching import DEFAULT_CONFIG, TritonProcess
+from funnel.contracts.bundle import verify_bundle
+from funnel.contracts.model_io import RANKER_KEYS
 from serve.ranker_client import LocalRanker, TritonRanker
-from training.bundle import verify_bundle
-from training.loops import RANKER_KEYS
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from training.data.schema import HARM_LABELS, Dataset
-from training.errors import DatasetError
+from funnel.contracts.errors import DatasetError
 
 _INSTALL_HINT = "install it with: pip install --no-deps recbole==1.2.1"
 

@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from funnel.contracts import names
-from training.errors import DatasetError
+from funnel.contracts.errors import DatasetError
 
 HARM_LABELS: tuple[str, ...] = names.HARM_LABELS
 ENGAGEMENT_TASKS: tuple[str, ...] = ("click", "like", "comment", "share", "hide")

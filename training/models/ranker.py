@@ -1,6 +1,6 @@
 """Multi-task ranker: a shared bottom MLP with one logistic head per engagement task.
 
-Inputs are the dense features of `training.features.RANKER_DENSE` (counters, rates, time,
+Inputs are the dense features of `funnel.contracts.model_io.RANKER_DENSE` (counters, rates, time,
 the two-tower retrieval score, text affinity, the follows-author flag) and embeddings of
 hashed user/item ids and categoricals. The user-by-item cross enters through the retrieval
 score, the text affinity and an explicit elementwise product of the user and item id
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TASKS: tuple[str, ...] = ("click", "like", "comment", "share", "hide")
+from funnel.contracts.model_io import TASKS
 
 
 class MultiTaskRanker(nn.Module):

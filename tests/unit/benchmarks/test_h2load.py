@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.h2load import H2LoadError, parse_report
 from benchmarks.triton_batching import model_infer_frame
-from training.loops import RANKER_KEYS
+from funnel.contracts.model_io import RANKER_KEYS
 
 REPORT = """
 finished in 10.00s, 2165.70 req/s, 210.00KB/s

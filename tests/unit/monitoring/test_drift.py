@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from funnel.contracts.bundle import write_manifest
+from funnel.contracts.errors import BundleError
 from monitoring.drift import (
     ColumnSpec,
     DriftRun,
@@ -38,8 +40,6 @@ from monitoring.drift_window import (
     parse_time,
     read_window,
 )
-from training.bundle import write_manifest
-from training.errors import BundleError
 from training.export import write_moderation_reference, write_reference
 
 T10 = datetime(2026, 12, 1, 10, tzinfo=UTC)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from funnel.contracts.model_io import RANKER_DENSE
 from monitoring import metrics
 from monitoring.impressions import (
     FEED_SCHEMA,
@@ -17,7 +18,6 @@ from monitoring.impressions import (
     ImpressionLogError,
     moderation_schema,
 )
-from training.features import RANKER_DENSE
 
 HOUR_US = 3_600_000_000
 T0 = 1_764_615_600_000_000  # 2025-12-01 19:00:00 UTC, in microseconds

@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_ids_in_paths_and_queries_are_ascii_and_64_bit() -> None:
     # found by the fuzzer: an id past 64 bits reached SQLite (500), and str.isdigit also
     # takes digits int() refuses
-    from serve.app import MAX_ID, parse_uint
+    from serve.api import MAX_ID, parse_uint
 
     assert parse_uint("12") == 12 and parse_uint(str(MAX_ID)) == MAX_ID
     for bad in ("²", "١٢", "-1", "", "1e3", " 1", str(MAX_ID + 1), "9" * 40):

@@ -63,7 +63,8 @@ def test_error_code_and_status_follow_the_error_class() -> None:
 ], ids=["validation", "invalid-content", "too-large"])
 def test_grpc_error_body_is_the_http_body(exc: Exception, status: int,
                                           grpc_code: grpc.StatusCode) -> None:
-    from serve.app import funnel_error, grpc_error
+    from serve.http.common import funnel_error
+    from serve.rpc.common import grpc_error
 
     http = funnel_error(exc, "rid-1")
     ctx = RecordingContext()
@@ -79,8 +80,8 @@ def test_grpc_error_body_is_the_http_body(exc: Exception, status: int,
 
 
 def test_a_malformed_grpc_message_is_named_and_invalid_argument() -> None:
-    from serve.app import grpc_fail
     from serve.grpc_api import MalformedMessage
+    from serve.rpc.common import grpc_fail
 
     bad = MalformedMessage("/funnel.v1.Feed/GetFeed", "DecodeError: truncated")
     ctx = RecordingContext()

@@ -9,7 +9,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from serve.app import fastapi_app
+from serve.http.asgi import build_http_app
+
+fastapi_app = build_http_app()  # the routes and docs; no services behind them
 
 ASSETS = "/docs/static"
 

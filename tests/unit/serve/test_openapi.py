@@ -8,8 +8,10 @@ from typing import Any
 
 from fastapi.openapi.utils import get_openapi
 
-from serve.app import fastapi_app
+from serve.http.asgi import build_http_app
 from serve.openapi import ROUTES, build
+
+fastapi_app = build_http_app()  # the routes and docs; no services behind them
 
 
 def _refs(node: Any) -> list[str]:

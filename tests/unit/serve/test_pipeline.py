@@ -12,6 +12,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import FeedSettings, SourceSettings
 from serve.pipeline import FeedPipeline, FeedQuery
@@ -24,7 +25,6 @@ from training.calibration import Calibration, Identity, Isotonic, Temperature, s
 from training.catalog import write_catalog
 from training.data.synthetic import Profile, generate
 from training.features import FeatureTransform
-from training.models.ranker import TASKS
 
 SMALL = Profile("unit", n_users=60, n_posts=400, impressions_per_user=15, mean_follows=5)
 

@@ -55,7 +55,7 @@ def test_a_failing_local_ranker_is_unavailable_not_a_failed_request(tmp_path: Pa
 def test_make_ranker_gives_triton_a_client_and_checks_a_local_bundle(tmp_path: Path) -> None:
     triton = make_ranker(RankerSettings(), bundle=tmp_path, model_name="ranker-v2")
     assert isinstance(triton, TritonRanker)
-    from training.errors import FunnelError
+    from funnel.contracts.errors import FunnelError
 
     with pytest.raises(FunnelError):  # not a bundle: refused before anything loads
         make_ranker(RankerSettings(backend="local"), bundle=tmp_path, model_name="ranker")

@@ -12,11 +12,10 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from funnel.contracts.model_io import RANKER_KEYS, TASKS
 from serve.config import TritonSettings
 from serve.triton_model import run_batch
 from serve.triton_server import model_config_pbtxt
-from training.loops import RANKER_KEYS
-from training.models.ranker import TASKS
 
 KEYS = ("dense", "a", "b")
 

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from training.bundle import (
+from funnel.contracts.bundle import (
     REQUIRED_FILES,
     get_metric,
     point_latest,
     verify_bundle,
     write_manifest,
 )
-from training.errors import BundleError
+from funnel.contracts.errors import BundleError
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from funnel.contracts.errors import ConfigError
 from training.config import load_config, profile_config
-from training.errors import ConfigError
 
 
 def _write(tmp_path: Path, text: str) -> Path:

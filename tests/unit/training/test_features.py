@@ -96,7 +96,7 @@ def test_a_dense_feature_subset_is_the_full_layout_s_columns_and_round_trips(
 
     import pytest
 
-    from training.features import RANKER_DENSE
+    from funnel.contracts.model_io import RANKER_DENSE
 
     ds = generate(SMALL, seed=2)
     mask = np.ones(len(ds.impressions), bool)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from funnel.contracts.errors import DatasetError
 from training.data.schema import load_dataset, save_dataset
 from training.data.synthetic import Profile, generate
-from training.errors import DatasetError
 
 SMALL = Profile("unit", n_users=30, n_posts=80, impressions_per_user=10, mean_follows=3)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from funnel.contracts.errors import DatasetError
 from serve.review.export import export_labels
 from serve.review.store import SqlReviewStore as ReviewStore
-from training.errors import DatasetError
 from training.review_labels import LABEL_COLUMNS, read_review_labels
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from training.bundle import REQUIRED_FILES, point_latest, write_manifest
+from funnel.contracts.bundle import REQUIRED_FILES, point_latest, write_manifest
 
 EXAMPLE = Path(__file__).resolve().parents[4] / "serve" / "configs" / "rollout-canary.yaml"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from funnel.contracts.bundle import REQUIRED_FILES, point_latest, write_manifest
 from serve.rollout.deployment import RolloutController
-from training.bundle import REQUIRED_FILES, point_latest, write_manifest
 
 
 class FakeTriton:

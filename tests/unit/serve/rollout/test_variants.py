@@ -12,6 +12,8 @@ from typing import cast
 import numpy as np
 import pytest
 
+from funnel.contracts.bundle import REQUIRED_FILES, write_manifest
+from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import FeedSettings
 from serve.pipeline import FeedPipeline, FeedQuery, Models
@@ -20,12 +22,10 @@ from serve.rollout.router import Assignment
 from serve.rollout.variants import Variants
 from serve.sources import SOURCES, CandidateSource
 from tests.fakes import FakeRetrieval, FixedLogitsRanker, HashingTextEncoder
-from training.bundle import REQUIRED_FILES, write_manifest
 from training.calibration import CALIBRATION_FILE, Calibration, Temperature, sigmoid
 from training.catalog import write_catalog
 from training.data.synthetic import Profile, generate
 from training.features import FeatureTransform
-from training.models.ranker import TASKS
 
 SMALL = Profile("unit", n_users=60, n_posts=400, impressions_per_user=15, mean_follows=5)
 LOGITS = [1.0, 1.0, -1.0, -2.0, -3.0]

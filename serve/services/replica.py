@@ -1,0 +1,191 @@
+"""One replica's services, composed from the Serve config's args and the handles of the
+other deployments (moderation models, rollout controller, shadow scorer). The Serve
+deployment (`serve.app.FeedIngress`) calls `build_services` and hands the result to the
+HTTP app and the gRPC handlers; a test can build the same parts around fakes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitoring import metrics
+from serve.config import AppArgs
+from serve.services.admin import AdminAuth
+from serve.services.background import BackgroundTasks, Verdicts
+from serve.services.events import EventService
+from serve.services.feed import FeedService
+from serve.services.health import HealthService
+from serve.services.moderation import ModerateService
+from serve.services.review import ReviewService
+
+log = logging.getLogger("funnel.serve")
+
+MODERATION_DISABLED = ("moderation is disabled in this deployment "
+                       "(args.moderation.enabled: false)")
+
+
+@dataclass
+class ReplicaServices:
+    args: AppArgs
+    replica: str
+    versions: dict[str, str]
+    pipeline: Any
+    feed: FeedService
+    events: EventService
+    review: ReviewService
+    health: HealthService
+    admin: AdminAuth
+    oip: Any  # serve.oip.OipDataPlane
+    background: BackgroundTasks
+    moderation: ModerateService | None = None  # None: moderation is off
+    rollout: Any = None  # serve.rollout.runtime.RolloutRuntime
+    rollout_controller: Any = None  # the controller deployment's handle
+    impressions: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop the background work, close the store and write what the logs buffer."""
+        self.background.cancel()
+        with contextlib.suppress(Exception):
+            self.review.store.close()
+        for log_ in self.impressions.values():
+            with contextlib.suppress(Exception):
+                log_.close()
+
+
+def build_impression_logs(args: AppArgs, replica: str, labels: tuple[str, ...]
+                          ) -> dict[str, Any]:
+    """The replica's impression-log writers (feed, events, moderation); none when off."""
+    from monitoring.impressions import (
+        EVENTS_SCHEMA,
+        FEED_SCHEMA,
+        ImpressionLog,
+        moderation_schema,
+    )
+
+    s = args.impressions
+    if not s.enabled:
+        return {}
+    url = os.environ.get(s.url_env) or s.url
+    common: dict[str, Any] = {"replica": replica, "flush_rows": s.flush_rows,
+                              "flush_interval_s": s.flush_interval_s,
+                              "max_buffered_rows": s.max_buffered_rows,
+                              "retries": s.retries, "storage_options": s.storage_options}
+    logs = {"feed": ImpressionLog(url, kind="feed", schema=FEED_SCHEMA, **common),
+            "events": ImpressionLog(url, kind="events", schema=EVENTS_SCHEMA, **common)}
+    if args.moderation.enabled:
+        logs["moderation"] = ImpressionLog(url, kind="moderation",
+                                           schema=moderation_schema(labels), **common)
+    return logs
+
+
+def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
+                   rollout: Any = None, shadow_scorer: Any = None) -> ReplicaServices:
+    """Load the bundle and wire every service of one replica. `moderation`, `rollout` and
+    `shadow_scorer` are the other deployments' handles (None: that part is off)."""
+    from importlib.metadata import version
+
+    from funnel.contracts.bundle import read_manifest
+    from serve.loader import load_pipeline
+    from serve.oip import OipDataPlane
+    from serve.review.base import open_store
+    from serve.rollout.runtime import build_rollout_runtime
+    from serve.services.oip_models import build_oip_models
+
+    pipeline, versions = load_pipeline(args)
+    manifest = read_manifest(args.bundle)
+    r = args.review
+    store = open_store(os.environ.get(r.database_url_env) or r.database_url,
+                       store_class=r.store_class)
+    spool = None
+    if r.spool_path:
+        from serve.review.spool import ReviewSpool
+
+        spool = ReviewSpool(r.spool_path)
+    admin = AdminAuth(os.environ.get(r.admin_token_env, ""), r.admin_token_env)
+    if not admin.enabled:
+        log.warning("admin routes (/v1/review) are disabled: %s is not set", r.admin_token_env)
+    verdicts = Verdicts(store)
+    pipeline.live_verdicts = verdicts.live
+    runtime = None
+    if rollout is not None:
+        owner = _Owner(args=args, pipeline=pipeline, versions=versions, replica=replica)
+        runtime = build_rollout_runtime(owner, rollout, shadow_scorer=shadow_scorer)
+    background = BackgroundTasks(verdicts=verdicts, poll_s=r.verdict_poll_s, spool=spool,
+                                 spool_drain_s=r.spool_drain_interval_s, rollout=runtime)
+    ensure = background.ensure
+
+    moderation_ready = None
+    core = None
+    text_labels: tuple[str, ...] = ()
+    if moderation is not None:
+        from serve.moderation.policy import load_policy
+        from serve.moderation.remote import (
+            HandleScorer,
+            handle_ready,
+            image_model_version,
+            moderation_labels,
+            policy_labels,
+        )
+        from serve.moderation.service import ModerationService
+
+        text_labels, text_version = moderation_labels(manifest)
+        m = args.moderation
+        core = ModerationService(
+            scorer=HandleScorer(moderation, text_labels),
+            policy=load_policy(m.policy, labels=policy_labels(text_labels)), store=store,
+            model_versions={"moderation_text": text_version,
+                            "moderation_image": image_model_version()},
+            timeout_s=m.timeout_ms / 1000.0, spool=spool)
+
+        async def moderation_ready() -> bool:
+            return await handle_ready(moderation)
+
+    policy = core.policy.labels if core is not None else ()
+    impressions = build_impression_logs(args, replica, policy)
+    moderate = None
+    if core is not None:
+        from serve.moderation.remote import HandleScorer
+
+        async def score_text(text: str, text_version: str) -> list[float]:
+            return list(await moderation.score_text.remote(text, text_version))
+
+        moderate = ModerateService(
+            core=core, text_labels=text_labels,
+            scorer_for=lambda v: HandleScorer(moderation, text_labels, v),
+            score_text=score_text, refresh_verdicts=verdicts.refresh, rollout=runtime,
+            impressions=impressions.get("moderation"), replica=replica, on_request=ensure)
+
+    async def controller_status() -> Any:
+        return await rollout.status.remote()
+
+    oip = OipDataPlane(build_oip_models(
+        manifest=manifest, ranker=pipeline.ranker, ranker_backend=args.feed.ranker.backend,
+        moderation_handle=moderation, moderation_ready=moderation_ready),
+        server_version=version("funnel"))
+    metrics.init_labels(filters=args.feed.filters.enabled, labels=policy)
+    return ReplicaServices(
+        args=args, replica=replica, versions=versions, pipeline=pipeline,
+        feed=FeedService(pipeline=pipeline, versions=versions, rollout=runtime,
+                         impressions=impressions.get("feed"), replica=replica,
+                         on_request=ensure),
+        events=EventService(impressions=impressions.get("events"), replica=replica),
+        review=ReviewService(store, refresh_verdicts=verdicts.refresh),
+        health=HealthService(pipeline=pipeline, store=store, spool=spool, rollout=runtime,
+                             moderation_ready=moderation_ready,
+                             controller_status=controller_status if rollout else None,
+                             on_request=ensure),
+        admin=admin, oip=oip, background=background, moderation=moderate, rollout=runtime,
+        rollout_controller=rollout, impressions=impressions)
+
+
+@dataclass
+class _Owner:
+    """What `build_rollout_runtime` reads of the replica."""
+
+    args: AppArgs
+    pipeline: Any
+    versions: dict[str, str]
+    replica: str
