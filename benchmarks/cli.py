@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from serve.ingress import Ingress
+from serve.proxy_mode import Ingress
 
 
 class TritonRuntime(StrEnum):

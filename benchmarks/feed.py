@@ -247,7 +247,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         if name not in configs:
             continue
         from serve.app import build_app
-        from serve.ingress import ray_serve_env
+        from serve.proxy_mode import ray_serve_env
 
         mode, env = ray_serve_env(mode)
         with TritonProcess(str(sb.path), dynamic_batching=True,

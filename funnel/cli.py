@@ -16,7 +16,7 @@ import serve
 from funnel.contracts.errors import FunnelError
 from monitoring.drift_cli import drift_app
 from monitoring.experiments_cli import experiment_app
-from serve.ingress import Ingress
+from serve.proxy_mode import Ingress
 from training.cli import data_app, train
 
 app = typer.Typer(help="Funnel: feed serving with built-in moderation.", no_args_is_help=True,

@@ -64,7 +64,7 @@ def build_app(args: dict[str, Any]) -> Application:
     from funnel.contracts.bundle import read_manifest
     from serve.moderation.deployment import ModerationModels
     from serve.moderation.policy import load_policy
-    from serve.rollout.deployment import RolloutController
+    from serve.rollout.controller import RolloutController
     from serve.rollout.scorer import ShadowScorer
 
     parsed = parse_app_args(args)  # refuse a bad config before any replica starts
@@ -84,7 +84,7 @@ def check_rollout_args(parsed: AppArgs) -> None:
     """The start-up rollout config is valid and names bundles that exist (else exit 2)."""
     from pathlib import Path
 
-    from serve.rollout.deployment import load_rollout_source, validate_rollout
+    from serve.rollout.controller import load_rollout_source, validate_rollout
     from serve.rollout.variants import bundle_root
 
     ro = parsed.rollout

@@ -11,7 +11,7 @@ from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import AppArgs
 from serve.pipeline import FeedPipeline
-from serve.ranker_client import LocalRanker, Ranker, make_ranker
+from serve.ranker.client import LocalRanker, Ranker, make_ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES
 from training.calibration import CALIBRATION_FILE, Calibration

@@ -42,7 +42,7 @@ from training.calibration import Calibration
 from training.features import FeatureTransform
 
 if TYPE_CHECKING:  # the model runtimes (torch, faiss) load with a bundle, not with this
-    from serve.ranker_client import Ranker
+    from serve.ranker.client import Ranker
     from serve.retrieval import TwoTowerRetrieval
 
 

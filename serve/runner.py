@@ -55,7 +55,7 @@ class TritonSupervisor:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            from serve.triton_server import die_with_parent
+            from serve.ranker.server import die_with_parent
 
             # its own process group, so that stop() reaches tritonserver too; and SIGTERM
             # from the kernel if this process is killed outright (no orphaned Triton)
@@ -218,7 +218,7 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.ingress import apply_ray_serve_env
+    from serve.proxy_mode import apply_ray_serve_env
 
     # first, and cheap: a second `funnel serve` would share these ports with the first
     raw_doc, raw_args = load_serve_config(config_path)
@@ -321,7 +321,7 @@ def prepare_metrics_dir(doc: dict[str, Any]) -> str | None:
 
 def run_triton_process(*, config_path: str, bundle: str | None, say: Say) -> None:
     """`funnel triton`: only Triton, in the foreground, until SIGINT/SIGTERM."""
-    from serve.triton_server import run_triton
+    from serve.ranker.server import run_triton
 
     check_free(triton_ports(load_serve_config(config_path)[1]))
     _, args = resolved_config(config_path, bundle)

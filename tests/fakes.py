@@ -63,7 +63,7 @@ class FakeRetrieval:
 
 
 class FakeRanker:
-    """A serve.ranker_client.Ranker whose logits are a fixed function of the dense inputs,
+    """A serve.ranker.client.Ranker whose logits are a fixed function of the dense inputs,
     that can be switched to fail (as Triton does when it is down)."""
 
     def __init__(self) -> None:
@@ -84,7 +84,7 @@ class FakeRanker:
 
 
 class FixedLogitsRanker:
-    """A serve.ranker_client.Ranker returning the same logits row for every item."""
+    """A serve.ranker.client.Ranker returning the same logits row for every item."""
 
     def __init__(self, row: Sequence[float]) -> None:
         self.row = np.asarray(row, dtype=np.float32)

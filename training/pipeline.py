@@ -122,48 +122,119 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
                  on_trial: Callable[[str, dict[str, Any]], None] | None = None,
                  config_source: str = "",
                  review_labels: pd.DataFrame | None = None) -> Path:
-    """Run the whole training pipeline and write a verified bundle; returns its directory."""
+    """Run the whole training pipeline and write a verified bundle; returns its directory.
+
+    Stages, in order (each a function below): features, retrieval, ranker (with
+    calibration), moderation, the ANN index, export."""
     started = time.time()
     rng = np.random.default_rng(cfg.seed)
+    run = _prepare(cfg, ds, encoder=encoder, work_dir=work_dir, say=say, on_trial=on_trial)
+    ret = _retrieval_stage(run)
+    rk = _ranker_stage(run, ret, rng)
+    moderation, moderation_scores = None, None
+    if ds.has_harm_labels:
+        moderation, moderation_metrics, moderation_scores = _train_moderation(
+            cfg, run.posts, run.ft, work_dir, say, on_trial,
+            extra=_review_examples(review_labels, encoder) if review_labels is not None
+            else None)
+    else:
+        say("moderation: skipped (the dataset has no harm labels)")
+        moderation_metrics = {"roc_auc_macro": None,
+                              "skipped": "the dataset has no harm labels"}
+    index, ann_metrics = _ann_stage(run, ret, rng)
+    metrics = {"retrieval": ret.metrics, "ranker": rk.metrics,
+               "moderation": moderation_metrics, "ann": ann_metrics}
+    bdir = _new_bundle_dir(out_dir)
+    say(f"export: writing bundle {bdir}")
+    _write_bundle_files(run, ret, rk, moderation, moderation_scores, index, bdir)
+    manifest = _manifest(run, ret, rk, moderation is not None, metrics, version=bdir.name,
+                         config_source=config_source, started=started)
+    write_manifest(bdir, manifest)
+    point_latest(out_dir, bdir)
+    return bdir
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage reads: the config, the data, its split and the fitted features."""
+
+    cfg: TrainConfig
+    ds: Dataset
+    split: Split
+    users: pd.DataFrame
+    posts: pd.DataFrame
+    uix: pd.Index
+    pix: pd.Index
+    ft: FeatureTransform
+    work_dir: Path
+    say: Say
+    on_trial: Callable[[str, dict[str, Any]], None] | None
+
+
+@dataclass(frozen=True)
+class _Retrieval:
+    tuning: StageResult
+    two_tower: TwoTower
+    user_vec: np.ndarray
+    item_vec: np.ndarray
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Ranker:
+    tuning: StageResult
+    model: torch.nn.Module
+    calibration: Any
+    inputs: dict[str, np.ndarray]
+    rows: pd.DataFrame
+    test: np.ndarray  # mask of `rows` in the test split
+    probs: np.ndarray  # calibrated, on the test rows
+    final: np.ndarray  # the weighted score serving ranks by, on the test rows
+    metrics: dict[str, Any]
+
+
+def _prepare(cfg: TrainConfig, ds: Dataset, *, encoder: TextEncoder, work_dir: Path,
+             say: Say, on_trial: Callable[[str, dict[str, Any]], None] | None) -> _Run:
     split = make_split(ds, cfg)
     say(f"split ({cfg.split.kind}): train {split.train.sum():,} / val {split.val.sum():,} / "
         f"test {split.test.sum():,} impressions")
     users = ds.users.sort_values("user_id").reset_index(drop=True)
     posts = ds.posts.sort_values("post_id").reset_index(drop=True)
-    uix, pix = pd.Index(users["user_id"]), pd.Index(posts["post_id"])
-
     say(f"features: encoding {posts['text'].nunique():,} distinct post texts with {encoder.name}")
     ft = FeatureTransform.fit(ds, split.train, encoder,
                               dense_features=cfg.ranker_dense_features)
-    data_root = work_dir / "data"
-    resources = cfg.resources
-    metrics: dict[str, Any] = {}
+    return _Run(cfg=cfg, ds=ds, split=split, users=users, posts=posts,
+                uix=pd.Index(users["user_id"]), pix=pd.Index(posts["post_id"]), ft=ft,
+                work_dir=work_dir, say=say, on_trial=on_trial)
 
-    # ---- retrieval ------------------------------------------------------------------------
+
+def _retrieval_stage(run: _Run) -> _Retrieval:
+    """Tune the two-tower; Recall/NDCG@K against popularity (and ItemKNN when it fits)."""
+    cfg, ft, users, posts, split = run.cfg, run.ft, run.users, run.posts, run.split
     user_arr, item_arr = ft.user_features(users), ft.item_features(posts)
-    train_pairs = _pairs(ds.impressions, split.train, uix, pix)
-    val_pairs = _pairs(ds.impressions, split.val, uix, pix)
-    test_pairs = _pairs(ds.impressions, split.test, uix, pix)
+    train_pairs = _pairs(run.ds.impressions, split.train, run.uix, run.pix)
+    val_pairs = _pairs(run.ds.impressions, split.val, run.uix, run.pix)
+    test_pairs = _pairs(run.ds.impressions, split.test, run.uix, run.pix)
     counts = np.bincount(train_pairs[:, 1], minlength=len(posts)).astype(np.float64)
     log_q = np.log((counts + 1.0) / (counts.sum() + len(posts)))
-    ret_meta = {"text_dim": ft.text_dim, "id_buckets": ft.id_buckets,
-                "author_buckets": ft.author_buckets,
-                "n_age": ft.vocab_size("users.age_band"),
-                "n_country": ft.vocab_size("users.country"),
-                "n_language": ft.vocab_size("users.language"),
-                "n_topic": ft.vocab_size("posts.topic"),
-                "n_modality": ft.vocab_size("posts.modality"), "val_k": 50}
-    rdir = data_root / "retrieval"
+    meta = {"text_dim": ft.text_dim, "id_buckets": ft.id_buckets,
+            "author_buckets": ft.author_buckets,
+            "n_age": ft.vocab_size("users.age_band"),
+            "n_country": ft.vocab_size("users.country"),
+            "n_language": ft.vocab_size("users.language"),
+            "n_topic": ft.vocab_size("posts.topic"),
+            "n_modality": ft.vocab_size("posts.modality"), "val_k": 50}
+    rdir = run.work_dir / "data" / "retrieval"
     save_arrays(rdir, "user_", user_arr)
     save_arrays(rdir, "item_", item_arr)
     save_arrays(rdir, "", {"train_pairs": train_pairs, "val_pairs": val_pairs,
                            "log_q": log_q.astype(np.float32)})
-    (rdir / "meta.json").write_text(json.dumps(ret_meta))
-    say(f"retrieval: tuning two-tower ({cfg.retrieval.num_samples} trials, "
-        f"{len(train_pairs):,} positive pairs)")
-    ret = tune_stage(cfg.retrieval, data_dir=rdir, work_dir=work_dir, resources=resources,
-                     seed=cfg.seed, on_result=on_trial)
-    two_tower = cast(TwoTower, _load_best(ret, build_two_tower, ret_meta))
+    (rdir / "meta.json").write_text(json.dumps(meta))
+    run.say(f"retrieval: tuning two-tower ({cfg.retrieval.num_samples} trials, "
+            f"{len(train_pairs):,} positive pairs)")
+    tuned = tune_stage(cfg.retrieval, data_dir=rdir, work_dir=run.work_dir,
+                       resources=cfg.resources, seed=cfg.seed, on_result=run.on_trial)
+    two_tower = cast(TwoTower, _load_best(tuned, build_two_tower, meta))
     user_vec = embed(two_tower.user_tower, user_arr, USER_KEYS)
     item_vec = embed(two_tower.item_tower, item_arr, ITEM_KEYS)
     seen = np.concatenate([train_pairs, val_pairs])
@@ -171,8 +242,8 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     n_users = len(users)
     train_items = _split_by_user(seen, n_users)
     test_items = _split_by_user(test_pairs, n_users)
-    ret_metrics = full_ranking_metrics(lambda r: user_vec[r] @ item_vec.T,
-                                       train_items=train_items, test_items=test_items, ks=ks)
+    metrics = full_ranking_metrics(lambda r: user_vec[r] @ item_vec.T,
+                                   train_items=train_items, test_items=test_items, ks=ks)
     pop = popularity_scores(seen[:, 1], len(posts))
     pop_metrics = full_ranking_metrics(lambda r: np.tile(pop, (len(r), 1)),
                                        train_items=train_items, test_items=test_items, ks=ks)
@@ -181,45 +252,50 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         knn = itemknn_scorer(seen[:, 0], seen[:, 1], n_users, len(posts))
         baselines["itemknn"] = full_ranking_metrics(knn, train_items=train_items,
                                                     test_items=test_items, ks=ks)
-    metrics["retrieval"] = {**ret_metrics, "baselines": baselines,
-                            "tuning": _tuning(ret)}
-    say(f"retrieval: recall@50 {ret_metrics.get('recall_at_50', 0):.4f} "
-        f"(popularity {pop_metrics.get('recall_at_50', 0):.4f})")
+    run.say(f"retrieval: recall@50 {metrics.get('recall_at_50', 0):.4f} "
+            f"(popularity {pop_metrics.get('recall_at_50', 0):.4f})")
+    return _Retrieval(tuning=tuned, two_tower=two_tower, user_vec=user_vec, item_vec=item_vec,
+                      metrics={**metrics, "baselines": baselines, "tuning": _tuning(tuned)})
 
-    # ---- ranker ---------------------------------------------------------------------------
-    imp = ds.impressions.assign(_split=np.select([split.train, split.val, split.test],
-                                                 ["train", "val", "test"], "none"))
+
+def _ranker_stage(run: _Run, ret: _Retrieval, rng: np.random.Generator) -> _Ranker:
+    """Tune the multi-task ranker on logged impressions; calibrate each head on validation;
+    NDCG@10 of the calibrated, weighted score against retrieval order on test."""
+    cfg, ft, split = run.cfg, run.ft, run.split
+    imp = run.ds.impressions.assign(_split=np.select([split.train, split.val, split.test],
+                                                     ["train", "val", "test"], "none"))
     if imp["click"].mean() > 0.95:  # implicit feedback only (MovieLens): sample negatives
-        imp = _with_sampled_negatives(imp, posts["post_id"].to_numpy(), rng)
-    rows = join_rows(ds, imp, ft)
+        imp = _with_sampled_negatives(imp, run.posts["post_id"].to_numpy(), rng)
+    rows = join_rows(run.ds, imp, ft)
     counts_pit = point_in_time_counts(rows)
-    u_i = uix.get_indexer(rows["user_id"])
-    p_i = pix.get_indexer(rows["post_id"])
-    retrieval_score = np.einsum("ij,ij->i", user_vec[u_i], item_vec[p_i]).astype(np.float32)
+    u_i = run.uix.get_indexer(pd.Index(rows["user_id"]))
+    p_i = run.pix.get_indexer(pd.Index(rows["post_id"]))
+    retrieval_score = np.einsum("ij,ij->i", ret.user_vec[u_i],
+                                ret.item_vec[p_i]).astype(np.float32)
     inputs = ft.ranker_inputs(rows, counts_pit, retrieval_score)
     labels = rows[list(TASKS)].to_numpy(np.float32)
     gains = (rows[["click", "like", "comment", "share"]].to_numpy(np.float32).sum(1)
              * (1 - rows["hide"].to_numpy(np.float32)))
     groups = pd.factorize(rows["request_id"])[0]
     part = rows["_split"].to_numpy()
-    rk_meta = {"n_dense": len(ft.dense_features), "id_buckets": ft.id_buckets,
-               "n_topic": ft.vocab_size("posts.topic"),
-               "n_modality": ft.vocab_size("posts.modality"),
-               "n_age": ft.vocab_size("users.age_band"),
-               "task_weights": [1.0] * len(TASKS),
-               "score_weights": [SCORE_WEIGHTS[t] for t in TASKS]}
-    kdir = data_root / "ranker"
+    meta = {"n_dense": len(ft.dense_features), "id_buckets": ft.id_buckets,
+            "n_topic": ft.vocab_size("posts.topic"),
+            "n_modality": ft.vocab_size("posts.modality"),
+            "n_age": ft.vocab_size("users.age_band"),
+            "task_weights": [1.0] * len(TASKS),
+            "score_weights": [SCORE_WEIGHTS[t] for t in TASKS]}
+    kdir = run.work_dir / "data" / "ranker"
     for name in ("train", "val"):
         m = part == name
         save_arrays(kdir, f"{name}_", {**{k: inputs[k][m] for k in RANKER_KEYS},
                                        "labels": labels[m], "groups": groups[m],
                                        "gains": gains[m]})
-    (kdir / "meta.json").write_text(json.dumps(rk_meta))
-    say(f"ranker: tuning multi-task ranker ({cfg.ranker.num_samples} trials, "
-        f"{int((part == 'train').sum()):,} rows)")
-    rk = tune_stage(cfg.ranker, data_dir=kdir, work_dir=work_dir, resources=resources,
-                    seed=cfg.seed, on_result=on_trial)
-    ranker = _load_best(rk, build_ranker, rk_meta)
+    (kdir / "meta.json").write_text(json.dumps(meta))
+    run.say(f"ranker: tuning multi-task ranker ({cfg.ranker.num_samples} trials, "
+            f"{int((part == 'train').sum()):,} rows)")
+    tuned = tune_stage(cfg.ranker, data_dir=kdir, work_dir=run.work_dir,
+                       resources=cfg.resources, seed=cfg.seed, on_result=run.on_trial)
+    ranker = _load_best(tuned, build_ranker, meta)
     test, val = part == "test", part == "val"
     with torch.no_grad():
         logits = ranker(*(torch.from_numpy(inputs[k][test]) for k in RANKER_KEYS)).numpy()
@@ -228,10 +304,10 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     calibration, fits = fit_calibration(val_logits, labels[val], TASKS, seed=cfg.seed)
     raw_probs = sigmoid(logits)
     probs = calibration.probs(logits)  # what serving computes: the weighted score uses these
-    weights = np.asarray(rk_meta["score_weights"], np.float32)
+    weights = np.asarray(meta["score_weights"], np.float32)
     final = probs @ weights
     cal_metrics = calibration_report(calibration, logits, labels[test], fits)
-    rk_metrics: dict[str, Any] = {
+    metrics: dict[str, Any] = {
         "ndcg_at_10": grouped_ndcg(groups[test], final, gains[test], k=10),
         "ndcg_at_10_uncalibrated": grouped_ndcg(groups[test], raw_probs @ weights,
                                                 gains[test], k=10),
@@ -242,66 +318,67 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         "score_weights": SCORE_WEIGHTS,
         "baselines": {"retrieval_order": {
             "ndcg_at_10": grouped_ndcg(groups[test], retrieval_score[test], gains[test], k=10)}},
-        "tuning": _tuning(rk),
+        "tuning": _tuning(tuned),
     }
-    metrics["ranker"] = rk_metrics
-    say(f"ranker: ndcg@10 {rk_metrics['ndcg_at_10']:.4f} (retrieval order "
-        f"{rk_metrics['baselines']['retrieval_order']['ndcg_at_10']:.4f})")
+    run.say(f"ranker: ndcg@10 {metrics['ndcg_at_10']:.4f} (retrieval order "
+            f"{metrics['baselines']['retrieval_order']['ndcg_at_10']:.4f})")
     for t, c in cal_metrics.items():
-        say(f"calibration: {t} ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} "
-            f"({c['method']})")
+        run.say(f"calibration: {t} ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} "
+                f"({c['method']})")
+    return _Ranker(tuning=tuned, model=ranker, calibration=calibration, inputs=inputs,
+                   rows=rows, test=test, probs=probs, final=final, metrics=metrics)
 
-    # ---- moderation -----------------------------------------------------------------------
-    moderation, moderation_scores = None, None
-    if ds.has_harm_labels:
-        moderation, metrics["moderation"], moderation_scores = _train_moderation(
-            cfg, posts, ft, work_dir, say, on_trial,
-            extra=_review_examples(review_labels, encoder) if review_labels is not None
-            else None)
-    else:
-        say("moderation: skipped (the dataset has no harm labels)")
-        metrics["moderation"] = {"roc_auc_macro": None,
-                                 "skipped": "the dataset has no harm labels"}
 
-    # ---- ANN ------------------------------------------------------------------------------
-    say(f"ann: building HNSW over {len(item_vec):,} item embeddings")
-    index = build_hnsw(item_vec, m=cfg.ann.m, ef_construction=cfg.ann.ef_construction,
+def _ann_stage(run: _Run, ret: _Retrieval, rng: np.random.Generator
+               ) -> tuple[Any, dict[str, Any]]:
+    """The HNSW index over the item vectors, and its recall against exact search."""
+    cfg = run.cfg
+    run.say(f"ann: building HNSW over {len(ret.item_vec):,} item embeddings")
+    index = build_hnsw(ret.item_vec, m=cfg.ann.m, ef_construction=cfg.ann.ef_construction,
                        ef_search=cfg.ann.ef_search)
-    q_rows = rng.choice(len(user_vec), size=min(1000, len(user_vec)), replace=False)
-    metrics["ann"] = {"recall_at_100_vs_exact": ann_recall(index, item_vec, user_vec[q_rows],
-                                                           k=100),
-                      "m": cfg.ann.m, "ef_search": cfg.ann.ef_search, "items": len(item_vec)}
+    q_rows = rng.choice(len(ret.user_vec), size=min(1000, len(ret.user_vec)), replace=False)
+    return index, {"recall_at_100_vs_exact": ann_recall(index, ret.item_vec,
+                                                         ret.user_vec[q_rows], k=100),
+                   "m": cfg.ann.m, "ef_search": cfg.ann.ef_search,
+                   "items": len(ret.item_vec)}
 
-    # ---- export ---------------------------------------------------------------------------
-    created = datetime.now(UTC)
-    version = created.strftime("v%Y%m%d-%H%M%S")
+
+def _new_bundle_dir(out_dir: Path) -> Path:
+    version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
     bdir = out_dir / version
     if bdir.exists():
-        version += f"-{int(time.time() * 1000) % 1000:03d}"
-        bdir = out_dir / version
-    say(f"export: writing bundle {bdir}")
+        bdir = out_dir / f"{version}-{int(time.time() * 1000) % 1000:03d}"
+    return bdir
+
+
+def _write_bundle_files(run: _Run, ret: _Retrieval, rk: _Ranker,
+                        moderation: torch.nn.Module | None,
+                        moderation_scores: np.ndarray | None, index: Any, bdir: Path) -> None:
+    """Everything in the bundle but its manifest (funnel/contracts/bundle.py: the layout)."""
     import faiss
 
-    script_module(two_tower.user_tower, bdir / "models/user_tower.pt")
-    script_module(two_tower.item_tower, bdir / "models/item_tower.pt")
-    script_module(ranker, bdir / "triton/ranker/1/model.pt")
-    calibration.save(bdir / CALIBRATION_FILE)
+    cfg, ft = run.cfg, run.ft
+    script_module(ret.two_tower.user_tower, bdir / "models/user_tower.pt")
+    script_module(ret.two_tower.item_tower, bdir / "models/item_tower.pt")
+    script_module(rk.model, bdir / "triton/ranker/1/model.pt")
+    rk.calibration.save(bdir / CALIBRATION_FILE)
     write_triton_config(bdir / "triton/ranker/config.pbtxt", n_dense=len(ft.dense_features))
     if moderation is not None:
         script_module(moderation, bdir / "models/moderation_head.pt")
     (bdir / "index").mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(bdir / "index/items.faiss"))
-    np.save(bdir / "index/item_ids.npy", posts["post_id"].to_numpy(np.int64), allow_pickle=False)
+    np.save(bdir / "index/item_ids.npy", run.posts["post_id"].to_numpy(np.int64),
+            allow_pickle=False)
     ft.save(bdir / "features")
-    say("export: writing the serving catalog (items, graph, engagement, seen)")
-    write_catalog(bdir / "catalog", ds)
+    run.say("export: writing the serving catalog (items, graph, engagement, seen)")
+    write_catalog(bdir / "catalog", run.ds)
     # calibrated, as serving logs them: the drift monitor compares like with like
-    sample = pd.DataFrame(inputs["dense"][test], columns=list(ft.dense_features))
+    sample = pd.DataFrame(rk.inputs["dense"][rk.test], columns=list(ft.dense_features))
     for j, t in enumerate(TASKS):
-        sample[f"p_{t}"] = probs[:, j]
-    sample["score"] = final
-    sample["topic"] = rows["topic"].to_numpy()[test]
-    sample["modality"] = rows["modality"].to_numpy()[test]
+        sample[f"p_{t}"] = rk.probs[:, j]
+    sample["score"] = rk.final
+    sample["topic"] = rk.rows["topic"].to_numpy()[rk.test]
+    sample["modality"] = rk.rows["modality"].to_numpy()[rk.test]
     if len(sample) > cfg.reference_sample_rows:
         sample = sample.sample(cfg.reference_sample_rows, random_state=cfg.seed)
     write_reference(bdir / "reference", sample.reset_index(drop=True))
@@ -309,25 +386,31 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         write_moderation_reference(bdir / "reference/moderation.parquet", moderation_scores,
                                    HARM_LABELS, max_rows=cfg.reference_sample_rows,
                                    seed=cfg.seed)
+
+
+def _manifest(run: _Run, ret: _Retrieval, rk: _Ranker, has_moderation: bool,
+              metrics: dict[str, Any], *, version: str, config_source: str,
+              started: float) -> dict[str, Any]:
+    ds, ft = run.ds, run.ft
     manifest = {
         "version": version,
-        "created_at": created.isoformat(),
-        "dataset": {"name": ds.name, "users": len(users), "posts": len(posts),
+        "created_at": datetime.now(UTC).isoformat(),
+        "dataset": {"name": ds.name, "users": len(run.users), "posts": len(run.posts),
                     "impressions": len(ds.impressions), "follows": len(ds.follows),
                     "has_harm_labels": ds.has_harm_labels},
-        "config": {**cfg.model_dump(mode="json"), "source": config_source},
+        "config": {**run.cfg.model_dump(mode="json"), "source": config_source},
         "models": {
             "user_tower": {"path": "models/user_tower.pt", "inputs": list(USER_KEYS),
-                           "hparams": ret.config},
+                           "hparams": ret.tuning.config},
             "item_tower": {"path": "models/item_tower.pt", "inputs": list(ITEM_KEYS),
-                           "hparams": ret.config},
+                           "hparams": ret.tuning.config},
             "ranker": {"path": "triton/ranker/1/model.pt", "inputs": list(RANKER_KEYS),
                        "dense_features": list(ft.dense_features), "tasks": list(TASKS),
-                       "score_weights": SCORE_WEIGHTS, "hparams": rk.config,
+                       "score_weights": SCORE_WEIGHTS, "hparams": rk.tuning.config,
                        "calibration": CALIBRATION_FILE},
             "moderation": ({"path": "models/moderation_head.pt", "labels": list(HARM_LABELS),
                             "text_model": ft.text_model}
-                           if moderation is not None else None),
+                           if has_moderation else None),
             "index": {"path": "index/items.faiss", "ids": "index/item_ids.npy",
                       "kind": "HNSWFlat", "metric": "inner_product"},
             "catalog": {"path": "catalog/", "meta": "catalog/catalog.json"},
@@ -335,14 +418,13 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
         "metrics": metrics,
         "lineage": {"funnel_version": _funnel_version(), "git_commit": _git_commit(),
                     "torch": torch.__version__, "python": platform.python_version(),
-                    "trials": {s.stage: str(s.trial_dir.name) for s in (ret, rk)},
+                    "trials": {s.stage: str(s.trial_dir.name)
+                               for s in (ret.tuning, rk.tuning)},
                     "train_seconds": round(time.time() - started, 1),
                     "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }
     manifest["quality_gate"] = quality.evaluate(metrics)
-    write_manifest(bdir, manifest)
-    point_latest(out_dir, bdir)
-    return bdir
+    return manifest
 
 
 def _review_examples(labels: pd.DataFrame, encoder: TextEncoder

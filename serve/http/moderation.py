@@ -1,6 +1,7 @@
 """HTTP: `POST /v1/moderate`, one item's labels and decision (held for review if doubtful)."""
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -27,7 +28,6 @@ async def moderate(request: Request) -> Response:
 
     started = time.perf_counter()
     s, rid = services_of(request), request_id_of(request)
-    s.background.ensure()
     if s.moderation is None:
         return error(503, "moderation_disabled", MODERATION_DISABLED, rid)
     req, bad = await parse_payload(request, ModerateRequest,
@@ -41,10 +41,14 @@ async def moderate(request: Request) -> Response:
         out = await s.moderation.moderate(req, image, rid)
     except FunnelError as e:
         return funnel_error(e, rid)
-    body = ModerateResponse(
+    return timed_json(response_body(out, rid).model_dump_json(), {
+        **out.timings_ms, "handler": round((time.perf_counter() - started) * 1000, 3)})
+
+
+def response_body(out: Any, rid: str) -> ModerateResponse:
+    """The answer for a `ModerationOutput`."""
+    return ModerateResponse(
         content_id=out.content_id, labels=out.labels, decision=out.decision,
         reasons=list(out.reasons), policy_version=out.policy_version,
         model_versions=out.model_versions, request_id=rid, review_id=out.review_id,
         degraded=list(out.degraded))
-    return timed_json(body.model_dump_json(), {
-        **out.timings_ms, "handler": round((time.perf_counter() - started) * 1000, 3)})

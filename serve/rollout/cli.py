@@ -166,7 +166,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     the serving bundle's text labels). RolloutConfigError otherwise."""
     from funnel.contracts.bundle import read_manifest
     from serve.rollout.config import check_versions, parse_rollout
-    from serve.rollout.deployment import verify_versions
+    from serve.rollout.controller import verify_versions
     from serve.rollout.variants import available_versions
 
     cfg = parse_rollout(raw)

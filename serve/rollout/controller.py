@@ -1,335 +1,287 @@
-"""The guardrail controller: the rollout's state, and the decisions that change it.
+"""`RolloutController`: the one Serve replica that holds the rollout's state.
 
-Pure (no Ray): `serve.rollout.deployment.RolloutController` wraps one `RolloutState` in a
-single Serve replica; tests drive it with a fake clock.
+Ingress replicas report their numbers to it every `report_interval_s` and get the routing
+table back (`report`); admin routes call `apply`, `promote`, `rollback` and `status`. A
+config is applied in three steps, and a failure at any of them changes nothing:
 
-Per stage with a canary and `promotion`, the canary serves at its current step's weight.
-Each evaluation (after every replica report):
+1. shape (pydantic) and bundle versions (they exist under the bundle root);
+2. verify and load: every version's checksums pass and it has what its stage serves (a
+   text head with the serving labels for moderation); ranker versions are loaded into
+   Triton, which warms them up before they take traffic;
+3. swap: the state takes the config; replicas pick it up with their next report, load the
+   retrieval and feature files of new versions (checksums first), and only then route to
+   them, while requests in flight finish on the models they started with.
 
-1. If the canary's failures in this step reached `error_budget`, or a guardrail with enough
-   samples breaks, the canary is rolled back (weight 0; `auto_rollback: false` holds it
-   instead, for on-call to decide).
-2. Otherwise, if the step's `min_requests` and `min_duration_s` are met and every guardrail
-   has enough samples and holds, the canary moves to the next step; after the last one the
-   stage is `complete`.
-3. Otherwise it waits; the status says what for.
+The config can also come as the deployment's `user_config` (`{"rollout": {...}}`), which
+Serve hands to `reconfigure` without restarting the replica: that is how a Helm values
+change reaches a running RayService.
 
-Every decision is kept with its reason (`status()`, `funnel rollout status`, the metric
-`funnel_rollout_decisions_total`). Replicas learn the outcome from `routing()`, whose
-`revision` changes whenever the weights, shadows or config change.
+Results cross Ray as plain dicts ({"ok": false, "status": 422, "error": ..., "fields": [...]}
+for a refusal) rather than raised exceptions, so that the fields survive the trip.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ray import serve
 
-from serve.errors import RolloutConflict
-from serve.rollout.config import RolloutConfig, StageRollout
-from serve.rollout.stats import Window, psi
+from funnel.contracts.bundle import read_manifest
+from funnel.contracts.errors import FunnelError
+from serve.config import parse_app_args
+from serve.errors import RolloutConfigError
+from serve.rollout.config import RolloutConfig, check_versions, parse_rollout
+from serve.rollout.state import RolloutState
+from serve.rollout.variants import available_versions, bundle_root
+from training.config import read_yaml
 
-ACTIVE_REPLICA_S = 10.0
-
-
-@dataclass(frozen=True)
-class Decision:
-    at_s: float
-    stage: str
-    action: str  # apply | promote | complete | hold | rollback | manual_promote | manual_rollback
-    variant: str
-    reason: str
-    weights: dict[str, float]
+log = logging.getLogger("funnel.rollout")
+HEAL_EVERY_S = 5.0
 
 
-@dataclass
-class StageState:
-    config: StageRollout
-    weights: list[float]
-    step: int = 0
-    step_started_s: float = 0.0
-    status: str = "serving"  # serving | canary | held | rolled_back | complete
-    waiting: str = ""
-    windows: dict[str, Window] = field(default_factory=dict)
-    totals: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def window(self, variant: str) -> Window:
-        w = self.windows.get(variant)
-        if w is None:
-            w = self.windows[variant] = Window()
-        return w
+def load_rollout_source(source: str | dict[str, Any] | None) -> Any:
+    """The raw rollout config from app args: a YAML path, an inline mapping, or nothing."""
+    if source is None:
+        return {}
+    if isinstance(source, str):
+        return read_yaml(source, what="rollout config", error=RolloutConfigError)
+    return source
 
 
-def guardrail_value(metric: str, k: int, primary: Window, other: Window,
-                    min_samples: int) -> tuple[float | None, str]:
-    """(value, "") when there are enough samples, else (None, what is missing)."""
-    if metric == "error_rate":
-        if other.requests < min_samples:
-            return None, f"{other.requests}/{min_samples} requests"
-        return other.errors / other.requests, ""
-    if metric == "p99_latency_ratio":
-        n = min(len(other.latencies_ms), len(primary.latencies_ms))
-        if n < min_samples:
-            return None, f"{n}/{min_samples} latencies"
-        p, o = primary.p99_ms(), other.p99_ms()
-        assert p is not None and o is not None
-        return (o / p if p > 0 else math.inf), ""
-    if metric in ("overlap_at_k", "rank_correlation"):
-        if other.comparisons < min_samples:
-            return None, f"{other.comparisons}/{min_samples} comparisons"
-        total = other.overlap_sum.get(k, 0.0) if metric == "overlap_at_k" else other.rbo_sum
-        return total / other.comparisons, ""
-    if metric == "drift_score":
-        n = min(len(other.scores), len(primary.scores))
-        if n < min_samples:
-            return None, f"{n}/{min_samples} scores"
-        return psi(np.fromiter(primary.scores, float), np.fromiter(other.scores, float)), ""
-    raise ValueError(f"unknown guardrail metric {metric!r}")
+def validate_rollout(raw: Any, *, root: Path, allow_faults: bool) -> RolloutConfig:
+    cfg = parse_rollout(raw)
+    check_versions(cfg, available_versions(root), allow_faults=allow_faults)
+    return cfg
 
 
-class RolloutState:
-    """The applied config, each stage's weights and step, the windows, the decision log."""
+def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) -> None:
+    """Every bundle version other than the primary passes its checksums and has what its
+    stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
+    the field of each one that does not. A corrupt bundle is refused here, at apply, and so
+    is one whose quality gate failed for the model of the stage that names it (a ranker
+    canary is judged by the bundle's ranker, not by its retrieval), unless the config says
+    `allow_regression: true` (the serving bundle, `primary`, is not judged again)."""
+    from funnel.contracts.bundle import verify_bundle
+    from serve.rollout.variants import version_path
+    from training.quality import failures
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, history: int = 500) -> None:
-        self._clock = clock
-        self.config = RolloutConfig()
-        self.stages: dict[str, StageState] = {}
-        self.revision = 0
-        self.decisions: deque[Decision] = deque(maxlen=history)
-        self.decision_counts: dict[tuple[str, str], int] = {}
-        self._replicas: dict[str, float] = {}
-
-    # ---- changes -------------------------------------------------------------------------
-    def _decide(self, stage: str, action: str, variant: str, reason: str) -> Decision:
-        st = self.stages[stage]
-        d = Decision(self._clock(), stage, action, variant, reason,
-                     {v.name: w for v, w in zip(st.config.variants, st.weights, strict=True)})
-        self.decisions.append(d)
-        key = (stage, action)
-        self.decision_counts[key] = self.decision_counts.get(key, 0) + 1
-        return d
-
-    def apply(self, config: RolloutConfig, *, source: str = "api") -> None:
-        """Replace the config (already validated); every stage starts its first step."""
-        now = self._clock()
-        old = self.stages
-        self.config = config
-        self.stages = {}
-        for name, cfg in config.stages.items():
-            st = StageState(config=cfg, weights=[v.weight for v in cfg.variants],
-                            step_started_s=now,
-                            status="canary" if cfg.promotion is not None else "serving")
-            prev = old.get(name)
-            st.totals = prev.totals if prev is not None else {}
-            self.stages[name] = st
-            self._decide(name, "apply", cfg.primary.name, f"config applied ({source})")
-            if config.allow_regression:
-                self._decide(name, "allow_regression", cfg.primary.name,
-                             f"applied with allow_regression ({source}): a bundle that failed "
-                             "its quality gate may serve")
-        self.revision += 1
-
-    def _move(self, stage: str, weights: list[float], status: str, step: int) -> None:
-        st = self.stages[stage]
-        st.weights, st.status, st.step = weights, status, step
-        st.step_started_s = self._clock()
-        st.windows = {}
-        st.waiting = ""
-        self.revision += 1
-
-    def _canary(self, stage: str) -> StageState:
-        st = self.stages.get(stage)
-        if st is None:
-            raise RolloutConflict(f"stage {stage!r} has no rollout; configured: "
-                                  f"{sorted(self.stages)}")
-        if len(st.config.variants) < 2:
-            raise RolloutConflict(f"stage {stage!r} has no canary (one variant)")
-        return st
-
-    def rollback(self, stage: str, *, reason: str = "manual", manual: bool = True) -> Decision:
-        st = self._canary(stage)
-        if st.status == "rolled_back":
-            raise RolloutConflict(f"stage {stage!r} is already rolled back")
-        self._move(stage, [100.0] + [0.0] * (len(st.weights) - 1), "rolled_back", st.step)
-        return self._decide(stage, "manual_rollback" if manual else "rollback",
-                            st.config.variants[1].name, reason)
-
-    def promote(self, stage: str, *, reason: str = "manual") -> Decision:
-        """On-call's promote: the next step now, minimums and guardrails not waited for."""
-        st = self._canary(stage)
-        p = st.config.promotion
-        if p is None:
-            raise RolloutConflict(f"stage {stage!r} declares no promotion steps")
-        if st.status in ("rolled_back", "complete"):
-            raise RolloutConflict(f"stage {stage!r} is {st.status}; apply a config to start "
-                                  "again")
-        return self._next_step(stage, st, action="manual_promote", reason=reason)
-
-    def _next_step(self, stage: str, st: StageState, *, action: str, reason: str) -> Decision:
-        p = st.config.promotion
-        assert p is not None
-        if st.step + 1 >= len(p.steps):
-            self._move(stage, st.weights, "complete", st.step)
-            return self._decide(stage, "complete", st.config.variants[1].name, reason)
-        w = p.steps[st.step + 1].weight
-        self._move(stage, [100.0 - w, w], "canary", st.step + 1)
-        return self._decide(stage, action, st.config.variants[1].name,
-                            f"{reason}; canary now at {w:g}%")
-
-    # ---- live numbers --------------------------------------------------------------------
-    def report(self, replica: str, rows: list[dict[str, Any]], serving: bool = True) -> None:
-        """Merge a replica's rows. `serving` False: the ShadowScorer, which answers no client
-        and so takes no share of a canary's error budget."""
-        if serving:
-            self._replicas[replica] = self._clock()
-        for r in rows:
-            st = self.stages.get(str(r.get("stage")))
-            if st is None:
+    fields: list[dict[str, object]] = []
+    checked: dict[str, dict[str, Any] | str] = {}
+    for stage, st in cfg.stages.items():
+        named = [("variants", i, v.bundle_version) for i, v in enumerate(st.variants)] + [
+            ("shadows", i, sh.bundle_version) for i, sh in enumerate(st.shadows)]
+        for kind, i, version in named:
+            if version == primary["version"]:
                 continue
-            name = str(r.get("variant"))
-            st.window(name).merge(r)
-            t = st.totals.setdefault(name, {})
-            for key in ("requests", "errors", "comparisons", "compare_errors", "dropped"):
-                t[key] = t.get(key, 0) + int(r.get(key, 0))
+            if version not in checked:
+                try:
+                    checked[version] = verify_bundle(version_path(root, version)).manifest
+                except FunnelError as e:
+                    checked[version] = str(e)
+            m = checked[version]
+            problem = m if isinstance(m, str) else ""
+            if not isinstance(m, str) and stage == "moderation":
+                want = (primary.get("models", {}).get("moderation") or {}).get("labels")
+                got = (m.get("models", {}).get("moderation") or {}).get("labels")
+                if got != want:
+                    problem = (f"bundle {version} has text labels {got}; the serving bundle's "
+                               f"are {want}")
+            if (not problem and not isinstance(m, str) and not cfg.allow_regression
+                    and version != primary.get("version")):
+                lost = failures(m, models=(stage,))  # the model this stage swaps
+                if lost:
+                    problem = (f"bundle {version} failed its quality gate: {'; '.join(lost)}. "
+                               "Set allow_regression: true in the config (`funnel rollout "
+                               "apply --allow-regression`) to apply it anyway; the decision "
+                               "is recorded")
+            if problem:
+                fields.append({"field": f"stages.{stage}.{kind}[{i}].bundle_version",
+                               "message": problem, "given": version})
+    if fields:
+        raise RolloutConfigError("invalid rollout config: " + "; ".join(
+            f"{f['field']}: {f['message']}" for f in fields), fields=fields)
 
-    def active_replicas(self) -> int:
-        now = self._clock()
-        return max(1, sum(1 for t in self._replicas.values() if now - t <= ACTIVE_REPLICA_S))
 
-    def guardrails(self, stage: str, variant: str) -> list[dict[str, Any]]:
-        st = self.stages[stage]
-        primary = st.window(st.config.primary.name)
-        other = st.window(variant)
-        out = []
-        for g in st.config.guardrails:
-            value, missing = guardrail_value(g.metric, g.k, primary, other, g.min_samples)
-            out.append({"metric": g.metric, "k": g.k if g.metric == "overlap_at_k" else None,
-                        "bound": ("max" if g.max is not None else "min", g.bound),
-                        "value": value, "waiting_for": missing,
-                        "holds": None if value is None else g.holds(value)})
-        return out
+def _refusal(e: FunnelError) -> dict[str, Any]:
+    return {"ok": False, "status": e.http_status, "error": str(e),
+            "fields": getattr(e, "fields", [])}
 
-    def evaluate(self) -> list[Decision]:
-        """Judge every canary stage once; the decisions taken (often none)."""
-        out = []
-        for name, st in self.stages.items():
-            if st.status != "canary" or st.config.promotion is None:
-                continue
-            p = st.config.promotion
-            canary = st.config.variants[1].name
-            w = st.window(canary)
-            breaches = []
-            if w.errors >= max(p.error_budget, 1):
-                breaches.append(f"error budget spent: {w.errors} failures >= budget "
-                                f"{p.error_budget}")
-            checks = self.guardrails(name, canary)
-            for g in checks:
-                if g["holds"] is False:
-                    kind, bound = g["bound"]
-                    label = f"{g['metric']}@{g['k']}" if g["k"] else g["metric"]
-                    breaches.append(f"{label} {g['value']:.4g} breaks {kind} {bound:g}")
-            if breaches:
-                reason = "; ".join(breaches)
-                if p.auto_rollback:
-                    out.append(self.rollback(name, reason=reason, manual=False))
-                else:
-                    st.status = "held"
-                    self.revision += 1
-                    out.append(self._decide(name, "hold", canary, reason))
-                continue
-            step = p.steps[st.step]
-            elapsed = self._clock() - st.step_started_s
-            waiting = [f"{g['metric']}: {g['waiting_for']}" for g in checks
-                       if g["value"] is None]
-            if w.requests < step.min_requests:
-                waiting.append(f"{w.requests}/{step.min_requests} canary requests")
-            if elapsed < step.min_duration_s:
-                waiting.append(f"{elapsed:.0f}/{step.min_duration_s:.0f} s at this step")
-            if waiting:
-                st.waiting = "; ".join(waiting)
-                continue
-            out.append(self._next_step(name, st, action="promote", reason=(
-                f"step {st.step} held for {elapsed:.0f} s and {w.requests} requests, every "
-                "guardrail within bounds")))
-        return out
 
-    # ---- views ---------------------------------------------------------------------------
-    def routing(self) -> dict[str, Any]:
-        """What replicas serve by: per stage the variants with their current weights, the
-        shadows, and the share of the canary's error budget each replica may spend."""
-        n = self.active_replicas()
-        stages = {}
-        for name, st in self.stages.items():
-            p = st.config.promotion
-            budget_share = None
-            if p is not None and st.status in ("canary", "held"):
-                spent = st.window(st.config.variants[1].name).errors
-                budget_share = max(0, p.error_budget - spent) // n
-            ks = sorted({g.k for g in st.config.guardrails if g.metric == "overlap_at_k"}
-                        | {10})
-            stages[name] = {
-                "salt": self.config.salt_of(name),
-                "variants": [{"name": v.name, "bundle_version": v.bundle_version,
-                              "weight": w, "fault": v.fault.model_dump() if v.fault else None}
-                             for v, w in zip(st.config.variants, st.weights, strict=True)],
-                "shadows": [{"name": s.name, "bundle_version": s.bundle_version,
-                             "sample_rate": s.sample_rate,
-                             "fault": s.fault.model_dump() if s.fault else None}
-                            for s in st.config.shadows],
-                "compare_sample_rate": st.config.compare_sample_rate,
-                "overlap_ks": ks,
-                "canary_budget": budget_share,
-                "interleaving": self._interleaving(st),
-            }
-        return {"revision": self.revision, "stages": stages}
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1},
+                  max_ongoing_requests=1000, health_check_period_s=10)
+class RolloutController:
+    def __init__(self, args: dict[str, Any]) -> None:
+        from serve.ranker.versions import InProcessRankers, TritonModels
 
-    def _interleaving(self, st: StageState) -> dict[str, Any] | None:
-        """The interleaving replicas serve, if any: none once the stage is rolled back (the
-        candidate broke a guardrail, so none of its items are served)."""
-        il = st.config.interleaving
-        if il is None or st.status == "rolled_back":
-            return None
-        return {"variant": il.variant, "bundle_version": self._version(st, il.variant),
-                "sample_rate": il.sample_rate}
+        a = parse_app_args(args)
+        self.args = a
+        self.root = Path(a.rollout.bundle_root) if a.rollout.bundle_root else \
+            bundle_root(a.bundle)
+        self.primary_manifest = read_manifest(a.bundle)
+        self.primary_version = str(self.primary_manifest["version"])
+        self.state = RolloutState()
+        self.triton: TritonModels | InProcessRankers = InProcessRankers() \
+            if a.feed.ranker.backend == "local" else TritonModels(
+                a.feed.ranker.url, a.triton, primary_version=self.primary_version,
+                root=self.root, base_name=a.feed.ranker.model_name,
+                grace_s=a.rollout.triton_unload_grace_s,
+                idle_shadows=a.rollout.shadow_idle_class)
+        self._lock = asyncio.Lock()
+        self._last_heal = 0.0
+        raw = load_rollout_source(a.rollout.config)
+        cfg = self._validate(raw)  # a bad start-up config fails the deployment, named
+        self._pending_start = cfg if cfg.stages else None
+        self._pending_source = "args.rollout.config"
+        self._last_start_try = -1e9
+        self.start_error = ""
+        self.user_config_error = ""
 
-    def status(self) -> dict[str, Any]:
-        now = self._clock()
-        stages = {}
-        for name, st in self.stages.items():
-            names = [v.name for v in st.config.variants] + [s.name for s in st.config.shadows]
-            stages[name] = {
-                "status": st.status, "step": st.step,
-                "steps": [s.weight for s in st.config.promotion.steps]
-                if st.config.promotion else [],
-                "step_age_s": round(now - st.step_started_s, 1), "waiting_for": st.waiting,
-                "weights": {v.name: w for v, w in
-                            zip(st.config.variants, st.weights, strict=True)},
-                "shadows": [s.name for s in st.config.shadows],
-                "interleaving": self._interleaving(st),
-                "variants": {n: {"bundle_version": self._version(st, n),
-                                 "window": st.window(n).summary(),
-                                 "totals": st.totals.get(n, {}),
-                                 "guardrails": (self.guardrails(name, n)
-                                                if n != st.config.primary.name else [])}
-                             for n in names},
-            }
-        return {"revision": self.revision, "config": self.config.model_dump(mode="json"),
-                "stages": stages, "replicas": self.active_replicas(),
-                "decisions": [asdict(d) for d in list(self.decisions)[-50:]],
-                "decision_counts": [{"stage": s, "action": a, "count": c}
-                                    for (s, a), c in sorted(self.decision_counts.items())]}
+    def _validate(self, raw: Any) -> RolloutConfig:
+        return validate_rollout(raw, root=self.root,
+                                allow_faults=self.args.rollout.allow_fault_injection)
 
-    @staticmethod
-    def _version(st: StageState, name: str) -> str:
-        for v in st.config.variants:
-            if v.name == name:
-                return v.bundle_version
-        for sh in st.config.shadows:
-            if sh.name == name:
-                return sh.bundle_version
-        return ""
+    async def _apply(self, cfg: RolloutConfig, source: str) -> None:
+        await asyncio.to_thread(verify_versions, cfg, root=self.root,
+                                primary=self.primary_manifest)
+        st = cfg.stages.get("ranker")
+        if st is not None:  # before the table that routes to them is in force
+            await asyncio.to_thread(self.triton.ensure, st.versions(),
+                                    st.shadow_only_versions())
+        self.state.apply(cfg, source=source)
+        log.info("rollout: config applied (%s), revision %d", source, self.state.revision)
+
+    async def _start(self) -> None:
+        """Apply the start-up config once Triton can load its rankers (Triton starts next to
+        Serve and may not be up yet); until then the primary serves every stage."""
+        now = asyncio.get_running_loop().time()
+        if self._pending_start is None or now - self._last_start_try < 2.0:
+            return
+        self._last_start_try = now
+        try:
+            await self._apply(self._pending_start, self._pending_source)
+            if self._pending_source == "user_config":
+                self.user_config_error = ""
+            self._pending_start, self.start_error = None, ""
+        except FunnelError as e:
+            if str(e) != self.start_error:
+                log.warning("rollout: the start-up config is not applied yet: %s", e)
+            self.start_error = str(e)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's in-place update (`user_config: {rollout: {...}}`). A config that cannot
+        serve is refused like one from the admin route: logged, shown in `status()` as
+        `user_config_error`, and the running config stays. (Raising here would make Serve
+        restart this replica, which would lose the rollout's state.)"""
+        raw = (user_config or {}).get("rollout")
+        if raw is None:
+            return
+        async with self._lock:
+            try:
+                cfg = self._validate(raw)
+                await asyncio.to_thread(verify_versions, cfg, root=self.root,
+                                        primary=self.primary_manifest)
+            except FunnelError as e:
+                self.user_config_error = str(e)
+                log.error("rollout: user_config refused, the running config stays: %s", e)
+                return
+            try:
+                await self._apply(cfg, "user_config")
+            except FunnelError as e:
+                # valid, but its rankers cannot be loaded yet (Triton starting, as at a fresh
+                # install): pending, retried like the start-up config, never dropped
+                self._pending_start, self._pending_source = cfg, "user_config"
+                self._last_start_try = asyncio.get_running_loop().time()
+                self.user_config_error = f"pending (retried): {e}"
+                log.warning("rollout: user_config not applied yet, retrying: %s", e)
+                return
+            # the newest config wins over one still waiting to be applied
+            self._pending_start, self.user_config_error = None, ""
+
+    async def apply(self, raw: Any, source: str = "api") -> dict[str, Any]:
+        async with self._lock:
+            try:
+                cfg = self._validate(raw)
+                await self._apply(cfg, source)
+            except FunnelError as e:
+                log.warning("rollout: config refused: %s", e)
+                return _refusal(e)
+        return {"ok": True, "revision": self.state.revision}
+
+    async def report(self, replica: str, rows: list[dict[str, Any]], serving: bool = True
+                     ) -> dict[str, Any]:
+        """A replica's numbers since its last report in; the routing table out. `serving`
+        False: the ShadowScorer (it takes no share of a canary's error budget)."""
+        async with self._lock:
+            await self._start()
+            self.state.report(replica, rows, serving)
+            for d in self.state.evaluate():
+                log.warning("rollout: %s %s (%s): %s", d.stage, d.action, d.variant, d.reason)
+            await self._heal()
+            return {**self.state.routing(), "pending_start": self._pending_start is not None}
+
+    async def _heal(self) -> None:
+        """Reload ranker versions a restarted Triton forgot; unload retired ones."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_heal < HEAL_EVERY_S:
+            return
+        self._last_heal = now
+        st = self.state.stages.get("ranker")
+        keep = st.config.versions() if st is not None else set()
+        shadow_only = st.config.shadow_only_versions() if st is not None else set()
+        await asyncio.to_thread(self._heal_sync, keep, shadow_only)
+
+    def _heal_sync(self, keep: set[str], shadow_only: set[str]) -> None:
+        from serve.ranker.versions import TritonModels
+        from serve.rollout.variants import ranker_model_name
+
+        if not isinstance(self.triton, TritonModels):
+            return  # in-process rankers: each replica holds its own, nothing to heal
+        for v in list(self.triton.loaded):
+            name = ranker_model_name(v, self.primary_version, self.args.feed.ranker.model_name)
+            try:
+                ready = bool(self.triton._c().is_model_ready(name))
+            except Exception:
+                continue  # Triton down: try again later
+            if not ready:
+                log.warning("rollout: Triton lost %s; loading it again", name)
+                self.triton.loaded.pop(v, None)
+        try:
+            self.triton.ensure((v for v in keep if v != self.primary_version), shadow_only)
+        except FunnelError as e:
+            log.warning("rollout: %s", e)
+        self.triton.retire(keep)
+
+    async def routing(self) -> dict[str, Any]:
+        async with self._lock:
+            await self._start()
+            return self.state.routing()
+
+    async def status(self) -> dict[str, Any]:
+        async with self._lock:
+            await self._start()
+            return {**self.state.status(), "primary_version": self.primary_version,
+                    "bundle_root": str(self.root),
+                    "available_versions": available_versions(self.root),
+                    "triton_models": sorted(self.triton.loaded),
+                    "pending_start_config": self._pending_start is not None,
+                    "start_error": self.start_error,
+                    "user_config_error": self.user_config_error}
+
+    async def promote(self, stage: str) -> dict[str, Any]:
+        async with self._lock:
+            try:
+                d = self.state.promote(stage)
+            except FunnelError as e:
+                return _refusal(e)
+            return {"ok": True, "decision": d.__dict__}
+
+    async def rollback(self, stage: str) -> dict[str, Any]:
+        async with self._lock:
+            try:
+                d = self.state.rollback(stage)
+            except FunnelError as e:
+                return _refusal(e)
+            return {"ok": True, "decision": d.__dict__}

@@ -13,7 +13,7 @@ import numpy as np
 
 from serve.errors import RankerUnavailable
 from serve.offpath import yield_to_requests
-from serve.ranker_client import Ranker
+from serve.ranker.client import Ranker
 
 
 class InjectedFault(RuntimeError):

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +37,9 @@ from monitoring import metrics
 from monitoring.interleaving import TEAM_A, TEAM_B, team_draft
 from serve.config import RolloutSettings
 from serve.pipeline import FeedPipeline, FeedResult, Models
-from serve.rollout.agreement import overlap_at_k, rbo
+from serve.rollout.comparing import mean as _mean
+from serve.rollout.comparing import record, run_comparison
+from serve.rollout.comparing import top_mean as _top_mean
 from serve.rollout.comparisons import Comparison, RemoteComparisons
 from serve.rollout.router import Assignment, Router
 from serve.rollout.scheduling import IdleGate, ShadowRunner
@@ -54,24 +56,6 @@ MAX_UNSENT_ROWS = 1000  # rows kept for the next report while the controller is 
 
 def _ids(items: Sequence[FeedItem]) -> list[int]:
     return [i.item_id for i in items]
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return float(np.mean(xs)) if len(xs) else 0.0
-
-
-def _ranking(ids: np.ndarray, scores: np.ndarray, depth: int) -> list[int]:
-    """The top `depth` ids by score (ties in candidate order)."""
-    order = np.argsort(-scores, kind="stable")[:depth]
-    return [int(x) for x in ids[order]]
-
-
-def _top_mean(scores: np.ndarray, k: int) -> float:
-    """Mean of the `k` highest scores: what a ranker put at the top of its list."""
-    if not len(scores):
-        return 0.0
-    k = min(k, len(scores))
-    return float(np.partition(scores, len(scores) - k)[-k:].mean())
 
 
 class RolloutRuntime:
@@ -296,11 +280,11 @@ class RolloutRuntime:
             primary, variant = (own, theirs) if other is not None else (theirs, own)
             p_ms, v_ms = (latency_ms, ms) if other is not None else (ms, latency_ms)
             rank = lambda d: sorted(d, key=lambda lb: -d[lb])  # noqa: E731
-            self._record("moderation", other.variant if other else a.variant,
-                         rank(primary), rank(variant), ks,
-                         score_delta=_mean([variant[lb] - primary[lb] for lb in primary
-                                            if lb in variant]),
-                         latency_delta=v_ms - p_ms)
+            record(self.tally, "moderation", other.variant if other else a.variant,
+                   rank(primary), rank(variant), ks,
+                   score_delta=_mean([variant[lb] - primary[lb] for lb in primary
+                                      if lb in variant]),
+                   latency_delta=v_ms - p_ms)
 
         if not a.primary and a.compare:
             self._queue("moderation", a.variant, lambda: compare(None))
@@ -352,99 +336,8 @@ class RolloutRuntime:
             served_ms=result.timings_ms.get("ranker_call", 0.0) if stage == "ranker" else 0.0,
             kept_ids=trace.kept_ids, rscore=trace.rscore, scores=trace.scores, inputs=inputs)
 
-    async def _loaded(self, c: Comparison) -> bool:
-        """Whether the versions `c` names are loaded here. A comparison from a newer routing
-        table than this runtime's (the ShadowScorer hears of a change at its next report)
-        first fetches that table, which loads them; one whose versions a newer table has
-        retired is stale: False, and nothing is loaded for it."""
-        keys = [a.key for a in (c.served, c.shadow) if a is not None]
-        if not all(self.variants.has(c.stage, k) for k in keys) and \
-                c.revision > self.router.revision:
-            await self.report_once()
-        return all(self.variants.has(c.stage, k) for k in keys)
-
     async def run_comparison(self, c: Comparison) -> None:
-        if not await self._loaded(c):
-            self.tally.dropped(c.stage, c.variant)
-            return
-        if c.stage == "ranker":
-            await self._compare_ranker(c)
-        else:
-            await self._compare_retrieval(c)
-
-    async def _compare_ranker(self, c: Comparison) -> None:
-        """The two rankers' orderings of the same candidates, by their final scores: the
-        re-rank after them (diversity, exploration) is the same code for both, so it is left
-        out; that keeps a comparison to one model call and a sort."""
-        shadow = c.shadow
-        other = self.variants.ranker(shadow)  # None: the primary
-        cache = {id(self.variants.ranker(c.served).features): c.inputs} if c.inputs else {}
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        out = (await self.pipeline.model_scores(c.user_id, None, c.kept_ids, c.rscore,
-                                                c.now_s, other, timings, cache)
-               if len(c.kept_ids) else (np.zeros(0, np.float32), None))
-        call_ms = timings.get("ranker_call", 0.0)
-        limit = c.limit
-        if shadow is not None:
-            self.tally.served("ranker", shadow.variant, latency_ms=call_ms or (
-                time.perf_counter() - t0) * 1000, error=out is None,
-                score=None if out is None else _top_mean(out[0], limit))
-        if out is None:
-            self.tally.compare_failed("ranker", c.variant)
-            return
-        other_scores = out[0]
-        depth = max(max(c.ks), limit)
-        mine = _ranking(c.kept_ids, c.scores, depth)
-        theirs = _ranking(c.kept_ids, other_scores, depth)
-        primary, variant = (mine, theirs) if shadow is not None else (theirs, mine)
-        p_s, v_s = (c.scores, other_scores) if shadow is not None else (
-            other_scores, c.scores)
-        p_ms, v_ms = (c.served_ms, call_ms) if shadow is not None else (call_ms, c.served_ms)
-        self._record("ranker", c.variant, primary, variant, list(c.ks),
-                     score_delta=_top_mean(v_s, limit) - _top_mean(p_s, limit),
-                     latency_delta=v_ms - p_ms)
-
-    async def _compare_retrieval(self, c: Comparison) -> None:
-        shadow = c.shadow
-        depth = max(max(c.ks), 10)
-        served_r = self.variants.retrieval(c.served)
-        other_r = self.variants.retrieval(shadow)
-        user = self.pipeline.catalog.user_frame(c.user_id)
-
-        def search(r: Any) -> tuple[list[int], list[float], float]:
-            t = time.perf_counter()
-            ids, scores = r.search(r.user_vector(user), depth)
-            return ids.tolist(), scores.tolist(), (time.perf_counter() - t) * 1000
-
-        try:
-            await self.gate.wait()
-            o_ids, o_scores, o_ms = await asyncio.to_thread(search, other_r)
-        except Exception:
-            if shadow is not None:
-                self.tally.served("retrieval", shadow.variant, latency_ms=None, error=True)
-            raise
-        await self.gate.wait()
-        s_ids, s_scores, s_ms = await asyncio.to_thread(search, served_r)
-        if shadow is not None:
-            self.tally.served("retrieval", shadow.variant, latency_ms=o_ms, error=False,
-                              score=_mean(o_scores[:10]))
-            primary, p_scores, p_ms, variant, v_scores, v_ms = (
-                s_ids, s_scores, s_ms, o_ids, o_scores, o_ms)
-        else:
-            primary, p_scores, p_ms, variant, v_scores, v_ms = (
-                o_ids, o_scores, o_ms, s_ids, s_scores, s_ms)
-        self._record("retrieval", c.variant, primary, variant, list(c.ks),
-                     score_delta=_mean(v_scores) - _mean(p_scores),
-                     latency_delta=v_ms - p_ms)
-
-    def _record(self, stage: str, variant: str, primary: Sequence[Hashable],
-                other: Sequence[Hashable],
-                ks: list[int], *, score_delta: float, latency_delta: float) -> None:
-        self.tally.compared(stage, variant,
-                            overlaps={k: overlap_at_k(primary, other, k) for k in ks},
-                            rbo=rbo(primary, other), score_delta=score_delta,
-                            latency_delta_ms=latency_delta)
+        await run_comparison(self, c)
 
     async def drain(self) -> None:
         """Wait until every queued comparison has run, or, with a ShadowScorer, has been
@@ -480,7 +373,7 @@ def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
     from pathlib import Path
 
     from funnel.contracts.bundle import read_manifest
-    from serve.ranker_client import make_ranker
+    from serve.ranker.client import make_ranker
     from serve.rollout.variants import bundle_root, features_fingerprint
 
     a = owner.args

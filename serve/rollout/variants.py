@@ -24,7 +24,7 @@ from funnel.contracts.bundle import MANIFEST, resolve_bundle, verify_bundle
 from funnel.contracts.errors import BundleError
 from serve.loader import load_calibration
 from serve.pipeline import FeedPipeline, RankerModel
-from serve.ranker_client import Ranker
+from serve.ranker.client import Ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.rollout.faults import FaultyRanker, FaultyRetrieval
 from serve.rollout.router import Assignment

@@ -69,13 +69,14 @@ async def moderate(services: Any, request: Any, grpc_context: Any) -> Any:
     except ValidationError as e:
         return grpc_error(grpc_context, e, rid, empty)
     if not image and req.missing_content():
-        return grpc_fail(grpc_context, 422, VALIDATION_ERROR, [
-            {"field": "text", "message": "give at least one of text or image"},
-            {"field": "image", "message": "give at least one of text or image"}],
-            rid, empty)
+        return grpc_fail(grpc_context, 422, VALIDATION_ERROR, NO_CONTENT, rid, empty)
     try:
         info = inspect_image(image, field="image") if image else None
         out = await services.moderation.moderate(req, info, rid)
     except FunnelError as e:
         return grpc_error(grpc_context, e, rid, empty)
     return moderate_response(out)
+
+
+NO_CONTENT = [{"field": "text", "message": "give at least one of text or image"},
+              {"field": "image", "message": "give at least one of text or image"}]

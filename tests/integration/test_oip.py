@@ -35,7 +35,7 @@ def _n_dense(stack: Stack) -> int:
 def _ranker_case(mod: object, stack: Stack, rows: int, seed: int) -> tuple[list, np.ndarray]:
     """Ranker inputs for `mod`'s client (tritonclient.http or .grpc) and the logits the
     bundle's TorchScript ranker gives for them in this process."""
-    from serve.ranker_client import LocalRanker
+    from serve.ranker.client import LocalRanker
 
     n_dense = _n_dense(stack)
     dense = np.random.default_rng(seed).normal(size=(rows, n_dense)).astype(np.float32)

@@ -13,7 +13,7 @@ import pytest
 from benchmarks.triton_batching import DEFAULT_CONFIG, TritonProcess
 from funnel.contracts.bundle import verify_bundle
 from funnel.contracts.model_io import RANKER_KEYS
-from serve.ranker_client import LocalRanker, TritonRanker
+from serve.ranker.client import LocalRanker, TritonRanker
 
 pytestmark = pytest.mark.integration
 

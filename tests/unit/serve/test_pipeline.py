@@ -16,7 +16,7 @@ from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import FeedSettings, SourceSettings
 from serve.pipeline import FeedPipeline, FeedQuery
-from serve.ranker_client import Ranker
+from serve.ranker.client import Ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES, CandidateSource, SourceQuery
 from serve.types import Candidate

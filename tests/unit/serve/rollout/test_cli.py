@@ -170,7 +170,7 @@ def test_the_dry_run_judges_every_version_even_the_one_serving(root, tmp_path, m
 def test_the_server_does_not_judge_the_bundle_it_serves_again(root: Path) -> None:
     from serve.errors import RolloutConfigError
     from serve.rollout.config import parse_rollout
-    from serve.rollout.deployment import verify_versions
+    from serve.rollout.controller import verify_versions
 
     _failing_gate(root, "v1")
     cfg = parse_rollout({"stages": {"ranker": {"variants": [
@@ -188,7 +188,7 @@ def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
 
     from serve.errors import RolloutConfigError
     from serve.rollout.config import parse_rollout
-    from serve.rollout.deployment import verify_versions
+    from serve.rollout.controller import verify_versions
 
     d = root / "v1"
     m = json.loads((d / "manifest.json").read_text())

@@ -1,188 +1,173 @@
+"""RolloutController's logic without Ray: the deployment class called directly, over bundle
+directories with real manifests and checksums, and a fake Triton client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from serve.errors import RolloutConflict
-from serve.rollout.config import parse_rollout
-from serve.rollout.controller import RolloutState
+from funnel.contracts.bundle import REQUIRED_FILES, point_latest, write_manifest
+from serve.rollout.controller import RolloutController
 
 
-class Clock:
+class FakeTriton:
     def __init__(self) -> None:
-        self.t = 1000.0
+        self.loaded: dict[str, dict[str, Any]] = {}
+        self.refuse: set[str] = set()
 
-    def __call__(self) -> float:
-        return self.t
+    def load_model(self, name: str, config: str, files: dict[str, bytes],
+                   client_timeout: float) -> None:
+        if name in self.refuse:
+            raise RuntimeError("failed to load 'ranker-x': out of memory")
+        assert b"class TritonPythonModel" in files["file:1/model.py"]
+        self.loaded[name] = json.loads(config)
 
+    def is_model_ready(self, name: str) -> bool:
+        return name in self.loaded
 
-def config(guardrails=(), steps=None, auto_rollback=True, budget=10):
-    steps = steps or [{"weight": 10, "min_requests": 50, "min_duration_s": 60},
-                      {"weight": 50, "min_requests": 50, "min_duration_s": 60},
-                      {"weight": 100}]
-    return parse_rollout({"stages": {"ranker": {
-        "variants": [{"name": "control", "bundle_version": "v1", "weight": 90},
-                     {"name": "canary", "bundle_version": "v2", "weight": 10}],
-        "guardrails": list(guardrails),
-        "promotion": {"steps": steps, "auto_rollback": auto_rollback,
-                      "error_budget": budget}}}})
-
-
-def rows(variant, n, *, errors=0, latency=10.0, overlap=None, score=0.5):
-    r = {"stage": "ranker", "variant": variant, "requests": n, "errors": errors,
-         "latencies_ms": [latency] * n, "scores": [score] * n}
-    if overlap is not None:
-        r.update(comparisons=n, overlap_sum={"10": overlap * n}, rbo_sum=overlap * n)
-    return r
+    def unload_model(self, name: str) -> None:
+        self.loaded.pop(name, None)
 
 
-def state(cfg, clock):
-    s = RolloutState(clock=clock)
-    s.apply(cfg)
-    return s
+def make_bundle(root: Path, version: str, labels: list[str]) -> None:
+    d = root / version
+    for rel in REQUIRED_FILES:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(f"{version}:{rel}".encode())
+    write_manifest(d, {"version": version, "models": {
+        "ranker": {"path": "triton/ranker/1/model.pt", "dense_features": ["a", "b"]},
+        "moderation": {"labels": labels}}})
 
 
-def test_promotes_step_by_step_when_minimums_are_met_and_guardrails_hold():
-    clock = Clock()
-    s = state(config([{"metric": "error_rate", "max": 0.05, "min_samples": 20}]), clock)
-    rev = s.revision
-    s.report("r1", [rows("control", 100), rows("canary", 60)])
-    assert s.evaluate() == []  # 0 of 60 s at this step
-    assert "s at this step" in s.stages["ranker"].waiting
-    clock.t += 61
-    [d] = s.evaluate()
-    assert d.action == "promote" and s.stages["ranker"].weights == [50.0, 50.0]
-    assert s.revision > rev
-    s.report("r1", [rows("control", 100), rows("canary", 60)])
-    clock.t += 61
-    s.evaluate()
-    assert s.stages["ranker"].weights == [0.0, 100.0]
-    assert s.evaluate() == []  # the guardrail wants 20 canary requests at this step too
-    s.report("r1", [rows("canary", 20)])
-    [d] = s.evaluate()  # the last step has no other minimums
-    assert d.action == "complete" and s.stages["ranker"].status == "complete"
+@pytest.fixture
+def controller(tmp_path: Path) -> tuple[Any, FakeTriton]:
+    for v, labels in (("v1", ["spam"]), ("v2", ["spam"]), ("v3", ["spam", "hate"])):
+        make_bundle(tmp_path, v, labels)
+    point_latest(tmp_path, tmp_path / "v1")
+    cls = RolloutController.func_or_class  # the plain class under @serve.deployment
+    ctrl = cls({"bundle": str(tmp_path / "latest")})
+    fake = FakeTriton()
+    ctrl.triton._client = fake
+    return ctrl, fake
 
 
-def test_a_broken_guardrail_rolls_back_with_its_reason():
-    clock = Clock()
-    s = state(config([{"metric": "overlap_at_k", "k": 10, "min": 0.6, "min_samples": 20}]),
-              clock)
-    s.report("r1", [rows("control", 100), rows("canary", 30, overlap=0.2)])
-    [d] = s.evaluate()
-    assert d.action == "rollback" and "overlap_at_k@10 0.2 breaks min 0.6" in d.reason
-    st = s.stages["ranker"]
-    assert st.status == "rolled_back" and st.weights == [100.0, 0.0]
-    assert s.routing()["stages"]["ranker"]["variants"][1]["weight"] == 0.0
-    assert s.evaluate() == []  # rolled back stays rolled back
+def ranker(canary: str = "v2", weight: float = 10) -> dict[str, Any]:
+    return {"stages": {"ranker": {"variants": [
+        {"name": "control", "bundle_version": "v1", "weight": 100 - weight},
+        {"name": "canary", "bundle_version": canary, "weight": weight}]}}}
 
 
-def test_guardrails_wait_for_enough_samples_and_hold_promotion_meanwhile():
-    clock = Clock()
-    s = state(config([{"metric": "overlap_at_k", "min": 0.6, "min_samples": 100}]), clock)
-    s.report("r1", [rows("control", 100), rows("canary", 60, overlap=0.1)])
-    clock.t += 100
-    assert s.evaluate() == []  # 60 < 100 comparisons: neither breach nor promotion
-    assert "60/100 comparisons" in s.stages["ranker"].waiting
-    assert s.stages["ranker"].weights == [90.0, 10.0]
+def test_apply_loads_ranker_versions_into_triton_with_their_checksums(controller) -> None:
+    ctrl, triton = controller
+    out = asyncio.run(ctrl.apply(ranker()))
+    assert out == {"ok": True, "revision": 1}
+    cfg = triton.loaded["ranker-v2"]
+    assert cfg["parameters"]["model_sha256"]["string_value"] == json.loads(
+        (Path(ctrl.root) / "v2" / "manifest.json").read_text())["files"][
+            "triton/ranker/1/model.pt"]
+    assert cfg["model_warmup"][0]["batch_size"] == 1
+    table = asyncio.run(ctrl.report("r1", []))
+    assert table["stages"]["ranker"]["variants"][1]["bundle_version"] == "v2"
+    assert table["pending_start"] is False
 
 
-def test_the_error_budget_rolls_back_before_any_rate_is_known():
-    clock = Clock()
-    s = state(config(budget=5), clock)
-    s.report("r1", [rows("canary", 8, errors=5)])
-    [d] = s.evaluate()
-    assert d.action == "rollback" and "error budget spent: 5 failures" in d.reason
+def test_refusals_change_nothing(controller) -> None:
+    ctrl, triton = controller
+    asyncio.run(ctrl.apply(ranker()))
+    out = asyncio.run(ctrl.apply(ranker(canary="v9")))
+    assert out["ok"] is False and out["status"] == 422
+    assert out["fields"][0]["field"] == "stages.ranker.variants[1].bundle_version"
+    (Path(ctrl.root) / "v3" / "features" / "transform.json").write_text("tampered")
+    out = asyncio.run(ctrl.apply(ranker(canary="v3")))
+    assert out["ok"] is False and "checksum mismatch" in out["fields"][0]["message"]
+    triton.refuse.add("ranker-v2")
+    triton.loaded.clear()
+    ctrl.triton.loaded.clear()
+    out = asyncio.run(ctrl.apply(ranker(weight=20)))
+    assert out["ok"] is False and out["status"] == 503 and "out of memory" in out["error"]
+    status = asyncio.run(ctrl.status())
+    assert status["revision"] == 1
+    assert status["stages"]["ranker"]["weights"] == {"control": 90.0, "canary": 10.0}
 
 
-def test_without_auto_rollback_a_breach_holds():
-    clock = Clock()
-    s = state(config([{"metric": "error_rate", "max": 0.01, "min_samples": 10}],
-                     auto_rollback=False, budget=1000), clock)
-    s.report("r1", [rows("control", 50), rows("canary", 50, errors=10)])
-    [d] = s.evaluate()
-    assert d.action == "hold" and s.stages["ranker"].status == "held"
-    assert s.stages["ranker"].weights == [90.0, 10.0]
+def test_moderation_versions_need_the_serving_labels(controller) -> None:
+    ctrl, _ = controller
+    cfg = ranker(canary="v3")
+    cfg["stages"] = {"moderation": cfg["stages"]["ranker"]}
+    out = asyncio.run(ctrl.apply(cfg))
+    assert out["ok"] is False
+    assert "text labels ['spam', 'hate']" in out["fields"][0]["message"]
 
 
-def test_latency_ratio_and_drift_guardrails():
-    clock = Clock()
-    s = state(config([{"metric": "p99_latency_ratio", "max": 1.5, "min_samples": 10}]), clock)
-    s.report("r1", [rows("control", 50, latency=10), rows("canary", 50, latency=20)])
-    [d] = s.evaluate()
-    assert "p99_latency_ratio 2 breaks max 1.5" in d.reason
-    s = state(config([{"metric": "drift_score", "max": 0.25, "min_samples": 10}]), clock)
-    s.report("r1", [{**rows("control", 50), "scores": [i / 50 for i in range(50)]},
-                    {**rows("canary", 50), "scores": [0.99] * 50}])
-    [d] = s.evaluate()
-    assert d.action == "rollback" and "drift_score" in d.reason
+def test_user_config_applies_in_place_and_a_bad_one_is_refused(controller) -> None:
+    ctrl, _ = controller
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(weight=30)}))
+    s = asyncio.run(ctrl.status())
+    assert s["stages"]["ranker"]["weights"]["canary"] == 30.0 and s["user_config_error"] == ""
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(weight=130)}))
+    s = asyncio.run(ctrl.status())
+    assert s["stages"]["ranker"]["weights"]["canary"] == 30.0
+    assert "less than or equal to 100" in s["user_config_error"]
 
 
-def test_budget_share_splits_the_remaining_budget_across_active_replicas():
-    clock = Clock()
-    s = state(config(budget=10), clock)
-    s.report("r1", [rows("canary", 4, errors=2)])
-    s.report("r2", [])
-    assert s.routing()["stages"]["ranker"]["canary_budget"] == 4  # (10 - 2) // 2
-    clock.t += 30  # both replicas silent: counted as one
-    assert s.routing()["stages"]["ranker"]["canary_budget"] == 8
+def test_promote_and_rollback_answer_conflicts_as_refusals(controller) -> None:
+    ctrl, _ = controller
+    asyncio.run(ctrl.apply(ranker()))
+    out = asyncio.run(ctrl.promote("ranker"))
+    assert out["ok"] is False and out["status"] == 409 and "no promotion" in out["error"]
+    assert asyncio.run(ctrl.rollback("ranker"))["ok"] is True
+    assert asyncio.run(ctrl.rollback("ranker"))["status"] == 409
 
 
-def test_manual_commands_and_their_conflicts():
-    clock = Clock()
-    s = state(config(), clock)
-    d = s.promote("ranker")
-    assert d.action == "manual_promote" and s.stages["ranker"].weights == [50.0, 50.0]
-    s.rollback("ranker")
-    with pytest.raises(RolloutConflict, match="already rolled back"):
-        s.rollback("ranker")
-    with pytest.raises(RolloutConflict, match="rolled_back"):
-        s.promote("ranker")
-    with pytest.raises(RolloutConflict, match="no rollout"):
-        s.promote("retrieval")
-    counts = {(c["stage"], c["action"]): c["count"] for c in s.status()["decision_counts"]}
-    assert counts[("ranker", "manual_rollback")] == 1
+def test_a_user_config_triton_cannot_load_yet_is_retried_not_dropped(controller) -> None:
+    """A fresh install: the Helm values' rollout reaches the controller before Triton can
+    load the canary's ranker. It waits, pending, and is applied once Triton can."""
+    ctrl, fake = controller
+    fake.refuse.add("ranker-v2")
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(weight=20)}))
+    s = asyncio.run(ctrl.status())
+    assert "ranker" not in s["stages"] and s["pending_start_config"]
+    assert s["user_config_error"].startswith("pending (retried)")
+    fake.refuse.clear()
+    ctrl._last_start_try = -1e9  # the next call retries (every 2 s otherwise)
+    s = asyncio.run(ctrl.status())
+    assert s["stages"]["ranker"]["weights"]["canary"] == 20.0
+    assert not s["pending_start_config"] and s["user_config_error"] == ""
+    # a config that cannot serve is still refused at once, and the running one stays
+    asyncio.run(ctrl.reconfigure({"rollout": ranker(canary="v9")}))
+    s = asyncio.run(ctrl.status())
+    assert "v9" in s["user_config_error"] and not s["pending_start_config"]
+    assert s["stages"]["ranker"]["weights"]["canary"] == 20.0
 
 
-def test_status_lists_windows_guardrails_and_decisions():
-    clock = Clock()
-    s = state(config([{"metric": "error_rate", "max": 0.5, "min_samples": 1}]), clock)
-    s.report("r1", [rows("canary", 3, errors=1)])
-    st = s.status()["stages"]["ranker"]
-    assert st["variants"]["canary"]["window"]["requests"] == 3
-    [g] = st["variants"]["canary"]["guardrails"]
-    assert g["value"] == pytest.approx(1 / 3) and g["holds"] is True
-    assert s.status()["decisions"][0]["action"] == "apply"
+def test_a_version_only_shadows_use_runs_in_the_idle_class_until_it_serves_clients(
+        controller) -> None:
+    ctrl, triton = controller
+    loads: list[tuple[str, str]] = []
+    real_load = triton.load_model
 
+    def load_model(name: str, config: str, **kw: Any) -> None:
+        loads.append((name, json.loads(config)["parameters"]["cpu_class"]["string_value"]))
+        real_load(name, config, **kw)
 
-def test_interleaving_is_routed_until_the_candidate_is_rolled_back():
-    cfg = parse_rollout({"stages": {"ranker": {
-        "variants": [{"name": "control", "bundle_version": "v1", "weight": 90},
-                     {"name": "canary", "bundle_version": "v2", "weight": 10}],
-        "interleaving": {"variant": "canary", "sample_rate": 0.25},
-        "promotion": {"steps": [{"weight": 10}, {"weight": 100}]}}}})
-    s = state(cfg, Clock())
-    want = {"variant": "canary", "bundle_version": "v2", "sample_rate": 0.25}
-    assert s.routing()["stages"]["ranker"]["interleaving"] == want
-    assert s.status()["stages"]["ranker"]["interleaving"] == want
-    s.rollback("ranker")
-    assert s.routing()["stages"]["ranker"]["interleaving"] is None
-
-
-def test_the_shadow_scorer_reports_without_taking_a_share_of_the_budget() -> None:
-    s = RolloutState(clock=lambda: 100.0)
-    s.report("r1", [])
-    s.report("scorer", [{"stage": "ranker", "variant": "x", "comparisons": 3}], False)
-    assert s.active_replicas() == 1
-    s.report("r2", [])
-    assert s.active_replicas() == 2
-
-
-def test_allow_regression_is_kept_as_a_decision_of_each_stage() -> None:
-    s = RolloutState(clock=lambda: 100.0)
-    cfg = parse_rollout({"allow_regression": True, "stages": {"ranker": {"variants": [
-        {"name": "control", "bundle_version": "v1", "weight": 90},
-        {"name": "candidate", "bundle_version": "v2", "weight": 10}]}}})
-    s.apply(cfg, source="api")
-    actions = [(d.stage, d.action) for d in s.decisions]
-    assert actions == [("ranker", "apply"), ("ranker", "allow_regression")]
-    plain = parse_rollout({"stages": {"ranker": {"variants": [
-        {"name": "control", "bundle_version": "v1", "weight": 100}]}}})
-    s.apply(plain, source="api")
-    assert [d.action for d in s.decisions][-1] == "apply"
+    triton.load_model = load_model  # type: ignore[method-assign]
+    shadowed = {"stages": {"ranker": {
+        "variants": [{"name": "control", "bundle_version": "v1", "weight": 100}],
+        "shadows": [{"name": "next", "bundle_version": "v2", "sample_rate": 0.5}]}}}
+    assert asyncio.run(ctrl.apply(shadowed))["ok"] is True
+    assert loads == [("ranker-v2", "idle")]
+    assert asyncio.run(ctrl.apply(shadowed))["ok"] is True  # same class: not loaded again
+    assert loads == [("ranker-v2", "idle")]
+    # the shadow becomes a canary: loaded again in the normal class before it serves
+    assert asyncio.run(ctrl.apply(ranker(canary="v2")))["ok"] is True
+    assert loads == [("ranker-v2", "idle"), ("ranker-v2", "normal")]
+    # a version that is both a canary and a shadow serves clients: normal
+    both = ranker(canary="v2")
+    both["stages"]["ranker"]["shadows"] = [
+        {"name": "again", "bundle_version": "v2", "sample_rate": 0.1}]
+    assert asyncio.run(ctrl.apply(both))["ok"] is True
+    assert loads[-1] == ("ranker-v2", "normal") and len(loads) == 2

@@ -17,8 +17,8 @@ from serve.config import FeedSettings, RolloutSettings
 from serve.pipeline import FeedPipeline, FeedQuery
 from serve.retrieval import TwoTowerRetrieval
 from serve.rollout.config import parse_rollout
-from serve.rollout.controller import RolloutState
 from serve.rollout.runtime import RolloutRuntime
+from serve.rollout.state import RolloutState
 from serve.rollout.variants import Variants
 from serve.sources import SOURCES, CandidateSource
 from tests.fakes import FakeHandle, FakeRanker, FakeRetrieval, HashingTextEncoder
@@ -40,7 +40,7 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, FakeRetrie
 
 
 class Controller:
-    """What serve.rollout.deployment.RolloutController does with a report, minus Ray and
+    """What serve.rollout.controller.RolloutController does with a report, minus Ray and
     Triton."""
 
     def __init__(self, state: RolloutState) -> None:

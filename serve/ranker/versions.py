@@ -27,8 +27,8 @@ from typing import Any
 from funnel.contracts.bundle import verify_bundle
 from serve.config import TritonSettings
 from serve.errors import BundleLoadError
+from serve.ranker.repository import model_config_json, model_py_source
 from serve.rollout.variants import ranker_model_name, version_path
-from serve.triton_server import model_config_json, model_py_source
 
 log = logging.getLogger("funnel.rollout")
 

@@ -8,12 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from serve.triton_server import remove_leftovers
+from serve.ranker.server import remove_leftovers
 
 ORPHAN = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     import psutil
-    from serve.triton_server import become_subreaper, reap_descendants
+    from serve.ranker.server import become_subreaper, reap_descendants
     become_subreaper()
     stub = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('up', flush=True); time.sleep(120)")
@@ -59,7 +59,7 @@ def test_on_the_cpu_triton_is_told_not_to_look_for_gpus_and_its_gpu_noise_is_hid
     import torch
 
     from serve.config import parse_app_args
-    from serve.triton_server import is_cpu_only_noise, tritonserver_command
+    from serve.ranker.server import is_cpu_only_noise, tritonserver_command
 
     settings = parse_app_args({"bundle": "b"}).triton
     cmd, _ = tritonserver_command(tmp_path / "repo", tmp_path, settings, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Which HTTP ingress Ray Serve puts in front of the feed replicas.
+"""Which HTTP proxy Ray Serve puts in front of the feed replicas (`--ingress proxy|haproxy`).
 
 - `proxy`: Ray Serve's own Python proxy actor (the default of stock Ray Serve). Every request
   crosses two actor hops, and the replica calls back into the proxy for the request body:

@@ -1,5 +1,5 @@
 """The ranker as a Triton Python-backend model (copied into the model repository as
-`ranker/1/model.py` by `serve.triton_server`).
+`ranker/1/model.py` by `serve.ranker.server`).
 
 Triton's Python backend runs this file in a stub process next to tritonserver and hands it
 the requests of one dynamic batch through shared memory. `execute` concatenates them, runs

@@ -14,8 +14,8 @@ from tritonclient.grpc import model_config_pb2
 
 from funnel.contracts.model_io import RANKER_KEYS, TASKS
 from serve.config import TritonSettings
-from serve.triton_model import run_batch
-from serve.triton_server import model_config_pbtxt
+from serve.ranker.repository import model_config_pbtxt
+from serve.ranker.triton_model import run_batch
 
 KEYS = ("dense", "a", "b")
 
@@ -87,7 +87,7 @@ def test_config_pbtxt_follows_the_batching_and_device_settings() -> None:
 
 IDLE_CHILD = """
 import os, threading
-from serve.triton_model import idle_cpu_class
+from serve.ranker.triton_model import idle_cpu_class
 started = threading.Event(); stop = threading.Event()
 t = threading.Thread(target=lambda: (started.set(), stop.wait())); t.start(); started.wait()
 ok = idle_cpu_class()
@@ -109,7 +109,7 @@ def test_a_shadow_only_model_moves_its_whole_process_into_the_idle_class() -> No
 
 
 def test_the_json_config_names_the_cpu_class_and_refuses_an_unknown_one() -> None:
-    from serve.triton_server import model_config_json
+    from serve.ranker.repository import model_config_json
 
     kw = {"name": "ranker-v2", "n_dense": 4, "settings": TritonSettings(),
           "model_path": "/b/model.pt", "model_sha256": "ab"}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from serve import ingress
+from serve import proxy_mode
 from serve.errors import ServeConfigError
 
 
@@ -16,8 +16,8 @@ def _which(found: str | None) -> Callable[[str], str | None]:
 
 
 def test_haproxy_mode_sets_rays_high_throughput_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingress.shutil, "which", _which("/usr/sbin/haproxy"))
-    mode, env = ingress.ray_serve_env("haproxy")
+    monkeypatch.setattr(proxy_mode.shutil, "which", _which("/usr/sbin/haproxy"))
+    mode, env = proxy_mode.ray_serve_env("haproxy")
     assert mode == "haproxy"
     assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) != 8404
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
@@ -26,27 +26,27 @@ def test_haproxy_mode_sets_rays_high_throughput_flags(monkeypatch: pytest.Monkey
 
 
 def test_proxy_mode_leaves_ray_serve_stock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingress.shutil, "which", _which("/usr/sbin/haproxy"))
-    assert ingress.ray_serve_env("proxy") == ("proxy", {})
+    monkeypatch.setattr(proxy_mode.shutil, "which", _which("/usr/sbin/haproxy"))
+    assert proxy_mode.ray_serve_env("proxy") == ("proxy", {})
 
 
 def test_haproxy_asked_for_but_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingress.shutil, "which", _which(None))
+    monkeypatch.setattr(proxy_mode.shutil, "which", _which(None))
     with pytest.raises(ServeConfigError, match="apt-get install haproxy"):
-        ingress.ray_serve_env("haproxy")
+        proxy_mode.ray_serve_env("haproxy")
     with pytest.raises(ServeConfigError, match="allowed: proxy, haproxy"):
-        ingress.ray_serve_env("nginx")
+        proxy_mode.ray_serve_env("nginx")
 
 
 def test_a_variable_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingress.shutil, "which", _which("/usr/sbin/haproxy"))
+    monkeypatch.setattr(proxy_mode.shutil, "which", _which("/usr/sbin/haproxy"))
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
     for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED",
               "RAY_SERVE_HAPROXY_BINARY_PATH"):
         monkeypatch.delenv(k, raising=False)
     for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         monkeypatch.delenv(k, raising=False)
-    assert ingress.apply_ray_serve_env("haproxy") == "haproxy"
+    assert proxy_mode.apply_ray_serve_env("haproxy") == "haproxy"
     assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "30"
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from serve.config import RankerSettings
 from serve.errors import RankerUnavailable
-from serve.ranker_client import LocalRanker, TritonRanker, make_ranker
-from serve.rollout.triton_models import InProcessRankers
+from serve.ranker.client import LocalRanker, TritonRanker, make_ranker
+from serve.ranker.versions import InProcessRankers
 
 
 class _Sum(torch.nn.Module):
