@@ -96,9 +96,8 @@ def deprecated_alias(new: str | None, old: str | None, *, new_flag: str, old_fla
 def rollout_variants(path: str, stage: str) -> tuple[str, ...]:
     """The names of `stage`'s variants in the rollout config file at `path`, the primary
     (the control) first. Bad files exit 2 naming --rollout-config."""
-    from funnel.contracts.errors import InvalidInputError
-    from serve.errors import RolloutConfigError
-    from serve.rollout.config import parse_rollout
+    from funnel.contracts.errors import InvalidInputError, RolloutConfigError
+    from funnel.contracts.rollout import parse_rollout
     from training.config import read_yaml
 
     try:

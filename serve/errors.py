@@ -107,18 +107,6 @@ class ReviewDatabaseUrlError(InvalidInputError):
     """The review database URL names no usable database driver. CLI exit 2."""
 
 
-class RolloutConfigError(InvalidInputError):
-    """A rollout config that cannot serve: a bad shape, an unknown stage or bundle version.
-    Refused whole (the old config keeps serving). HTTP 422, gRPC INVALID_ARGUMENT, CLI exit 2.
-    `fields` lists each problem as {field, message, given}."""
-
-    grpc_code = "INVALID_ARGUMENT"
-
-    def __init__(self, message: str, *, fields: list[dict[str, object]] | None = None) -> None:
-        super().__init__(message)
-        self.fields = fields or []
-
-
 class RolloutConflict(ServeError):
     """A rollout command that does not apply to the stage's state (promote a stage with no
     canary, roll back one already rolled back). HTTP 409."""

@@ -184,7 +184,7 @@ MODELS: tuple[type[BaseModel], ...] = (
 
 def _component_schemas() -> dict[str, Any]:
     """Every model's JSON schema (and the models they use) under components.schemas."""
-    from serve.rollout.config import RolloutConfig
+    from funnel.contracts.rollout import RolloutConfig
 
     out: dict[str, Any] = {}
     models: tuple[type[BaseModel], ...] = (*MODELS, RolloutConfig)

@@ -31,3 +31,15 @@ class ConfigError(InvalidInputError):
 
 class BundleError(InvalidInputError):
     """An artifact bundle is missing a file, fails a checksum, or has a bad manifest."""
+
+
+class RolloutConfigError(InvalidInputError):
+    """A rollout config that cannot serve: a bad shape, an unknown stage or bundle version.
+    Refused whole (the old config keeps serving). HTTP 422, gRPC INVALID_ARGUMENT, CLI exit 2.
+    `fields` lists each problem as {field, message, given}."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, fields: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []

@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from funnel.contracts.rollout import STAGES
 from serve.errors import VALIDATION_ERROR
 from serve.http.common import (
     admin_denied,
@@ -13,7 +14,6 @@ from serve.http.common import (
     request_id_of,
     services_of,
 )
-from serve.rollout.config import STAGES
 
 router = APIRouter()
 ACTIONS = ("promote", "rollback")

@@ -1,5 +1,5 @@
 """The Helm chart's JSON Schema for `rollout` (charts/funnel/values.schema.json), generated
-from the pydantic rollout model (serve/rollout/config.py), so that a new guardrail, field or
+from the pydantic rollout model (funnel/contracts/rollout.py), so that a new guardrail, field or
 bound reaches the chart without a hand edit.
 
     python -m serve.rollout.chart_schema            # rewrite the chart's schema in place
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serve.rollout.config import STAGES, RolloutConfig
+from funnel.contracts.rollout import STAGES, RolloutConfig
 
 CHART_SCHEMA = Path(__file__).resolve().parents[2] / "charts" / "funnel" / "values.schema.json"
 _DROP = {"title", "default", "description"}
@@ -81,7 +81,7 @@ def rollout_schema() -> tuple[dict[str, Any], dict[str, Any]]:
             },
         },
         "additionalProperties": False,
-        "description": "serve/rollout/config.py RolloutConfig; docs/rollout.md",
+        "description": "funnel/contracts/rollout.py RolloutConfig; docs/rollout.md",
     }
     return rollout, stage
 

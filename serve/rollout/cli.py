@@ -24,11 +24,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from funnel.contracts.errors import FunnelError
-from serve.errors import RolloutConfigError
+from funnel.contracts.errors import FunnelError, RolloutConfigError
 
 if TYPE_CHECKING:
-    from serve.rollout.config import RolloutConfig
+    from funnel.contracts.rollout import RolloutConfig
 
 rollout_app = typer.Typer(help="Canary and shadow rollout (docs/rollout.md).",
                           no_args_is_help=True)
@@ -165,7 +164,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     only where allowed, and every version passes its checksums (a moderation version: with
     the serving bundle's text labels). RolloutConfigError otherwise."""
     from funnel.contracts.bundle import read_manifest
-    from serve.rollout.config import check_versions, parse_rollout
+    from funnel.contracts.rollout import check_versions, parse_rollout
     from serve.rollout.controller import verify_versions
     from serve.rollout.variants import available_versions
 
@@ -198,7 +197,7 @@ def apply_cmd(file: Annotated[str, typer.Argument(help="Rollout config YAML.")],
                   "(a model that does not beat its baseline; `funnel train` prints the "
                   "verdicts). Recorded as an allow_regression decision.")] = False) -> None:
     """Validate and apply a rollout config (replicas switch without a restart)."""
-    from serve.rollout.config import parse_rollout
+    from funnel.contracts.rollout import parse_rollout
     from training.config import read_yaml
 
     raw = read_yaml(file, what="rollout config", error=RolloutConfigError)

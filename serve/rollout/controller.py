@@ -30,10 +30,9 @@ from typing import Any
 from ray import serve
 
 from funnel.contracts.bundle import read_manifest
-from funnel.contracts.errors import FunnelError
+from funnel.contracts.errors import FunnelError, RolloutConfigError
+from funnel.contracts.rollout import RolloutConfig, check_versions, parse_rollout
 from serve.config import parse_app_args
-from serve.errors import RolloutConfigError
-from serve.rollout.config import RolloutConfig, check_versions, parse_rollout
 from serve.rollout.state import RolloutState
 from serve.rollout.variants import available_versions, bundle_root
 from training.config import read_yaml

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from funnel.contracts.rollout import RolloutConfig, StageRollout
 from serve.errors import RolloutConflict
-from serve.rollout.config import RolloutConfig, StageRollout
 from serve.rollout.stats import Window, psi
 
 ACTIVE_REPLICA_S = 10.0

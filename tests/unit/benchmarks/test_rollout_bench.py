@@ -34,7 +34,7 @@ def test_rounds_must_pair() -> None:
 
 def test_every_config_declares_the_same_shadows_and_feeds_at_most_one() -> None:
     from benchmarks.rollout import configs
-    from serve.rollout.config import parse_rollout
+    from funnel.contracts.rollout import parse_rollout
 
     plans = configs("v1", "v1-shadow", ["slow_shadow", "failing_shadow"])
     assert list(plans) == ["baseline", "slow_shadow", "failing_shadow"]

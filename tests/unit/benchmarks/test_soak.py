@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from benchmarks.soak import parse_duration, rollout_config
-from serve.rollout.config import RolloutConfig
+from funnel.contracts.rollout import RolloutConfig
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400),

@@ -188,8 +188,8 @@ def test_every_pod_runs_locked_down(ci_file: str) -> None:
 def test_serve_config_is_the_local_one_for_a_cluster(ci_file: str) -> None:
     from ray.serve.schema import ServeDeploySchema
 
+    from funnel.contracts.rollout import parse_rollout
     from serve.config import parse_app_args
-    from serve.rollout.config import parse_rollout
 
     docs = rendered(ci_file)
     cfg = serve_config(docs)

@@ -9,8 +9,8 @@ from typing import get_args
 import helm_python
 import pytest
 
+from funnel.contracts.rollout import GUARDRAIL_METRICS, STAGES, GuardrailMetric
 from serve.rollout.chart_schema import CHART_SCHEMA, main, updated
-from serve.rollout.config import GUARDRAIL_METRICS, STAGES, GuardrailMetric
 from tests.unit.charts.test_chart import CANARY_OK, render_docs
 
 

@@ -168,8 +168,8 @@ def test_the_dry_run_judges_every_version_even_the_one_serving(root, tmp_path, m
 
 
 def test_the_server_does_not_judge_the_bundle_it_serves_again(root: Path) -> None:
-    from serve.errors import RolloutConfigError
-    from serve.rollout.config import parse_rollout
+    from funnel.contracts.errors import RolloutConfigError
+    from funnel.contracts.rollout import parse_rollout
     from serve.rollout.controller import verify_versions
 
     _failing_gate(root, "v1")
@@ -186,8 +186,8 @@ def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
     refused as a retrieval canary."""
     import json
 
-    from serve.errors import RolloutConfigError
-    from serve.rollout.config import parse_rollout
+    from funnel.contracts.errors import RolloutConfigError
+    from funnel.contracts.rollout import parse_rollout
     from serve.rollout.controller import verify_versions
 
     d = root / "v1"

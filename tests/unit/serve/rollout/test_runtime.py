@@ -12,11 +12,11 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from funnel.contracts.rollout import parse_rollout
 from serve.catalog import Catalog
 from serve.config import FeedSettings, RolloutSettings
 from serve.pipeline import FeedPipeline, FeedQuery
 from serve.retrieval import TwoTowerRetrieval
-from serve.rollout.config import parse_rollout
 from serve.rollout.runtime import RolloutRuntime
 from serve.rollout.state import RolloutState
 from serve.rollout.variants import Variants

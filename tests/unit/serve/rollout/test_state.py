@@ -1,7 +1,7 @@
 import pytest
 
+from funnel.contracts.rollout import parse_rollout
 from serve.errors import RolloutConflict
-from serve.rollout.config import parse_rollout
 from serve.rollout.state import RolloutState
 
 

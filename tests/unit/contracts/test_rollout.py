@@ -1,7 +1,7 @@
 import pytest
 
-from serve.errors import RolloutConfigError
-from serve.rollout.config import check_versions, parse_rollout
+from funnel.contracts.errors import RolloutConfigError
+from funnel.contracts.rollout import check_versions, parse_rollout
 
 
 def stage(**over):

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
-from serve.errors import RolloutConfigError
+from funnel.contracts.errors import RolloutConfigError
 
 STAGES = ("retrieval", "ranker", "moderation")
 Stage = Literal["retrieval", "ranker", "moderation"]
