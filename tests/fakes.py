@@ -93,8 +93,8 @@ class FixedLogitsRanker:
         return np.tile(self.row, (len(inputs["dense"]), 1))
 
 
-class FakeScorer:
-    """A moderation `Scorer` returning fixed scores, or failing/hanging on demand."""
+class FakeContentScorer:
+    """A moderation `ContentScorer` returning fixed scores, or failing/hanging on demand."""
 
     def __init__(self, text: dict[str, float] | None = None,
                  image: dict[str, float] | None = None, *, fail: str | None = None,

@@ -57,7 +57,7 @@ def popularity_scores(train_item_idx: np.ndarray, n_items: int) -> np.ndarray:
     return np.bincount(train_item_idx, minlength=n_items).astype(np.float64)
 
 
-def itemknn_scorer(train_user_idx: np.ndarray, train_item_idx: np.ndarray, n_users: int,
+def itemknn_score_fn(train_user_idx: np.ndarray, train_item_idx: np.ndarray, n_users: int,
                    n_items: int, *, k_neighbors: int = 100, shrink: float = 10.0) -> ScoreFn:
     """ItemKNN: cosine item-item similarity (shrunk, top-k pruned); a user's score for an
     item is the sum of its similarities to the user's training items."""

@@ -38,7 +38,7 @@ from training.data.schema import ENGAGEMENT_TASKS, HARM_LABELS, Dataset
 from training.evaluation import (
     full_ranking_metrics,
     grouped_ndcg,
-    itemknn_scorer,
+    itemknn_score_fn,
     popularity_scores,
     safe_auc,
     safe_pr_auc,
@@ -249,7 +249,7 @@ def _retrieval_stage(run: _Run) -> _Retrieval:
                                        train_items=train_items, test_items=test_items, ks=ks)
     baselines = {"popularity": pop_metrics}
     if len(posts) <= 20_000:
-        knn = itemknn_scorer(seen[:, 0], seen[:, 1], n_users, len(posts))
+        knn = itemknn_score_fn(seen[:, 0], seen[:, 1], n_users, len(posts))
         baselines["itemknn"] = full_ranking_metrics(knn, train_items=train_items,
                                                     test_items=test_items, ks=ks)
     run.say(f"retrieval: recall@50 {metrics.get('recall_at_50', 0):.4f} "

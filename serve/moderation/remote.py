@@ -1,5 +1,5 @@
 """The moderation models' deployment (serve/moderation/deployment.py) as the ingress sees
-it: a `Scorer` over its handle, the bundle's text labels and the models' versions."""
+it: a `ContentScorer` over its handle, the bundle's text labels and the models' versions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 from serve.errors import InvalidContent
 
 
-class HandleScorer:
-    """`Scorer` (serve.moderation.service) over the moderation deployment's handle; scores
+class RemoteContentScorer:
+    """`ContentScorer` (serve.moderation.service) over the moderation deployment's handle; scores
     with text-model `text_version` (None: the bundle's)."""
 
     def __init__(self, handle: Any, text_labels: tuple[str, ...],

@@ -1,9 +1,10 @@
 """`/v1/moderate` without the web framework: score, decide by policy, record, answer.
 
-Text and image are scored concurrently by a `Scorer` (in the app: the moderation deployment,
-which batches). Labels scored by both (nudity) take the higher score. The policy turns the
-scores into allow | review | block. Every decision goes to the decision log, and a `review`
-also creates a review-queue item, in one transaction (`ReviewStore.record_model_decision`).
+Text and image are scored concurrently by a `ContentScorer` (in the app: the moderation
+deployment, which batches). Labels scored by both (nudity) take the higher score. The
+policy turns the scores into allow | review | block. Every decision goes to the decision log,
+and a `review` also creates a review-queue item, in one transaction
+(`ReviewStore.record_model_decision`).
 
 Degrading safely: if a model does not answer within `timeout_s` or fails, the response is
 still 200 with `degraded` naming it, and the decision is at least `review` (never `allow` on
@@ -36,7 +37,7 @@ log = logging.getLogger("funnel.moderation")
 T = TypeVar("T")
 
 
-class Scorer(Protocol):
+class ContentScorer(Protocol):
     async def score_text(self, text: str) -> Mapping[str, float]:
         """Scores in [0, 1] per text label."""
         ...
@@ -78,8 +79,9 @@ def write_record(store: ReviewStore, key: str, record: Mapping[str, Any]) -> int
 
 
 class ModerationService:
-    def __init__(self, *, scorer: Scorer, policy: ModerationPolicy, store: ReviewStore | None,
-                 model_versions: Mapping[str, str], timeout_s: float = 5.0,
+    def __init__(self, *, scorer: ContentScorer, policy: ModerationPolicy,
+                 store: ReviewStore | None, model_versions: Mapping[str, str],
+                 timeout_s: float = 5.0,
                  spool: ReviewSpool | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  new_key: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
@@ -102,7 +104,7 @@ class ModerationService:
             degraded.append(name)
             return None
 
-    async def moderate(self, inp: ModerationInput, *, scorer: Scorer | None = None,
+    async def moderate(self, inp: ModerationInput, *, scorer: ContentScorer | None = None,
                        text_version: str | None = None) -> ModerationOutcome:
         """`scorer` / `text_version`: the rollout's variant of the text model for this item
         (default: the service's own)."""

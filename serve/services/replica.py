@@ -123,7 +123,7 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     if moderation is not None:
         from serve.moderation.policy import load_policy
         from serve.moderation.remote import (
-            HandleScorer,
+            RemoteContentScorer,
             handle_ready,
             image_model_version,
             moderation_labels,
@@ -134,7 +134,7 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
         text_labels, text_version = moderation_labels(manifest)
         m = args.moderation
         core = ModerationService(
-            scorer=HandleScorer(moderation, text_labels),
+            scorer=RemoteContentScorer(moderation, text_labels),
             policy=load_policy(m.policy, labels=policy_labels(text_labels)), store=store,
             model_versions={"moderation_text": text_version,
                             "moderation_image": image_model_version()},
@@ -147,14 +147,14 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     impressions = build_impression_logs(args, replica, policy)
     moderate = None
     if core is not None:
-        from serve.moderation.remote import HandleScorer
+        from serve.moderation.remote import RemoteContentScorer
 
         async def score_text(text: str, text_version: str) -> list[float]:
             return list(await moderation.score_text.remote(text, text_version))
 
         moderate = ModerateService(
             core=core, text_labels=text_labels,
-            scorer_for=lambda v: HandleScorer(moderation, text_labels, v),
+            scorer_for=lambda v: RemoteContentScorer(moderation, text_labels, v),
             score_text=score_text, refresh_verdicts=verdicts.refresh, rollout=runtime,
             impressions=impressions.get("moderation"), replica=replica, on_request=ensure)
 

@@ -32,7 +32,7 @@ from tests.docs_blocks import ROOT, Block, all_blocks
 
 pytestmark = pytest.mark.integration
 
-LINKED = (".venv", "Makefile", "pyproject.toml", "README.md", "BENCHMARKS.md", "serve",
+LINKED = (".venv", "Makefile", "pyproject.toml", "README.md", "BENCHMARKS.md", "funnel", "serve",
           "training", "monitoring", "benchmarks", "charts", "docs", "tests")
 BASE_URL = "http://127.0.0.1:8000"
 

@@ -6,7 +6,7 @@ import pytest
 from training.evaluation import (
     full_ranking_metrics,
     grouped_ndcg,
-    itemknn_scorer,
+    itemknn_score_fn,
     popularity_scores,
     safe_auc,
 )
@@ -35,7 +35,7 @@ def test_popularity_and_itemknn() -> None:
     users = np.array([0, 0, 1, 1, 2])
     items = np.array([0, 1, 0, 1, 0])
     assert popularity_scores(items, 3).tolist() == [3.0, 2.0, 0.0]
-    score = itemknn_scorer(users, items, 3, 3, k_neighbors=2, shrink=0.0)
+    score = itemknn_score_fn(users, items, 3, 3, k_neighbors=2, shrink=0.0)
     s = score(np.array([2]))[0]
     assert s[1] > 0 and s[2] == 0  # item 1 co-occurs with item 0; item 2 never seen
 

@@ -13,7 +13,7 @@ from serve.moderation.policy import parse_policy
 from serve.moderation.service import ModerationInput, ModerationService, write_record
 from serve.review.spool import ReviewSpool
 from serve.review.store import SqlReviewStore as ReviewStore
-from tests.fakes import FakeScorer
+from tests.fakes import FakeContentScorer
 
 LABELS = ("abuse", "nudity")
 POLICY = parse_policy({"version": "t1", "labels": {
@@ -23,7 +23,7 @@ IMAGE = ImageInfo(data=b"img", format="JPEG", width=1, height=1)
 VERSIONS = {"moderation_text": "b1", "moderation_image": "nsfw-1"}
 
 
-def _service(scorer: FakeScorer, store: ReviewStore | None = None,
+def _service(scorer: FakeContentScorer, store: ReviewStore | None = None,
              timeout_s: float = 1.0) -> ModerationService:
     return ModerationService(scorer=scorer, policy=POLICY, store=store,
                              model_versions=VERSIONS, timeout_s=timeout_s)
@@ -34,7 +34,7 @@ def _run(svc: ModerationService, **kw: object) -> object:
 
 
 def test_text_and_image_take_the_higher_score_per_label() -> None:
-    svc = _service(FakeScorer(text={"abuse": 0.1, "nudity": 0.1}, image={"nudity": 0.3}))
+    svc = _service(FakeContentScorer(text={"abuse": 0.1, "nudity": 0.1}, image={"nudity": 0.3}))
     out = _run(svc, text="hi", image=IMAGE)
     assert out.labels == {"abuse": 0.1, "nudity": 0.3}  # type: ignore[attr-defined]
     assert out.decision == "review"  # type: ignore[attr-defined]
@@ -43,21 +43,21 @@ def test_text_and_image_take_the_higher_score_per_label() -> None:
 
 def test_review_is_queued_and_every_decision_logged(tmp_path: Path) -> None:
     store = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
-    svc = _service(FakeScorer(text={"abuse": 0.6, "nudity": 0.0}), store)
+    svc = _service(FakeContentScorer(text={"abuse": 0.6, "nudity": 0.0}), store)
     out = _run(svc, text="you idiot", author_id=9)
     assert out.review_id is not None  # type: ignore[attr-defined]
     [item] = store.list_items()
     assert (item.content_id, item.text, item.author_id, item.flagged_labels) == (
         "c1", "you idiot", 9, ("abuse",))
     assert item.policy_version == "t1"
-    allow = _service(FakeScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
+    allow = _service(FakeContentScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
     assert _run(allow, text="hello").review_id is None  # type: ignore[attr-defined]
     assert [e.decision for e in store.decision_log()] == ["review", "allow"]
 
 
 @pytest.mark.parametrize("mode", ["fail", "hang"])
 def test_a_failed_model_degrades_to_review_never_allow(mode: str) -> None:
-    scorer = FakeScorer(text={"abuse": 0.0, "nudity": 0.0}, image={"nudity": 0.0},
+    scorer = FakeContentScorer(text={"abuse": 0.0, "nudity": 0.0}, image={"nudity": 0.0},
                         **{mode: "image"})  # type: ignore[arg-type]
     out = _run(_service(scorer, timeout_s=0.05), text="hello", image=IMAGE)
     assert out.degraded == ("moderation_image",)  # type: ignore[attr-defined]
@@ -68,18 +68,18 @@ def test_a_failed_model_degrades_to_review_never_allow(mode: str) -> None:
 
 def test_a_reported_item_goes_to_review_whatever_the_models_say(tmp_path: Path) -> None:
     store = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
-    svc = _service(FakeScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
+    svc = _service(FakeContentScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
     out = _run(svc, text="buy cheap pills now", reported=True)
     assert out.decision == "review"  # type: ignore[attr-defined]
     assert out.reasons[-1] == "reported by a user; held for human review"  # type: ignore[attr-defined]
     assert out.review_id is not None  # type: ignore[attr-defined]
     assert [i.text for i in store.list_items()] == ["buy cheap pills now"]
-    blocked = _service(FakeScorer(text={"abuse": 0.95, "nudity": 0.0}), store)
+    blocked = _service(FakeContentScorer(text={"abuse": 0.95, "nudity": 0.0}), store)
     assert _run(blocked, text="x", reported=True).decision == "block"  # type: ignore[attr-defined]
 
 
 def test_a_block_stays_a_block_when_another_model_fails() -> None:
-    scorer = FakeScorer(text={"abuse": 0.95, "nudity": 0.0}, fail="image")
+    scorer = FakeContentScorer(text={"abuse": 0.95, "nudity": 0.0}, fail="image")
     out = _run(_service(scorer), text="x", image=IMAGE)
     assert out.decision == "block"  # type: ignore[attr-defined]
 
@@ -106,7 +106,7 @@ def _parking(tmp_path: Path, scores: dict[str, float]) -> tuple[ModerationServic
                                                                  ReviewSpool]:
     store = FlakyStore(f"sqlite:///{tmp_path / 'r.db'}")
     spool = ReviewSpool(tmp_path / "spool.db")
-    svc = ModerationService(scorer=FakeScorer(text=scores), policy=POLICY, store=store,
+    svc = ModerationService(scorer=FakeContentScorer(text=scores), policy=POLICY, store=store,
                             model_versions=VERSIONS, spool=spool)
     return svc, store, spool
 
@@ -148,6 +148,6 @@ def test_without_a_spool_an_unreachable_database_fails_the_request(tmp_path: Pat
 
     store = FlakyStore(f"sqlite:///{tmp_path / 'r.db'}")
     store.down = True
-    svc = _service(FakeScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
+    svc = _service(FakeContentScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
     with pytest.raises(ReviewStoreError):
         _moderate(svc, "c1")

@@ -369,7 +369,7 @@ def scorer_pair(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any], *,
     def compare_many(cs: list[Any]) -> int:
         return sum(scorer.accept(c) for c in cs)
 
-    handle = PickledHandle(type("Scorer", (), {"compare_many": staticmethod(compare_many)})(),
+    handle = PickledHandle(type("ShadowScorer", (), {"compare_many": staticmethod(compare_many)})(),
                            fail=fail)
     from serve.rollout.comparisons import RemoteComparisons
 

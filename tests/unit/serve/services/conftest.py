@@ -26,7 +26,13 @@ from serve.services.moderation import ModerateService
 from serve.services.replica import ReplicaServices
 from serve.services.review import ReviewService
 from serve.sources import SOURCES
-from tests.fakes import FakeRanker, FakeRetrieval, FakeScorer, HashingTextEncoder, MemoryReviewStore
+from tests.fakes import (
+    FakeContentScorer,
+    FakeRanker,
+    FakeRetrieval,
+    HashingTextEncoder,
+    MemoryReviewStore,
+)
 from training.catalog import write_catalog
 from training.data.synthetic import Profile, generate
 from training.features import FeatureTransform
@@ -83,7 +89,7 @@ def services(catalog_parts: tuple[Catalog, FakeRetrieval]) -> ReplicaServices:
     pipeline.live_verdicts = verdicts.live
     background = BackgroundTasks(verdicts=verdicts, poll_s=3600.0)
     logs = {k: RecordingLog() for k in ("feed", "events", "moderation")}
-    core = ModerationService(scorer=FakeScorer(text={"abuse": 0.1}, image={"nudity": 0.0}),
+    core = ModerationService(scorer=FakeContentScorer(text={"abuse": 0.1}, image={"nudity": 0.0}),
                              policy=POLICY, store=store,
                              model_versions={"moderation_text": "b1"}, timeout_s=1.0)
 

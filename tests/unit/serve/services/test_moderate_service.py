@@ -12,7 +12,7 @@ import pytest
 from serve.api import ModerateRequest
 from serve.moderation.service import ModerationService
 from serve.services.moderation import ModerateService
-from tests.fakes import FakeScorer, MemoryReviewStore
+from tests.fakes import FakeContentScorer, MemoryReviewStore
 from tests.unit.serve.services.conftest import LABELS, POLICY, RecordingLog
 
 
@@ -23,7 +23,7 @@ def _req(**kw: Any) -> ModerateRequest:
 def _service(scores: dict[str, float], *, rollout: Any = None,
              scorer_for: Any = None) -> tuple[ModerateService, list[str], RecordingLog]:
     store = MemoryReviewStore()
-    core = ModerationService(scorer=FakeScorer(text=scores), policy=POLICY, store=store,
+    core = ModerationService(scorer=FakeContentScorer(text=scores), policy=POLICY, store=store,
                              model_versions={"moderation_text": "b1"}, timeout_s=1.0)
     refreshed: list[str] = []
 
@@ -35,7 +35,7 @@ def _service(scores: dict[str, float], *, rollout: Any = None,
 
     log = RecordingLog()
     svc = ModerateService(core=core, text_labels=LABELS,
-                          scorer_for=scorer_for or (lambda v: FakeScorer(text=scores)),
+                          scorer_for=scorer_for or (lambda v: FakeContentScorer(text=scores)),
                           score_text=score_text, refresh_verdicts=refresh, rollout=rollout,
                           impressions=log, replica="r0")
     return svc, refreshed, log
@@ -101,9 +101,9 @@ class FakeRollout:
 def test_a_rollout_variant_scores_with_its_own_text_model_and_is_reported() -> None:
     rollout, versions = FakeRollout(), []
 
-    def scorer_for(version: str) -> FakeScorer:
+    def scorer_for(version: str) -> FakeContentScorer:
         versions.append(version)
-        return FakeScorer(text={"abuse": 0.95})
+        return FakeContentScorer(text={"abuse": 0.95})
 
     svc, _, log = _service({"abuse": 0.0}, rollout=rollout, scorer_for=scorer_for)
     out = asyncio.run(svc.moderate(_req(), None, "rid"))
