@@ -28,6 +28,10 @@ def subset_version(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> st
     cfg = yaml.safe_load((Path(__file__).parents[2] / "training/configs/tiny.yaml")
                          .read_text())
     cfg["ranker_dense_features"] = SUBSET
+    # the layout is under test, not the models' quality (the rollout below allows a
+    # regression): one trial per model and few epochs keep this training short
+    for stage, epochs in (("retrieval", 2), ("ranker", 2), ("moderation", 3)):
+        cfg[stage].update(num_samples=1, max_epochs=epochs, grace_period=1)
     (work / "tiny-subset.yaml").write_text(yaml.safe_dump(cfg))
     out = work / "artifacts"
     r = subprocess.run([*FUNNEL, "train", "--profile", "tiny", "--config",
