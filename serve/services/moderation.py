@@ -38,10 +38,6 @@ class ModerateService:
         self.replica = replica
         self._on_request = on_request
 
-    @property
-    def policy(self) -> Any:
-        return self.core.policy
-
     async def moderate(self, req: ModerateRequest, image: Any, rid: str) -> Any:
         self._on_request()
         with self.rollout.serving() if self.rollout else contextlib.nullcontext():

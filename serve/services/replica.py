@@ -147,8 +147,6 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     impressions = build_impression_logs(args, replica, policy)
     moderate = None
     if core is not None:
-        from serve.moderation.remote import RemoteContentScorer
-
         async def score_text(text: str, text_version: str) -> list[float]:
             return list(await moderation.score_text.remote(text, text_version))
 
