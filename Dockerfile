@@ -18,7 +18,9 @@
 # duplicate libraries (and its Ubuntu would not ship Python 3.11).
 ARG VARIANT=cpu
 # Python 3.11 on Debian bookworm: glibc 2.36 (nvidia-pytriton's wheel needs >= 2.35), a shared
-# libpython (the Triton Python-backend stub links libpython3.11.so.1.0).
+# libpython (the Triton Python-backend stub links libpython3.11.so.1.0). Where this default
+# cannot be pulled (no registry), `make image` (scripts/build_image.py) bootstraps the same
+# Debian 12 with its own python3 3.11 and passes it here; this file builds on either.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS python-base
@@ -32,19 +34,28 @@ ARG TORCH_VERSION=2.13.0
 # of nvidia-* wheels), so the CPU image takes PyTorch's official public CPU wheel index; the
 # CUDA image takes PyPI's default CUDA build. Override either for a mirror or another CUDA
 # version (e.g. https://download.pytorch.org/whl/cu128).
+# Empty: pip's own configuration decides (`make image` forwards the build machine's, with its
+# local wheel folders and indexes, read-only, through PIP_CONFIG_FILE).
 ARG TORCH_INDEX_URL_CPU=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX_URL_CUDA=https://pypi.org/simple
 ARG RECBOLE_VERSION=1.2.1
+# A pip.conf mounted into the RUN steps by `make image`; unset, pip uses its defaults. Build
+# arguments of this stage never reach the final image.
+ARG PIP_CONFIG_FILE=""
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# The image sets LD_LIBRARY_PATH to the interpreter's LIBDIR (see the final stage); fail the
-# build here if a different base image moves it.
-RUN test "$(python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')" \
-        = /usr/local/lib \
+# The image sets LD_LIBRARY_PATH=/usr/local/lib (see the final stage): the interpreter's own
+# libpython must be the one the dynamic linker finds with it (/usr/local/lib in the python
+# image, the system library folder in Debian's python3); fail the build here if it is not.
+RUN LD_LIBRARY_PATH=/usr/local/lib python -c "import ctypes, sys, sysconfig; \
+name = sysconfig.get_config_var('INSTSONAME'); ctypes.CDLL(name); \
+found = [l.split()[-1] for l in open('/proc/self/maps') if l.rstrip().endswith(name)]; \
+libdir = sysconfig.get_config_var('LIBDIR'); \
+sys.exit(0 if found and all(f.startswith(libdir + '/') for f in found) else f'{name}: {found} is not under {libdir}')" \
     && python -m venv /opt/venv
 
 # torch first, from the variant's index, and pinned for the rest of the install: with torch
@@ -54,7 +65,7 @@ RUN case "$VARIANT" in \
         cuda) index="$TORCH_INDEX_URL_CUDA" ;; \
         *) echo "VARIANT is '$VARIANT'; allowed: cpu, cuda" >&2; exit 2 ;; \
     esac \
-    && pip install --index-url "$index" "torch==${TORCH_VERSION}" \
+    && pip install ${index:+--index-url "$index"} "torch==${TORCH_VERSION}" \
     && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt
 
 WORKDIR /src

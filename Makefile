@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run train test lint layers typecheck unit integration clean
+.PHONY: install run train test lint layers typecheck unit integration image cluster-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,22 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest tests -q --durations=15
+
+# `make image`: the CPU image from the Dockerfile with buildah (or podman build), with no
+# registry needed (scripts/build_image.py: the base image or a bootstrapped Debian bookworm
+# equivalent, this machine's pip configuration forwarded read-only). IMAGE_ARGS: more options,
+# e.g. IMAGE_ARGS="--force --report benchmarks/results/image.json".
+IMAGE_ARGS ?=
+image:
+	$(PYTHON) scripts/build_image.py $(IMAGE_ARGS)
+
+# `make cluster-test`: the chart's Ray cluster (head, worker, Triton) in containers of that
+# image, on loopback: training as a Ray job, serving, probes, a worker killed under load
+# (tests/cluster). CLUSTER_REPORT=FILE keeps the measurements.
+CLUSTER_REPORT ?=
+cluster-test: $(STAMP) image
+	FUNNEL_CLUSTER_REPORT=$(CLUSTER_REPORT) $(BIN)/pytest tests/cluster -m cluster -v -s \
+		-p no:cacheprovider --timeout 3600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

