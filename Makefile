@@ -75,9 +75,10 @@ image:
 # image, on loopback: training as a Ray job, serving, probes, a worker killed under load
 # (tests/cluster). CLUSTER_REPORT=FILE keeps the measurements.
 CLUSTER_REPORT ?=
+# It runs in a network namespace of its own with only loopback (scripts/in_loopback_netns.sh).
 cluster-test: $(STAMP) image
-	FUNNEL_CLUSTER_REPORT=$(CLUSTER_REPORT) $(BIN)/pytest tests/cluster -m cluster -v -s \
-		-p no:cacheprovider --timeout 3600
+	FUNNEL_CLUSTER_REPORT=$(CLUSTER_REPORT) scripts/in_loopback_netns.sh funnel-cluster-test \
+		$(BIN)/pytest tests/cluster -m cluster -v -s -p no:cacheprovider --timeout 3600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,7 @@ class Cluster:
     data: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     containers: list[str] = field(default_factory=list)
+    node_ids: dict[str, str] = field(default_factory=dict)  # container -> Ray node id
 
     def _mounts(self) -> pods.Mounts:
         claims = {}
@@ -138,7 +139,7 @@ class Cluster:
         return pods.Mounts(self.root / "volumes", claims)
 
     def start(self, name: str, pod: dict[str, Any], container: dict[str, Any],
-              command: list[str], *, writable: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+              command: list[str], *, writable: Set[str] = frozenset()) -> str:
         full = f"funnel-ct-{self.run_id}-{name}"
         args = pods.run_args(full, self.image, pod=pod, container=container,
                              objects=self.chart.objects, mounts=self._mounts(),
@@ -156,11 +157,12 @@ class Cluster:
         wait_for("the Ray head's GCS and dashboard",
                  lambda: httpx.get(f"{DASHBOARD}/api/gcs_healthz", timeout=5).status_code == 200,
                  180)
+        self.node_ids[name] = wait_for("the head node", self.alive_nodes, 60)[0]["node_id"]
         return name
 
     @property
     def head_address(self) -> str:
-        return f"127.0.0.1:{self.chart.head_group['rayStartParams']['port']}"
+        return f"127.0.0.1:{self.chart.head_group['rayStartParams'].get('port', 6379)}"
 
     def start_worker(self, name: str, *, bundles_writable: bool) -> str:
         group = self.chart.worker_group
@@ -169,8 +171,10 @@ class Cluster:
         before = {n["node_id"] for n in self.alive_nodes()}
         full = self.start(name, group["template"]["spec"], c, cmd,
                           writable={"bundles"} if bundles_writable else set())
-        wait_for(f"worker {name} to join the head",
-                 lambda: [n for n in self.alive_nodes() if n["node_id"] not in before], 180)
+        joined = wait_for(f"worker {name} to join the head",
+                          lambda: [n for n in self.alive_nodes() if n["node_id"] not in before],
+                          180)
+        self.node_ids[full] = joined[0]["node_id"]
         return full
 
     def alive_nodes(self) -> list[dict[str, Any]]:
@@ -252,8 +256,8 @@ def trained(cluster: Cluster) -> Trained:
     r = httpx.post(f"{DASHBOARD}/api/jobs/", json={"entrypoint": entrypoint,
                                                    "submission_id": sid}, timeout=30)
     assert r.status_code == 200, r.text
-    worker_nodes = cluster.worker_node_ids()
-    head = next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
+    head = next(v for k, v in cluster.node_ids.items() if k.endswith("-head"))
+    worker_nodes = {v for k, v in cluster.node_ids.items() if k.endswith("-worker-train")}
 
     def done() -> dict[str, Any] | None:
         info = httpx.get(f"{DASHBOARD}/api/jobs/{sid}", timeout=10).json()

@@ -10,11 +10,12 @@ Pure translation (no podman calls), so what a container gets is readable in one 
   privilege escalation;
 - the Ray containers' command is KubeRay's: `ray start --head|--address=… --block` with the
   group's rayStartParams as `--key=value` (ray-operator/controllers/ray/common/pod.go,
-  generateRayStartCommand), num-cpus from the container's CPU limit when not given.
+  generateRayStartCommand), num-cpus and memory from the container's limits when not given.
 
-Every container shares the host's loopback network (`--network host`): the cluster's
-addresses are 127.0.0.1 and the chart's ci/containers-values.yaml gives each Ray node the
-fixed ports a second node on one address needs. Resource limits are not enforced here (the
+Every container shares the network namespace of the test (`--network host`), which
+`make cluster-test` makes with only a loopback interface: the cluster's addresses are
+127.0.0.1, and the chart's ci/containers-values.yaml gives each Ray node the fixed ports a
+second node on one address needs. Resource limits are not enforced here (the
 machine's cgroups do not allow it); the test measures, it does not size.
 """
 
@@ -23,10 +24,10 @@ from __future__ import annotations
 import base64
 import math
 import shlex
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
 
 
 def _limit(kind: int, cap: int = 16384) -> int:
@@ -106,7 +107,7 @@ def env_args(container: dict[str, Any], objects: Objects) -> list[str]:
 
 
 def volume_args(name: str, pod: dict[str, Any], container: dict[str, Any], objects: Objects,
-                mounts: Mounts, uid: int, *, writable: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+                mounts: Mounts, uid: int, *, writable: Set[str] = frozenset()) -> list[str]:
     """`writable`: volume names mounted read-write whatever the pod says (the training job's
     view of the bundle volume, see tests/cluster/conftest.py)."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -175,12 +176,24 @@ def ray_start(group: dict[str, Any], container: dict[str, Any], *, head: bool,
             c = str(cpu)
             params["num-cpus"] = str(math.ceil(int(c[:-1]) / 1000) if c.endswith("m")
                                      else math.ceil(float(c)))
+    mem = (container.get("resources", {}).get("limits", {}) or {}).get("memory")
+    if "memory" not in params and mem is not None:
+        params["memory"] = str(_bytes(str(mem)))
     cmd = ["ray", "start", "--block"]
     cmd += ["--head"] if head else [f"--address={head_address}"]
-    cmd += ["--node-ip-address=127.0.0.1"]
     for k, v in sorted(params.items()):
         cmd.append(f"--{k}={v}")
     return cmd
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (8Gi, 512Mi, 1G, 1000) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
 
 
 def probe_commands(container: dict[str, Any]) -> dict[str, list[str]]:
@@ -195,12 +208,13 @@ def probe_commands(container: dict[str, Any]) -> dict[str, list[str]]:
 
 def run_args(name: str, image: str, *, pod: dict[str, Any], container: dict[str, Any],
              objects: Objects, mounts: Mounts, command: list[str], lifetime_s: int,
-             writable: set[str] = frozenset(), extra_env: dict[str, str] | None = None) -> list[str]:  # type: ignore[assignment]
+             writable: Set[str] = frozenset(),
+             extra_env: dict[str, str] | None = None) -> list[str]:
     """`podman run` for one container. It stops by itself after `lifetime_s` (coreutils
     timeout around the command), whatever happens to the test that started it."""
     uid = uid_of(pod, container)
     args = [*podman_run(), "--detach", "--rm", "--name", name, "--label", LABEL, "--init",
-            "--shm-size", "2g", *security_args(pod, container),
+            "--shm-size", "8g", *security_args(pod, container),
             *env_args(container, objects),
             *volume_args(name, pod, container, objects, mounts, uid, writable=writable)]
     for k, v in (extra_env or {}).items():

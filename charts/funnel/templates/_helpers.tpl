@@ -40,6 +40,22 @@ short enough for those to stay within 63 characters.
 {{- include "funnel.fullname" . | trunc 30 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+The training RayJob's name: "<fullname>-train". KubeRay refuses a RayJob name longer than 47
+characters (MaxRayJobNameLength: 53, the RayCluster limit, less the 6 characters of the
+cluster's suffix; ray-operator/controllers/ray/utils/constant.go and validation.go), so a
+longer one keeps its first 32 characters and gets 8 hex digits of the full name's SHA-256
+in their place: "<32 chars>-<8 hex>-train", 47 characters, still one per release.
+*/}}
+{{- define "funnel.rayJobName" -}}
+{{- $full := include "funnel.fullname" . -}}
+{{- $name := printf "%s-train" $full -}}
+{{- if gt (len $name) 47 -}}
+{{- $name = printf "%s-%s-train" ($full | trunc 32 | trimSuffix "-") ($full | sha256sum | trunc 8) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
 {{- define "funnel.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -80,15 +96,43 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
-{{/* the image; call with (list $ true) for the CUDA build */}}
+{{/*
+The image reference; call with (list $ true) for the CUDA build. "<registry>/<repository>",
+then "@<digest>" when a digest is set (it wins over the tag: a digest names exactly one build),
+else ":<tag>". The CUDA build has a tag and a digest of its own (image.gpuTag, image.gpuDigest).
+*/}}
 {{- define "funnel.image" -}}
 {{- $ := index . 0 -}}
 {{- $gpu := index . 1 -}}
-{{- $tag := $.Values.image.tag | default $.Chart.AppVersion -}}
-{{- if $gpu -}}
-{{- $tag = $.Values.image.gpuTag | default (printf "%s-cuda" $tag) -}}
+{{- $img := $.Values.image -}}
+{{- $repo := $img.repository -}}
+{{- with $img.registry -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
 {{- end -}}
-{{- printf "%s:%s" $.Values.image.repository $tag -}}
+{{- $tag := $img.tag | default $.Chart.AppVersion -}}
+{{- $digest := $img.digest -}}
+{{- if $gpu -}}
+{{- $tag = $img.gpuTag | default (printf "%s-cuda" $tag) -}}
+{{- $digest = $img.gpuDigest -}}
+{{- end -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $repo $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the image reference names no registry host: no image.registry, and the
+repository's first path component is no host (no "." or ":", not "localhost"), so the
+container runtime would look for it on Docker Hub.
+*/}}
+{{- define "funnel.imageHasNoRegistry" -}}
+{{- if not .Values.image.registry -}}
+{{- $parts := splitList "/" .Values.image.repository -}}
+{{- $first := index $parts 0 -}}
+{{- if or (eq (len $parts) 1) (not (or (contains "." $first) (contains ":" $first) (eq $first "localhost"))) -}}true{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* where the volumes go in every container */}}

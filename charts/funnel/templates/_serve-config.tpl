@@ -13,7 +13,8 @@ differs in a cluster is overridden here:
   set in the pods, says the same), a SQLite file in /tmp for the review queue when no database
   Secret is set (FUNNEL_REVIEW_DATABASE_URL wins when it is), and the rollout ConfigMap's file
   as the start-up rollout; then the user's serve.args, which win;
-- each deployment's keys from serve.deployments (replicas, CPUs, ...); a deployment the app
+- each deployment's keys from serve.deployments (replicas, CPUs, ...; an autoscaling_config
+  replaces an integer num_replicas, which Ray refuses beside it); a deployment the app
   leaves out with these args (ModerationModels with moderation.enabled false, ShadowScorer
   with rollout.shadow_scorer false) is left out of the config too;
 - RolloutController's user_config carries the rollout, so a rollout change is a user_config
@@ -77,6 +78,12 @@ Built with fromYaml / mergeOverwrite / toYaml on data: nothing from the file goe
 {{- range $d := $app.deployments -}}
 {{- if not (has $d.name $absent) -}}
 {{- $d = mergeOverwrite $d (deepCopy (get ($.Values.serve.deployments | default dict) $d.name | default dict)) -}}
+{{- /* Serve autoscaling: Ray refuses an integer num_replicas beside an autoscaling_config
+(ray.serve.schema.DeploymentSchema); the config's bounds replace it. "auto" stays: Ray reads it
+as autoscaling, with the given autoscaling_config or Serve's defaults. */ -}}
+{{- if and $d.autoscaling_config (ne (toString $d.num_replicas) "auto") -}}
+{{- $_ := unset $d "num_replicas" -}}
+{{- end -}}
 {{- if eq $d.name "RolloutController" -}}
 {{- $_ := set $d "user_config" (dict "rollout" (include "funnel.rolloutConfig" $ | fromYaml)) -}}
 {{- end -}}

@@ -14,6 +14,11 @@ a schema cannot express are only here.
 {{- $messages = append $messages (include "funnel.validate.gpu" .) -}}
 {{- $messages = append $messages (include "funnel.validate.rollout" .) -}}
 {{- $messages = append $messages (include "funnel.validate.storage" .) -}}
+{{- $messages = append $messages (include "funnel.validate.image" .) -}}
+{{- $messages = append $messages (include "funnel.validate.security" .) -}}
+{{- $messages = append $messages (include "funnel.validate.autoscaler" .) -}}
+{{- $messages = append $messages (include "funnel.validate.extraEnv" .) -}}
+{{- $messages = append $messages (include "funnel.validate.disruptionBudgets" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- fail (printf "\n\nVALUES VALIDATION:\n%s" (join "\n" $messages)) -}}
@@ -47,6 +52,18 @@ a schema cannot express are only here.
 {{- if and (eq .Values.ingress.mode "haproxy") .Values.serve.grpc.enabled -}}
 ingress.mode: "haproxy" with serve.grpc.enabled=true: Ray Serve's high-throughput (HAProxy) mode serves no gRPC; set serve.grpc.enabled=false, or ingress.mode=proxy
 {{ end -}}
+{{- if and .Values.serve.kubernetesIngress.grpc.enabled (not .Values.serve.grpc.enabled) -}}
+serve.kubernetesIngress.grpc.enabled: true with serve.grpc.enabled=false: there is no gRPC port to route to
+{{ end -}}
+{{- if and .Values.serve.gatewayRoutes.grpc.enabled (not .Values.serve.grpc.enabled) -}}
+serve.gatewayRoutes.grpc.enabled: true with serve.grpc.enabled=false: there is no gRPC port to route to
+{{ end -}}
+{{- range $kind := list "http" "grpc" -}}
+{{- $route := get $.Values.serve.gatewayRoutes $kind -}}
+{{- if and $route.enabled (not $route.parentRefs) -}}
+serve.gatewayRoutes.{{ $kind }}.parentRefs: empty; a route attaches to a Gateway: give at least one {name, namespace}
+{{ end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* a count below its minimum: (list "path" value minimum) */}}
@@ -65,7 +82,13 @@ ingress.mode: "haproxy" with serve.grpc.enabled=true: Ray Serve's high-throughpu
 serve.deployments.{{ $name }}: no such Serve deployment; allowed: FeedIngress, ModerationModels, ShadowScorer, RolloutController
 {{ end -}}
 {{- if $d -}}
+{{- if kindIs "string" $d.num_replicas -}}
+{{- if ne $d.num_replicas "auto" -}}
+serve.deployments.{{ $name }}.num_replicas: {{ $d.num_replicas | toJson }} is not allowed; allowed: an integer >= 1, or "auto" (Serve autoscaling)
+{{ end -}}
+{{- else -}}
 {{- include "funnel.validate.atLeast" (list (printf "serve.deployments.%s.num_replicas" $name) $d.num_replicas 1) -}}
+{{- end -}}
 {{- if and (eq $name "RolloutController") (hasKey $d "num_replicas") (ne (int $d.num_replicas) 1) -}}
 serve.deployments.RolloutController.num_replicas: {{ $d.num_replicas }}; the rollout controller holds the rollout's state and runs as exactly 1 replica
 {{ end -}}
@@ -152,4 +175,128 @@ storage.impressionsUrl: empty with storage.data.enabled=false: the impression lo
 storage.driftReportsUrl: empty with storage.data.enabled=false and drift.enabled=true: the drift reports need either the data volume or an object-store URL
 {{ end -}}
 {{- end -}}
+{{- end -}}
+
+
+{{/*
+The security contexts every pod and container gets: root, privilege and privilege escalation
+are refused (the image runs as uid 1000 and needs none of them).
+*/}}
+{{- define "funnel.validate.security" -}}
+{{- range $key := list "podSecurityContext" "containerSecurityContext" -}}
+{{- $sc := get $.Values $key | default dict -}}
+{{- if and (hasKey $sc "runAsUser") (eq (toString $sc.runAsUser) "0") -}}
+{{ $key }}.runAsUser: 0 (root) is not allowed; the image runs as uid 1000
+{{ end -}}
+{{- if and (hasKey $sc "runAsNonRoot") (ne (toString $sc.runAsNonRoot) "true") -}}
+{{ $key }}.runAsNonRoot: {{ $sc.runAsNonRoot | toJson }} is not allowed; allowed: true
+{{ end -}}
+{{- if and (hasKey $sc "privileged") (ne (toString $sc.privileged) "false") -}}
+{{ $key }}.privileged: {{ $sc.privileged | toJson }} is not allowed; allowed: false
+{{ end -}}
+{{- if and (hasKey $sc "allowPrivilegeEscalation") (ne (toString $sc.allowPrivilegeEscalation) "false") -}}
+{{ $key }}.allowPrivilegeEscalation: {{ $sc.allowPrivilegeEscalation | toJson }} is not allowed; allowed: false
+{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* extraEnv: [{name, value} or {name, valueFrom}], names as a shell would take them */}}
+{{- define "funnel.validate.extraEnv" -}}
+{{- range $i, $e := (.Values.extraEnv | default list) -}}
+{{- if not (kindIs "map" $e) -}}
+extraEnv[{{ $i }}]: {{ $e | toJson }} is not allowed; allowed: {name: NAME, value: "..."} or {name: NAME, valueFrom: {...}}
+{{ else -}}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" (toString ($e.name | default ""))) -}}
+extraEnv[{{ $i }}].name: {{ $e.name | toJson }} is not allowed; allowed: letters, digits and _, not starting with a digit
+{{ end -}}
+{{- if eq (len (pick $e "value" "valueFrom")) 0 -}}
+extraEnv[{{ $i }}]: {{ $e.name | toJson }} has neither value nor valueFrom; give one
+{{ else if eq (len (pick $e "value" "valueFrom")) 2 -}}
+extraEnv[{{ $i }}]: {{ $e.name | toJson }} has both value and valueFrom; give one
+{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* a PodDisruptionBudget takes minAvailable or maxUnavailable, not both */}}
+{{- define "funnel.validate.disruptionBudgets" -}}
+{{- range $path, $pdb := dict "ray.podDisruptionBudget" .Values.ray.podDisruptionBudget "triton.podDisruptionBudget" .Values.triton.podDisruptionBudget -}}
+{{- if and $pdb $pdb.enabled -}}
+{{- $set := list -}}
+{{- range $k := list "minAvailable" "maxUnavailable" -}}
+{{- if and (hasKey $pdb $k) (ne (toString (get $pdb $k)) "") (not (kindIs "invalid" (get $pdb $k))) -}}
+{{- $set = append $set $k -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (len $set) 1 -}}
+{{ $path }}: {{ if $set }}both {{ join " and " $set }} are set{{ else }}neither minAvailable nor maxUnavailable is set{{ end }}; set exactly one (the other "")
+{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The KubeRay CRDs, when Helm talks to a cluster. `helm install` / `helm upgrade` (and
+`--dry-run=server`) read the API server's discovery, which lists every served kind
+("apps/v1/Deployment"); without the CRDs the install would fail later, on "no matches for
+kind RayService". `helm template` and `helm lint` without a cluster get Helm's built-in list,
+which names group/versions only ("apps/v1", never "apps/v1/Deployment"): the check cannot know
+and stays out of the way, so CI renders without --api-versions. `helm template
+--api-versions ray.io/v1/RayService` states the CRDs are there; kuberay.checkCRDs=false turns
+the check off (e.g. KubeRay installed in the same pipeline, after the render).
+*/}}
+{{- define "funnel.validate.kuberayCRDs" -}}
+{{- $api := .Capabilities.APIVersions -}}
+{{- if and .Values.kuberay.checkCRDs ($api.Has "apps/v1/Deployment") -}}
+{{- $missing := list -}}
+{{- if not ($api.Has "ray.io/v1/RayService") -}}
+{{- $missing = append $missing "ray.io/v1 RayService" -}}
+{{- end -}}
+{{- if and .Values.training.enabled (not ($api.Has "ray.io/v1/RayJob")) -}}
+{{- $missing = append $missing "ray.io/v1 RayJob (training.enabled=true)" -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "\n\nKUBERAY: this cluster does not serve %s. The chart needs the KubeRay operator (1.6 or later) and its CRDs; install them first, e.g.\n  helm repo add kuberay https://ray-project.github.io/kuberay-helm/\n  helm install kuberay-operator kuberay/kuberay-operator -n kuberay-system --create-namespace\n(https://docs.ray.io/en/latest/cluster/kubernetes/getting-started/kuberay-operator-installation.html). To skip this check: kuberay.checkCRDs=false." (join " and " $missing)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* the image reference's parts and the Ray version, as values.schema.json's patterns */}}
+{{- define "funnel.validate.image" -}}
+{{- $img := .Values.image -}}
+{{- $host := `[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]+)?` -}}
+{{- $component := `[a-z0-9]+(([._]|__|[-]+)[a-z0-9]+)*` -}}
+{{- $tag := `^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$` -}}
+{{- $digest := `^sha256:[a-f0-9]{64}$` -}}
+{{- if and $img.registry (not (regexMatch (printf "^%s$" $host) (toString $img.registry))) -}}
+image.registry: {{ $img.registry | toJson }} is not a registry host[:port] (no scheme, no path)
+{{ end -}}
+{{- if not (regexMatch (printf "^(%s/)?%s(/%s)*$" $host $component $component) (toString $img.repository)) -}}
+image.repository: {{ $img.repository | toJson }} is not a repository: lowercase path components (a-z, 0-9, . _ -) joined by /, optionally after a registry host
+{{ end -}}
+{{- range $key := list "tag" "gpuTag" -}}
+{{- $v := get $img $key -}}
+{{- if and $v (not (regexMatch $tag (toString $v))) -}}
+image.{{ $key }}: {{ $v | toJson }} is not a tag: up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -
+{{ end -}}
+{{- end -}}
+{{- range $key := list "digest" "gpuDigest" -}}
+{{- $v := get $img $key -}}
+{{- if and $v (not (regexMatch $digest (toString $v))) -}}
+image.{{ $key }}: {{ $v | toJson }} is not a digest: sha256:<64 lowercase hex>
+{{ end -}}
+{{- end -}}
+{{- if not (regexMatch `^[0-9]+\.[0-9]+\.[0-9]+$` (toString .Values.ray.version)) -}}
+ray.version: {{ .Values.ray.version | toJson }} is not a Ray release (MAJOR.MINOR.PATCH, e.g. "2.60.0")
+{{ end -}}
+{{- end -}}
+
+{{/*
+KubeRay binds the autoscaler's Role to the head's ServiceAccount (templates/_ray.tpl): never to
+the namespace's "default" one, which every pod that names none runs as.
+*/}}
+{{- define "funnel.validate.autoscaler" -}}
+{{- if and .Values.ray.autoscaling.enabled (eq (include "funnel.serviceAccountName" .) "default") -}}
+serviceAccount.name: "default" with ray.autoscaling.enabled=true: KubeRay would bind the autoscaler's Role (pods, rayclusters) to the namespace's default ServiceAccount, which every pod that names none runs as; set serviceAccount.create=true, or name a ServiceAccount of its own
+{{ end -}}
 {{- end -}}

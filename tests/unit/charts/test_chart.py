@@ -13,7 +13,6 @@ naming the value, with the schema and (helm template --skip-schema-validation) w
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,76 +23,33 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
-CHART = ROOT / "charts" / "funnel"
-CRDS = ROOT.parent / "shared" / "crds"
-LOCAL_CONFIG = ROOT / "serve" / "configs" / "local.yaml"
-RULES = ROOT / "monitoring" / "alerts" / "funnel-rules.yaml"
-# the newest Kubernetes kubernetes-validate 1.37 knows; the chart's kubeVersion is >=1.29
-KUBE_VERSION = "1.37.0"
-CI_FILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
-CUSTOM_GROUPS = ("ray.io/", "monitoring.coreos.com/")
+from tests.unit.charts import chart_harness as h
+from tests.unit.charts.chart_harness import (
+    CUSTOM_GROUPS,
+    KUBE_VERSION,
+    LOCAL_CONFIG,
+    RULES,
+    ci_files,
+    ci_values,
+    one,
+    pod_specs,
+    render_docs,
+    rendered,
+    serve_config,
+)
 
-
-def ci_values(name: str) -> dict[str, Any]:
-    return yaml.safe_load((CHART / "ci" / name).read_text()) or {}
-
-
-def render_docs(values: dict[str, Any], chart: Path = CHART) -> list[dict[str, Any]]:
-    """Every object the chart renders with `values` (NOTES.txt left out)."""
-    with helm_python.Chart.load(chart) as c:
-        out = c.render(values, name="rel", namespace="feed")
-    return [d for path, text in sorted(out.items()) if path.endswith(".yaml")
-            for d in yaml.safe_load_all(text) if d]
-
-
-@cache
-def rendered(ci_file: str) -> tuple[dict[str, Any], ...]:
-    return tuple(render_docs(ci_values(ci_file)))
-
-
-def one(docs: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind
-             and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"{len(found)} {kind} objects named {name!r}"
-    return found[0]
-
-
-def serve_config(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
-
-
-def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, pod spec) of every pod the object makes."""
-    kind, spec = doc["kind"], doc.get("spec", {})
-    if kind == "Pod":
-        yield "pod", spec
-    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-        yield "template", spec["template"]["spec"]
-    elif kind in ("RayService", "RayJob"):
-        cluster = spec["rayClusterConfig" if kind == "RayService" else "rayClusterSpec"]
-        yield "head", cluster["headGroupSpec"]["template"]["spec"]
-        for g in cluster.get("workerGroupSpecs", []):
-            yield f"worker group {g['groupName']}", g["template"]["spec"]
-        if "submitterPodTemplate" in spec:
-            yield "submitter", spec["submitterPodTemplate"]["spec"]
+CI_FILES = ci_files()
 
 
 # ---- the sources the chart embeds --------------------------------------------------------
 
-def _embedded(chart: Path) -> dict[str, bytes]:
-    with helm_python.Chart.load(chart) as c:
-        return {f["name"]: f["data"].encode() if isinstance(f["data"], str) else bytes(f["data"])
-                for f in c.files}
-
-
 def test_the_chart_embeds_the_serve_config_and_the_rules_file_unchanged(tmp_path: Path) -> None:
     """files/ links to the sources; Helm's loader follows the links, and `helm package` stores
     their content, so a packaged chart carries the same files."""
-    with helm_python.Chart.load(CHART) as c:
+    with helm_python.Chart.load(h.CHART) as c:
         package = Path(c.save(tmp_path))
-    for chart in (CHART, package):
-        files = _embedded(chart)
+    for chart in (h.CHART, package):
+        files = h.embedded_files(chart)
         assert files["files/serve-config.yaml"] == LOCAL_CONFIG.read_bytes(), chart
         assert files["files/funnel-rules.yaml"] == RULES.read_bytes(), chart
 
@@ -103,7 +59,7 @@ def test_the_chart_embeds_the_serve_config_and_the_rules_file_unchanged(tmp_path
 @pytest.mark.parametrize("ci_file", ["(defaults)", *CI_FILES])
 def test_lint_strict_is_clean(ci_file: str) -> None:
     values = {} if ci_file == "(defaults)" else ci_values(ci_file)
-    report = helm_python.lint(CHART, values, strict=True, namespace="feed",
+    report = helm_python.lint(h.CHART, values, strict=True, namespace="feed",
                               kube_version=f"v{KUBE_VERSION}")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not report["errors"] and not problems, (report["errors"], problems)
@@ -135,7 +91,7 @@ def _strict(schema: Any) -> Any:
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> the served version's openAPIV3Schema, made strict."""
     schemas = {}
-    for path in sorted(CRDS.glob("*.yaml")):
+    for path in sorted(h.CRDS.glob("*.yaml")):
         # ~3.5 MB of YAML: libyaml's loader when PyYAML has it
         crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
@@ -148,8 +104,8 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 @pytest.mark.parametrize("ci_file", CI_FILES)
 def test_custom_resources_validate_against_the_crds(ci_file: str) -> None:
-    if not CRDS.is_dir():
-        pytest.skip(f"no CRDs at {CRDS} (the shared folder beside the repository): the custom "
+    if not h.CRDS.is_dir():
+        pytest.skip(f"no CRDs at {h.CRDS} (the shared folder beside the repository): the custom "
                     "resources (RayService, RayJob, ServiceMonitor, PodMonitor, PrometheusRule) "
                     "were not validated")
     custom = [d for d in rendered(ci_file) if d["apiVersion"].startswith(CUSTOM_GROUPS)]
@@ -162,6 +118,8 @@ def test_custom_resources_validate_against_the_crds(ci_file: str) -> None:
 
 @pytest.mark.parametrize("ci_file", CI_FILES)
 def test_every_pod_runs_locked_down(ci_file: str) -> None:
+    autoscaler = bool(((ci_values(ci_file).get("ray") or {}).get("autoscaling") or {})
+                      .get("enabled"))
     pods = [(f"{d['kind']} {d['metadata']['name']} {where}", spec)
             for d in rendered(ci_file) for where, spec in pod_specs(d)]
     assert len(pods) >= 4
@@ -169,7 +127,9 @@ def test_every_pod_runs_locked_down(ci_file: str) -> None:
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 1000, where
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, where
-        assert spec["automountServiceAccountToken"] is False, where
+        # only the RayService's head, whose autoscaler sidecar calls the Kubernetes API
+        token = autoscaler and where.startswith("RayService") and where.endswith(" head")
+        assert spec["automountServiceAccountToken"] is token, where
         tmp = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
         for c in spec.get("initContainers", []) + spec["containers"]:
             sc = c["securityContext"]
@@ -202,9 +162,14 @@ def test_serve_config_is_the_local_one_for_a_cluster(ci_file: str) -> None:
             d["name"] for d in local_app["deployments"]]
     args = parse_app_args(cfg["applications"][0]["args"])
     assert args.bundle.startswith("/bundles/")
-    assert args.feed.ranker.url == "rel-funnel-triton.feed.svc:8001"
-    assert (args.triton.host, args.triton.grpc_port, args.triton.metrics_port) == (
-        "0.0.0.0", 8001, 8002)
+    # Triton's ports: the values' or, by default, `funnel triton`'s (the local config's)
+    local_triton = local["applications"][0]["args"]["triton"]
+    ports = {k: (ci_values(ci_file).get("triton") or {}).get("ports", {}).get(
+        k, local_triton[f"{k}_port"]) for k in ("http", "grpc", "metrics")}
+    assert args.feed.ranker.url == f"rel-funnel-triton.feed.svc:{ports['grpc']}"
+    assert (args.triton.host, args.triton.http_port, args.triton.grpc_port,
+            args.triton.metrics_port) == ("0.0.0.0", ports["http"], ports["grpc"],
+                                          ports["metrics"])
     assert cfg["http_options"]["host"] == "0.0.0.0"
     # the rollout: in RolloutController's user_config (applied in place) and the ConfigMap
     controller = next(d for d in cfg["applications"][0]["deployments"]
@@ -228,11 +193,13 @@ def test_values_reach_the_deployments_and_the_ingress_mode() -> None:
     assert feed["RolloutController"]["ray_actor_options"]["num_cpus"] == 0.1
     assert feed["RolloutController"]["logging_config"] == {"enable_access_log": False}
     assert "grpc_options" in serve_config(cpu)
-    assert any(d["kind"] == "Service" and d["metadata"]["name"] == "rel-funnel-grpc"
-               for d in cpu)
+    # gRPC is a port of KubeRay's serve Service (which follows the serving cluster)
+    serve_ports = lambda docs: {p["name"] for p in  # noqa: E731
+                                one(docs, "RayService")["spec"]["serveService"]["spec"]["ports"]}
+    assert serve_ports(cpu) == {"serve", "serve-grpc"}
     # haproxy: no gRPC anywhere, and Ray's own switches in the Ray pods
     assert "grpc_options" not in serve_config(gpu)
-    assert not any(d["metadata"]["name"] == "rel-funnel-grpc" for d in gpu)
+    assert serve_ports(gpu) == {"serve"}
     for where, spec in pod_specs(one(gpu, "RayService")):
         env = {e["name"]: e for e in spec["containers"][0]["env"]}
         assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1", where
@@ -322,7 +289,7 @@ def chart_without_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The chart with its links resolved and no values.schema.json: what
     `helm template --skip-schema-validation` sees, so validateValues alone must refuse."""
     dest = tmp_path_factory.mktemp("chart") / "funnel"
-    shutil.copytree(CHART, dest)  # symlinks=False: the linked files are copied
+    shutil.copytree(h.CHART, dest)  # symlinks=False: the linked files are copied
     (dest / "values.schema.json").unlink()
     return dest
 
@@ -333,7 +300,7 @@ def test_bad_values_fail_the_render_naming_the_value(case: str, schema: bool,
                                                      chart_without_schema: Path) -> None:
     values, named = BAD_VALUES[case]
     with pytest.raises(helm_python.HelmError) as e:
-        render_docs(values, CHART if schema else chart_without_schema)
+        render_docs(values, h.CHART if schema else chart_without_schema)
     message = str(e.value)
     # validateValues names it dotted; Helm's schema check as a JSON pointer
     assert named in message or "/" + named.replace(".", "/") in message, message
