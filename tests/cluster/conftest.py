@@ -276,7 +276,14 @@ def trained(cluster: Cluster) -> Trained:
                                "filter_keys": "job_id", "filter_predicates": "=",
                                "filter_values": job_id}, timeout=30).json()
     rows = actors["data"]["result"]["result"]
-    trial_nodes = {a["node_id"] for a in rows if a.get("node_id")}
+    # the trials and their Ray Train workers reserve CPUs; the job's bookkeeping actors
+    # (0 CPUs) may run on the head beside the driver
+    # (in a placement group the resource is named CPU_group_<index>_<group id>)
+    trial_nodes = {a["node_id"] for a in rows if a.get("node_id") and any(
+        (k == "CPU" or k.startswith("CPU_group_")) and v > 0
+        for k, v in (a.get("required_resources") or {}).items())}
+    on_head = sorted({a["class_name"] for a in rows if a.get("node_id") == head})
+    log(f"the job's actors: {len(rows)}; on the head (no CPUs): {on_head}")
     manifest = json.loads((cluster.bundles / "latest" / "manifest.json").read_text())
     return Trained(sid, job_id, took, trial_nodes, worker_nodes, head, manifest)
 
