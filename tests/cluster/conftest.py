@@ -45,6 +45,7 @@ LIFETIME_S = 2400
 DASHBOARD = "http://127.0.0.1:8265"
 SERVE = "http://127.0.0.1:8000"
 GRPC = "127.0.0.1:9000"
+NAMESPACE = "feed"
 
 pytestmark = pytest.mark.cluster
 
@@ -111,7 +112,7 @@ def chart() -> Chart:
 
     values = yaml.safe_load(VALUES.read_text())
     with helm_python.Chart.load(CHART) as c:
-        out = c.render(values, name="funnel", namespace="feed")
+        out = c.render(values, name="funnel", namespace=NAMESPACE)
     docs = [d for path, text in sorted(out.items()) if path.endswith(".yaml")
             for d in yaml.safe_load_all(text) if d]
     return Chart(pods.Objects(docs), values)
@@ -143,7 +144,8 @@ class Cluster:
         full = f"funnel-ct-{self.run_id}-{name}"
         args = pods.run_args(full, self.image, pod=pod, container=container,
                              objects=self.chart.objects, mounts=self._mounts(),
-                             command=command, lifetime_s=LIFETIME_S, writable=writable)
+                             command=command, lifetime_s=LIFETIME_S, writable=writable,
+                             hosts=self.chart.objects.service_hosts(NAMESPACE))
         log(f"start {name}: {' '.join(command)}")
         subprocess.run(args, check=True, capture_output=True, text=True, timeout=120)
         self.containers.append(full)

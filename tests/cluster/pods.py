@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import math
 import shlex
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,15 @@ class Objects:
                  and (name is None or d["metadata"]["name"] == name)]
         assert len(found) == 1, f"{len(found)} {kind} named {name!r}"
         return found[0]
+
+    def service_hosts(self, namespace: str) -> list[str]:
+        """The DNS names cluster DNS gives the rendered Services (and the serve Service KubeRay
+        makes): in the containers they all resolve to loopback, where every pod listens."""
+        names = [d["metadata"]["name"] for d in self.docs if d["kind"] == "Service"]
+        names += [d["spec"]["serveService"]["metadata"]["name"] for d in self.docs
+                  if d["kind"] == "RayService" and "serveService" in d["spec"]]
+        return [h for n in names for h in (n, f"{n}.{namespace}", f"{n}.{namespace}.svc",
+                                           f"{n}.{namespace}.svc.cluster.local")]
 
     def data(self, kind: str, name: str) -> dict[str, str]:
         doc = self.get(kind, name)
@@ -209,7 +218,7 @@ def probe_commands(container: dict[str, Any]) -> dict[str, list[str]]:
 def run_args(name: str, image: str, *, pod: dict[str, Any], container: dict[str, Any],
              objects: Objects, mounts: Mounts, command: list[str], lifetime_s: int,
              writable: Set[str] = frozenset(),
-             extra_env: dict[str, str] | None = None) -> list[str]:
+             extra_env: dict[str, str] | None = None, hosts: Sequence[str] = ()) -> list[str]:
     """`podman run` for one container. It stops by itself after `lifetime_s` (coreutils
     timeout around the command), whatever happens to the test that started it."""
     uid = uid_of(pod, container)
@@ -217,6 +226,8 @@ def run_args(name: str, image: str, *, pod: dict[str, Any], container: dict[str,
             "--shm-size", "8g", *security_args(pod, container),
             *env_args(container, objects),
             *volume_args(name, pod, container, objects, mounts, uid, writable=writable)]
+    for host in hosts:
+        args += ["--add-host", f"{host}:127.0.0.1"]
     for k, v in (extra_env or {}).items():
         args += ["--env", f"{k}={v}"]
     wd = container.get("workingDir")
