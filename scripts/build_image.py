@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             log("--report needs a build: rerun with --force")
             return 2
         args.report.write_text(json.dumps({
-            "command": "make image ARGS='--force --report " + str(args.report) + "'",
+            "command": "make image IMAGE_ARGS=" + shlex.quote(shlex.join(sys.argv[1:])),
             "date": datetime.now(UTC).date().isoformat(),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
                        f"{platform.system()}, podman/buildah (chroot isolation)",
