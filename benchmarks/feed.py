@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,11 +71,14 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
     lat = np.full(n, np.nan)  # by send order
     sent = np.zeros(n)  # seconds after the start
     handler = np.full(n, np.nan)  # the server's own time (Server-Timing `handler`), if sent
-    start = time.perf_counter()
+    # the event loop's clock (monotonic): the sleeps that pace the load use it too, and a test
+    # can run the whole load on a loop with virtual time
+    clock = asyncio.get_running_loop().time
+    start = clock()
 
     async def one(i: int) -> None:
         nonlocal errors
-        t0 = time.perf_counter()
+        t0 = clock()
         sent[i] = t0 - start
         try:
             ok, timing = await asyncio.wait_for(call(int(users[i % len(users)])), timeout=10)
@@ -85,7 +87,7 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
         if timing:
             stages.append(timing)
             handler[i] = timing.get("handler", np.nan)
-        lat[i] = (time.perf_counter() - t0) * 1000
+        lat[i] = (clock() - t0) * 1000
         if not ok:
             errors += 1
 
@@ -96,12 +98,12 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
         at = np.cumsum(np.random.default_rng(poisson_seed).exponential(1.0 / rate, n))
         at -= at[0]
     for i in range(n):
-        delay = start + float(at[i]) - time.perf_counter()
+        delay = start + float(at[i]) - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     return {"offered_rps": rate, "achieved_rps": round(n / elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),

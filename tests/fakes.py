@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 class HashingTextEncoder:
@@ -258,3 +261,13 @@ class MemoryReviewStore:
     def audit(self, *, content_id: str | None = None) -> list[dict[str, Any]]:
         self._check()
         return [dict(r) for r in self._log if content_id is None or r["content_id"] == content_id]
+
+
+def on_virtual_time(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on an event loop with virtual time (looptime): sleeps and timeouts take no
+    real time and CPU work takes no loop time, so what a test measures with the loop's clock
+    is exact on any machine, busy or not."""
+    import looptime
+
+    with asyncio.Runner(loop_factory=lambda: looptime.new_event_loop(start=0.0)) as runner:
+        return runner.run(coro)
