@@ -153,12 +153,15 @@ def ensure_base(base: str, pull_timeout_s: int) -> str:
         return base
     if base == DEFAULT_BASE:
         try:
-            if run(["podman", "pull", "--quiet", base], timeout=pull_timeout_s,
-                   stdout=subprocess.DEVNULL).returncode == 0:
+            pulled = run(["podman", "pull", "--quiet", base], timeout=pull_timeout_s,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if pulled.returncode == 0:
                 return base
+            why = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
         except subprocess.TimeoutExpired:
-            pass
-        log(f"{base} cannot be pulled here; using a bootstrapped Debian bookworm base")
+            why = f"no answer in {pull_timeout_s} s"
+        log(f"{base} cannot be pulled here ({why[:160]}); using a bootstrapped Debian "
+            "bookworm base")
     else:
         sys.exit(f"image: base image {base!r} is neither present nor pullable")
     if image_exists(BOOTSTRAP_BASE):

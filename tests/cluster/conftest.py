@@ -47,8 +47,6 @@ SERVE = "http://127.0.0.1:8000"
 GRPC = "127.0.0.1:9000"
 NAMESPACE = "feed"
 
-pytestmark = pytest.mark.cluster
-
 
 def log(message: str) -> None:
     print(f"cluster: {message}", flush=True)
@@ -210,7 +208,8 @@ def _remove_stale() -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster(chart: Chart, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(chart: Chart, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: `make cluster-test` needs it (.ci/run installs it)")
     image = chart.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"][
@@ -229,8 +228,9 @@ def cluster(chart: Chart, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         c.start_worker("worker-train", bundles_writable=True)
         yield c
     finally:
+        failed = request.session.testsfailed > 0
         for name in list(c.containers):
-            if podman("container", "exists", name, check=False).returncode == 0:
+            if failed and podman("container", "exists", name, check=False).returncode == 0:
                 print(f"---- {name} (last lines)\n{c.logs(name, 30)}")
             c.stop(name)
         _remove_stale()
