@@ -148,22 +148,23 @@ def image_exists(name: str) -> bool:
 
 
 def ensure_base(base: str, pull_timeout_s: int) -> str:
-    """`base` if the engine has it or can pull it; else the bootstrapped Debian 12 base."""
+    """`base` if the engine has it or can pull it; else, for the default base, the
+    bootstrapped Debian 12 equivalent."""
     if image_exists(base):
         return base
-    if base == DEFAULT_BASE:
-        try:
-            pulled = run(["podman", "pull", "--quiet", base], timeout=pull_timeout_s,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if pulled.returncode == 0:
-                return base
-            why = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
-        except subprocess.TimeoutExpired:
-            why = f"no answer in {pull_timeout_s} s"
-        log(f"{base} cannot be pulled here ({why[:160]}); using a bootstrapped Debian "
-            "bookworm base")
-    else:
-        sys.exit(f"image: base image {base!r} is neither present nor pullable")
+    try:
+        pulled = run(["podman", "pull", "--quiet", base], timeout=pull_timeout_s,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if pulled.returncode == 0:
+            return base
+        why = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
+    except subprocess.TimeoutExpired:
+        why = f"no answer in {pull_timeout_s} s"
+    if base != DEFAULT_BASE:
+        log(f"--base {base!r}: not present and cannot be pulled ({why[:160]}); without "
+            "--base, make image bootstraps its own")
+        raise SystemExit(2)
+    log(f"{base} cannot be pulled here ({why[:160]}); using a bootstrapped Debian bookworm base")
     if image_exists(BOOTSTRAP_BASE):
         return BOOTSTRAP_BASE
     if shutil.which("mmdebstrap") is None:
