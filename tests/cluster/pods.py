@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import shlex
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
@@ -152,8 +153,6 @@ def volume_args(name: str, pod: dict[str, Any], container: dict[str, Any], objec
 
 
 def _own(path: Path, uid: int) -> None:
-    import os
-
     os.chown(path, uid, uid)
 
 

@@ -70,9 +70,7 @@ def test_the_cluster_serves_the_bundle_the_job_trained(serving: Serving, trained
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["items"]) == 10 and not body["degraded"], body
-    version = r.headers.get("x-funnel-bundle") or body.get("bundle_version")
-    if version is not None:
-        assert version == trained.manifest["version"], (version, trained.manifest["version"])
+    assert body["model_versions"]["bundle"] == trained.manifest["version"], body["model_versions"]
     REPORT["serving_ready_s"] = round(serving.ready_s, 1)
 
 
