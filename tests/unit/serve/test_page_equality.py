@@ -86,8 +86,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, FakeRetrie
     ds.posts.loc[ds.posts.index[120:160], "label_hate"] = True  # some held for review
     d: Path = tmp_path_factory.mktemp("catalog")
     write_catalog(d, ds)
-    ft = FeatureTransform.fit(ds, np.ones(len(ds.impressions), bool), HashingTextEncoder())
-    return Catalog(d), FakeRetrieval(ft, ds.posts["post_id"].to_numpy(), dim=16, seed=5)
+    ft = FeatureTransform.fit(ds, np.ones(len(ds.impressions), bool), HashingTextEncoder(dim=384))
+    # MiniLM's and the towers' widths, so numpy takes the kernels it takes when serving
+    return Catalog(d), FakeRetrieval(ft, ds.posts["post_id"].to_numpy(), dim=64, seed=5)
 
 
 def pipeline(world: tuple[Catalog, FakeRetrieval], ranker: LinearRanker,
