@@ -2,8 +2,9 @@
 
 Everything is held as sorted numpy arrays and CSR-style adjacency (`_Index`), so a lookup is
 a binary search and a slice, and the catalog of the large profile (1M posts, millions of
-impressions) loads in seconds and costs no Python object per row. `ItemInfo` objects are
-built only for the few hundred candidates of a request.
+impressions) loads in seconds and costs no Python object per row. Text columns are held as
+int32 codes into a small table of names; a request's candidates come out as `Items`, one
+array per column, built by fancy indexing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serve.types import ItemInfo
+from serve.types import Items, UserRow
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,19 @@ class _Index:
             return self.values[:0]
         return self.values[self.offsets[i]:self.offsets[i + 1]]
 
+    def get_many(self, keys: np.ndarray) -> np.ndarray:
+        """The values of each key in turn, concatenated (unknown keys add nothing)."""
+        if len(keys) == 0 or len(self.keys) == 0:
+            return self.values[:0]
+        i = np.searchsorted(self.keys, keys).clip(0, len(self.keys) - 1)
+        i = i[self.keys[i] == keys]
+        starts, ends = self.offsets[i], self.offsets[i + 1]
+        lengths = ends - starts
+        # one arange over every slice: position within its slice plus the slice's start
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths,
+                                                           lengths)
+        return self.values[np.repeat(starts, lengths) + within]
+
 
 def decayed_engagement(post_ids: np.ndarray, timestamps_s: np.ndarray, weights: np.ndarray,
                        *, now_s: float, half_life_h: float) -> pd.Series:
@@ -62,16 +76,23 @@ class Catalog:
         posts = pd.read_parquet(directory / "posts.parquet").sort_values("post_id")
         self.post_ids = posts["post_id"].to_numpy(np.int64)
         self._author = posts["author_id"].to_numpy(np.int64)
-        self._topic = posts["topic"].to_numpy(object)
-        self._modality = posts["modality"].to_numpy(object)
-        self._language = posts["language"].to_numpy(object)
+        self.categories: dict[str, np.ndarray] = {}
+        self._codes: dict[str, np.ndarray] = {}
+        for col in ("topic", "modality", "language", "verdict"):
+            codes, names = pd.factorize(posts[col].astype(str), sort=True)
+            self._codes[col] = codes.astype(np.int32)
+            self.categories[col] = np.asarray(names, dtype=object)
         self._created = posts["created_at_s"].to_numpy(np.float64)
-        self._verdict = posts["verdict"].to_numpy(object)
-        allowed = self._verdict == "allow"
+        # nanoseconds as pandas converts the seconds (the ranker's item-age feature was fitted
+        # on pandas timestamps; converting once here keeps serving bit-identical to it)
+        self._created_ns = pd.to_datetime(self._created, unit="s", utc=True).asi8
+        allowed = self.categories["verdict"][self._codes["verdict"]] == "allow"
+        self._allow_code = self._code("verdict", "allow")
 
         users = pd.read_parquet(directory / "users.parquet").sort_values("user_id")
         self.user_ids = users["user_id"].to_numpy(np.int64)
-        self._users = users.reset_index(drop=True)
+        self._user_cols = {c: users[c].astype(str).to_numpy(object)
+                           for c in ("age_band", "country", "language")}
 
         follows = pd.read_parquet(directory / "follows.parquet")
         self._followees = _Index.build(follows["follower_id"].to_numpy(np.int64),
@@ -102,18 +123,24 @@ class Catalog:
         newest = newest[allowed[newest]][:list_size]
         self.fresh = (self.post_ids[newest], self._created[newest])
 
+    def _code(self, column: str, name: str) -> int:
+        """The code of `name` in a categorical column; -1 if no item has it."""
+        hit = np.flatnonzero(self.categories[column] == name)
+        return int(hit[0]) if len(hit) else -1
+
     # ---- users ---------------------------------------------------------------------------
     def has_user(self, user_id: int) -> bool:
         i = int(np.searchsorted(self.user_ids, user_id))
         return i < len(self.user_ids) and int(self.user_ids[i]) == user_id
 
-    def user_frame(self, user_id: int) -> pd.DataFrame:
-        """One-row frame (user_id, age_band, country, language); defaults if unknown."""
+    def user(self, user_id: int) -> UserRow:
+        """The user's catalog row; defaults ("unknown") and `known` False if absent."""
         i = int(np.searchsorted(self.user_ids, user_id))
         if i < len(self.user_ids) and int(self.user_ids[i]) == user_id:
-            return self._users.iloc[[i]].reset_index(drop=True)
-        return pd.DataFrame({"user_id": [user_id], "age_band": ["unknown"],
-                             "country": ["unknown"], "language": ["unknown"]})
+            c = self._user_cols
+            return UserRow(user_id, True, str(c["age_band"][i]), str(c["country"][i]),
+                           str(c["language"][i]))
+        return UserRow(user_id, False)
 
     def followees(self, user_id: int) -> np.ndarray:
         return self._followees.get(user_id)
@@ -131,30 +158,38 @@ class Catalog:
         found = self.post_ids[idx] == ids if len(self.post_ids) else np.zeros(len(ids), bool)
         return idx, found
 
+    def row_map(self, sorted_keys: np.ndarray) -> np.ndarray:
+        """For each catalog row, the position of its post id in `sorted_keys` (another
+        table's sorted post ids), or -1: built once per table, so that a request finds its
+        candidates in that table by indexing, not by another binary search."""
+        keys = np.asarray(sorted_keys)
+        if not len(keys):
+            return np.full(len(self.post_ids), -1, np.int64)
+        pos = np.searchsorted(keys, self.post_ids).clip(0, len(keys) - 1)
+        return np.where(keys[pos] == self.post_ids, pos, -1).astype(np.int64)
+
+    @property
+    def authors(self) -> np.ndarray:
+        """Each catalog row's author id (int64, read-only use)."""
+        return self._author
+
     def _allowed(self, item_ids: np.ndarray) -> np.ndarray:
         idx, found = self._rows(item_ids)
-        return found & (self._verdict[idx] == "allow")
+        return found & (self._codes["verdict"][idx] == self._allow_code)
 
     def recent_posts_by(self, authors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(post ids, created_at_s) of the newest allowed posts of `authors`."""
-        rows = [self._author_recent.get(int(a)) for a in authors]
-        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        """(post ids, created_at_s) of the newest allowed posts of `authors`, author by
+        author in the given order."""
+        r = self._author_recent.get_many(np.asarray(authors, dtype=np.int64))
         return self.post_ids[r], self._created[r]
 
-    def infos(self, item_ids: np.ndarray) -> dict[int, ItemInfo]:
+    def items(self, item_ids: np.ndarray) -> Items:
+        """The catalog columns of `item_ids`, in the given order (`known` False where the
+        catalog lacks an id)."""
         idx, found = self._rows(item_ids)
-        return {int(self.post_ids[i]): ItemInfo(
-            item_id=int(self.post_ids[i]), author_id=int(self._author[i]),
-            topic=str(self._topic[i]), language=str(self._language[i]),
-            created_at_s=float(self._created[i]), verdict=str(self._verdict[i]))
-            for i in idx[found]}
-
-    def item_frame(self, item_ids: np.ndarray) -> pd.DataFrame:
-        """post_id, author_id, topic, modality, created_at for known ids, in the given order."""
-        idx, found = self._rows(item_ids)
-        i = idx[found]
-        return pd.DataFrame({
-            "post_id": self.post_ids[i], "author_id": self._author[i],
-            "topic": self._topic[i], "modality": self._modality[i],
-            "created_at": pd.to_datetime(self._created[i], unit="s", utc=True),
-        })
+        c = self._codes
+        return Items(ids=np.asarray(item_ids, dtype=np.int64), known=found, rows=idx,
+                     author_id=self._author[idx], topic=c["topic"][idx],
+                     modality=c["modality"][idx], language=c["language"][idx],
+                     verdict=c["verdict"][idx], created_at_s=self._created[idx],
+                     created_ns=self._created_ns[idx], categories=self.categories)

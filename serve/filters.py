@@ -7,29 +7,39 @@ turn it off. `apply_filters` runs them in order and counts what each one removed
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
+
 from serve.moderation.verdicts import LiveVerdicts
-from serve.types import ItemInfo, Merged
+from serve.types import Items
 
 REVIEW_POLICIES: tuple[str, ...] = ("hold", "allow")
 
 
-@dataclass(frozen=True)
+def _ids(values: Iterable[int] | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False).reshape(-1)
+    return np.fromiter(values, dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
 class FilterContext:
     """Per-request facts the filters check items against.
 
-    `languages` is None when any language is allowed. `review_policy` decides what happens to
-    items whose moderation verdict is "review": "hold" keeps them off the page until a human
-    has looked, "allow" serves them meanwhile. `live_verdicts`, when given, holds verdicts
-    decided after the bundle was built (live scores, reviewer decisions).
+    `exclude_ids`, `seen_ids` and `blocked_authors` take any collection of ints and are held
+    as int64 arrays. `languages` is None when any language is allowed. `review_policy`
+    decides what happens to items whose moderation verdict is "review": "hold" keeps them off
+    the page until a human has looked, "allow" serves them meanwhile. `live_verdicts`, when
+    given, holds verdicts decided after the bundle was built (live scores, reviewer
+    decisions).
     """
 
-    exclude_ids: frozenset[int]
-    seen_ids: frozenset[int]
-    blocked_authors: frozenset[int]
+    exclude_ids: Iterable[int] | np.ndarray
+    seen_ids: Iterable[int] | np.ndarray
+    blocked_authors: Iterable[int] | np.ndarray
     languages: frozenset[str] | None
     review_policy: Literal["hold", "allow"] = "hold"
     live_verdicts: LiveVerdicts | None = None
@@ -39,16 +49,19 @@ class FilterContext:
         if self.review_policy not in REVIEW_POLICIES:
             raise ValueError(f"review_policy must be one of {', '.join(REVIEW_POLICIES)}, "
                              f"got {self.review_policy!r}")
+        for name in ("exclude_ids", "seen_ids", "blocked_authors"):
+            object.__setattr__(self, name, _ids(getattr(self, name)))
 
 
 class Filter(Protocol):
-    """Decides whether one candidate stays. `info` is None when the catalog does not know the
-    item; a filter whose rule needs `info` drops such items (it cannot vouch for them)."""
+    """Decides which candidates stay, for a whole column of them at once. An item the catalog
+    does not know has `items.known` False; a filter whose rule needs catalog columns drops
+    such items (it cannot vouch for them)."""
 
     name: str
 
-    def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
-        """True to keep `item`."""
+    def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        """A boolean per item: True to keep it."""
         ...
 
 
@@ -57,8 +70,8 @@ class Excluded:
 
     name = "excluded"
 
-    def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
-        return item.item_id not in ctx.exclude_ids
+    def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        return ~np.isin(items.ids, ctx.exclude_ids)  # type: ignore[arg-type]
 
 
 class Seen:
@@ -66,8 +79,8 @@ class Seen:
 
     name = "seen"
 
-    def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
-        return item.item_id not in ctx.seen_ids
+    def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        return ~np.isin(items.ids, ctx.seen_ids)  # type: ignore[arg-type]
 
 
 class BlockedAuthor:
@@ -77,10 +90,11 @@ class BlockedAuthor:
 
     name = "blocked_author"
 
-    def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
-        if not ctx.blocked_authors:
-            return True
-        return info is not None and info.author_id not in ctx.blocked_authors
+    def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        blocked = ctx.blocked_authors
+        if not len(blocked):  # type: ignore[arg-type]
+            return np.ones(len(items), dtype=bool)
+        return items.known & ~np.isin(items.author_id, blocked)  # type: ignore[arg-type]
 
 
 class Locale:
@@ -89,10 +103,10 @@ class Locale:
 
     name = "locale"
 
-    def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
+    def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
         if ctx.languages is None:
-            return True
-        return info is not None and info.language in ctx.languages
+            return np.ones(len(items), dtype=bool)
+        return items.known & np.isin(items.language, items.codes_of("language", ctx.languages))
 
 
 class Moderation:
@@ -102,17 +116,15 @@ class Moderation:
 
     name = "moderation"
 
-    def keep(self, item: Merged, info: ItemInfo | None, ctx: FilterContext) -> bool:
-        if info is None:
-            return False
-        verdict = (ctx.live_verdicts.effective(item.item_id, info.verdict)
-                   if ctx.live_verdicts is not None else info.verdict)
-        if verdict == "allow":
-            return True
-        if verdict == "review":
-            return ctx.review_policy == "allow"
+    def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        verdict = items.names("verdict")
+        if ctx.live_verdicts is not None and len(ctx.live_verdicts):
+            verdict = ctx.live_verdicts.effective_many(items.ids, verdict)
+        ok = verdict == "allow"
+        if ctx.review_policy == "allow":
+            ok |= verdict == "review"
         # "block" and any verdict this code does not know: fail closed.
-        return False
+        return items.known & ok
 
 
 FILTERS: dict[str, type[Filter]] = {
@@ -144,22 +156,18 @@ def build_filters(names: Sequence[str]) -> list[Filter]:
     return out
 
 
-def apply_filters(items: Sequence[Merged], infos: Mapping[int, ItemInfo], ctx: FilterContext,
-                  filters: Sequence[Filter]) -> tuple[list[Merged], dict[str, int]]:
+def apply_filters(items: Items, ctx: FilterContext, filters: Sequence[Filter]
+                  ) -> tuple[np.ndarray, dict[str, int]]:
     """Run `filters` in order over `items`.
 
-    Returns the kept items in their original order and, for every filter (0 included), how
-    many items it removed. An item is charged to the first filter that drops it only, so the
+    Returns a boolean mask of the kept items and, for every filter (0 included), how many
+    items it removed. An item is charged to the first filter that drops it only, so the
     counts add up to the number of removed items.
     """
-    removed = {f.name: 0 for f in filters}
-    kept: list[Merged] = []
-    for item in items:
-        info = infos.get(item.item_id)
-        for f in filters:
-            if not f.keep(item, info, ctx):
-                removed[f.name] += 1
-                break
-        else:
-            kept.append(item)
-    return kept, removed
+    alive = np.ones(len(items), dtype=bool)
+    removed: dict[str, int] = {}
+    for f in filters:
+        keep = f.keep(items, ctx)
+        removed[f.name] = int(np.count_nonzero(alive & ~keep))
+        alive &= keep
+    return alive, removed

@@ -53,8 +53,9 @@ def feed_columns(result: FeedResult, *, request_id: str, user_id: int, ts_us: in
         cols[f"p_{t}"] = [p.get(t) if isinstance(p, dict) else None for p in probs]
     trace = result.trace
     if trace is not None:
-        cols["topic"] = [trace.infos[i].topic if i in trace.infos else None
-                         for i in ids.tolist()]
+        topic_of = dict(zip(trace.kept_ids.tolist(), trace.items.names("topic").tolist(),
+                            strict=True))
+        cols["topic"] = [topic_of.get(i) for i in ids.tolist()]
         # the inputs the served ranker got: run() builds one set (shadows add theirs later)
         inputs = next(iter(trace.inputs.values()), None)
         names = trace.dense_features or RANKER_DENSE

@@ -8,16 +8,19 @@ others out before ranking sees them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from serve.types import Candidate, Merged
+import numpy as np
+
+from serve.types import Candidates, Merged
 
 # The source whose score is the two-tower inner product the ranker uses as a feature.
 ANN_SOURCE = "ann"
+MAX_SOURCES = 32  # one bit each in Merged.source_mask
 
 
-def merge_candidates(per_source: Mapping[str, Sequence[Candidate]], *, quotas: Mapping[str, int],
-                     limit: int) -> list[Merged]:
+def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[str, int],
+                     limit: int) -> Merged:
     """Merge candidate lists from several sources into at most `limit` deduplicated items.
 
     Algorithm:
@@ -26,72 +29,74 @@ def merge_candidates(per_source: Mapping[str, Sequence[Candidate]], *, quotas: M
          item ids are taken. A source missing from `quotas` takes nothing. Quotas are applied
          per source before deduplication, so an item proposed by two sources uses one slot of
          each source's quota.
-      2. Items taken by several sources become one `Merged` whose `sources` lists them in the
-         iteration order of `per_source` and whose `source_scores` holds every source's score.
-         `retrieval_score` is the "ann" source's score, or 0.0 when ANN did not propose it.
+      2. An item taken by several sources is one row whose sources are all of them, in the
+         iteration order of `per_source`. `retrieval_score` is the "ann" source's score (its
+         best for the item), or 0.0 when ANN did not take it.
       3. Output is a round-robin over the sources (in the iteration order of `per_source`):
          each turn, a source emits its best item not already emitted. Stops at `limit` items.
 
-    The mapping key names the source; `Candidate.source` is not consulted.
+    The mapping key names the source. Steps 1 and 2 run on arrays; step 3 walks plain ints.
 
     Raises:
-        ValueError: `limit` is negative, or a quota is negative.
+        ValueError: `limit` is negative, a quota is negative, or there are more than
+            MAX_SOURCES sources.
     """
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     for source, quota in quotas.items():
         if quota < 0:
             raise ValueError(f"quota for source {source!r} must be >= 0, got {quota}")
+    names = tuple(per_source)
+    if len(names) > MAX_SOURCES:
+        raise ValueError(f"{len(names)} candidate sources; at most {MAX_SOURCES} can merge")
 
-    taken = {source: _take(cands, quotas.get(source, 0)) for source, cands in per_source.items()}
-
-    sources_of: dict[int, list[str]] = {}
-    scores_of: dict[int, dict[str, float]] = {}
-    for source, cands in taken.items():
-        for c in cands:
-            sources_of.setdefault(c.item_id, []).append(source)
-            scores_of.setdefault(c.item_id, {})[source] = c.score
+    taken = [_take(per_source[n], quotas.get(n, 0)) for n in names]
 
     # Round-robin with one cursor per source; a cursor skips items another source already
     # emitted, so a shared item never costs a source its turn.
-    cursors = dict.fromkeys(taken, 0)
+    lists = [ids.tolist() for ids, _ in taken]
+    cursors = [0] * len(lists)
     emitted: set[int] = set()
-    out: list[Merged] = []
+    out: list[int] = []
     while len(out) < limit:
         progressed = False
-        for source, cands in taken.items():
+        for k, ids in enumerate(lists):
             if len(out) >= limit:
                 break
-            i = cursors[source]
-            while i < len(cands) and cands[i].item_id in emitted:
+            i = cursors[k]
+            while i < len(ids) and ids[i] in emitted:
                 i += 1
-            if i < len(cands):
-                item_id = cands[i].item_id
-                scores = scores_of[item_id]
-                out.append(Merged(item_id=item_id, sources=tuple(sources_of[item_id]),
-                                  source_scores=dict(scores),
-                                  retrieval_score=scores.get(ANN_SOURCE, 0.0)))
-                emitted.add(item_id)
+            if i < len(ids):
+                out.append(ids[i])
+                emitted.add(ids[i])
                 i += 1
                 progressed = True
-            cursors[source] = i
+            cursors[k] = i
         if not progressed:
             break
-    return out
 
-
-def _take(cands: Sequence[Candidate], quota: int) -> list[Candidate]:
-    """The source's best `quota` distinct items, best first; a repeated item keeps its best
-    score (the first one seen after the stable sort)."""
-    if quota == 0:
-        return []
-    seen: set[int] = set()
-    out: list[Candidate] = []
-    for c in sorted(cands, key=lambda c: c.score, reverse=True):
-        if c.item_id in seen:
+    merged = np.asarray(out, dtype=np.int64)
+    mask = np.zeros(len(merged), dtype=np.uint32)
+    rscore = np.zeros(len(merged), dtype=np.float64)
+    for k, (ids, scores) in enumerate(taken):
+        if not len(ids):
             continue
-        seen.add(c.item_id)
-        out.append(c)
-        if len(out) == quota:
-            break
-    return out
+        order = np.argsort(ids, kind="stable")
+        pos = np.searchsorted(ids[order], merged).clip(0, len(ids) - 1)
+        hit = ids[order][pos] == merged
+        mask |= hit.astype(np.uint32) << np.uint32(k)
+        if names[k] == ANN_SOURCE:
+            rscore = np.where(hit, scores[order][pos], 0.0)
+    return Merged(merged, mask, names, rscore)
+
+
+def _take(c: Candidates, quota: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source's best `quota` distinct items and their scores, best first; a repeated
+    item keeps its best score (the first one after the stable sort)."""
+    if quota == 0 or not len(c):
+        return c.ids[:0], c.scores[:0]
+    order = np.argsort(-c.scores, kind="stable")
+    ids = c.ids[order]
+    _, first = np.unique(ids, return_index=True)
+    keep = np.sort(first)[:quota]
+    return ids[keep], c.scores[order][keep]

@@ -1,11 +1,16 @@
 """The feed pipeline: sources -> merge -> filters -> ranker -> re-ranking.
 
-Framework-free (asyncio, numpy, pandas; no Ray, no FastAPI): the Serve ingress, the
-in-process benchmark floor and the tests all call `FeedPipeline.run`. Every stage that can
-fail degrades instead of failing the request:
+Framework-free (asyncio and numpy; no Ray, no FastAPI, no pandas): the Serve ingress, the
+in-process benchmark floor and the tests all call `FeedPipeline.run`. Every stage works on
+whole numpy columns (candidate ids, their catalog columns, scores): the catalog, the feature
+transform and the vocabularies are turned into arrays when the bundle loads, so a request
+builds no DataFrame and no Python object per candidate (docs/performance.md).
+
+Every stage that can fail degrades instead of failing the request:
 
 - a candidate source that errors or passes its timeout contributes nothing, and the response
-  lists `source:<name>` in `degraded`;
+  lists `source:<name>` in `degraded`. The timeout counts the source's own running time:
+  waiting for a thread or a core is not charged to it;
 - when the ranker (Triton) errors or is slow, items keep retrieval order (the two-tower
   inner product; merge order for a cold-start user) and `degraded` lists `ranker`. After a
   ranker failure the pipeline skips Triton for `retry_after_s`, so an outage costs one
@@ -25,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
@@ -35,11 +39,11 @@ from serve.filters import FilterContext, apply_filters, build_filters
 from serve.merge import merge_candidates
 from serve.moderation.verdicts import LiveVerdicts
 from serve.offpath import yield_to_requests
-from serve.rerank import RerankParams, rerank
+from serve.rerank import RerankInput, RerankParams, rerank
 from serve.sources import AnnSource, CandidateSource, SourceQuery
-from serve.types import Candidate, FeedItem, ItemInfo, Merged, Scored
+from serve.types import Candidates, FeedItem, Items, Merged, UserRow
 from training.calibration import Calibration
-from training.features import FeatureTransform
+from training.features import CatalogAlignment, FeatureTransform, unix_ns
 
 if TYPE_CHECKING:  # the model runtimes (torch, faiss) load with a bundle, not with this
     from serve.ranker.client import Ranker
@@ -57,6 +61,38 @@ class RankerModel:
     ranker: Ranker
     features: FeatureTransform
     calibration: Calibration | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogView:
+    """One feature transform's lookups in a catalog's row order: the vocabulary index of each
+    catalog topic and modality code, and the transform's per-post tables aligned to catalog
+    rows. Built once per (catalog, transform) at load time; a request then indexes it."""
+
+    features: FeatureTransform
+    topic: np.ndarray
+    modality: np.ndarray
+    alignment: CatalogAlignment
+
+    @classmethod
+    def build(cls, catalog: Catalog, ft: FeatureTransform) -> CatalogView:
+        cats = catalog.categories
+        return cls(ft, ft.vocab_index("posts.topic", cats["topic"]),
+                   ft.vocab_index("posts.modality", cats["modality"]),
+                   ft.align(catalog.post_ids, catalog.authors))
+
+
+def ranker_inputs(catalog: Catalog, view: CatalogView, user: UserRow, items: Items,
+                  retrieval_score: np.ndarray, now_s: float) -> dict[str, np.ndarray]:
+    """The ranker's inputs for (user, each item, now), from the shared feature module (the
+    view's transform: the ranker version's own)."""
+    followees = catalog.followees(user.user_id)
+    return view.features.serving_inputs(
+        user_id=user.user_id, age_band=user.age_band, now_ns=unix_ns(now_s),
+        post_ids=items.ids, author_ids=items.author_id, topic_idx=view.topic[items.topic],
+        modality_idx=view.modality[items.modality], created_ns=items.created_ns,
+        follows_author=np.isin(items.author_id, followees),
+        retrieval_score=retrieval_score, catalog_rows=items.rows, alignment=view.alignment)
 
 
 def task_probs(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
@@ -82,16 +118,16 @@ class Trace:
     scores the same candidates; a canary's list is compared with the primary's)."""
 
     user_id: int
-    user: pd.DataFrame
+    user: UserRow
     known: bool
     now_s: float
     request_id: str
     limit: int
-    ann_ids: tuple[int, ...]
-    ann_scores: tuple[float, ...]
-    kept: list[Merged]
+    ann_ids: np.ndarray
+    ann_scores: np.ndarray
+    kept: Merged  # the candidates the filters kept, in merge order
     rscore: np.ndarray
-    infos: dict[int, ItemInfo]
+    items: Items  # their catalog columns
     vecs: np.ndarray
     kept_ids: np.ndarray
     # the served ranker's final (weighted) score of each kept item, in `kept` order; empty
@@ -159,6 +195,11 @@ class FeedPipeline:
             explore_slots=r.explore_slots, explore_min_rank=r.explore_min_rank)
         # per ranker client: a failing canary must not switch off the primary
         self._ranker_down_until: dict[int, float] = {}
+        self._quotas = {n: s.quota for n, s in settings.sources.items()}
+        self._views: dict[int, CatalogView] = {}
+        self._positions: dict[int, tuple[TwoTowerRetrieval, np.ndarray]] = {}
+        self._view(self.features)  # at load, not on the first request
+        self._index_positions(retrieval)
         self.primary_models = Models(retrieval=retrieval, ranker=RankerModel(
             "primary", "", ranker, retrieval.features, calibration))
         self._ann: dict[int, AnnSource] = {}
@@ -179,19 +220,18 @@ class FeedPipeline:
 
     # ---- stages --------------------------------------------------------------------------
     async def _candidates(self, query: SourceQuery, degraded: list[str],
-                          retrieval: TwoTowerRetrieval) -> dict[str, list[Candidate]]:
+                          retrieval: TwoTowerRetrieval) -> dict[str, Candidates]:
         names = [n for n, s in self.settings.sources.items()
                  if s.enabled and n in self.sources
                  and (query.known_user or self.sources[n].cold_start)]
 
-        async def one(name: str) -> list[Candidate]:
+        async def one(name: str) -> Candidates:
             s = self.settings.sources[name]
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._source(name, retrieval).generate, query, s.quota),
-                timeout=s.timeout_ms / 1000.0)
+            return await run_source(self._source(name, retrieval), query, s.quota,
+                                    s.timeout_ms / 1000.0)
 
         results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
-        out: dict[str, list[Candidate]] = {}
+        out: dict[str, Candidates] = {}
         for name, res in zip(names, results, strict=True):
             if isinstance(res, BaseException):
                 degraded.append(f"source:{name}")
@@ -199,31 +239,33 @@ class FeedPipeline:
                 out[name] = res
         return out
 
-    def ranker_inputs(self, user_id: int, user: pd.DataFrame, items: list[Merged] | np.ndarray,
-                      retrieval_score: np.ndarray, now_s: float,
-                      features: FeatureTransform | None = None) -> dict[str, np.ndarray]:
-        """The ranker's inputs for (user, each item, now), from the shared feature module (the
-        ranker version's own fitted transform when given). `items`: the merged candidates,
-        or their ids."""
-        ids = (items.astype(np.int64, copy=False) if isinstance(items, np.ndarray)
-               else np.asarray([m.item_id for m in items], dtype=np.int64))
-        rows = self.catalog.item_frame(ids)
-        n = len(rows)
-        followees = self.catalog.followees(user_id)
-        rows = rows.assign(
-            user_id=np.full(n, user_id, dtype=np.int64),
-            age_band=np.repeat(user["age_band"].to_numpy(), n),
-            country=np.repeat(user["country"].to_numpy(), n),
-            timestamp=pd.Timestamp(now_s, unit="s", tz="UTC"),
-            follows_author=np.isin(rows["author_id"].to_numpy(), followees))
-        ft = features or self.features
-        topic_idx = ft.vocab_index("posts.topic", rows["topic"].to_numpy())
-        counts = ft.final_counts(rows["user_id"].to_numpy(), rows["post_id"].to_numpy(),
-                                 rows["author_id"].to_numpy(), topic_idx)
-        return ft.ranker_inputs(rows, counts, retrieval_score)
+    def _view(self, ft: FeatureTransform) -> CatalogView:
+        """`ft`'s vocabularies and per-post tables in catalog order: built once per feature
+        transform (the primary's when the pipeline is made, a variant's on its first
+        request), then a request indexes them by catalog row."""
+        view = self._views.get(id(ft))
+        if view is None or view.features is not ft:
+            view = self._views[id(ft)] = CatalogView.build(self.catalog, ft)
+        return view
 
-    async def model_scores(self, user_id: int, user: pd.DataFrame | None,
-                           items: list[Merged] | np.ndarray, rscore: np.ndarray, now_s: float,
+    def _index_positions(self, retrieval: TwoTowerRetrieval) -> np.ndarray:
+        """Each catalog row's position in `retrieval`'s index (-1: not indexed)."""
+        pos = self._positions.get(id(retrieval))
+        if pos is None or pos[0] is not retrieval:
+            pos = self._positions[id(retrieval)] = (
+                retrieval, self.catalog.row_map(retrieval.sorted_item_ids))
+        return pos[1]
+
+    def ranker_inputs(self, user: UserRow, items: Items, retrieval_score: np.ndarray,
+                      now_s: float, features: FeatureTransform | None = None
+                      ) -> dict[str, np.ndarray]:
+        """The ranker's inputs for (user, each item, now), from the shared feature module (the
+        ranker version's own fitted transform when given)."""
+        return ranker_inputs(self.catalog, self._view(features or self.features), user, items,
+                             retrieval_score, now_s)
+
+    async def model_scores(self, user_id: int, user: UserRow | None,
+                           items: Items | np.ndarray, rscore: np.ndarray, now_s: float,
                            model: RankerModel, timings: dict[str, float],
                            cache: dict[int, dict[str, np.ndarray]] | None = None
                            ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -231,7 +273,8 @@ class FeedPipeline:
         items, or None when the ranker is unavailable (a failure starts its `retry_after_s`
         pause). `timings` gets `ranker_call`: the wait for the model alone, features
         excluded. `cache` holds ranker inputs by id(FeatureTransform); `user` (the user's
-        catalog row) is looked up when None and the inputs must be built."""
+        catalog row) is looked up when None, and `items` when given as ids, if the inputs
+        must be built."""
         m = model
         if self._monotonic() < self._ranker_down_until.get(id(m.ranker), 0.0):
             return None
@@ -240,8 +283,10 @@ class FeedPipeline:
             inputs = cache.get(key) if cache is not None else None
             if inputs is None:
                 if user is None:
-                    user = self.catalog.user_frame(user_id)
-                inputs = self.ranker_inputs(user_id, user, items, rscore, now_s, m.features)
+                    user = self.catalog.user(user_id)
+                if isinstance(items, np.ndarray):
+                    items = self.catalog.items(items)
+                inputs = self.ranker_inputs(user, items, rscore, now_s, m.features)
                 if cache is not None:
                     cache[key] = inputs
             await yield_to_requests()  # off-path (a shadow): wait for an idle replica
@@ -257,34 +302,26 @@ class FeedPipeline:
         probs = task_probs(logits, m.calibration)
         return (probs @ self._weights).astype(np.float32, copy=False), probs
 
-    async def _rank(self, user_id: int, user: pd.DataFrame, items: list[Merged],
-                    rscore: np.ndarray, now_s: float, degraded: list[str],
-                    timings: dict[str, float], model: RankerModel | None = None,
+    async def _rank(self, user: UserRow, items: Items, rscore: np.ndarray, now_s: float,
+                    degraded: list[str], timings: dict[str, float],
+                    model: RankerModel | None = None,
                     cache: dict[int, dict[str, np.ndarray]] | None = None
-                    ) -> tuple[list[Scored], dict[int, np.ndarray]]:
-        """Scored items, and each item's per-task probabilities (empty when degraded)."""
-        if not items:
-            return [], {}
-        out = await self.model_scores(user_id, user, items, rscore, now_s,
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each item's score (float64) and per-task probabilities (None when degraded: then
+        retrieval scores, or merge order for a cold-start user)."""
+        n = len(items)
+        if not n:
+            return np.zeros(0, np.float64), None
+        out = await self.model_scores(user.user_id, user, items, rscore, now_s,
                                       model or self.primary_models.ranker, timings, cache)
         if out is not None:
             final, probs = out
-            # per-task probabilities go into `explain` for the page only (see run)
-            return ([Scored(m, float(final[i])) for i, m in enumerate(items)],
-                    {m.item_id: probs[i] for i, m in enumerate(items)})
+            return final.astype(np.float64), probs
         degraded.append("ranker")
         if rscore.any():
-            return [Scored(m, float(rscore[i])) for i, m in enumerate(items)], {}
+            return rscore.astype(np.float64), None
         # cold start, no user vector: keep merge order
-        return [Scored(m, 1.0 / (1.0 + i)) for i, m in enumerate(items)], {}
-
-    @staticmethod
-    def _with_probs(item: FeedItem, probs: np.ndarray | None) -> FeedItem:
-        if probs is None or item.explain.get("exploration"):
-            return item
-        explain = {**item.explain, "probs": {t: round(float(probs[j]), 5)
-                                             for j, t in enumerate(TASKS)}}
-        return FeedItem(item.item_id, item.rank, item.score, item.sources, explain)
+        return 1.0 / (1.0 + np.arange(n, dtype=np.float64)), None
 
     # ---- the request ---------------------------------------------------------------------
     async def run(self, q: FeedQuery, models: Models | None = None) -> FeedResult:
@@ -301,66 +338,73 @@ class FeedPipeline:
 
         degraded: list[str] = []
         now_s = self.now_s(q)
-        known = self.catalog.has_user(q.user_id)
-        user = self.catalog.user_frame(q.user_id)
+        user = self.catalog.user(q.user_id)
+        known = user.known
         user_vec = retrieval.user_vector(user) if known else None
         query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s)
         per_source = await self._candidates(query, degraded, retrieval)
         t = lap("candidates", t0)
 
-        quotas = {n: s.quota for n, s in self.settings.sources.items()}
-        merged = merge_candidates(per_source, quotas=quotas,
+        merged = merge_candidates(per_source, quotas=self._quotas,
                                   limit=self.settings.max_candidates)
-        ids = np.asarray([m.item_id for m in merged], dtype=np.int64)
-        infos = self.catalog.infos(ids)
+        items = self.catalog.items(merged.ids)
         fs = self.settings.filters
         languages = None
         if fs.locale == "user_language":
-            lang = (q.locale or str(user["language"].iloc[0])).split("-")[0].lower()
+            lang = (q.locale or user.language).split("-")[0].lower()
             languages = frozenset({lang})
-        ctx = FilterContext(exclude_ids=q.exclude_ids,
-                            seen_ids=frozenset(self.catalog.seen(q.user_id).tolist()),
-                            blocked_authors=frozenset(
-                                self.catalog.reported_authors(q.user_id).tolist()),
+        ctx = FilterContext(exclude_ids=q.exclude_ids, seen_ids=self.catalog.seen(q.user_id),
+                            blocked_authors=self.catalog.reported_authors(q.user_id),
                             languages=languages, review_policy=fs.review_policy,
                             live_verdicts=self.live_verdicts)
-        kept, removed = apply_filters(merged, infos, ctx, self._filters)
+        keep, removed = apply_filters(items, ctx, self._filters)
+        kept, kept_items = merged.take(keep), items.take(keep)
         t = lap("merge_filter", t)
 
-        kept_ids = np.asarray([m.item_id for m in kept], dtype=np.int64)
-        vecs = retrieval.item_vectors(kept_ids)
+        kept_ids = kept.ids
+        vecs = retrieval.vectors_at(self._index_positions(retrieval)[kept_items.rows])
         rscore = (vecs @ user_vec if user_vec is not None
                   else np.zeros(len(kept), np.float32)).astype(np.float32)
-        kept = [Merged(m.item_id, m.sources, m.source_scores, float(rscore[i]))
-                for i, m in enumerate(kept)]
+        kept = Merged(kept.ids, kept.source_mask, kept.sources, rscore.astype(np.float64))
         inputs_cache: dict[int, dict[str, np.ndarray]] = {}
-        scored, probs = await self._rank(q.user_id, user, kept, rscore, now_s, degraded,
-                                         timings, m.ranker, inputs_cache)
+        scores, probs = await self._rank(user, kept_items, rscore, now_s, degraded, timings,
+                                         m.ranker, inputs_cache)
         t = lap("rank", t)
 
-        items = self._page(scored, probs, infos, kept_ids, vecs, now_s, q.limit, q.request_id)
+        page = self._page(scores, probs, kept, kept_items, vecs, now_s, q.limit, q.request_id)
         lap("rerank", t)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
-        ann = per_source.get("ann", [])
+        ann = per_source.get("ann", Candidates.empty())
         trace = Trace(user_id=q.user_id, user=user, known=known, now_s=now_s,
-                      request_id=q.request_id, limit=q.limit,
-                      ann_ids=tuple(c.item_id for c in ann),
-                      ann_scores=tuple(c.score for c in ann), kept=kept, rscore=rscore,
-                      infos=infos, vecs=vecs, kept_ids=kept_ids,
+                      request_id=q.request_id, limit=q.limit, ann_ids=ann.ids,
+                      ann_scores=ann.scores, kept=kept, rscore=rscore, items=kept_items,
+                      vecs=vecs, kept_ids=kept_ids,
                       scores=(np.zeros(0, np.float32) if "ranker" in degraded else
-                              np.fromiter((x.score for x in scored), np.float32, len(scored))),
+                              scores.astype(np.float32)),
                       inputs=inputs_cache, dense_features=m.ranker.features.dense_features)
-        return FeedResult(items=items, degraded=degraded, cold_start=not known,
+        return FeedResult(items=page, degraded=degraded, cold_start=not known,
                           timings_ms=timings, filtered=removed, trace=trace,
                           candidates={n: len(c) for n, c in per_source.items()})
 
-    def _page(self, scored: list[Scored], probs: dict[int, np.ndarray],
-              infos: dict[int, ItemInfo], kept_ids: np.ndarray, vecs: np.ndarray,
-              now_s: float, limit: int, request_id: str) -> list[FeedItem]:
-        emb = {int(i): vecs[j] for j, i in enumerate(kept_ids)}
-        return [self._with_probs(i, probs.get(i.item_id)) for i in rerank(
-            scored, infos, emb, limit=limit, now_s=now_s, rng=_rng_for(request_id),
-            params=self._rerank)]
+    def _page(self, scores: np.ndarray, probs: np.ndarray | None, kept: Merged,
+              items: Items, vecs: np.ndarray, now_s: float, limit: int,
+              request_id: str) -> list[FeedItem]:
+        picks = rerank(RerankInput(scores=scores, created_at_s=items.created_at_s,
+                                   authors=items.author_id, topics=items.topic,
+                                   embeddings=vecs),
+                       limit=limit, now_s=now_s, rng=_rng_for(request_id),
+                       params=self._rerank)
+        rows = [p.row for p in picks]
+        ids = kept.ids[rows].tolist()
+        prob_rows = probs[rows].tolist() if probs is not None else None
+        out: list[FeedItem] = []
+        for k, p in enumerate(picks):
+            explain = p.explain
+            if prob_rows is not None and not explain.get("exploration"):
+                explain = {**explain, "probs": {t: round(v, 5) for t, v in
+                                                zip(TASKS, prob_rows[k], strict=True)}}
+            out.append(FeedItem(ids[k], k + 1, p.score, kept.sources_of(p.row), explain))
+        return out
 
     async def rerank_with(self, trace: Trace, model: RankerModel
                           ) -> tuple[list[FeedItem], list[str], float]:
@@ -369,10 +413,45 @@ class FeedPipeline:
         lists differ only by the ranker."""
         degraded: list[str] = []
         timings: dict[str, float] = {}
-        scored, probs = await self._rank(trace.user_id, trace.user, trace.kept, trace.rscore,
-                                         trace.now_s, degraded, timings, model, trace.inputs)
+        scores, probs = await self._rank(trace.user, trace.items, trace.rscore, trace.now_s,
+                                         degraded, timings, model, trace.inputs)
         if degraded:  # the model failed: no page to compute
             return [], degraded, timings.get("ranker_call", 0.0)
-        items = self._page(scored, probs, trace.infos, trace.kept_ids, trace.vecs,
-                           trace.now_s, trace.limit, trace.request_id)
+        items = self._page(scores, probs, trace.kept, trace.items, trace.vecs, trace.now_s,
+                           trace.limit, trace.request_id)
         return items, degraded, timings.get("ranker_call", 0.0)
+
+
+async def run_source(source: CandidateSource, query: SourceQuery, quota: int,
+                     timeout_s: float) -> Candidates:
+    """One source's candidates. An `inline` source runs here; any other runs on the event
+    loop's thread pool and gets `timeout_s` of its own running time, counted from when its
+    thread starts (a source still waiting for a thread after `timeout_s` gives up too).
+
+    Raises:
+        TimeoutError: past either bound; the source's exception when it fails.
+    """
+    if getattr(source, "inline", False):
+        return source.generate(query, quota)
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+
+    def work() -> Candidates:
+        started.append(time.perf_counter())
+        return source.generate(query, quota)
+
+    fut = loop.run_in_executor(None, work)
+    queue_deadline = time.perf_counter() + timeout_s
+    while True:
+        end = started[0] + timeout_s if started else queue_deadline
+        left = end - time.perf_counter()
+        if left > 0:
+            done, _ = await asyncio.wait({fut}, timeout=left)
+            if done:
+                return fut.result()
+        if started and time.perf_counter() >= started[0] + timeout_s:
+            raise TimeoutError(f"source {source.name!r} ran past {timeout_s * 1000:.0f} ms")
+        if not started and time.perf_counter() >= queue_deadline:
+            fut.cancel()
+            raise TimeoutError(f"source {source.name!r} waited {timeout_s * 1000:.0f} ms "
+                               "for a thread")

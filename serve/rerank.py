@@ -8,12 +8,9 @@ propensity so that off-policy evaluation can de-bias the resulting feedback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from serve.types import FeedItem, ItemInfo, Scored
 
 
 @dataclass(frozen=True)
@@ -52,24 +49,53 @@ class RerankParams:
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
-def freshness(created_at_s: float, *, now_s: float, params: RerankParams) -> float:
-    """The freshness term: `weight * 0.5 ** (age_h / half_life_h)`. Items from the future
-    (clock skew) count as brand new rather than getting more than the full boost."""
-    age_h = max(0.0, (now_s - created_at_s) / 3600.0)
-    return params.freshness_weight * float(0.5 ** (age_h / params.freshness_half_life_h))
+def freshness(created_at_s: np.ndarray, *, now_s: float, params: RerankParams) -> np.ndarray:
+    """The freshness term per item: `weight * 0.5 ** (age_h / half_life_h)`. Items from the
+    future (clock skew) count as brand new rather than getting more than the full boost."""
+    age_h = np.maximum(0.0, (now_s - np.asarray(created_at_s, dtype=np.float64)) / 3600.0)
+    return params.freshness_weight * np.power(0.5, age_h / params.freshness_half_life_h)
 
 
-def rerank(scored: Sequence[Scored], infos: Mapping[int, ItemInfo],
-           embeddings: Mapping[int, np.ndarray], *, limit: int, now_s: float,
-           rng: np.random.Generator, params: RerankParams) -> list[FeedItem]:
+@dataclass(frozen=True, eq=False)
+class RerankInput:
+    """The ranked candidates, one row each, in ranking order (ties go to the earlier row):
+    the final score, creation time, author, topic (any int code: equal codes are one topic)
+    and two-tower embedding (a zero row when missing). Item ids must be distinct: the caller
+    merges and dedupes before ranking."""
+
+    scores: np.ndarray  # float64 [n]
+    created_at_s: np.ndarray  # float64 [n]
+    authors: np.ndarray  # int64 [n]
+    topics: np.ndarray  # int [n]
+    embeddings: np.ndarray  # [n, dim]
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        bad = {k: len(v) for k, v in (("created_at_s", self.created_at_s),
+                                      ("authors", self.authors), ("topics", self.topics),
+                                      ("embeddings", self.embeddings)) if len(v) != n}
+        if bad:
+            raise ValueError(f"rerank input: {n} scores but lengths {bad}")
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One page position: the candidate's row in the input, its adjusted score and what
+    explains its place."""
+
+    row: int
+    score: float
+    explain: dict[str, object]
+
+
+def rerank(c: RerankInput, *, limit: int, now_s: float, rng: np.random.Generator,
+           params: RerankParams) -> list[Pick]:
     """Build a page of at most `limit` items from ranked candidates.
 
     Algorithm:
-      1. Candidates without catalog info are skipped (filters should have dropped them), as
-         are repeats of an item id (the first wins). Each gets
-         `adjusted = score + freshness`, then adjusted scores are min-max normalised to [0, 1]
-         (all 1.0 when they are all equal) so that `mmr_lambda` weighs score against cosine
-         similarity on comparable scales.
+      1. Each candidate gets `adjusted = score + freshness`, then adjusted scores are min-max
+         normalised to [0, 1] (all 1.0 when they are all equal) so that `mmr_lambda` weighs
+         score against cosine similarity on comparable scales.
       2. Greedy MMR: among remaining candidates whose author and topic are under their caps,
          pick the one maximising `lambda * norm_score - (1 - lambda) * max_sim`, where
          `max_sim` is the largest cosine similarity to an item already picked (0 for the first
@@ -83,106 +109,99 @@ def rerank(scored: Sequence[Scored], infos: Mapping[int, ItemInfo],
          breach the caps: they are meant to be unbiased, not curated.
 
     Explain of a ranked item: `ranker_score`, `freshness`, `mmr_penalty` (the amount
-    `(1 - lambda) * max_sim` subtracted in the MMR objective), `probs` when the ranker gave
-    any, and `cap_relaxed` when picked past the caps. `score` is the adjusted score.
+    `(1 - lambda) * max_sim` subtracted in the MMR objective), and `cap_relaxed` when picked
+    past the caps. A pick's `score` is the adjusted score.
 
     Raises:
-        ValueError: `limit` < 1, or embeddings of different lengths.
+        ValueError: `limit` < 1.
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-
-    cands: list[Scored] = []
-    seen: set[int] = set()
-    for s in scored:
-        if s.item.item_id in infos and s.item.item_id not in seen:
-            seen.add(s.item.item_id)
-            cands.append(s)
-    n = len(cands)
+    n = len(c.scores)
     if n == 0:
         return []
 
-    fresh = np.array([freshness(infos[s.item.item_id].created_at_s, now_s=now_s, params=params)
-                      for s in cands])
-    adjusted = np.array([s.score for s in cands], dtype=np.float64) + fresh
+    fresh = freshness(c.created_at_s, now_s=now_s, params=params)
+    adjusted = np.asarray(c.scores, dtype=np.float64) + fresh
     spread = float(adjusted.max() - adjusted.min())
     norm = (adjusted - adjusted.min()) / spread if spread > 0 else np.ones(n)
 
-    emb = _unit_rows([embeddings.get(s.item.item_id) for s in cands])
-    authors = np.array([infos[s.item.item_id].author_id for s in cands], dtype=np.int64)
-    topic_codes: dict[str, int] = {}
-    topics = np.array([topic_codes.setdefault(infos[s.item.item_id].topic, len(topic_codes))
-                       for s in cands], dtype=np.int64)
+    emb = _unit_rows(c.embeddings)
+    authors = np.asarray(c.authors, dtype=np.int64)
+    topics = np.asarray(c.topics, dtype=np.int64)
 
     lam = params.mmr_lambda
+    base = lam * norm
+    one_minus = 1.0 - lam
     remaining = np.ones(n, dtype=bool)
-    capped = np.zeros(n, dtype=bool)
+    eligible = np.ones(n, dtype=bool)  # remaining and under both caps
+    n_remaining = n_eligible = n
     max_sim = np.zeros(n)  # stays 0 until the first pick: nothing to be similar to yet
+    penalty = np.zeros(n)  # (1 - lambda) * max_sim
+    objective = base - penalty
     author_count: dict[int, int] = {}
     topic_count: dict[int, int] = {}
     page: list[tuple[int, float, bool]] = []  # (candidate index, mmr penalty, cap relaxed)
-    while len(page) < limit and remaining.any():
-        eligible = remaining & ~capped
-        relaxed = not eligible.any()
-        if relaxed:
-            eligible = remaining
-        penalty = (1.0 - lam) * max_sim
-        # Index into the eligible set rather than masking with -inf, so that a non-finite
-        # score can never make argmax land on an item already picked. argmax returns the
-        # first maximum, so the earlier candidate wins ties.
-        idx = np.flatnonzero(eligible)
-        i = int(idx[np.argmax((lam * norm - penalty)[idx])])
+    while len(page) < limit and n_remaining:
+        relaxed = n_eligible == 0
+        pool = remaining if relaxed else eligible
+        # argmax returns the first maximum, so the earlier candidate wins ties. Should every
+        # objective in the pool be -inf, the masked argmax may land outside the pool: then
+        # index into the pool itself, so a non-finite score never picks an item twice.
+        i = int(np.where(pool, objective, -np.inf).argmax())
+        if not pool[i]:
+            idx = np.flatnonzero(pool)
+            i = int(idx[np.argmax(objective[idx])])
         page.append((i, float(penalty[i]), relaxed))
         remaining[i] = False
+        n_remaining -= 1
+        if eligible[i]:
+            eligible[i] = False
+            n_eligible -= 1
 
         sims = emb @ emb[i]
         max_sim = sims if len(page) == 1 else np.maximum(max_sim, sims)
+        np.multiply(one_minus, max_sim, out=penalty)
+        np.subtract(base, penalty, out=objective)
         a, t = int(authors[i]), int(topics[i])
         author_count[a] = author_count.get(a, 0) + 1
         topic_count[t] = topic_count.get(t, 0) + 1
+        capped = None
         if author_count[a] >= params.author_cap:
-            capped |= authors == a
+            capped = authors == a
         if topic_count[t] >= params.topic_cap:
-            capped |= topics == t
+            capped = topics == t if capped is None else capped | (topics == t)
+        if capped is not None:
+            eligible &= ~capped
+            n_eligible = int(np.count_nonzero(eligible))
 
-    # (candidate index, explain) per page position; FeedItems are built once ranks are final.
-    entries: list[tuple[int, dict[str, object]]] = []
+    picks: list[Pick] = []
     for i, pen, relaxed in page:
-        explain: dict[str, object] = {"ranker_score": float(cands[i].score),
+        explain: dict[str, object] = {"ranker_score": float(c.scores[i]),
                                       "freshness": float(fresh[i]), "mmr_penalty": pen}
-        if cands[i].probs:
-            explain["probs"] = dict(cands[i].probs)
         if relaxed:
             explain["cap_relaxed"] = True
-        entries.append((i, explain))
+        picks.append(Pick(i, float(adjusted[i]), explain))
 
-    pool = [i for i in range(n) if remaining[i]]
-    positions = list(range(params.explore_min_rank - 1, len(entries)))
+    unpicked: list[int] = np.flatnonzero(remaining).tolist()
+    positions = list(range(params.explore_min_rank - 1, len(picks)))
     for _ in range(params.explore_slots):
-        if not pool or not positions:
+        if not unpicked or not positions:
             break
         pos = positions.pop(int(rng.integers(len(positions))))
-        propensity = 1.0 / len(pool)
-        j = pool.pop(int(rng.integers(len(pool))))
-        entries[pos] = (j, {"exploration": True, "propensity": propensity})
-
-    return [FeedItem(item_id=cands[i].item.item_id, rank=rank, score=float(adjusted[i]),
-                     sources=cands[i].item.sources, explain=explain)
-            for rank, (i, explain) in enumerate(entries, start=1)]
+        propensity = 1.0 / len(unpicked)
+        j = unpicked.pop(int(rng.integers(len(unpicked))))
+        picks[pos] = Pick(j, float(adjusted[j]), {"exploration": True,
+                                                   "propensity": propensity})
+    return picks
 
 
-def _unit_rows(vectors: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Stack embeddings as unit rows. Missing or zero vectors become zero rows, so their cosine
-    similarity to anything is 0, as specified for missing embeddings."""
-    dims = {np.asarray(v).size for v in vectors if v is not None}
-    if len(dims) > 1:
-        raise ValueError(f"embeddings must all have one length, got lengths {sorted(dims)}")
-    dim = dims.pop() if dims else 0
-    out = np.zeros((len(vectors), dim))
-    present = [k for k, v in enumerate(vectors) if v is not None]
-    if present:
-        out[present] = np.stack([np.asarray(vectors[k], dtype=np.float64).ravel()
-                                 for k in present])
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Embeddings as float64 unit rows. Zero rows (missing embeddings) stay zero, so their
+    cosine similarity to anything is 0, as specified for missing embeddings."""
+    out = np.asarray(vectors, dtype=np.float64)
+    if out.ndim != 2:
+        out = out.reshape(len(out), -1)
     # Embeddings should already be unit vectors; normalising again is cheap and keeps a stale
     # or unnormalised bundle from skewing the similarity penalty.
     norms = np.linalg.norm(out, axis=1, keepdims=True)

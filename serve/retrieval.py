@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-import pandas as pd
 import torch
 
 from funnel.contracts.bundle import VerifiedBundle
 from funnel.contracts.model_io import USER_KEYS
+from serve.types import UserRow
 from training.features import FeatureTransform
 
 
@@ -33,9 +33,9 @@ class TwoTowerRetrieval:
         self._sorted = self.item_ids[self._order]
 
     @torch.no_grad()
-    def user_vector(self, user: pd.DataFrame) -> np.ndarray:
-        """Unit vector [dim] of a one-row user frame."""
-        arrays = self.features.user_features(user)
+    def user_vector(self, user: UserRow) -> np.ndarray:
+        """Unit vector [dim] of one user's catalog row."""
+        arrays = self.features.user_features(user.columns())
         out = self.user_tower(*(torch.from_numpy(arrays[k]) for k in USER_KEYS))
         return out[0].numpy().astype(np.float32)
 
@@ -51,6 +51,20 @@ class TwoTowerRetrieval:
         pos = np.searchsorted(self._sorted, ids).clip(0, max(len(self._sorted) - 1, 0))
         found = self._sorted[pos] == ids
         return self._order[pos], found
+
+    @property
+    def sorted_item_ids(self) -> np.ndarray:
+        """The index's item ids, sorted: `vectors_at` takes positions in this array."""
+        return self._sorted
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """[n, dim] vectors of the items at `positions` in `sorted_item_ids`; zeros for -1
+        (serving maps catalog rows to positions once, `Catalog.row_map`)."""
+        out = np.zeros((len(positions), self.index.d), dtype=np.float32)
+        ok = positions >= 0
+        if ok.any():
+            out[ok] = self.index.reconstruct_batch(self._order[positions[ok]].astype(np.int64))
+        return out
 
     def item_vectors(self, item_ids: np.ndarray) -> np.ndarray:
         """[n, dim] stored item vectors; zeros for ids the index does not hold."""

@@ -2,57 +2,120 @@
 
 Framework-free: no Ray, Triton or FastAPI here, so that candidate merging, filtering and
 re-ranking are unit-tested as plain functions. Pydantic is for config and wire payloads only
-(`serve.config`, `serve.api`); these are frozen dataclasses.
+(`serve.config`, `serve.api`); these are frozen dataclasses. What a request carries in the
+hundreds (candidates, their catalog columns) is held as numpy columns, not one object per
+item: the hot path works on whole arrays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """One item proposed by one candidate source. `score` is that source's own score
-    (inner product for ANN, decayed engagement for trending, ...), comparable only within the
-    source."""
-
-    item_id: int
-    source: str
-    score: float
+import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class Candidates:
+    """What one candidate source proposes: item ids and the source's own score of each,
+    best first (inner product for ANN, decayed engagement for trending, ...; comparable only
+    within the source). Arrays, so a few hundred candidates cost no Python object each."""
+
+    ids: np.ndarray  # int64
+    scores: np.ndarray  # float64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", np.asarray(self.ids, dtype=np.int64).reshape(-1))
+        object.__setattr__(self, "scores", np.asarray(self.scores, dtype=np.float64).reshape(-1))
+        if len(self.ids) != len(self.scores):
+            raise ValueError(f"candidates: {len(self.ids)} ids but {len(self.scores)} scores")
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, eq=False)
 class Merged:
-    """A deduplicated candidate: every source that proposed it and each one's score.
-    `retrieval_score` is the two-tower inner product (0.0 when ANN did not propose it and it
-    was not scored afterwards)."""
+    """Deduplicated candidates, in merge order: each item's id, which sources proposed it (bit
+    k of `source_mask` is `sources[k]`) and its two-tower inner product (`retrieval_score`:
+    ANN's score, 0.0 when ANN did not propose it and it was not scored afterwards)."""
 
-    item_id: int
+    ids: np.ndarray  # int64
+    source_mask: np.ndarray  # uint32
     sources: tuple[str, ...]
-    source_scores: dict[str, float] = field(hash=False, compare=False)
-    retrieval_score: float = 0.0
+    retrieval_score: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> Merged:
+        """The rows `rows` selects (a boolean mask or indices), in order."""
+        return Merged(self.ids[rows], self.source_mask[rows], self.sources,
+                      self.retrieval_score[rows])
+
+    def sources_of(self, row: int) -> tuple[str, ...]:
+        m = int(self.source_mask[row])
+        return tuple(s for k, s in enumerate(self.sources) if m >> k & 1)
 
 
 @dataclass(frozen=True)
-class ItemInfo:
-    """What filters and re-ranking need to know about an item, from the serving catalog."""
+class UserRow:
+    """What serving knows of one user from the catalog; defaults ("unknown") for a user the
+    catalog does not have (`known` False: cold start)."""
 
-    item_id: int
-    author_id: int
-    topic: str
-    language: str
-    created_at_s: float  # unix seconds
-    verdict: str  # "allow" | "review" | "block" (moderation, from the bundle's labels)
+    user_id: int
+    known: bool
+    age_band: str = "unknown"
+    country: str = "unknown"
+    language: str = "unknown"
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """One-row columns, the shape `FeatureTransform.user_features` reads."""
+        return {"user_id": np.asarray([self.user_id], np.int64),
+                "age_band": np.asarray([self.age_band], object),
+                "country": np.asarray([self.country], object),
+                "language": np.asarray([self.language], object)}
 
 
-@dataclass(frozen=True)
-class Scored:
-    """A candidate after ranking: its final score, its per-task probabilities (empty when the
-    ranker was unavailable and retrieval order was used)."""
+@dataclass(frozen=True, eq=False)
+class Items:
+    """Catalog columns of some item ids, aligned with `ids` (a struct of arrays, so filters
+    and re-ranking run on whole columns). `known` is False for an id the catalog lacks; its
+    other columns are then meaningless. Categorical columns are int32 codes into the
+    catalog's `categories` (e.g. `categories["topic"][code]` is the topic's name)."""
 
-    item: Merged
-    score: float
-    probs: dict[str, float] = field(hash=False, compare=False, default_factory=dict)
+    ids: np.ndarray  # int64
+    known: np.ndarray  # bool
+    rows: np.ndarray  # int64: each item's row in the catalog (meaningless where not known)
+    author_id: np.ndarray  # int64
+    topic: np.ndarray  # int32 codes
+    modality: np.ndarray  # int32 codes
+    language: np.ndarray  # int32 codes
+    verdict: np.ndarray  # int32 codes: "allow" | "review" | "block" (the bundle's labels)
+    created_at_s: np.ndarray  # float64, unix seconds
+    created_ns: np.ndarray  # int64, unix nanoseconds (as pandas converts created_at_s)
+    categories: dict[str, np.ndarray] = field(repr=False)  # column -> names (object array)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> Items:
+        return Items(self.ids[rows], self.known[rows], self.rows[rows], self.author_id[rows],
+                     self.topic[rows],
+                     self.modality[rows], self.language[rows], self.verdict[rows],
+                     self.created_at_s[rows], self.created_ns[rows], self.categories)
+
+    def names(self, column: str) -> np.ndarray:
+        """The column's values as names (object array)."""
+        return self.categories[column][getattr(self, column)]
+
+    def codes_of(self, column: str, names: frozenset[str] | set[str]) -> np.ndarray:
+        """The codes of `names` in `column` (names the catalog never saw have none)."""
+        cats = self.categories[column]
+        return np.asarray([k for k, v in enumerate(cats.tolist()) if v in names], np.int32)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from serve.types import Items
 
 T = TypeVar("T")
 
@@ -34,6 +38,44 @@ class HashingTextEncoder:
         return out
 
 
+@dataclass(frozen=True)
+class Info:
+    """One catalog row for `items_of` (test data)."""
+
+    author_id: int = 100
+    topic: str = "news"
+    language: str = "en"
+    created_at_s: float = 0.0
+    verdict: str = "allow"
+
+
+def items_of(rows: Sequence[tuple[int, Info | None]]) -> Items:
+    """`serve.types.Items` for (item id, its catalog row, or None: unknown to the catalog)."""
+    from serve.types import Items
+
+    cats: dict[str, list[str]] = {"topic": [], "modality": ["text"], "language": [],
+                                  "verdict": []}
+
+    def code(col: str, name: str) -> int:
+        if name not in cats[col]:
+            cats[col].append(name)
+        return cats[col].index(name)
+
+    n = len(rows)
+    known = np.asarray([r is not None for _, r in rows], bool)
+    full = [r or Info() for _, r in rows]
+    created = np.asarray([r.created_at_s for r in full], np.float64)
+    return Items(ids=np.asarray([i for i, _ in rows], np.int64), known=known,
+                 rows=np.arange(n, dtype=np.int64),
+                 author_id=np.asarray([r.author_id for r in full], np.int64),
+                 topic=np.asarray([code("topic", r.topic) for r in full], np.int32),
+                 modality=np.zeros(n, np.int32),
+                 language=np.asarray([code("language", r.language) for r in full], np.int32),
+                 verdict=np.asarray([code("verdict", r.verdict) for r in full], np.int32),
+                 created_at_s=created, created_ns=(created * 1e9).astype(np.int64),
+                 categories={k: np.asarray(v, dtype=object) for k, v in cats.items()})
+
+
 class FakeRetrieval:
     """Stands in for serve.retrieval.TwoTowerRetrieval: random unit item vectors, a user
     vector seeded by the user id, exact search. Same methods, no bundle."""
@@ -48,7 +90,7 @@ class FakeRetrieval:
         self.index = SimpleNamespace(ntotal=len(self.item_ids))  # readiness reads it
 
     def user_vector(self, user: object) -> np.ndarray:
-        uid = int(user["user_id"].iloc[0])  # type: ignore[index]
+        uid = int(user.user_id)  # type: ignore[attr-defined]
         v = np.random.default_rng(uid).normal(size=self.dim)
         return (v / np.linalg.norm(v)).astype(np.float32)
 
@@ -62,6 +104,16 @@ class FakeRetrieval:
         found = self.item_ids[pos] == item_ids
         out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
         out[found] = self.vectors[pos[found]]
+        return out
+
+    @property
+    def sorted_item_ids(self) -> np.ndarray:
+        return self.item_ids
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(positions), self.dim), dtype=np.float32)
+        ok = positions >= 0
+        out[ok] = self.vectors[positions[ok]]
         return out
 
 

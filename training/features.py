@@ -14,8 +14,9 @@ impressions, so a post with 1 impression and 1 click does not look like a 100 % 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,14 @@ def cyclic_time(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
                     axis=1).astype(np.float32)
 
 
+def unix_ns(seconds: float) -> int:
+    """Unix seconds as integer nanoseconds, exactly as pandas converts them
+    (`pd.Timestamp(seconds, unit="s").value`: whole seconds, plus the fraction rounded to 9
+    places), without pandas on the serving path."""
+    base = int(seconds)
+    return base * 1_000_000_000 + int(round(seconds - base, 9) * 1e9)
+
+
 def _topic_key(user_ids: np.ndarray, topic_idx: np.ndarray) -> np.ndarray:
     return np.asarray(user_ids, dtype=np.int64) * 1024 + np.asarray(topic_idx, dtype=np.int64)
 
@@ -95,6 +104,29 @@ def point_in_time_counts(rows: pd.DataFrame) -> Counts:
         imps[name] = g.cumcount().to_numpy().astype(np.float64)[inv]
         clicks[name] = (g.cumsum().to_numpy() - click)[inv]
     return Counts(imps, clicks)
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogAlignment:
+    """A transform's per-post lookups laid out in a serving catalog's row order
+    (`FeatureTransform.align`), so that serving indexes them by catalog row instead of a
+    binary search over a million ids per table per request. -1: the table has no row."""
+
+    text_row: np.ndarray  # int64 [catalog rows]: row of text_table
+    post_counter: np.ndarray  # int64 [catalog rows]: row of counters["post"]
+    author_counter: np.ndarray  # int64 [catalog rows]: row of counters["author"]
+
+
+def _positions(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each wanted key in sorted_keys, -1 where absent."""
+    if not len(sorted_keys):
+        return np.full(len(wanted), -1, np.int64)
+    pos = np.searchsorted(sorted_keys, wanted).clip(0, len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == wanted, pos, -1).astype(np.int64)
+
+
+def _gather(values: np.ndarray, rows: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    return np.where(rows >= 0, values[rows.clip(0)] if len(values) else fill, fill)
 
 
 @dataclass
@@ -164,9 +196,33 @@ class FeatureTransform:
                    text_model=encoder.name, user_history_ids=hist_ids, user_history=hist)
 
     # ---- lookups -------------------------------------------------------------------------
+    @cached_property
+    def _vocab_maps(self) -> dict[str, dict[str, int]]:
+        return {name: {v: i + 1 for i, v in enumerate(vocab)}
+                for name, vocab in self.vocabs.items()}
+
+    @cached_property
+    def _counter_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(sorted keys, imps, clicks) per counter, as numpy arrays (serving reads these on
+        every request; the DataFrames are for persistence)."""
+        return {name: (t["key"].to_numpy(np.int64), t["imps"].to_numpy(np.float64),
+                       t["clicks"].to_numpy(np.float64))
+                for name, t in self.counters.items()}
+
+    def align(self, post_ids: np.ndarray, author_ids: np.ndarray) -> CatalogAlignment:
+        """This transform's text and counter rows for each post of a serving catalog
+        (`post_ids` and their `author_ids`, in the catalog's row order). One pass over the
+        catalog, at load time."""
+        pos = _positions(self.post_ids, np.asarray(post_ids, dtype=np.int64))
+        text = np.where(pos >= 0, self.post_text_idx[pos.clip(0)] if len(pos) else 0, -1)
+        return CatalogAlignment(
+            text_row=text.astype(np.int64),
+            post_counter=_positions(self._counter_arrays["post"][0], post_ids),
+            author_counter=_positions(self._counter_arrays["author"][0], author_ids))
+
     def vocab_index(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
         """Index in the fitted vocabulary, 1-based; 0 for a value unseen at fit time."""
-        vocab = {v: i + 1 for i, v in enumerate(self.vocabs[name])}
+        vocab = self._vocab_maps[name]
         return np.asarray([vocab.get(str(v), 0) for v in values], dtype=np.int64)
 
     def vocab_size(self, name: str) -> int:
@@ -210,12 +266,11 @@ class FeatureTransform:
                 "user_topic": _topic_key(user_ids, topic_idx)}
         imps, clicks = {}, {}
         for name, k in keys.items():
-            table = self.counters[name]
-            tk = table["key"].to_numpy()
+            tk, ti, tc = self._counter_arrays[name]
             idx = np.searchsorted(tk, k).clip(0, max(len(tk) - 1, 0))
             found = tk[idx] == k if len(tk) else np.zeros(len(k), bool)
-            imps[name] = np.where(found, table["imps"].to_numpy()[idx] if len(tk) else 0, 0.0)
-            clicks[name] = np.where(found, table["clicks"].to_numpy()[idx] if len(tk) else 0, 0.0)
+            imps[name] = np.where(found, ti[idx] if len(tk) else 0, 0.0)
+            clicks[name] = np.where(found, tc[idx] if len(tk) else 0, 0.0)
         return Counts(imps, clicks)
 
     # ---- model inputs --------------------------------------------------------------------
@@ -231,46 +286,144 @@ class FeatureTransform:
             "text": self.text_of(pid),
         }
 
-    def user_features(self, users: pd.DataFrame) -> dict[str, np.ndarray]:
-        """User-tower inputs for users (user_id, age_band, country, language)."""
-        uid = users["user_id"].to_numpy(np.int64)
+    def user_features(self, users: pd.DataFrame | Mapping[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """User-tower inputs for users (columns user_id, age_band, country, language: a
+        frame, or a mapping of arrays such as `serve.types.UserRow.columns()`)."""
+        uid = np.asarray(users["user_id"], dtype=np.int64)
         return {
             "user_hash": hash_ids(uid, self.id_buckets, salt=3),
-            "age_band": self.vocab_index("users.age_band", users["age_band"].to_numpy()),
-            "country": self.vocab_index("users.country", users["country"].to_numpy()),
-            "language": self.vocab_index("users.language", users["language"].to_numpy()),
+            "age_band": self.vocab_index("users.age_band", np.asarray(users["age_band"])),
+            "country": self.vocab_index("users.country", np.asarray(users["country"])),
+            "language": self.vocab_index("users.language", np.asarray(users["language"])),
             "profile": self.profile_of(uid),
             "history": self.history_of(uid),
         }
 
     def ranker_inputs(self, rows: pd.DataFrame, counts: Counts,
                       retrieval_score: np.ndarray) -> dict[str, np.ndarray]:
-        """Ranker inputs for (user, post, context) rows. `rows` has user_id, post_id,
-        author_id, topic, modality, age_band, country, created_at, timestamp, follows_author."""
+        """Ranker inputs for (user, post, context) rows (training and evaluation). `rows` has
+        user_id, post_id, author_id, topic, modality, age_band, country, created_at,
+        timestamp, follows_author. Serving builds the same inputs with `serving_inputs`."""
+        age_h = (pd.DatetimeIndex(rows["timestamp"]) - pd.DatetimeIndex(rows["created_at"])
+                 ).total_seconds().to_numpy() / 3600.0
+        uid = rows["user_id"].to_numpy(np.int64)
+        return self._ranker_arrays(
+            uid=uid, pid=rows["post_id"].to_numpy(np.int64), counts=counts,
+            time_feats=cyclic_time(rows["timestamp"]), age_h=age_h,
+            follows=rows["follows_author"].to_numpy(np.float32),
+            retrieval_score=retrieval_score, profile=self.profile_of(uid),
+            user_hash=hash_ids(uid, self.id_buckets, salt=3),
+            topic=self.vocab_index("posts.topic", rows["topic"].to_numpy()),
+            modality=self.vocab_index("posts.modality", rows["modality"].to_numpy()),
+            age_band=self.vocab_index("users.age_band", rows["age_band"].to_numpy()))
+
+    def serving_inputs(self, *, user_id: int, age_band: str, now_ns: int,
+                       post_ids: np.ndarray, author_ids: np.ndarray, topic_idx: np.ndarray,
+                       modality_idx: np.ndarray, created_ns: np.ndarray,
+                       follows_author: np.ndarray, retrieval_score: np.ndarray,
+                       catalog_rows: np.ndarray | None = None,
+                       alignment: CatalogAlignment | None = None) -> dict[str, np.ndarray]:
+        """Ranker inputs for one user's candidates at one instant: the same values
+        `ranker_inputs` gives for the equivalent rows (tests/unit/training/test_features.py
+        checks that), computed from arrays. `topic_idx`/`modality_idx` are this transform's
+        vocabulary indexes (`vocab_index`); times are unix nanoseconds, as pandas holds
+        them. With `alignment` (from `align`) and the posts' `catalog_rows`, per-post
+        lookups index the aligned tables; the values are the same."""
+        n = len(post_ids)
+        uid = np.full(n, user_id, dtype=np.int64)
+        pid = np.asarray(post_ids, dtype=np.int64)
+        topic_idx = np.asarray(topic_idx, dtype=np.int64)
+        text = None
+        if alignment is not None and catalog_rows is not None:
+            counts = self._user_counts(user_id, topic_idx,
+                                       alignment.post_counter[catalog_rows],
+                                       alignment.author_counter[catalog_rows])
+            rows = alignment.text_row[catalog_rows]
+            text = np.zeros((n, self.text_dim), dtype=np.float32)
+            ok = rows >= 0
+            text[ok] = self.text_table[rows[ok]]
+        else:
+            counts = self.final_counts(uid, pid, author_ids, topic_idx)
+        age_h = ((now_ns - np.asarray(created_ns, dtype=np.int64)) / 1_000_000_000) / 3600.0
+        one = np.asarray([user_id], dtype=np.int64)
+        return self._ranker_arrays(
+            uid=uid, pid=pid, counts=counts, text=text,
+            time_feats=np.broadcast_to(self._time_row(now_ns), (n, 4)), age_h=age_h,
+            follows=np.asarray(follows_author, dtype=np.float32),
+            retrieval_score=retrieval_score,
+            profile=np.repeat(self.profile_of(one), n, axis=0),
+            user_hash=np.repeat(hash_ids(one, self.id_buckets, salt=3), n),
+            topic=topic_idx, modality=np.asarray(modality_idx, dtype=np.int64),
+            age_band=np.repeat(self.vocab_index("users.age_band", [age_band]), n))
+
+    def _user_counts(self, user_id: int, topic_idx: np.ndarray, post_rows: np.ndarray,
+                     author_rows: np.ndarray) -> Counts:
+        """`final_counts` for one user's candidates, the post and author counters already
+        located: the user's own counters are one key, and their (user, topic) keys sit in
+        one block of the sorted table, searched on its own."""
+        imps: dict[str, np.ndarray] = {}
+        clicks: dict[str, np.ndarray] = {}
+        n = len(topic_idx)
+        for name, rows in (("post", post_rows), ("author", author_rows)):
+            _, ti, tc = self._counter_arrays[name]
+            imps[name], clicks[name] = _gather(ti, rows), _gather(tc, rows)
+        tk, ti, tc = self._counter_arrays["user"]
+        r = _positions(tk, np.asarray([user_id], dtype=np.int64))
+        imps["user"] = np.repeat(_gather(ti, r), n)
+        clicks["user"] = np.repeat(_gather(tc, r), n)
+        keys = _topic_key(np.full(n, user_id, dtype=np.int64), topic_idx)
+        tk, ti, tc = self._counter_arrays["user_topic"]
+        lo_key, hi_key = _topic_key(np.asarray([user_id, user_id + 1]), np.zeros(2, np.int64))
+        if n and keys.min() >= lo_key and keys.max() < hi_key:
+            lo, hi = np.searchsorted(tk, [lo_key, hi_key])
+            r = _positions(tk[lo:hi], keys)
+            r = np.where(r >= 0, r + lo, -1)
+        else:  # a topic index past the key's width: search the whole table
+            r = _positions(tk, keys)
+        imps["user_topic"], clicks["user_topic"] = _gather(ti, r), _gather(tc, r)
+        return Counts(imps, clicks)
+
+    def _time_row(self, now_ns: int) -> np.ndarray:
+        """cyclic_time of one instant; hour, minute and weekday change once a minute, so the
+        row is kept per minute."""
+        minute = now_ns // 60_000_000_000
+        cache = self.__dict__.setdefault("_time_rows", {})
+        row = cache.get(minute)
+        if row is None:
+            if len(cache) > 64:
+                cache.clear()
+            row = cache[minute] = cyclic_time(pd.DatetimeIndex(
+                [pd.Timestamp(now_ns, unit="ns", tz="UTC")]))[0]
+        return row
+
+    def _ranker_arrays(self, *, uid: np.ndarray, pid: np.ndarray, counts: Counts,
+                       text: np.ndarray | None = None, time_feats: np.ndarray,
+                       age_h: np.ndarray, follows: np.ndarray,
+                       retrieval_score: np.ndarray, profile: np.ndarray,
+                       user_hash: np.ndarray, topic: np.ndarray, modality: np.ndarray,
+                       age_band: np.ndarray) -> dict[str, np.ndarray]:
+        """The one place the ranker's inputs are computed, for training and serving."""
         n = lambda name: self.prior_strength  # noqa: E731 - same prior for every counter
         rate = {k: (counts.clicks[k] + self.global_ctr * n(k)) / (counts.imps[k] + n(k))
                 for k in COUNTER_KEYS}
-        age_h = (pd.DatetimeIndex(rows["timestamp"]) - pd.DatetimeIndex(rows["created_at"])
-                 ).total_seconds().to_numpy() / 3600.0
-        pid = rows["post_id"].to_numpy(np.int64)
-        uid = rows["user_id"].to_numpy(np.int64)
-        affinity = np.einsum("ij,ij->i", self.profile_of(uid), self.text_of(pid))
+        affinity = np.einsum("ij,ij->i", profile, self.text_of(pid) if text is None else text)
         every = np.column_stack([
-            cyclic_time(rows["timestamp"]),
+            time_feats,
             np.log1p(np.clip(age_h, 0, None)),
             rate["post"], np.log1p(counts.imps["post"]), rate["author"], rate["user"],
             np.log1p(counts.clicks["user"]), rate["user_topic"],
-            rows["follows_author"].to_numpy(np.float32), retrieval_score, affinity,
+            follows, retrieval_score, affinity,
         ]).astype(np.float32)  # one column per RANKER_DENSE name, in that order
         dense = (every if self.dense_features == RANKER_DENSE else np.ascontiguousarray(
             every[:, [RANKER_DENSE.index(f) for f in self.dense_features]]))
         return {
             "dense": dense,
-            "user_hash": hash_ids(uid, self.id_buckets, salt=3),
+            "user_hash": user_hash,
             "item_hash": hash_ids(pid, self.id_buckets, salt=1),
-            "topic": self.vocab_index("posts.topic", rows["topic"].to_numpy()),
-            "modality": self.vocab_index("posts.modality", rows["modality"].to_numpy()),
-            "age_band": self.vocab_index("users.age_band", rows["age_band"].to_numpy()),
+            "topic": topic,
+            "modality": modality,
+            "age_band": age_band,
         }
 
     # ---- persistence ---------------------------------------------------------------------

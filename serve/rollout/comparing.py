@@ -100,7 +100,7 @@ async def _compare_retrieval(rt: RolloutRuntime, c: Comparison) -> None:
     depth = max(max(c.ks), 10)
     served_r = rt.variants.retrieval(c.served)
     other_r = rt.variants.retrieval(shadow)
-    user = rt.pipeline.catalog.user_frame(c.user_id)
+    user = rt.pipeline.catalog.user(c.user_id)
 
     def search(r: Any) -> tuple[list[int], list[float], float]:
         t = time.perf_counter()

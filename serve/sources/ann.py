@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from serve.sources.base import SourceQuery
-from serve.types import Candidate
+from serve.types import Candidates
 
 if TYPE_CHECKING:
     from serve.retrieval import TwoTowerRetrieval
@@ -14,12 +14,13 @@ if TYPE_CHECKING:
 class AnnSource:
     name = "ann"
     cold_start = False  # an unknown user's vector carries no signal
+    inline = False  # an HNSW search: milliseconds, on the thread pool (faiss frees the GIL)
 
     def __init__(self, retrieval: TwoTowerRetrieval) -> None:
         self._retrieval = retrieval
 
-    def generate(self, query: SourceQuery, k: int) -> list[Candidate]:
+    def generate(self, query: SourceQuery, k: int) -> Candidates:
         if query.user_vec is None:
-            return []
+            return Candidates.empty()
         ids, scores = self._retrieval.search(query.user_vec, k)
-        return [Candidate(int(i), self.name, float(s)) for i, s in zip(ids, scores, strict=True)]
+        return Candidates(ids, scores)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from serve.types import Candidate
+from serve.types import Candidates
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,17 @@ class SourceQuery:
 
 
 class CandidateSource(Protocol):
-    """Proposes up to `k` items for a user, best first by the source's own score. Sources
-    are synchronous and CPU-bound (faiss and numpy release the GIL); the pipeline runs them
-    concurrently in threads, each under its own timeout."""
+    """Proposes up to `k` items for a user, best first by the source's own score.
+
+    Sources are synchronous. One whose `inline` is True does bounded work on memory it holds
+    (slicing precomputed lists: tens of microseconds) and runs on the request's own thread:
+    a thread hop would cost more than the work. Any other source (a search, a remote store)
+    runs on the pipeline's thread pool under its timeout, counted from when it starts to run,
+    so time spent waiting for a free thread or core is not charged to the source (see
+    docs/performance.md)."""
 
     name: str
     cold_start: bool  # serves users the catalog does not know
+    inline: bool
 
-    def generate(self, query: SourceQuery, k: int) -> list[Candidate]: ...
+    def generate(self, query: SourceQuery, k: int) -> Candidates: ...

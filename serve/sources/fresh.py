@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from serve.catalog import Catalog
 from serve.sources.base import SourceQuery
-from serve.types import Candidate
+from serve.types import Candidates
 
 
 class FreshSource:
     name = "fresh"
     cold_start = True
+    inline = True  # slices of lists the catalog built at load time
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    def generate(self, query: SourceQuery, k: int) -> list[Candidate]:
+    def generate(self, query: SourceQuery, k: int) -> Candidates:
         ids, created = self._catalog.fresh
-        return [Candidate(int(i), self.name, float((c - query.now_s) / 3600.0))
-                for i, c in zip(ids[:k], created[:k], strict=True)]
+        return Candidates(ids[:k], (created[:k] - query.now_s) / 3600.0)

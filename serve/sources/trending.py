@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from serve.catalog import Catalog
 from serve.sources.base import SourceQuery
-from serve.types import Candidate
+from serve.types import Candidates
 
 
 class TrendingSource:
     name = "trending"
     cold_start = True
+    inline = True  # slices of lists the catalog built at load time
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    def generate(self, query: SourceQuery, k: int) -> list[Candidate]:
+    def generate(self, query: SourceQuery, k: int) -> Candidates:
         ids, scores = self._catalog.trending
-        return [Candidate(int(i), self.name, float(s))
-                for i, s in zip(ids[:k], scores[:k], strict=True)]
+        return Candidates(ids[:k], scores[:k])

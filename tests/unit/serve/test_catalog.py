@@ -37,7 +37,7 @@ def test_blocked_posts_stay_out_of_every_source_list(built: tuple[Catalog, objec
     authors = posts["author_id"].unique()
     ids, _ = cat.recent_posts_by(authors)
     assert len(ids) and not blocked & set(ids)
-    assert {cat.infos(np.array(sorted(blocked)))[b].verdict for b in blocked} == {"block"}
+    assert set(cat.items(np.array(sorted(blocked))).names("verdict")) == {"block"}
 
 
 def test_fresh_is_newest_first_and_users_and_graph_round_trip(
@@ -50,17 +50,43 @@ def test_fresh_is_newest_first_and_users_and_graph_round_trip(
     assert set(cat.followees(u)) == set(follows.loc[follows["follower_id"] == u, "followee_id"])
     assert cat.has_user(int(ds.users["user_id"].iloc[0]))  # type: ignore[attr-defined]
     assert not cat.has_user(10**12)
-    unknown = cat.user_frame(10**12)
-    assert unknown["age_band"].iloc[0] == "unknown"
+    unknown = cat.user(10**12)
+    assert unknown.age_band == "unknown" and not unknown.known
+    u0 = ds.users.iloc[0]  # type: ignore[attr-defined]
+    row = cat.user(int(u0["user_id"]))
+    assert row.known and (row.age_band, row.country, row.language) == (
+        u0["age_band"], u0["country"], u0["language"])
     imp = ds.impressions  # type: ignore[attr-defined]
     seen_u = int(imp["user_id"].iloc[0])
     assert set(cat.seen(seen_u)) == set(imp.loc[imp["user_id"] == seen_u, "post_id"])
     assert len(cat.seen(10**12)) == 0
 
 
-def test_item_frame_keeps_order_and_drops_unknown(built: tuple[Catalog, object]) -> None:
-    cat, _ = built
+def test_items_keep_order_and_mark_unknown_ids(built: tuple[Catalog, object]) -> None:
+    cat, ds = built
     ids = np.array([cat.post_ids[5], 10**12, cat.post_ids[1]])
-    f = cat.item_frame(ids)
-    assert f["post_id"].tolist() == [cat.post_ids[5], cat.post_ids[1]]
-    assert isinstance(f["created_at"].dtype, pd.DatetimeTZDtype)
+    items = cat.items(ids)
+    assert items.ids.tolist() == ids.tolist() and items.known.tolist() == [True, False, True]
+    posts = ds.posts.set_index("post_id")  # type: ignore[attr-defined]
+    for k in (0, 2):
+        row = posts.loc[int(ids[k])]
+        assert items.author_id[k] == row["author_id"]
+        assert items.names("topic")[k] == row["topic"]
+        assert items.names("language")[k] == row["language"]
+        assert items.names("modality")[k] == row["modality"]
+        assert items.created_at_s[k] == pytest.approx(row["created_at"].timestamp(), abs=1e-3)
+    # nanoseconds exactly as pandas converts the seconds (the ranker's age feature)
+    want = pd.to_datetime(items.created_at_s[[0, 2]], unit="s", utc=True).asi8
+    assert items.created_ns[[0, 2]].tolist() == want.tolist()
+    sub = items.take(np.array([2, 0]))
+    assert sub.ids.tolist() == [ids[2], ids[0]] and sub.known.all()
+
+
+def test_recent_posts_by_many_authors_equals_one_by_one(built: tuple[Catalog, object]) -> None:
+    cat, ds = built
+    authors = np.concatenate([ds.posts["author_id"].unique()[:7],  # type: ignore[attr-defined]
+                              [10**12]])
+    ids, _created = cat.recent_posts_by(authors)
+    one_by_one = [cat.post_ids[cat._author_recent.get(int(a))] for a in authors]
+    assert ids.tolist() == np.concatenate(one_by_one).tolist()
+    assert len(cat.recent_posts_by(np.zeros(0, np.int64))[0]) == 0

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from serve.merge import merge_candidates
-from serve.types import Candidate, Merged
+from serve.merge import MAX_SOURCES, merge_candidates
+from serve.types import Candidates, Merged
 
 
-def _c(source: str, *pairs: tuple[int, float]) -> list[Candidate]:
-    return [Candidate(item_id=i, source=source, score=s) for i, s in pairs]
+def _c(source: str, *pairs: tuple[int, float]) -> Candidates:
+    return Candidates([i for i, _ in pairs], [s for _, s in pairs])
 
 
-def _ids(merged: list[Merged]) -> list[int]:
-    return [m.item_id for m in merged]
+def _ids(merged: Merged) -> list[int]:
+    return merged.ids.tolist()
 
 
 def test_quota_takes_each_sources_best_items_by_its_own_score() -> None:
@@ -36,23 +37,22 @@ def test_repeated_item_within_one_source_counts_once_with_its_best_score() -> No
     per_source = {"ann": _c("ann", (1, 0.3), (1, 0.9), (2, 0.5), (3, 0.1))}
     out = merge_candidates(per_source, quotas={"ann": 2}, limit=10)
     assert _ids(out) == [1, 2]
-    assert out[0].source_scores == {"ann": 0.9}
+    assert out.retrieval_score.tolist() == [0.9, 0.5]
 
 
 def test_dedupe_keeps_every_source_and_score() -> None:
     per_source = {"ann": _c("ann", (7, 0.8)), "trending": _c("trending", (7, 12.0))}
     out = merge_candidates(per_source, quotas={"ann": 3, "trending": 3}, limit=10)
     assert len(out) == 1
-    assert out[0].sources == ("ann", "trending")
-    assert out[0].source_scores == {"ann": pytest.approx(0.8), "trending": pytest.approx(12.0)}
-    assert out[0].retrieval_score == pytest.approx(0.8)
+    assert out.sources_of(0) == ("ann", "trending")
+    assert out.retrieval_score[0] == pytest.approx(0.8)
 
 
 def test_retrieval_score_is_zero_without_ann() -> None:
     per_source = {"trending": _c("trending", (7, 12.0)), "follows": _c("follows", (7, 3.0))}
     out = merge_candidates(per_source, quotas={"trending": 1, "follows": 1}, limit=10)
-    assert out[0].retrieval_score == 0.0
-    assert out[0].sources == ("trending", "follows")
+    assert out.retrieval_score[0] == 0.0
+    assert out.sources_of(0) == ("trending", "follows")
 
 
 def test_round_robin_interleaves_sources_in_mapping_order() -> None:
@@ -69,7 +69,7 @@ def test_round_robin_skips_items_already_emitted_without_losing_the_turn() -> No
                                                                         (3, 4.0))}
     out = merge_candidates(per_source, quotas={"ann": 2, "follows": 2}, limit=10)
     assert _ids(out) == [1, 3, 2]
-    assert out[0].sources == ("ann", "follows")
+    assert out.sources_of(0) == ("ann", "follows")
 
 
 def test_shared_item_counts_against_each_proposing_sources_quota() -> None:
@@ -83,7 +83,7 @@ def test_shared_item_counts_against_each_proposing_sources_quota() -> None:
 def test_limit_stops_the_interleave() -> None:
     per_source = {"a": _c("a", (1, 3.0), (2, 2.0)), "b": _c("b", (10, 3.0), (11, 2.0))}
     assert _ids(merge_candidates(per_source, quotas={"a": 2, "b": 2}, limit=3)) == [1, 10, 2]
-    assert merge_candidates(per_source, quotas={"a": 2, "b": 2}, limit=0) == []
+    assert len(merge_candidates(per_source, quotas={"a": 2, "b": 2}, limit=0)) == 0
 
 
 def test_negative_limit_raises_naming_the_value() -> None:
@@ -94,3 +94,60 @@ def test_negative_limit_raises_naming_the_value() -> None:
 def test_negative_quota_raises_naming_source_and_value() -> None:
     with pytest.raises(ValueError, match=r"'ann'.*-2"):
         merge_candidates({"ann": _c("ann", (1, 0.9))}, quotas={"ann": -2}, limit=5)
+
+
+def test_too_many_sources_raise() -> None:
+    many = {f"s{k}": _c(f"s{k}", (k, 1.0)) for k in range(MAX_SOURCES + 1)}
+    with pytest.raises(ValueError, match=str(MAX_SOURCES)):
+        merge_candidates(many, quotas=dict.fromkeys(many, 1), limit=100)
+
+
+def _reference(per_source: dict[str, Candidates], quotas: dict[str, int],
+               limit: int) -> list[tuple[int, tuple[str, ...], float]]:
+    """The merge as the docstring states it, one Python object at a time."""
+    taken: dict[str, list[tuple[int, float]]] = {}
+    for name, c in per_source.items():
+        seen: set[int] = set()
+        rows = sorted(zip(c.ids.tolist(), c.scores.tolist(), strict=True),
+                      key=lambda r: r[1], reverse=True)
+        taken[name] = []
+        for i, sc in rows:
+            if i not in seen and len(taken[name]) < quotas.get(name, 0):
+                seen.add(i)
+                taken[name].append((i, sc))
+    out: list[int] = []
+    cursors = dict.fromkeys(taken, 0)
+    while len(out) < limit:
+        moved = False
+        for name, rows in taken.items():
+            if len(out) >= limit:
+                break
+            k = cursors[name]
+            while k < len(rows) and rows[k][0] in out:
+                k += 1
+            if k < len(rows):
+                out.append(rows[k][0])
+                k += 1
+                moved = True
+            cursors[name] = k
+        if not moved:
+            break
+    return [(i, tuple(n for n in taken if any(r[0] == i for r in taken[n])),
+             next((sc for r, sc in taken.get("ann", []) if r == i), 0.0)) for i in out]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_array_merge_equals_the_reference_on_random_lists(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    per_source: dict[str, Candidates] = {}
+    for name in ("social", "ann", "trending"):
+        n = int(rng.integers(0, 40))
+        # few distinct scores: ties and repeated ids everywhere
+        per_source[name] = Candidates(rng.integers(0, 60, size=n),
+                                      rng.choice([0.1, 0.2, 0.3, 0.5], size=n))
+    quotas = {n: int(rng.integers(0, 25)) for n in per_source}
+    limit = int(rng.integers(0, 70))
+    got = merge_candidates(per_source, quotas=quotas, limit=limit)
+    want = _reference(per_source, quotas, limit)
+    assert [(int(i), got.sources_of(k), float(got.retrieval_score[k]))
+            for k, i in enumerate(got.ids)] == want

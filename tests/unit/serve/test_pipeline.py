@@ -19,7 +19,7 @@ from serve.pipeline import FeedPipeline, FeedQuery
 from serve.ranker.client import Ranker
 from serve.retrieval import TwoTowerRetrieval
 from serve.sources import SOURCES, CandidateSource, SourceQuery
-from serve.types import Candidate
+from serve.types import Candidates
 from tests.fakes import FakeRanker, FakeRetrieval, FixedLogitsRanker, HashingTextEncoder
 from training.calibration import Calibration, Identity, Isotonic, Temperature, sigmoid
 from training.catalog import write_catalog
@@ -41,7 +41,7 @@ class Failing:
     name = "social"
     cold_start = False
 
-    def generate(self, query: SourceQuery, k: int) -> list[Candidate]:
+    def generate(self, query: SourceQuery, k: int) -> Candidates:
         raise RuntimeError("social graph store unreachable")
 
 
@@ -49,9 +49,9 @@ class Slow:
     name = "fresh"
     cold_start = True
 
-    def generate(self, query: SourceQuery, k: int) -> list[Candidate]:
+    def generate(self, query: SourceQuery, k: int) -> Candidates:
         time.sleep(0.3)
-        return []
+        return Candidates.empty()
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +146,8 @@ def test_an_unknown_user_gets_cold_start_sources_only(
 def test_blocked_and_excluded_items_are_never_served(
         parts: tuple[Catalog, FakeRetrieval]) -> None:
     catalog, _ = parts
-    blocked = {i for i, info in catalog.infos(catalog.post_ids).items()
-               if info.verdict == "block"}
+    every = catalog.items(catalog.post_ids)
+    blocked = set(every.ids[every.names("verdict") == "block"].tolist())
     assert len(blocked) >= 40
     p = _pipeline(parts, FakeRanker())
     served: set[int] = set()
@@ -206,3 +206,44 @@ def test_a_bundle_without_calibration_serves_the_sigmoid_of_the_logits(
     uid = int(parts[0].user_ids[5])
     for probs, _ in _ranked_probs(_pipeline(parts, FixedLogitsRanker(LOGITS)), uid):
         assert probs == pytest.approx(want, abs=1e-5)
+
+
+class Sleepy:
+    """A source that is not inline: it runs on the thread pool and takes `run_s`."""
+
+    name = "sleepy"
+    cold_start = True
+    inline = False
+
+    def __init__(self, run_s: float) -> None:
+        self.run_s = run_s
+
+    def generate(self, query: SourceQuery, k: int) -> Candidates:
+        time.sleep(self.run_s)
+        return Candidates([1, 2], [0.5, 0.4])
+
+
+def test_a_source_budget_counts_its_running_time_not_the_wait_for_a_thread() -> None:
+    import concurrent.futures
+
+    from serve.pipeline import run_source
+
+    q = SourceQuery(user_id=1, known_user=True, user_vec=None, now_s=0.0)
+
+    async def go() -> tuple[Candidates, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        # the only thread is busy for 0.8 s; the source then runs 0.6 s: 1.4 s of wall
+        # clock against a 1 s budget, but only 0.6 s of its own
+        busy = loop.run_in_executor(None, time.sleep, 0.8)
+        got = await run_source(Sleepy(0.6), q, 10, 1.0)
+        await busy
+        try:
+            await run_source(Sleepy(1.5), q, 10, 0.3)  # its own time is over budget
+        except TimeoutError as e:
+            return got, e
+        return got, None
+
+    got, late = asyncio.run(go())
+    assert got.ids.tolist() == [1, 2]
+    assert isinstance(late, TimeoutError) and "ran past 300 ms" in str(late)

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve.rerank import RerankParams, rerank
-from serve.types import FeedItem, ItemInfo, Merged, Scored
+from serve.rerank import RerankInput, RerankParams, rerank
+from serve.types import FeedItem
+from tests.fakes import Info
 
 HOUR_S = 3600.0
 # Score order only: no freshness, no diversity, no exploration, caps out of the way.
@@ -17,27 +18,40 @@ PLAIN = RerankParams(author_cap=10, topic_cap=10, mmr_lambda=1.0, freshness_weig
                      explore_slots=0)
 
 
-def _s(item_id: int, score: float, probs: dict[str, float] | None = None) -> Scored:
-    item = Merged(item_id=item_id, sources=("ann", "trending"), source_scores={"ann": 0.1},
-                  retrieval_score=0.1)
-    return Scored(item=item, score=score, probs=probs or {})
+def _s(item_id: int, score: float) -> tuple[int, float]:
+    return item_id, score
 
 
 def _info(item_id: int, *, author: int | None = None, topic: str | None = None,
-          created_at_s: float = 0.0) -> ItemInfo:
+          created_at_s: float = 0.0) -> Info:
     # Distinct author and topic per item unless a test wants them shared.
-    return ItemInfo(item_id=item_id, author_id=item_id if author is None else author,
-                    topic=f"t{item_id}" if topic is None else topic, language="en",
-                    created_at_s=created_at_s, verdict="allow")
+    return Info(author_id=item_id if author is None else author,
+                topic=f"t{item_id}" if topic is None else topic, created_at_s=created_at_s)
 
 
-def _run(scored: Sequence[Scored], infos: Mapping[int, ItemInfo] | None = None,
+def _run(scored: Sequence[tuple[int, float]], infos: Mapping[int, Info] | None = None,
          embeddings: Mapping[int, np.ndarray] | None = None, *, limit: int = 10,
          now_s: float = 0.0, seed: int = 0, params: RerankParams = PLAIN) -> list[FeedItem]:
-    if infos is None:
-        infos = {s.item.item_id: _info(s.item.item_id) for s in scored}
-    return rerank(scored, infos, embeddings or {}, limit=limit, now_s=now_s,
-                  rng=np.random.default_rng(seed), params=params)
+    """The page for (item id, score) candidates, as FeedItems (the pipeline's own wrapping:
+    sources and probabilities are its business, not re-ranking's)."""
+    ids = [i for i, _ in scored]
+    rows = [(infos or {}).get(i) or _info(i) for i in ids]
+    topics: dict[str, int] = {}
+    emb = embeddings or {}
+    dims = {len(v) for v in emb.values()} or {2}
+    dim = dims.pop()
+    vecs = np.stack([np.asarray(emb.get(i, np.zeros(dim)), np.float64) for i in ids]) \
+        if ids else np.zeros((0, dim))
+    c = RerankInput(scores=np.asarray([sc for _, sc in scored], np.float64),
+                    created_at_s=np.asarray([r.created_at_s for r in rows], np.float64),
+                    authors=np.asarray([r.author_id for r in rows], np.int64),
+                    topics=np.asarray([topics.setdefault(r.topic, len(topics)) for r in rows],
+                                      np.int64),
+                    embeddings=vecs)
+    picks = rerank(c, limit=limit, now_s=now_s, rng=np.random.default_rng(seed),
+                   params=params)
+    return [FeedItem(ids[p.row], rank, p.score, ("ann", "trending"), p.explain)
+            for rank, p in enumerate(picks, start=1)]
 
 
 def _ids(page: list[FeedItem]) -> list[int]:
@@ -45,20 +59,18 @@ def _ids(page: list[FeedItem]) -> list[int]:
 
 
 def test_plain_ranking_is_by_score_with_ranks_sources_and_explain() -> None:
-    page = _run([_s(1, 0.2), _s(2, 0.9, probs={"click": 0.3}), _s(3, 0.5)], limit=2)
+    page = _run([_s(1, 0.2), _s(2, 0.9), _s(3, 0.5)], limit=2)
     assert _ids(page) == [2, 3]
     assert [f.rank for f in page] == [1, 2]
-    assert page[0].sources == ("ann", "trending")
     assert page[0].score == pytest.approx(0.9)
     assert page[0].explain == {"ranker_score": pytest.approx(0.9), "freshness": 0.0,
-                               "mmr_penalty": 0.0, "probs": {"click": 0.3}}
-    assert "probs" not in page[1].explain
+                               "mmr_penalty": 0.0}
 
 
-def test_items_missing_from_infos_are_skipped() -> None:
-    scored = [_s(1, 0.9), _s(2, 0.5)]
-    page = _run(scored, infos={2: _info(2)})
-    assert _ids(page) == [2]
+def test_columns_of_different_lengths_raise_naming_them() -> None:
+    with pytest.raises(ValueError, match="authors"):
+        RerankInput(scores=np.zeros(3), created_at_s=np.zeros(3), authors=np.zeros(2),
+                    topics=np.zeros(3), embeddings=np.zeros((3, 2)))
 
 
 def test_equal_scores_keep_original_order() -> None:

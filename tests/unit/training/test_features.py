@@ -121,3 +121,63 @@ def test_a_dense_feature_subset_is_the_full_layout_s_columns_and_round_trips(
     (tmp_path / "f" / "transform.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="seconds_since_last_visit"):
         FeatureTransform.load(tmp_path / "f")
+
+
+def test_unix_ns_converts_seconds_exactly_as_pandas() -> None:
+    from training.features import unix_ns
+
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(1.5e9, 1.9e9, 3000), rng.uniform(0, 2e9, 200).round(3),
+                         [0.0, 1.0, 1767225600.0, 1767225600.5, 1767225600.999999999]])
+    for x in xs.tolist():
+        assert unix_ns(x) == pd.Timestamp(x, unit="s", tz="UTC").value, x
+
+
+def test_serving_inputs_equal_the_training_inputs_for_the_same_rows() -> None:
+    """Serving builds one user's inputs from arrays; training from a joined frame. Same
+    numbers, to the bit, or the ranker sees skewed features online."""
+    from training.features import unix_ns
+
+    ds = generate(SMALL, seed=4)
+    ft = FeatureTransform.fit(ds, np.ones(len(ds.impressions), bool), HashingTextEncoder())
+    users = ds.users.set_index("user_id")
+    posts = ds.posts.sort_values("post_id").head(60)
+    now_s = float(posts["created_at"].max().timestamp()) + 3 * 3600.25
+    for uid in [*ds.users["user_id"].head(5).tolist(), 10 ** 12]:
+        age_band = str(users["age_band"].get(uid, "unknown"))
+        follows = posts["author_id"].to_numpy() % 3 == uid % 3
+        score = np.linspace(-1, 1, len(posts)).astype(np.float32)
+        rows = posts.assign(
+            user_id=np.int64(uid), age_band=age_band, country="x",
+            timestamp=pd.Timestamp(now_s, unit="s", tz="UTC"), follows_author=follows)
+        topic_idx = ft.vocab_index("posts.topic", rows["topic"].to_numpy())
+        counts = ft.final_counts(rows["user_id"].to_numpy(np.int64),
+                                 rows["post_id"].to_numpy(), rows["author_id"].to_numpy(),
+                                 topic_idx)
+        want = ft.ranker_inputs(rows, counts, score)
+        got = ft.serving_inputs(
+            user_id=uid, age_band=age_band, now_ns=unix_ns(now_s),
+            post_ids=posts["post_id"].to_numpy(), author_ids=posts["author_id"].to_numpy(),
+            topic_idx=topic_idx,
+            modality_idx=ft.vocab_index("posts.modality", posts["modality"].to_numpy()),
+            created_ns=pd.DatetimeIndex(posts["created_at"]).as_unit("ns").asi8,
+            follows_author=follows, retrieval_score=score)
+        # the same through a catalog alignment, whose rows include posts the transform
+        # never saw (no text, no counters) and whose order is not the transform's
+        catalog_ids = np.concatenate([[10**9, 10**9 + 1], posts["post_id"].to_numpy()[::-1]])
+        catalog_authors = np.concatenate([[1, 2], posts["author_id"].to_numpy()[::-1]])
+        al = ft.align(catalog_ids, catalog_authors)
+        rows = np.searchsorted(-catalog_ids[2:], -posts["post_id"].to_numpy()) + 2
+        aligned = ft.serving_inputs(
+            user_id=uid, age_band=age_band, now_ns=unix_ns(now_s),
+            post_ids=posts["post_id"].to_numpy(), author_ids=posts["author_id"].to_numpy(),
+            topic_idx=topic_idx,
+            modality_idx=ft.vocab_index("posts.modality", posts["modality"].to_numpy()),
+            created_ns=pd.DatetimeIndex(posts["created_at"]).as_unit("ns").asi8,
+            follows_author=follows, retrieval_score=score, catalog_rows=rows, alignment=al)
+        assert (al.text_row[:2] == -1).all() and (al.post_counter[:2] == -1).all()
+        for out in (got, aligned):
+            assert sorted(out) == sorted(want)
+            for k in want:
+                assert out[k].dtype == want[k].dtype and out[k].shape == want[k].shape, k
+                assert np.array_equal(out[k], want[k]), k

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from serve.filters import FilterContext, Moderation
 from serve.moderation.verdicts import LiveVerdicts, VerdictEvent
-from serve.types import ItemInfo, Merged
+from tests.fakes import Info, items_of
 
 
 def _ev(i: int, cid: str, source: str, decision: str) -> VerdictEvent:
@@ -38,17 +38,12 @@ def test_replay_skips_seen_ids_and_non_post_content() -> None:
 def test_moderation_filter_uses_live_verdicts() -> None:
     lv = LiveVerdicts()
     lv.apply([_ev(1, "10", "reviewer", "block"), _ev(2, "11", "model", "review")])
-    info = {i: ItemInfo(item_id=i, author_id=1, topic="t", language="en", created_at_s=0.0,
-                        verdict="allow") for i in (10, 11, 12)}
+    items = items_of([(i, Info(author_id=1, topic="t")) for i in (10, 11, 12)])
     hold = FilterContext(exclude_ids=frozenset(), seen_ids=frozenset(),
                          blocked_authors=frozenset(), languages=None, live_verdicts=lv)
     serve_review = FilterContext(exclude_ids=frozenset(), seen_ids=frozenset(),
                                  blocked_authors=frozenset(), languages=None,
                                  review_policy="allow", live_verdicts=lv)
     f = Moderation()
-    kept = [i for i in (10, 11, 12) if f.keep(Merged(item_id=i, sources=("ann",), source_scores={}),
-                                                info[i], hold)]
-    assert kept == [12]
-    kept = [i for i in (10, 11, 12) if f.keep(Merged(item_id=i, sources=("ann",), source_scores={}),
-                                                info[i], serve_review)]
-    assert kept == [11, 12]
+    assert items.ids[f.keep(items, hold)].tolist() == [12]
+    assert items.ids[f.keep(items, serve_review)].tolist() == [11, 12]
