@@ -59,8 +59,16 @@ def bench_feed(
     ingress: Annotated[Ingress, typer.Option(
         help="Ingress of the 'funnel' config (see `funnel serve --help`); 'funnel_proxy' "
              "and 'naive' always use Ray Serve's proxy.")] = Ingress.haproxy,
+    py_spy: Annotated[str | None, typer.Option(
+        "--py-spy", help="Folder: sample the Funnel ingress replica with py-spy during the "
+        "sweep (collapsed stacks and a top-frames summary). Sampling costs CPU: profile in "
+        "a run of its own, not the one whose figures you report.")] = None,
+    ingress_replicas: Annotated[int, typer.Option(
+        min=1, max=16, help="FeedIngress replicas of the 'funnel' configs: one per core "
+        "(a replica's requests share one event loop; docs/performance.md).")] = 2,
 ) -> None:
-    """In-process vs naive Serve vs Funnel: latency at fixed loads, max throughput."""
+    """In-process vs naive Serve vs Funnel: latency at fixed loads, max throughput, CPU per
+    request of the whole stack (from /proc) and the throughput limit it implies."""
     from benchmarks.feed import run
 
     wanted = [c.strip() for c in configs.split(",") if c.strip()]
@@ -80,7 +88,8 @@ def bench_feed(
     console = Console(stderr=True)
     result = run(base_bundle=bundle, profile=profile, duration_s=duration_s, limit=limit,
                  work_dir=Path(work_dir), configs=wanted, loads=rates or None,
-                 ingress=ingress.value,
+                 ingress=ingress.value, profile_dir=Path(py_spy) if py_spy else None,
+                 ingress_replicas=ingress_replicas,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.proc_cpu import CpuMeter, used
 from benchmarks.serving_bundle import build_serving_bundle
 from benchmarks.triton_batching import DEFAULT_CONFIG, TritonProcess, free_port
 from serve.config import load_serve_config
@@ -113,28 +114,68 @@ async def open_loop(call: Call, users: np.ndarray, *, rate: float, duration_s: f
                 "handler_ms": handler.tolist()} if keep_latencies else {})}
 
 
+def cores() -> int:
+    """CPUs this process may run on (what the stack can use)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_summary(points: list[dict[str, Any]], best_rps: float, n_cores: int
+                ) -> dict[str, Any]:
+    """CPU per request at the highest load within budget (the first load when none was),
+    the throughput limit it implies (cores / CPU seconds per request) and the efficiency
+    (the measured maximum / that limit). Empty when the points carry no CPU figures."""
+    within = [p for p in points if p["offered_rps"] <= best_rps] or points[:1]
+    at = within[-1]
+    per = at.get("cpu_ms_per_request")
+    if not per:
+        return {}
+    limit = n_cores / (per / 1000.0)
+    return {"cpu_ms_per_request": per, "cpu_at_rps": at["offered_rps"],
+            "cpu_limit_rps": round(limit, 1),
+            "efficiency": round(best_rps / limit, 3) if best_rps else 0.0}
+
+
 async def sweep(call: Call, users: np.ndarray, *, duration_s: float, say: Say, name: str,
-                loads: tuple[float, ...] | None = None) -> dict[str, Any]:
+                loads: tuple[float, ...] | None = None, stack: CpuMeter | None = None,
+                loadgen: CpuMeter | None = None) -> dict[str, Any]:
+    """`stack` meters the processes that serve (read from /proc around each load step);
+    `loadgen` the load generator's own process, reported apart."""
     for i in range(200):  # warm-up: first calls load lazily-built state, warm caches
         await call(int(users[i % len(users)]))
     points = []
     best = 0.0
     for rate in loads or SWEEP:
+        s0 = stack.snapshot() if stack else None
+        g0 = loadgen.snapshot() if loadgen else None
         r = await open_loop(call, users, rate=rate, duration_s=duration_s)
+        if stack is not None and s0 is not None:
+            u = used(s0, stack.snapshot())
+            r["cpu_ms_per_request"] = round(u.seconds * 1000 / r["requests"], 2)
+            r["cpu_processes"] = u.processes
+            r["cpu_processes_exited"] = u.exited
+        if loadgen is not None and g0 is not None:
+            g = used(g0, loadgen.snapshot())
+            r["loadgen_cpu_ms_per_request"] = round(g.seconds * 1000 / r["requests"], 2)
         points.append(r)
         ok = (r["p99_ms"] <= P99_BUDGET_MS and r["error_rate"] <= 0.01
               and r["achieved_rps"] >= 0.9 * rate)
         server = r["server_stages_p50_ms"].get("total")
+        cpu = r.get("cpu_ms_per_request")
         say(f"{name}: {rate:>4} req/s offered -> p50 {r['p50_ms']:.1f} ms, p99 "
             f"{r['p99_ms']:.1f} ms, errors {r['error_rate']:.1%}"
             + (f", server p50 {server:.1f} ms" if server is not None else "")
+            + (f", CPU {cpu:.1f} ms/req" if cpu is not None else "")
             + ("" if ok else "  (over)"))
         if not ok:
             break
         best = float(rate)
     low = points[0]
     return {"p50_ms": low["p50_ms"], "p99_ms": low["p99_ms"], "max_rps_p99_150ms": best,
-            "server_stages_p50_ms": low["server_stages_p50_ms"], "points": points}
+            "server_stages_p50_ms": low["server_stages_p50_ms"],
+            **cpu_summary(points, best, cores()), "points": points}
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -164,9 +205,59 @@ def _http_call(url: str, limit: int) -> tuple[Call, Any]:
     return call, client
 
 
+def replica_pids(marker: str = "ServeReplica:funnel:FeedIngress") -> list[int]:
+    """This process's descendants whose command line carries `marker` (Ray titles a
+    replica's worker `ray::ServeReplica:<app>:<deployment>`)."""
+    from benchmarks.proc_cpu import CpuMeter
+
+    out = []
+    for pid in CpuMeter().snapshot().seconds:
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                out.append(pid)
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def py_spy(pids: list[int], out: Path, *, rate: int = 200, say: Say = print) -> Iterator[None]:
+    """py-spy sampling `pids` (each to `out` with its pid) while the block runs, as
+    collapsed stacks; a summary of the top frames is written beside each."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    procs = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for pid in pids:
+        path = out.with_name(f"{out.stem}-{pid}.txt")
+        procs.append((path, subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--output", str(path), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+    say(f"py-spy sampling {pids} at {rate} Hz")
+    try:
+        yield
+    finally:
+        from benchmarks.flame import markdown, summarise
+
+        for path, proc in procs:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if path.is_file():
+                s = summarise(path.read_text().splitlines(), top=25)
+                path.with_suffix(".md").write_text(markdown(s) + "\n")
+                say(f"py-spy: {s.samples} samples -> {path}, summary {path.with_suffix('.md')}")
+
+
 def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         work_dir: Path, configs: list[str], loads: tuple[float, ...] | None = None,
-        ingress: str = "haproxy", say: Say = print) -> dict[str, Any]:
+        ingress: str = "haproxy", profile_dir: Path | None = None,
+        ingress_replicas: int = 1, say: Say = print) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -199,8 +290,11 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
                                              request_id=f"bench-{k}"))
             return bool(r.items), r.timings_ms
 
-        results["in_process"] = asyncio.run(sweep(direct, users, duration_s=duration_s,
-                                                  say=say, name="in_process", loads=loads))
+        # the pipeline runs in this process, beside the load generator: its CPU is this
+        # process's (a direct call costs the generator little: no HTTP, no JSON)
+        results["in_process"] = asyncio.run(sweep(
+            direct, users, duration_s=duration_s, say=say, name="in_process", loads=loads,
+            stack=CpuMeter(include_root=True)))
         del pipeline
 
     port = free_port()
@@ -210,8 +304,11 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         async def go() -> dict[str, Any]:
             call, client = _http_call(url, limit)
             try:
+                # the stack: every process this one started (Ray, Serve, HAProxy, Triton);
+                # the load generator (this process) apart
                 return await sweep(call, users, duration_s=duration_s, say=say, name=name,
-                                   loads=loads)
+                                   loads=loads, stack=CpuMeter(),
+                                   loadgen=CpuMeter(only_root=True))
             finally:
                 await client.aclose()
 
@@ -256,14 +353,19 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
                            base_config=DEFAULT_CONFIG) as t, ray_session(env):
             fargs = {**raw_args, "feed": {**raw_args["feed"], "ranker": {
                 **raw_args["feed"]["ranker"], "url": f"127.0.0.1:{t.grpc_port}"}}}
-            say(f"{name}: deploying the Funnel app, ranker on Triton, ingress {mode}")
-            serve.run(build_app(fargs), name="funnel", route_prefix="/")
-            results[name] = {"ingress": mode, **http_sweep(name)}
+            say(f"{name}: deploying the Funnel app, ranker on Triton, ingress {mode}, "
+                f"{ingress_replicas} ingress replica(s)")
+            serve.run(build_app(fargs, ingress_options={"num_replicas": ingress_replicas}),
+                      name="funnel", route_prefix="/")
+            with (py_spy(replica_pids(), profile_dir / f"{name}.txt", say=say)
+                  if profile_dir is not None else contextlib.nullcontext()):
+                results[name] = {"ingress": mode, **http_sweep(name)}
     out: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "profile": profile, "bundle": sb.version,
         "items": sb.manifest["dataset"]["posts"], "limit": limit, "duration_s": duration_s,
-        "p99_budget_ms": P99_BUDGET_MS, "configs": results,
+        "p99_budget_ms": P99_BUDGET_MS, "ingress_replicas": ingress_replicas,
+        "configs": results,
     }
     if "funnel" in results and "naive" in results and results["naive"]["max_rps_p99_150ms"]:
         out["funnel_vs_naive_max_rps"] = round(results["funnel"]["max_rps_p99_150ms"]

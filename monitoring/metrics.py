@@ -68,6 +68,9 @@ REQUESTS = Counter("funnel_requests", "Requests answered, by route and status co
 REQUEST_SECONDS = Histogram("funnel_request_duration_seconds",
                             "Time from the request reaching the ingress replica to its "
                             "response, by route", ["route"], buckets=LATENCY_BUCKETS)
+SHED = Counter("funnel_shed", "Requests refused by admission control (HTTP 429 / gRPC "
+               "RESOURCE_EXHAUSTED) because the replica was at its bound, by route",
+               ["route"])
 DEGRADED = Counter("funnel_degraded", "Responses served with a stage degraded (a fallback "
                    "in place of the stage), by route and stage", ["route", "stage"])
 RESPONSES_DEGRADED = Counter("funnel_responses_degraded", "Responses with at least one "
@@ -147,8 +150,9 @@ for _r in ("/v1/feed", "/v1/moderate", "/v1/events"):
     REQUEST_SECONDS.labels(_r)
     for _st in DEGRADED_STAGES:
         DEGRADED.labels(_r, _st)
-    for _code in ("200", "400", "413", "422", "500", "503"):
+    for _code in ("200", "400", "413", "422", "429", "500", "503"):
         REQUESTS.labels(_r, _code)
+SHED.labels("/v1/feed")
 FEED_COLD_START.inc(0)
 
 

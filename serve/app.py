@@ -59,8 +59,11 @@ class FeedIngress(FunnelV1Rpc, OipRpc):
             metrics.mark_process_dead()
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Serve config entry point (`import_path: serve.app:build_app`)."""
+def build_app(args: dict[str, Any], *, ingress_options: dict[str, Any] | None = None
+              ) -> Application:
+    """Serve config entry point (`import_path: serve.app:build_app`). `ingress_options`
+    (e.g. num_replicas) are FeedIngress's deployment options for a caller that runs the app
+    itself (`serve.run`, the benchmarks); a Serve config sets them under `deployments`."""
     from funnel.contracts.bundle import read_manifest
     from serve.moderation.deployment import ModerationModels
     from serve.moderation.policy import load_policy
@@ -72,12 +75,15 @@ def build_app(args: dict[str, Any]) -> Application:
     controller = RolloutController.bind(args)  # type: ignore[attr-defined]
     scorer = (ShadowScorer.bind(args, controller)  # type: ignore[attr-defined]
               if parsed.rollout.shadow_scorer else None)
+    ingress: Any = FeedIngress
+    if ingress_options:
+        ingress = ingress.options(**ingress_options)
     if not parsed.moderation.enabled:
-        return FeedIngress.bind(args, None, controller, scorer)  # type: ignore[attr-defined]
+        return ingress.bind(args, None, controller, scorer)
     text_labels, _ = moderation_labels(read_manifest(parsed.bundle))
     load_policy(parsed.moderation.policy, labels=policy_labels(text_labels))  # refuse it now
-    return FeedIngress.bind(args, ModerationModels.bind(args),  # type: ignore[attr-defined]
-                            controller, scorer)
+    return ingress.bind(args, ModerationModels.bind(args),  # type: ignore[attr-defined]
+                        controller, scorer)
 
 
 def check_rollout_args(parsed: AppArgs) -> None:

@@ -98,6 +98,16 @@ class FilterSettings(_Strict):
         return v
 
 
+class AdmissionSettings(_Strict):
+    """Admission control of one ingress replica (`serve.admission`; docs/performance.md)."""
+
+    max_inflight: int = Field(
+        16, ge=0, le=10_000, description="feed requests one replica works on at once; past "
+        "it a request is refused at once (HTTP 429 / gRPC RESOURCE_EXHAUSTED). 0: no bound")
+    retry_after_s: float = Field(1.0, gt=0, le=60, description="the Retry-After a refused "
+                                 "request is given")
+
+
 class FeedSettings(_Strict):
     sources: dict[str, SourceSettings] = Field(default_factory=_default_sources)
     max_candidates: int = Field(400, ge=1, le=5000, description="after merge, before filters")
@@ -113,6 +123,7 @@ class FeedSettings(_Strict):
     # pools cost more than they win: after 200 ms idle, waking torch's and BLAS's pools made
     # the ranker stage 35 ms instead of 5 ms on 2 cores. Scale with replicas, not threads.
     intra_op_threads: int = Field(1, ge=1, le=64)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @field_validator("sources")
     @classmethod

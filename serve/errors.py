@@ -33,6 +33,19 @@ class RequestTooLarge(ServeError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class Overloaded(ServeError):
+    """Admission control refused the request: the replica is at its bound of requests in
+    flight (`serve.admission`). HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED; nothing
+    was done, so a retry is safe."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotReady(ServeError):
     """The app cannot answer yet (bundle loading, index building)."""
 

@@ -71,6 +71,8 @@ class Excluded:
     name = "excluded"
 
     def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        if not len(ctx.exclude_ids):  # type: ignore[arg-type]
+            return np.ones(len(items), dtype=bool)
         return ~np.isin(items.ids, ctx.exclude_ids)  # type: ignore[arg-type]
 
 
@@ -80,6 +82,8 @@ class Seen:
     name = "seen"
 
     def keep(self, items: Items, ctx: FilterContext) -> np.ndarray:
+        if not len(ctx.seen_ids):  # type: ignore[arg-type]
+            return np.ones(len(items), dtype=bool)
         return ~np.isin(items.ids, ctx.seen_ids)  # type: ignore[arg-type]
 
 

@@ -52,9 +52,35 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
 
     taken = [_take(per_source[n], quotas.get(n, 0)) for n in names]
 
-    # Round-robin with one cursor per source; a cursor skips items another source already
-    # emitted, so a shared item never costs a source its turn.
-    lists = [ids.tolist() for ids, _ in taken]
+    everything = np.concatenate([ids for ids, _ in taken]) if taken else np.zeros(0, np.int64)
+    if len(np.unique(everything)) == len(everything):
+        # No item is shared: the round-robin is the sources' lists interleaved by turn,
+        # i.e. sorted by (position in its list, source order), cut at `limit`.
+        turn = np.concatenate([np.arange(len(ids)) for ids, _ in taken]) if taken \
+            else everything
+        order = np.concatenate([np.full(len(ids), k) for k, (ids, _) in enumerate(taken)]) \
+            if taken else everything
+        merged = everything[np.lexsort((order, turn))][:limit]
+    else:
+        merged = np.asarray(_round_robin([ids.tolist() for ids, _ in taken], limit),
+                            dtype=np.int64)
+    mask = np.zeros(len(merged), dtype=np.uint32)
+    rscore = np.zeros(len(merged), dtype=np.float64)
+    for k, (ids, scores) in enumerate(taken):
+        if not len(ids):
+            continue
+        order = np.argsort(ids, kind="stable")
+        pos = np.searchsorted(ids[order], merged).clip(0, len(ids) - 1)
+        hit = ids[order][pos] == merged
+        mask |= hit.astype(np.uint32) << np.uint32(k)
+        if names[k] == ANN_SOURCE:
+            rscore = np.where(hit, scores[order][pos], 0.0)
+    return Merged(merged, mask, names, rscore)
+
+
+def _round_robin(lists: list[list[int]], limit: int) -> list[int]:
+    """Step 3 when sources share items: one cursor per source; a cursor skips items another
+    source already emitted, so a shared item never costs a source its turn."""
     cursors = [0] * len(lists)
     emitted: set[int] = set()
     out: list[int] = []
@@ -74,29 +100,22 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
             cursors[k] = i
         if not progressed:
             break
-
-    merged = np.asarray(out, dtype=np.int64)
-    mask = np.zeros(len(merged), dtype=np.uint32)
-    rscore = np.zeros(len(merged), dtype=np.float64)
-    for k, (ids, scores) in enumerate(taken):
-        if not len(ids):
-            continue
-        order = np.argsort(ids, kind="stable")
-        pos = np.searchsorted(ids[order], merged).clip(0, len(ids) - 1)
-        hit = ids[order][pos] == merged
-        mask |= hit.astype(np.uint32) << np.uint32(k)
-        if names[k] == ANN_SOURCE:
-            rscore = np.where(hit, scores[order][pos], 0.0)
-    return Merged(merged, mask, names, rscore)
+    return out
 
 
 def _take(c: Candidates, quota: int) -> tuple[np.ndarray, np.ndarray]:
     """The source's best `quota` distinct items and their scores, best first; a repeated
-    item keeps its best score (the first one after the stable sort)."""
+    item keeps its best score (the first one after the stable sort). Sources mostly hand
+    over distinct ids already best first; that case costs a check, not a sort."""
     if quota == 0 or not len(c):
         return c.ids[:0], c.scores[:0]
-    order = np.argsort(-c.scores, kind="stable")
-    ids = c.ids[order]
+    ids, scores = c.ids, c.scores
+    if not (scores[1:] <= scores[:-1]).all():  # not best first (or a NaN): stable sort
+        order = np.argsort(-scores, kind="stable")
+        ids, scores = ids[order], scores[order]
+    ordered = np.sort(ids)
+    if (ordered[1:] != ordered[:-1]).all():
+        return ids[:quota], scores[:quota]
     _, first = np.unique(ids, return_index=True)
     keep = np.sort(first)[:quota]
-    return ids[keep], c.scores[order][keep]
+    return ids[keep], scores[keep]

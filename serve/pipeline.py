@@ -230,9 +230,25 @@ class FeedPipeline:
             return await run_source(self._source(name, retrieval), query, s.quota,
                                     s.timeout_ms / 1000.0)
 
-        results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+        # inline sources run here, in order (no task each); the others concurrently
+        inline = [n for n in names if getattr(self._source(n, retrieval), "inline", False)]
+        pooled = [n for n in names if n not in inline]
+        results: dict[str, Candidates | BaseException] = {}
+        waiting = None
+        if pooled:
+            waiting = asyncio.gather(*(one(n) for n in pooled), return_exceptions=True)
+            await asyncio.sleep(0)  # let them reach their threads before the inline work
+        for name in inline:
+            try:
+                results[name] = self._source(name, retrieval).generate(
+                    query, self.settings.sources[name].quota)
+            except Exception as e:  # a failing source degrades, the feed goes on
+                results[name] = e
+        if waiting is not None:
+            results.update(zip(pooled, await waiting, strict=True))
         out: dict[str, Candidates] = {}
-        for name, res in zip(names, results, strict=True):
+        for name in names:  # the configured order: the merge's round-robin follows it
+            res = results[name]
             if isinstance(res, BaseException):
                 degraded.append(f"source:{name}")
             else:
@@ -392,7 +408,7 @@ class FeedPipeline:
         picks = rerank(RerankInput(scores=scores, created_at_s=items.created_at_s,
                                    authors=items.author_id, topics=items.topic,
                                    embeddings=vecs),
-                       limit=limit, now_s=now_s, rng=_rng_for(request_id),
+                       limit=limit, now_s=now_s, rng=lambda: _rng_for(request_id),
                        params=self._rerank)
         rows = [p.row for p in picks]
         ids = kept.ids[rows].tolist()

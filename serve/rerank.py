@@ -8,6 +8,7 @@ propensity so that off-policy evaluation can de-bias the resulting feedback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,8 @@ class Pick:
     explain: dict[str, object]
 
 
-def rerank(c: RerankInput, *, limit: int, now_s: float, rng: np.random.Generator,
+def rerank(c: RerankInput, *, limit: int, now_s: float,
+           rng: np.random.Generator | Callable[[], np.random.Generator],
            params: RerankParams) -> list[Pick]:
     """Build a page of at most `limit` items from ranked candidates.
 
@@ -185,9 +187,12 @@ def rerank(c: RerankInput, *, limit: int, now_s: float, rng: np.random.Generator
 
     unpicked: list[int] = np.flatnonzero(remaining).tolist()
     positions = list(range(params.explore_min_rank - 1, len(picks)))
+    if params.explore_slots and unpicked and positions and callable(rng):
+        rng = rng()  # made only when a slot is drawn (a request's seeded generator)
     for _ in range(params.explore_slots):
         if not unpicked or not positions:
             break
+        assert isinstance(rng, np.random.Generator)
         pos = positions.pop(int(rng.integers(len(positions))))
         propensity = 1.0 / len(unpicked)
         j = unpicked.pop(int(rng.integers(len(unpicked))))

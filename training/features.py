@@ -340,9 +340,11 @@ class FeatureTransform:
                                        alignment.post_counter[catalog_rows],
                                        alignment.author_counter[catalog_rows])
             rows = alignment.text_row[catalog_rows]
-            text = np.zeros((n, self.text_dim), dtype=np.float32)
-            ok = rows >= 0
-            text[ok] = self.text_table[rows[ok]]
+            text = self.text_table[rows.clip(0)] if len(self.text_table) else \
+                np.zeros((n, self.text_dim), dtype=np.float32)
+            missing = rows < 0
+            if missing.any():
+                text[missing] = 0.0
         else:
             counts = self.final_counts(uid, pid, author_ids, topic_idx)
         age_h = ((now_ns - np.asarray(created_ns, dtype=np.int64)) / 1_000_000_000) / 3600.0

@@ -1,5 +1,6 @@
 """HTTP: the feed (`POST /v1/feed`) and the outcomes of served items (`POST /v1/events`)."""
 
+import math
 import time
 from datetime import UTC, datetime
 
@@ -8,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from serve.api import EventIn, EventsRequest, EventsResponse, FeedRequest
-from serve.errors import VALIDATION_ERROR
+from serve.errors import VALIDATION_ERROR, Overloaded
 from serve.events import time_problems
 from serve.http.common import (
     error,
@@ -30,7 +31,12 @@ async def feed(request: Request) -> Response:
     req, bad = await parse_payload(request, FeedRequest, s.args.max_body_bytes, rid)
     if bad is not None:
         return bad
-    body, stage_ms = await s.feed.run(req, rid)
+    try:
+        body, stage_ms = await s.feed.run(req, rid)
+    except Overloaded as e:
+        refused = funnel_error(e, rid)
+        refused.headers["retry-after"] = str(max(1, math.ceil(e.retry_after_s)))
+        return refused
     # `handler` is the whole endpoint (parse, pipeline, serialise): what a client sees beyond
     # it is transport, the Serve proxy hop and HTTP
     return timed_json(body.model_dump_json(), {

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from funnel.contracts.errors import FunnelError
 from serve.api import FeedRequest, ModerateRequest
-from serve.errors import VALIDATION_ERROR
+from serve.errors import VALIDATION_ERROR, Overloaded
 from serve.grpc_api import MalformedMessage
 from serve.rpc.common import grpc_error, grpc_fail, grpc_observed, grpc_request_id
 from serve.services.replica import MODERATION_DISABLED
@@ -47,7 +47,10 @@ async def get_feed(services: Any, request: Any, grpc_context: Any) -> Any:
         req = FeedRequest.model_validate(feed_payload(request))
     except ValidationError as e:
         return grpc_error(grpc_context, e, rid, feed_pb2.GetFeedResponse())
-    body, _ = await services.feed.run(req, rid)
+    try:
+        body, _ = await services.feed.run(req, rid)
+    except Overloaded as e:
+        return grpc_error(grpc_context, e, rid, feed_pb2.GetFeedResponse())
     return feed_response(body)
 
 

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from monitoring import metrics
+from serve.admission import AdmissionGate
 from serve.api import FeedItemOut, FeedRequest, FeedResponse
+from serve.errors import Overloaded
 
 
 class FeedService:
@@ -29,10 +31,21 @@ class FeedService:
         self.replica = replica
         self._on_request = on_request
         self._modalities = tuple(pipeline.features.vocabs.get("posts.modality", ()))
+        a = pipeline.settings.admission
+        self.gate = AdmissionGate(a.max_inflight, a.retry_after_s)
 
     async def run(self, req: FeedRequest, rid: str) -> tuple[FeedResponse, dict[str, float]]:
-        with self.rollout.serving() if self.rollout else contextlib.nullcontext():
-            return await self._run_once(req, rid)
+        """Raises Overloaded when the replica's admission gate is full (counted)."""
+        try:
+            self.gate.enter()
+        except Overloaded:
+            metrics.SHED.labels(route="/v1/feed").inc()
+            raise
+        try:
+            with self.rollout.serving() if self.rollout else contextlib.nullcontext():
+                return await self._run_once(req, rid)
+        finally:
+            self.gate.leave()
 
     async def _run_once(self, req: FeedRequest, rid: str
                         ) -> tuple[FeedResponse, dict[str, float]]:

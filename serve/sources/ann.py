@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class AnnSource:
     name = "ann"
     cold_start = False  # an unknown user's vector carries no signal
-    inline = False  # an HNSW search: milliseconds, on the thread pool (faiss frees the GIL)
+    inline = True  # an in-memory HNSW search at a fixed efSearch: bounded, under a millisecond
 
     def __init__(self, retrieval: TwoTowerRetrieval) -> None:
         self._retrieval = retrieval

@@ -136,15 +136,20 @@ def _reference(per_source: dict[str, Candidates], quotas: dict[str, int],
              next((sc for r, sc in taken.get("ann", []) if r == i), 0.0)) for i in out]
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(40))
 def test_the_array_merge_equals_the_reference_on_random_lists(seed: int) -> None:
     rng = np.random.default_rng(seed)
     per_source: dict[str, Candidates] = {}
-    for name in ("social", "ann", "trending"):
+    for k, name in enumerate(("social", "ann", "trending")):
         n = int(rng.integers(0, 40))
-        # few distinct scores: ties and repeated ids everywhere
-        per_source[name] = Candidates(rng.integers(0, 60, size=n),
-                                      rng.choice([0.1, 0.2, 0.3, 0.5], size=n))
+        # few distinct scores: ties; odd seeds: ids shared within and across sources; even
+        # seeds: distinct ids, already best first (the sources' usual case: the fast paths)
+        ids = rng.integers(0, 60, size=n) if seed % 2 else \
+            rng.permutation(60)[:n] + 1000 * k
+        scores = rng.choice([0.1, 0.2, 0.3, 0.5], size=n)
+        if not seed % 2:
+            scores = np.sort(scores)[::-1]
+        per_source[name] = Candidates(ids, scores)
     quotas = {n: int(rng.integers(0, 25)) for n in per_source}
     limit = int(rng.integers(0, 70))
     got = merge_candidates(per_source, quotas=quotas, limit=limit)

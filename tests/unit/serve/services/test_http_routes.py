@@ -117,3 +117,24 @@ def test_health_readiness_and_the_scrape(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["checks"]["index"] is True
     scrape = client.get("/metrics")
     assert scrape.status_code == 200 and "funnel_review_queue_up 1.0" in scrape.text
+
+
+def test_a_feed_past_the_admission_bound_is_429_with_retry_after_and_counted(
+        client: TestClient, services: ReplicaServices) -> None:
+    from monitoring import metrics
+
+    gate = services.feed.gate
+    before = metrics.SHED.labels(route="/v1/feed")._value.get()
+    gate.max_inflight, gate.retry_after_s = 1, 2.5
+    gate.enter()  # one request already in flight
+    try:
+        r = client.post("/v1/feed", json={"user_id": _uid(services), "limit": 5})
+    finally:
+        gate.leave()
+        gate.max_inflight = 0
+    assert r.status_code == 429, r.text
+    assert r.headers["retry-after"] == "3"
+    assert r.json()["error"] == "overloaded" and "bound of 1" in r.json()["detail"]
+    assert metrics.SHED.labels(route="/v1/feed")._value.get() == before + 1
+    ok = client.post("/v1/feed", json={"user_id": _uid(services), "limit": 5})
+    assert ok.status_code == 200
