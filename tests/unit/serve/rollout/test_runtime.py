@@ -89,6 +89,10 @@ async def serve(rt: RolloutRuntime, users: list[int]) -> list[tuple[dict[str, st
                                     models)
         rt.after_feed(assigned, res)
         out.append(({s: a.variant for s, a in assigned.items() if a}, res))
+        # a server's loop turns between requests (the pipeline itself need not yield: its
+        # sources are inline), and queued comparisons run there
+        for _ in range(20):
+            await asyncio.sleep(0)
     await rt.drain()
     await rt.report_once()
     return out
