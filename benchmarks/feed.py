@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.proc_cpu import CpuMeter, used
+from benchmarks.proc_cpu import CpuMeter, memory_by_process, used
 from benchmarks.serving_bundle import build_serving_bundle
 from benchmarks.triton_batching import DEFAULT_CONFIG, TritonProcess, free_port
 from serve.config import load_serve_config
@@ -295,6 +295,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         results["in_process"] = asyncio.run(sweep(
             direct, users, duration_s=duration_s, say=say, name="in_process", loads=loads,
             stack=CpuMeter(include_root=True)))
+        results["in_process"]["memory"] = memory_by_process(CpuMeter(only_root=True))
         del pipeline
 
     port = free_port()
@@ -342,6 +343,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
             say("naive: deploying one Serve deployment per stage (Ray Serve proxy)")
             serve.run(build_naive_app(raw_args), name="naive", route_prefix="/")
             results["naive"] = {"ingress": "proxy", **http_sweep("naive")}
+            results["naive"]["memory"] = memory_by_process(CpuMeter())
     for name, mode in (("funnel", ingress), ("funnel_proxy", "proxy")):
         if name not in configs:
             continue
@@ -360,6 +362,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
             with (py_spy(replica_pids(), profile_dir / f"{name}.txt", say=say)
                   if profile_dir is not None else contextlib.nullcontext()):
                 results[name] = {"ingress": mode, **http_sweep(name)}
+            results[name]["memory"] = memory_by_process(CpuMeter())
     out: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "profile": profile, "bundle": sb.version,

@@ -93,3 +93,43 @@ def used(before: CpuSnapshot, after: CpuSnapshot) -> CpuUsed:
     total = sum(t - before.seconds.get(p, 0.0) for p, t in after.seconds.items())
     gone = sum(1 for p in before.seconds if p not in after.seconds)
     return CpuUsed(round(total, 3), len(after.seconds), gone)
+
+
+def rss_mib(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """Resident memory of `pid` in MiB (VmRSS), None if it is gone."""
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def process_name(pid: int, proc: Path = Path("/proc")) -> str:
+    """A short name for a stack process: Ray's title for its workers
+    (`ray::ServeReplica:funnel:FeedIngress`), else the program's file name."""
+    try:
+        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace") if argv else ""
+    if first.startswith("ray::"):
+        return first.split()[0]
+    prog = first.rsplit("/", 1)[-1]
+    if prog.startswith("python") and len(argv) > 1:
+        for a in argv[1:]:
+            arg = a.decode(errors="replace")
+            if arg and not arg.startswith("-"):
+                return f"{prog} {arg.rsplit('/', 1)[-1].splitlines()[0][:60]}"
+    return prog or "?"
+
+
+def memory_by_process(meter: CpuMeter) -> list[dict[str, object]]:
+    """Each covered process's name and resident MiB, largest first."""
+    rows = []
+    for pid in meter.snapshot().seconds:
+        mib = rss_mib(pid, meter.proc)
+        if mib is not None:
+            rows.append({"pid": pid, "name": process_name(pid, meter.proc), "rss_mib": mib})
+    return sorted(rows, key=lambda r: -float(r["rss_mib"]))  # type: ignore[arg-type]

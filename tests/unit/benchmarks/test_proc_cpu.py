@@ -61,3 +61,21 @@ def test_cpu_summary_takes_the_highest_load_within_budget() -> None:
     assert cpu_summary(points, 0.0, 2)["cpu_at_rps"] == 10.0  # none within: the first
     assert cpu_summary([{"offered_rps": 1.0}], 1.0, 2) == {}
     assert s["efficiency"] == pytest.approx(20.0 / 200.0)
+
+
+def test_memory_by_process_names_a_child_and_reads_its_resident_size() -> None:
+    from benchmarks.proc_cpu import memory_by_process, process_name, rss_mib
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nx = bytearray(64 << 20)\n"
+                              "print('ok', flush=True)\ntime.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+        rows = {r["pid"]: r for r in memory_by_process(CpuMeter())}
+        assert float(rows[child.pid]["rss_mib"]) >= 60  # type: ignore[arg-type]
+        assert str(rows[child.pid]["name"]).startswith("python")
+        assert process_name(child.pid).startswith("python")
+    finally:
+        child.kill()
+        child.wait()
+    assert rss_mib(child.pid) is None
