@@ -66,10 +66,23 @@ def bench_feed(
     ingress_replicas: Annotated[int, typer.Option(
         min=1, max=16, help="FeedIngress replicas of the 'funnel' configs: one per core "
         "(a replica's requests share one event loop; docs/performance.md).")] = 2,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="The regression check (CI runs it): one minute of the in-process "
+        "floor on the mid-size catalog; appends CPU per feed and stage medians with the "
+        "commit to --history and prints the change against --baseline (a warning past "
+        "25 %). Never fails on the figures.")] = False,
+    history: Annotated[str, typer.Option(help="--quick: history file (JSON lines).")] = (
+        "benchmarks/results/feed_quick_history.jsonl"),
+    baseline: Annotated[str, typer.Option(help="--quick: the committed reference.")] = (
+        "benchmarks/results/feed_quick_baseline.json"),
 ) -> None:
     """In-process vs naive Serve vs Funnel: latency at fixed loads, max throughput, CPU per
     request of the whole stack (from /proc) and the throughput limit it implies."""
     from benchmarks.feed import run
+
+    if quick:
+        _bench_feed_quick(bundle, Path(work_dir), Path(history), Path(baseline))
+        return
 
     wanted = [c.strip() for c in configs.split(",") if c.strip()]
     bad = sorted(set(wanted) - {"in_process", "naive", "funnel", "funnel_proxy"})
@@ -92,6 +105,26 @@ def bench_feed(
                  ingress_replicas=ingress_replicas,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
+
+
+def _bench_feed_quick(bundle: str, work_dir: Path, history: Path, baseline: Path) -> None:
+    import subprocess
+
+    from benchmarks.feed import quick
+
+    console = Console(stderr=True)
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip() or "unknown"
+    rec = quick(base_bundle=bundle, work_dir=work_dir, history=history, baseline=baseline,
+                commit=commit,
+                say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in rec["stages_p50_ms"].items())
+    change = (f"{rec['change']:+.1%} against the baseline (commit {rec['baseline_commit']})"
+              if "change" in rec else f"no baseline at {baseline}")
+    print(f"feed quick: CPU per feed {rec['cpu_ms_per_request']:.2f} ms at commit "
+          f"{rec['commit']}, {change}; stage medians ms: {stages}; appended to {history}")
+    if "warning" in rec:
+        print(f"WARNING: {rec['warning']}")
 
 
 @bench_app.command("triton")
@@ -222,6 +255,10 @@ def bench_soak(
                                        "doubles up to it).")] = 24,
     probe_s: Annotated[float, typer.Option(min=10, max=3600, help="Seconds of each step of "
                                            "the maximum-throughput probe.")] = 30,
+    ingress: Annotated[Ingress, typer.Option(
+        help="`funnel serve --ingress` of the stack.")] = Ingress.proxy,
+    ingress_replicas: Annotated[int, typer.Option(
+        min=1, max=16, help="FeedIngress replicas of the stack.")] = 1,
 ) -> None:
     """Mixed traffic (feed 90 %, moderation 10 %) with a canary and a shadow live, at a share
     of the measured maximum throughput, from locust in its own process: throughput, p50/p99
@@ -230,7 +267,8 @@ def bench_soak(
 
     console = Console(stderr=True)
     result = run(bundle=bundle, duration_s=float(duration), load=load,
-                 users=users, probe_s=probe_s,
+                 users=users, probe_s=probe_s, ingress=ingress.value,
+                 ingress_replicas=ingress_replicas,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     _write_result(result, out)
     if not result["ok"]:

@@ -377,3 +377,69 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
         out["funnel_minus_in_process_p50_ms"] = round(results["funnel"]["p50_ms"]
                                                       - results["in_process"]["p50_ms"], 2)
     return out
+
+
+# ---- `funnel bench feed --quick`: the regression check CI runs ----------------------------
+QUICK_PROFILE = "mid"
+QUICK_RATE = 20.0  # req/s: well under the floor's limit, so CPU per feed is not queueing
+QUICK_WARN_CHANGE = 0.25  # a change in CPU per feed past this share is printed as a warning
+
+
+def quick(*, base_bundle: str, work_dir: Path, duration_s: float = 45.0,
+          history: Path, baseline: Path, commit: str, say: Say = print) -> dict[str, Any]:
+    """One minute of the in-process floor on the mid-size catalog: CPU per feed (/proc) and
+    per-stage medians, appended with `commit` to `history` (JSON lines) and compared with
+    `baseline` (the committed reference). Returns the record, with `change` against the
+    baseline and `warning` set when CPU per feed moved by more than 25 %. Never fails on
+    the figures: CPU time is the measure, and CI only prints it."""
+    sb = build_serving_bundle(base_bundle, QUICK_PROFILE, work_dir, say=say)
+    from serve.catalog import Catalog
+    from serve.config import parse_app_args
+    from serve.loader import load_pipeline, local_ranker
+    from serve.pipeline import FeedQuery
+
+    doc, _ = load_serve_config(DEFAULT_CONFIG)
+    raw_args = dict(doc["applications"][0]["args"])
+    raw_args["bundle"] = str(sb.path.resolve())
+    cat = Catalog(sb.file("catalog/catalog.json").parent)
+    users = np.random.default_rng(0).choice(cat.user_ids, size=2000, replace=False)
+    del cat
+    args = parse_app_args(raw_args)
+    pipeline, _v = load_pipeline(args, ranker=local_ranker(args))
+    k = 0
+
+    async def direct(user_id: int) -> tuple[bool, dict[str, float]]:
+        nonlocal k
+        k += 1
+        r = await pipeline.run(FeedQuery(user_id=user_id, limit=50, request_id=f"quick-{k}"))
+        return bool(r.items), r.timings_ms
+
+    r = asyncio.run(sweep(direct, users, duration_s=duration_s, say=say, name="quick",
+                          loads=(QUICK_RATE,), stack=CpuMeter(include_root=True)))
+    point = r["points"][0]
+    record: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit,
+        "profile": QUICK_PROFILE, "items": sb.manifest["dataset"]["posts"],
+        "rate_rps": QUICK_RATE, "duration_s": duration_s, "requests": point["requests"],
+        "cpu_ms_per_request": point["cpu_ms_per_request"],
+        "stages_p50_ms": point["server_stages_p50_ms"], "machine": platform.machine(),
+        "cpus": cores()}
+    if baseline.is_file():
+        import json
+
+        base = json.loads(baseline.read_text())
+        change = record["cpu_ms_per_request"] / base["cpu_ms_per_request"] - 1.0
+        record["baseline_commit"] = base.get("commit")
+        record["change"] = round(change, 3)
+        if abs(change) > QUICK_WARN_CHANGE:
+            record["warning"] = (
+                f"CPU per feed {record['cpu_ms_per_request']:.2f} ms is {change:+.0%} against "
+                f"the baseline {base['cpu_ms_per_request']:.2f} ms (commit "
+                f"{base.get('commit')}): past ±{QUICK_WARN_CHANGE:.0%}; explain it in the "
+                "change's closing note")
+    history.parent.mkdir(parents=True, exist_ok=True)
+    import json
+
+    with history.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    return record

@@ -144,13 +144,16 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def run(*, bundle: str, duration_s: float, load: float = 0.7, users: int = 24,
-        probe_s: float = 30.0, say: Say = print) -> dict[str, Any]:
+        probe_s: float = 30.0, ingress: str = "proxy", ingress_replicas: int = 1,
+        say: Say = print) -> dict[str, Any]:
     import httpx
 
     def prepare(root: Path, version: str) -> None:
         _copy_version(root / version, root, f"{version}-canary")
 
-    with local_stack(bundle, prefix="soak", say=say, prepare=prepare, grpc=False) as stack:
+    with local_stack(bundle, prefix="soak", say=say, prepare=prepare, grpc=False,
+                     ingress=ingress,
+                     deployments={"FeedIngress": {"num_replicas": ingress_replicas}}) as stack:
         from serve.catalog import Catalog
 
         feed_users = int(max(Catalog(stack.root / stack.version / "catalog").user_ids))
@@ -224,8 +227,11 @@ def run(*, bundle: str, duration_s: float, load: float = 0.7, users: int = 24,
             for stage in filter(None, r[6].split("|")):
                 degraded_n[stage] += 1
         errors: dict[str, int] = defaultdict(int)
+        shed = 0
         for r in rows:
-            if r[2] != 200:
+            if r[2] == 429:  # refused by admission control: counted apart, not an error
+                shed += 1
+            elif r[2] != 200:
                 errors[str(r[2])] += 1
         t0 = min(r[0] for r in rows)
         minutes: dict[int, list[float]] = defaultdict(list)
@@ -264,6 +270,8 @@ def run(*, bundle: str, duration_s: float, load: float = 0.7, users: int = 24,
             "achieved_rps": round(len(rows) / span, 1) if span else None,
             "errors": dict(errors), "degraded": dict(degraded_n),
             "degraded_share": round(sum(1 for r in ok if r[6]) / max(1, len(ok)), 5),
+            "shed": shed, "shed_share": round(shed / max(1, len(rows)), 5),
+            "ingress": ingress, "ingress_replicas": ingress_replicas,
             "error_rate": round(len(rows) and sum(errors.values())
                                                         / len(rows), 5),
             "p50_ms": _pct([r[3] for r in ok], 50), "p99_ms": _pct([r[3] for r in ok], 99),
@@ -280,6 +288,8 @@ def run(*, bundle: str, duration_s: float, load: float = 0.7, users: int = 24,
             "memory_bound": f"max({MEMORY_BOUND_BYTES // MIB} MiB, "
                             f"{MEMORY_BOUND_SHARE:.0%}) per process",
             "memory": memory, "memory_total_over_time": mem_samples,
+            "max_growth_mib": max((float(m["growth_mib"]) for m in memory  # type: ignore[arg-type]
+                                   if m["growth_mib"] is not None), default=None),
             "records": {"feed_items_served": items_served, "feed_rows_logged": feed_rows,
                         "moderation_answers": sum(1 for r in mod if r[2] == 200),
                         "moderation_rows_logged": mod_rows,

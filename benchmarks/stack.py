@@ -43,10 +43,14 @@ class LocalStack:
 def local_stack(bundle: str, *, prefix: str, say: Say = print,
                 prepare: Callable[[Path, str], None] | None = None,
                 tweak: Callable[[dict[str, Any]], None] | None = None, grpc: bool = True,
-                start_timeout_s: float = 300) -> Iterator[LocalStack]:
+                start_timeout_s: float = 300, ingress: str = "proxy",
+                deployments: dict[str, dict[str, Any]] | None = None
+                ) -> Iterator[LocalStack]:
     """Start one `funnel serve` of `bundle`. `prepare(root, version)` runs before it starts
     (e.g. to write more bundle versions); `tweak(args)` edits the app's args; `grpc=False`
-    serves no gRPC methods (a faster start)."""
+    serves no gRPC methods (a faster start); `ingress` is `funnel serve --ingress`;
+    `deployments` updates the config's deployment entries by name (e.g.
+    {"FeedIngress": {"num_replicas": 2}})."""
     b = verify_bundle(bundle)
     work = Path(tempfile.mkdtemp(prefix=f"funnel-bench-{prefix}-"))
     proc = None
@@ -73,6 +77,8 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
             args["impressions"]["url"] = str(work / "impressions")
         if tweak is not None:
             tweak(args)
+        for d in doc["applications"][0].get("deployments") or []:
+            d.update((deployments or {}).get(d.get("name"), {}))
         config = work / "serve.yaml"
         config.write_text(yaml.safe_dump(doc))
         ready = work / "ready.json"
@@ -80,7 +86,7 @@ def local_stack(bundle: str, *, prefix: str, say: Say = print,
         say(f"starting funnel serve (bundle {b.version})")
         proc = subprocess.Popen(
             [sys.executable, "-m", "funnel", "serve", "--bundle", str(root / b.version),
-             "--config", str(config), "--ready-file", str(ready),
+             "--config", str(config), "--ready-file", str(ready), "--ingress", ingress,
              *(["--grpc"] if (doc.get("grpc_options") or {}).get("grpc_servicer_functions")
                else [])],
             stdout=log, stderr=subprocess.STDOUT,

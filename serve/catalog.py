@@ -119,9 +119,11 @@ class Catalog:
         trend = trend[self._allowed(trend.index.to_numpy(np.int64))]
         self.trending = (trend.index.to_numpy(np.int64)[:list_size],
                          trend.to_numpy(np.float64)[:list_size])
+        self.trending_rows = self._rows(self.trending[0])[0]
         newest = np.argsort(-self._created, kind="stable")
         newest = newest[allowed[newest]][:list_size]
         self.fresh = (self.post_ids[newest], self._created[newest])
+        self.fresh_rows = newest.astype(np.int64)
 
     def _code(self, column: str, name: str) -> int:
         """The code of `name` in a categorical column; -1 if no item has it."""
@@ -158,6 +160,11 @@ class Catalog:
         found = self.post_ids[idx] == ids if len(self.post_ids) else np.zeros(len(ids), bool)
         return idx, found
 
+    def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
+        """Each id's catalog row, -1 where the catalog lacks it."""
+        idx, found = self._rows(item_ids)
+        return np.where(found, idx, -1)
+
     def row_map(self, sorted_keys: np.ndarray) -> np.ndarray:
         """For each catalog row, the position of its post id in `sorted_keys` (another
         table's sorted post ids), or -1: built once per table, so that a request finds its
@@ -180,13 +187,25 @@ class Catalog:
     def recent_posts_by(self, authors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(post ids, created_at_s) of the newest allowed posts of `authors`, author by
         author in the given order."""
-        r = self._author_recent.get_many(np.asarray(authors, dtype=np.int64))
+        r = self.recent_rows_by(authors)
         return self.post_ids[r], self._created[r]
 
-    def items(self, item_ids: np.ndarray) -> Items:
+    def recent_rows_by(self, authors: np.ndarray) -> np.ndarray:
+        """The catalog rows of `recent_posts_by`."""
+        return self._author_recent.get_many(np.asarray(authors, dtype=np.int64))
+
+    def created_at_s(self, rows: np.ndarray) -> np.ndarray:
+        return self._created[rows]
+
+    def items(self, item_ids: np.ndarray, rows: np.ndarray | None = None) -> Items:
         """The catalog columns of `item_ids`, in the given order (`known` False where the
-        catalog lacks an id)."""
-        idx, found = self._rows(item_ids)
+        catalog lacks an id). `rows`, when the caller has them (`Candidates.rows`: -1 for an
+        id the catalog lacks), saves the binary search."""
+        if rows is None:
+            idx, found = self._rows(item_ids)
+        else:
+            found = rows >= 0
+            idx = rows.clip(0)
         c = self._codes
         return Items(ids=np.asarray(item_ids, dtype=np.int64), known=found, rows=idx,
                      author_id=self._author[idx], topic=c["topic"][idx],

@@ -50,9 +50,14 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
     if len(names) > MAX_SOURCES:
         raise ValueError(f"{len(names)} candidate sources; at most {MAX_SOURCES} can merge")
 
-    taken = [_take(per_source[n], quotas.get(n, 0)) for n in names]
+    took = [_take(per_source[n], quotas.get(n, 0)) for n in names]
+    taken = [(ids, scores) for ids, scores, _ in took]
+    with_rows = all(r is not None for _, _, r in took)
 
     everything = np.concatenate([ids for ids, _ in taken]) if taken else np.zeros(0, np.int64)
+    all_rows = (np.concatenate([r for _, _, r in took if r is not None])
+                if took and with_rows else None)
+    catalog_rows = None
     if len(np.unique(everything)) == len(everything):
         # No item is shared: the round-robin is the sources' lists interleaved by turn,
         # i.e. sorted by (position in its list, source order), cut at `limit`.
@@ -60,10 +65,16 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
             else everything
         order = np.concatenate([np.full(len(ids), k) for k, (ids, _) in enumerate(taken)]) \
             if taken else everything
-        merged = everything[np.lexsort((order, turn))][:limit]
+        picked = np.lexsort((order, turn))[:limit]
+        merged = everything[picked]
+        if all_rows is not None:
+            catalog_rows = all_rows[picked]
     else:
         merged = np.asarray(_round_robin([ids.tolist() for ids, _ in taken], limit),
                             dtype=np.int64)
+        if all_rows is not None:
+            row_of = dict(zip(everything.tolist(), all_rows.tolist(), strict=True))
+            catalog_rows = np.asarray([row_of[i] for i in merged.tolist()], dtype=np.int64)
     mask = np.zeros(len(merged), dtype=np.uint32)
     rscore = np.zeros(len(merged), dtype=np.float64)
     for k, (ids, scores) in enumerate(taken):
@@ -75,7 +86,7 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
         mask |= hit.astype(np.uint32) << np.uint32(k)
         if names[k] == ANN_SOURCE:
             rscore = np.where(hit, scores[order][pos], 0.0)
-    return Merged(merged, mask, names, rscore)
+    return Merged(merged, mask, names, rscore, catalog_rows)
 
 
 def _round_robin(lists: list[list[int]], limit: int) -> list[int]:
@@ -103,19 +114,22 @@ def _round_robin(lists: list[list[int]], limit: int) -> list[int]:
     return out
 
 
-def _take(c: Candidates, quota: int) -> tuple[np.ndarray, np.ndarray]:
-    """The source's best `quota` distinct items and their scores, best first; a repeated
-    item keeps its best score (the first one after the stable sort). Sources mostly hand
-    over distinct ids already best first; that case costs a check, not a sort."""
+def _take(c: Candidates, quota: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The source's best `quota` distinct items, their scores and catalog rows (None when
+    the source gave none), best first; a repeated item keeps its best score (the first one
+    after the stable sort). Sources mostly hand over distinct ids already best first; that
+    case costs a check, not a sort."""
+    ids, scores, rows = c.ids, c.scores, c.rows
     if quota == 0 or not len(c):
-        return c.ids[:0], c.scores[:0]
-    ids, scores = c.ids, c.scores
+        return ids[:0], scores[:0], None if rows is None else rows[:0]
     if not (scores[1:] <= scores[:-1]).all():  # not best first (or a NaN): stable sort
         order = np.argsort(-scores, kind="stable")
         ids, scores = ids[order], scores[order]
+        rows = None if rows is None else rows[order]
     ordered = np.sort(ids)
     if (ordered[1:] != ordered[:-1]).all():
-        return ids[:quota], scores[:quota]
+        return ids[:quota], scores[:quota], None if rows is None else rows[:quota]
     _, first = np.unique(ids, return_index=True)
     keep = np.sort(first)[:quota]
-    return ids[keep], scores[keep]
+    return ids[keep], scores[keep], None if rows is None else rows[keep]

@@ -210,7 +210,7 @@ class FeedPipeline:
             return self.sources[name]
         src = self._ann.get(id(retrieval))
         if src is None:
-            src = self._ann[id(retrieval)] = AnnSource(retrieval)
+            src = self._ann[id(retrieval)] = AnnSource(retrieval, self.catalog)
         return src
 
     def now_s(self, q: FeedQuery) -> float:
@@ -363,7 +363,7 @@ class FeedPipeline:
 
         merged = merge_candidates(per_source, quotas=self._quotas,
                                   limit=self.settings.max_candidates)
-        items = self.catalog.items(merged.ids)
+        items = self.catalog.items(merged.ids, merged.catalog_rows)
         fs = self.settings.filters
         languages = None
         if fs.locale == "user_language":
@@ -381,7 +381,8 @@ class FeedPipeline:
         vecs = retrieval.vectors_at(self._index_positions(retrieval)[kept_items.rows])
         rscore = (vecs @ user_vec if user_vec is not None
                   else np.zeros(len(kept), np.float32)).astype(np.float32)
-        kept = Merged(kept.ids, kept.source_mask, kept.sources, rscore.astype(np.float64))
+        kept = Merged(kept.ids, kept.source_mask, kept.sources, rscore.astype(np.float64),
+                      kept.catalog_rows)
         inputs_cache: dict[int, dict[str, np.ndarray]] = {}
         scores, probs = await self._rank(user, kept_items, rscore, now_s, degraded, timings,
                                          m.ranker, inputs_cache)

@@ -41,9 +41,15 @@ class TwoTowerRetrieval:
 
     def search(self, user_vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(item ids, inner products) of the k nearest items, best first."""
+        rows, scores = self.search_positions(user_vec, k)
+        return self.item_ids[rows], scores
+
+    def search_positions(self, user_vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(index rows, inner products) of the k nearest items, best first; `item_ids[row]`
+        is the item."""
         scores, rows = self.index.search(user_vec.reshape(1, -1), k)
         ok = rows[0] >= 0
-        return self.item_ids[rows[0][ok]], scores[0][ok]
+        return rows[0][ok], scores[0][ok]
 
     def rows_of(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index rows of item ids and a mask of those the index holds."""

@@ -22,16 +22,23 @@ class Candidates:
 
     ids: np.ndarray  # int64
     scores: np.ndarray  # float64
+    # each id's row in the serving catalog (-1: not in it), when the source knows them (the
+    # catalog's own lists do): the pipeline then finds the items without a binary search
+    rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ids", np.asarray(self.ids, dtype=np.int64).reshape(-1))
         object.__setattr__(self, "scores", np.asarray(self.scores, dtype=np.float64).reshape(-1))
         if len(self.ids) != len(self.scores):
             raise ValueError(f"candidates: {len(self.ids)} ids but {len(self.scores)} scores")
+        if self.rows is not None:
+            object.__setattr__(self, "rows", np.asarray(self.rows, dtype=np.int64).reshape(-1))
+            if len(self.rows) != len(self.ids):
+                raise ValueError(f"candidates: {len(self.ids)} ids but {len(self.rows)} rows")
 
     @classmethod
     def empty(cls) -> Candidates:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64))
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,6 +54,7 @@ class Merged:
     source_mask: np.ndarray  # uint32
     sources: tuple[str, ...]
     retrieval_score: np.ndarray  # float64
+    catalog_rows: np.ndarray | None = None  # as Candidates.rows, when every source knew them
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -54,7 +62,8 @@ class Merged:
     def take(self, rows: np.ndarray) -> Merged:
         """The rows `rows` selects (a boolean mask or indices), in order."""
         return Merged(self.ids[rows], self.source_mask[rows], self.sources,
-                      self.retrieval_score[rows])
+                      self.retrieval_score[rows],
+                      None if self.catalog_rows is None else self.catalog_rows[rows])
 
     def sources_of(self, row: int) -> tuple[str, ...]:
         m = int(self.source_mask[row])

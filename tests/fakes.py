@@ -95,9 +95,13 @@ class FakeRetrieval:
         return (v / np.linalg.norm(v)).astype(np.float32)
 
     def search(self, user_vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        top, s = self.search_positions(user_vec, k)
+        return self.item_ids[top], s
+
+    def search_positions(self, user_vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.vectors @ user_vec
         top = np.argsort(-s, kind="stable")[:k]
-        return self.item_ids[top], s[top]
+        return top, s[top]
 
     def item_vectors(self, item_ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.item_ids, item_ids).clip(0, len(self.item_ids) - 1)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 SourceFactory = Callable[[Catalog, "TwoTowerRetrieval"], CandidateSource]
 
 SOURCES: dict[str, SourceFactory] = {
-    "ann": lambda catalog, retrieval: AnnSource(retrieval),
+    "ann": lambda catalog, retrieval: AnnSource(retrieval, catalog),
     "social": lambda catalog, retrieval: SocialSource(catalog),
     "trending": lambda catalog, retrieval: TrendingSource(catalog),
     "fresh": lambda catalog, retrieval: FreshSource(catalog),

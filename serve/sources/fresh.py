@@ -17,4 +17,5 @@ class FreshSource:
 
     def generate(self, query: SourceQuery, k: int) -> Candidates:
         ids, created = self._catalog.fresh
-        return Candidates(ids[:k], (created[:k] - query.now_s) / 3600.0)
+        return Candidates(ids[:k], (created[:k] - query.now_s) / 3600.0,
+                          self._catalog.fresh_rows[:k])

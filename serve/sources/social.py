@@ -18,8 +18,9 @@ class SocialSource:
         self._catalog = catalog
 
     def generate(self, query: SourceQuery, k: int) -> Candidates:
-        authors = self._catalog.followees(query.user_id)
-        ids, created = self._catalog.recent_posts_by(authors)
+        rows = self._catalog.recent_rows_by(self._catalog.followees(query.user_id))
+        created = self._catalog.created_at_s(rows)
         top = np.argsort(-created, kind="stable")[:k]
         # score: recency in hours before now (higher = newer), comparable within the source
-        return Candidates(ids[top], (created[top] - query.now_s) / 3600.0)
+        return Candidates(self._catalog.post_ids[rows[top]],
+                          (created[top] - query.now_s) / 3600.0, rows[top])

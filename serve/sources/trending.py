@@ -17,4 +17,4 @@ class TrendingSource:
 
     def generate(self, query: SourceQuery, k: int) -> Candidates:
         ids, scores = self._catalog.trending
-        return Candidates(ids[:k], scores[:k])
+        return Candidates(ids[:k], scores[:k], self._catalog.trending_rows[:k])

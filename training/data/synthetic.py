@@ -153,6 +153,14 @@ PROFILES: dict[str, Profile] = {
                     mean_follows=15),
     "large": Profile("large", n_users=100_000, n_posts=1_000_000, impressions_per_user=20,
                      mean_follows=20),
+    # serving catalogs for the benchmarks (`funnel bench feed --quick`, the scaling table):
+    # the large profile's shape at a tenth, three tenths and three times its size
+    "mid": Profile("mid", n_users=10_000, n_posts=100_000, impressions_per_user=20,
+                   mean_follows=20),
+    "scale-300k": Profile("scale-300k", n_users=30_000, n_posts=300_000,
+                          impressions_per_user=20, mean_follows=20),
+    "scale-3m": Profile("scale-3m", n_users=300_000, n_posts=3_000_000,
+                        impressions_per_user=20, mean_follows=20),
 }
 
 

@@ -90,3 +90,17 @@ def test_recent_posts_by_many_authors_equals_one_by_one(built: tuple[Catalog, ob
     one_by_one = [cat.post_ids[cat._author_recent.get(int(a))] for a in authors]
     assert ids.tolist() == np.concatenate(one_by_one).tolist()
     assert len(cat.recent_posts_by(np.zeros(0, np.int64))[0]) == 0
+
+
+def test_items_found_by_rows_equal_items_found_by_ids(built: tuple[Catalog, object]) -> None:
+    cat, _ = built
+    ids = np.concatenate([cat.post_ids[[7, 3, 99]], [10**12]])
+    a, b = cat.items(ids), cat.items(ids, cat.rows_of(ids))
+    assert cat.rows_of(ids)[-1] == -1
+    for col in ("ids", "known", "author_id", "topic", "modality", "language", "verdict",
+                "created_at_s", "created_ns"):
+        assert np.array_equal(getattr(a, col)[a.known], getattr(b, col)[b.known]), col
+    assert a.known.tolist() == b.known.tolist() == [True, True, True, False]
+    # the catalog's own lists carry their rows
+    assert (cat.post_ids[cat.trending_rows] == cat.trending[0]).all()
+    assert (cat.post_ids[cat.fresh_rows] == cat.fresh[0]).all()
