@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run train test lint layers typecheck unit integration image cluster-test clean
+.PHONY: install run train test lint layers typecheck unit integration image cluster-test \
+	bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +80,19 @@ CLUSTER_REPORT ?=
 cluster-test: $(STAMP) image
 	FUNNEL_CLUSTER_REPORT=$(CLUSTER_REPORT) scripts/in_loopback_netns.sh funnel-cluster-test \
 		$(BIN)/pytest tests/cluster -m cluster -v -s -p no:cacheprovider --timeout 3600
+
+# `make bench-quick`: the feed's CPU regression check (CI runs it after the tests): about a
+# minute of the in-process pipeline on the 100,000-post `mid` catalog, served with the models
+# of a tiny bundle trained here once (build/bench-quick). It prints CPU per feed and its change
+# against benchmarks/results/feed_quick_baseline.json, a WARNING line past 25 %, and never
+# fails on the figures (docs/performance.md).
+QUICK_DIR := build/bench-quick
+bench-quick: $(STAMP)
+	@if [ ! -e $(QUICK_DIR)/artifacts/latest/manifest.json ]; then \
+		$(BIN)/funnel train --profile tiny --out $(QUICK_DIR)/artifacts || exit $$?; \
+	fi
+	$(BIN)/funnel bench feed --quick --bundle $(QUICK_DIR)/artifacts/latest \
+		--work-dir $(QUICK_DIR)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
