@@ -347,7 +347,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
     for name, mode in (("funnel", ingress), ("funnel_proxy", "proxy")):
         if name not in configs:
             continue
-        from serve.app import build_app
+        from serve.app import compose_app
         from serve.proxy_mode import ray_serve_env
 
         mode, env = ray_serve_env(mode)
@@ -357,7 +357,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
                 **raw_args["feed"]["ranker"], "url": f"127.0.0.1:{t.grpc_port}"}}}
             say(f"{name}: deploying the Funnel app, ranker on Triton, ingress {mode}, "
                 f"{ingress_replicas} ingress replica(s)")
-            serve.run(build_app(fargs, ingress_options={"num_replicas": ingress_replicas}),
+            serve.run(compose_app(fargs, ingress_options={"num_replicas": ingress_replicas}),
                       name="funnel", route_prefix="/")
             with (py_spy(replica_pids(), profile_dir / f"{name}.txt", say=say)
                   if profile_dir is not None else contextlib.nullcontext()):

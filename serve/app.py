@@ -59,11 +59,17 @@ class FeedIngress(FunnelV1Rpc, OipRpc):
             metrics.mark_process_dead()
 
 
-def build_app(args: dict[str, Any], *, ingress_options: dict[str, Any] | None = None
-              ) -> Application:
-    """Serve config entry point (`import_path: serve.app:build_app`). `ingress_options`
-    (e.g. num_replicas) are FeedIngress's deployment options for a caller that runs the app
-    itself (`serve.run`, the benchmarks); a Serve config sets them under `deployments`."""
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve config entry point (`import_path: serve.app:build_app`; Ray Serve calls an
+    application builder with exactly one argument)."""
+    return compose_app(args)
+
+
+def compose_app(args: dict[str, Any], *, ingress_options: dict[str, Any] | None = None
+                ) -> Application:
+    """The app. `ingress_options` (e.g. num_replicas) are FeedIngress's deployment options
+    for a caller that runs the app itself (`serve.run`, the benchmarks); a Serve config sets
+    them under `deployments`."""
     from funnel.contracts.bundle import read_manifest
     from serve.moderation.deployment import ModerationModels
     from serve.moderation.policy import load_policy
