@@ -205,6 +205,27 @@ def _http_call(url: str, limit: int) -> tuple[Call, Any]:
     return call, client
 
 
+def in_process_call(raw_args: dict[str, Any], limit: int, prefix: str) -> Call:
+    """The in-process floor: `FeedPipeline.run` of the app args' bundle, the ranker as
+    in-process TorchScript, each call a request with its own id."""
+    from serve.config import parse_app_args
+    from serve.loader import load_pipeline, local_ranker
+    from serve.pipeline import FeedQuery
+
+    args = parse_app_args(raw_args)
+    pipeline, _v = load_pipeline(args, ranker=local_ranker(args))
+    k = 0
+
+    async def direct(user_id: int) -> tuple[bool, dict[str, float]]:
+        nonlocal k
+        k += 1
+        r = await pipeline.run(FeedQuery(user_id=user_id, limit=limit,
+                                         request_id=f"{prefix}-{k}"))
+        return bool(r.items), r.timings_ms
+
+    return direct
+
+
 def replica_pids(marker: str = "ServeReplica:funnel:FeedIngress") -> list[int]:
     """This process's descendants whose command line carries `marker` (Ray titles a
     replica's worker `ray::ServeReplica:<app>:<deployment>`)."""
@@ -275,20 +296,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
     results: dict[str, Any] = {}
 
     if "in_process" in configs:
-        from serve.config import parse_app_args
-        from serve.loader import load_pipeline, local_ranker
-        from serve.pipeline import FeedQuery
-
-        args = parse_app_args(raw_args)
-        pipeline, _v = load_pipeline(args, ranker=local_ranker(args))
-        k = 0
-
-        async def direct(user_id: int) -> tuple[bool, dict[str, float]]:
-            nonlocal k
-            k += 1
-            r = await pipeline.run(FeedQuery(user_id=user_id, limit=limit,
-                                             request_id=f"bench-{k}"))
-            return bool(r.items), r.timings_ms
+        direct = in_process_call(raw_args, limit, "bench")
 
         # the pipeline runs in this process, beside the load generator: its CPU is this
         # process's (a direct call costs the generator little: no HTTP, no JSON)
@@ -296,7 +304,7 @@ def run(*, base_bundle: str, profile: str, duration_s: float, limit: int,
             direct, users, duration_s=duration_s, say=say, name="in_process", loads=loads,
             stack=CpuMeter(include_root=True)))
         results["in_process"]["memory"] = memory_by_process(CpuMeter(only_root=True))
-        del pipeline
+        del direct
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/feed"
@@ -394,9 +402,6 @@ def quick(*, base_bundle: str, work_dir: Path, duration_s: float = 45.0,
     the figures: CPU time is the measure, and CI only prints it."""
     sb = build_serving_bundle(base_bundle, QUICK_PROFILE, work_dir, say=say)
     from serve.catalog import Catalog
-    from serve.config import parse_app_args
-    from serve.loader import load_pipeline, local_ranker
-    from serve.pipeline import FeedQuery
 
     doc, _ = load_serve_config(DEFAULT_CONFIG)
     raw_args = dict(doc["applications"][0]["args"])
@@ -404,16 +409,7 @@ def quick(*, base_bundle: str, work_dir: Path, duration_s: float = 45.0,
     cat = Catalog(sb.file("catalog/catalog.json").parent)
     users = np.random.default_rng(0).choice(cat.user_ids, size=2000, replace=False)
     del cat
-    args = parse_app_args(raw_args)
-    pipeline, _v = load_pipeline(args, ranker=local_ranker(args))
-    k = 0
-
-    async def direct(user_id: int) -> tuple[bool, dict[str, float]]:
-        nonlocal k
-        k += 1
-        r = await pipeline.run(FeedQuery(user_id=user_id, limit=50, request_id=f"quick-{k}"))
-        return bool(r.items), r.timings_ms
-
+    direct = in_process_call(raw_args, 50, "quick")
     r = asyncio.run(sweep(direct, users, duration_s=duration_s, say=say, name="quick",
                           loads=(QUICK_RATE,), stack=CpuMeter(include_root=True)))
     point = r["points"][0]

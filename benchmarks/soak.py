@@ -49,6 +49,7 @@ LOCUSTFILE = Path(__file__).with_name("soak_locustfile.py")
 MIB = 1 << 20
 MEMORY_BOUND_BYTES = 64 * MIB  # a process may grow by this much, or by 10 %, whichever is more
 MEMORY_BOUND_SHARE = 0.10
+SETTLE_S = 30.0  # after the rollout is re-applied, before the soak starts
 
 
 def rollout_config(primary: str, other: str) -> dict[str, Any]:
@@ -189,10 +190,13 @@ def run(*, bundle: str, duration_s: float, load: float = 0.7, users: int = 24,
         target = load * max_rps
         say(f"maximum {max_rps:.1f} req/s; soak at {load:.0%}: {target:.1f} req/s for "
             f"{duration_s:.0f} s")
-        # overload in the probe may have rolled the canary back: start the soak afresh
+        # overload in the probe may have rolled the canary back: start the soak afresh, and
+        # give every replica time to load the variants before measuring (an operator does
+        # not measure a rollout's steady state while it is being applied)
         admin.put(f"{stack.url}/v1/admin/rollout", json={}).raise_for_status()
         admin.put(f"{stack.url}/v1/admin/rollout", json=cfg).raise_for_status()
-        time.sleep(2)
+        say(f"rollout re-applied; settling {SETTLE_S:.0f} s before the soak")
+        time.sleep(SETTLE_S)
 
         imp_root = Path(stack.args["impressions"]["url"])
         lost0 = {o: _counter(stack.url, "funnel_impression_records_total", outcome=o)

@@ -68,3 +68,24 @@ def lower_priority(increment: int, *, idle_class: bool = False) -> tuple[int | N
             except OSError:  # refused (a seccomp profile): the nice value still applies
                 idle = False
     return target, idle
+
+
+def lower_this_thread() -> bool:
+    """Move the calling thread (only) to the lowest priority: nice 19 and, on Linux, the idle
+    scheduling class. For a thread made for background work (a pool's initializer): it then
+    runs on CPU time the serving threads leave over. Returns whether it is in the idle
+    class."""
+    import threading
+
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return False
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:  # refused (a seccomp profile): the nice value still applies
+        return False
+    return True

@@ -94,7 +94,10 @@ ROUTES: dict[tuple[str, str], Op] = {
     ("/v1/feed", "post"): Op(
         "A ranked feed for a user", FeedRequest,
         responses={"200": ("the page, with each item's sources and explanation", FeedResponse,
-                           JSON), "4XX": ERRORS[1:]}),
+                           JSON),
+                   "429": ("overloaded: the replica is at its bound of feed requests in "
+                           "flight; nothing was done, retry after the Retry-After seconds",
+                           ErrorBody, JSON), "4XX": ERRORS[1:]}),
     ("/v1/events", "post"): Op(
         f"Outcome events of served items: one, or a batch of at most {MAX_EVENTS}",
         {"oneOf": [_ref(EventIn), _ref(EventsRequest)]},

@@ -264,6 +264,18 @@ class FeedPipeline:
             view = self._views[id(ft)] = CatalogView.build(self.catalog, ft)
         return view
 
+    def prepare(self, *, features: FeatureTransform | None = None,
+                retrieval: TwoTowerRetrieval | None = None) -> None:
+        """Build what a version's requests index (its features' catalog view; its index's
+        catalog positions and ANN source) now, off the request path: a rollout calls this
+        from the thread that loads a variant, so its first requests do not stall the
+        replica's event loop for the second a million-post alignment takes."""
+        if features is not None:
+            self._view(features)
+        if retrieval is not None:
+            self._index_positions(retrieval)
+            self._source("ann", retrieval)
+
     def _index_positions(self, retrieval: TwoTowerRetrieval) -> np.ndarray:
         """Each catalog row's position in `retrieval`'s index (-1: not indexed)."""
         pos = self._positions.get(id(retrieval))

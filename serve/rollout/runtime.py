@@ -28,6 +28,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -36,6 +37,7 @@ import numpy as np
 from monitoring import metrics
 from monitoring.interleaving import TEAM_A, TEAM_B, team_draft
 from serve.config import RolloutSettings
+from serve.offpath import lower_this_thread
 from serve.pipeline import FeedPipeline, FeedResult, Models
 from serve.rollout.comparing import mean as _mean
 from serve.rollout.comparing import record, run_comparison
@@ -74,6 +76,8 @@ class RolloutRuntime:
         # cannot starve the comparisons a canary's guardrails wait for
         self.runners: dict[tuple[str, str], ShadowRunner] = {}
         self.gate = IdleGate(max_wait_s=settings.shadow_idle_wait_s)
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="funnel-variant-loader",
+                                          initializer=lower_this_thread)
         self.last_report_error = ""
         self.pending_start = False
         self._unsent: list[dict[str, Any]] = []
@@ -125,9 +129,13 @@ class RolloutRuntime:
         probe = Router()
         probe.update(table)
         wanted = {s: probe.versions(s) for s in probe.stages}
+        loop = asyncio.get_running_loop()
         try:
             for stage, keys in wanted.items():
-                await asyncio.to_thread(self.variants.load, stage, keys)
+                # verifying a bundle's checksums and aligning its tables to the catalog
+                # cost seconds of CPU: on a thread of the idle class, so a rollout applied
+                # under load does not take cores from the requests (BENCHMARKS.md, soak)
+                await loop.run_in_executor(self._loader, self.variants.load, stage, keys)
         except Exception as e:
             log.error("rollout: revision %s not adopted, loading failed: %s",
                       table.get("revision"), e)

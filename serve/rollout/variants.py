@@ -107,6 +107,7 @@ class Variants:
         self._features[version] = features
         self._fingerprints[version] = fp
         self._calibrations[version] = load_calibration(b)
+        self._pipeline.prepare(features=features)  # here, in the loading thread
         log.info("rollout: bundle %s verified and its features loaded", version)
         return features, b
 
@@ -119,6 +120,7 @@ class Variants:
             if b is None:
                 b = verify_bundle(version_path(self.root, version))
             base = TwoTowerRetrieval(b, features, ef_search=self._ef)
+            self._pipeline.prepare(retrieval=base)
             self._retrieval[(version, None)] = base
         if fault is not None:
             self._retrieval[(version, fault)] = FaultyRetrieval(base, rng=self._rng,

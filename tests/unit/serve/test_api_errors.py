@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from serve.api import FeedRequest
 from serve.errors import (
     InvalidContent,
+    Overloaded,
     RequestTooLarge,
     ReviewItemNotFound,
     error_code,
@@ -60,7 +61,9 @@ def test_error_code_and_status_follow_the_error_class() -> None:
      grpc.StatusCode.INVALID_ARGUMENT),
     (RequestTooLarge("text is 70000 bytes of UTF-8; the limit is 65536"), 413,
      grpc.StatusCode.RESOURCE_EXHAUSTED),
-], ids=["validation", "invalid-content", "too-large"])
+    (Overloaded("this replica is at its bound of 16 feed requests in flight"), 429,
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+], ids=["validation", "invalid-content", "too-large", "overloaded"])
 def test_grpc_error_body_is_the_http_body(exc: Exception, status: int,
                                           grpc_code: grpc.StatusCode) -> None:
     from serve.http.common import funnel_error

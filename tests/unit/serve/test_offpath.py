@@ -47,3 +47,27 @@ def test_lower_priority_reaches_every_thread_and_the_threads_started_later(
     assert bool(idle) is idle_class
     expected = os.SCHED_IDLE if idle_class else os.SCHED_OTHER
     assert policies == [expected] * 3, policies
+
+
+def test_a_background_thread_lowers_only_itself() -> None:
+    import os
+    import threading
+
+    from serve.offpath import lower_this_thread
+
+    if not hasattr(os, "SCHED_IDLE"):
+        return
+    seen: dict[str, object] = {}
+
+    def work() -> None:
+        seen["idle"] = lower_this_thread()
+        tid = threading.get_native_id()
+        seen["policy"] = os.sched_getscheduler(tid)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == {"idle": True, "policy": os.SCHED_IDLE, "nice": 19}
+    me = threading.get_native_id()
+    assert os.sched_getscheduler(me) != os.SCHED_IDLE  # the caller's thread is untouched

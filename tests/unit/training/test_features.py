@@ -155,26 +155,20 @@ def test_serving_inputs_equal_the_training_inputs_for_the_same_rows() -> None:
                                  rows["post_id"].to_numpy(), rows["author_id"].to_numpy(),
                                  topic_idx)
         want = ft.ranker_inputs(rows, counts, score)
-        got = ft.serving_inputs(
-            user_id=uid, age_band=age_band, now_ns=unix_ns(now_s),
-            post_ids=posts["post_id"].to_numpy(), author_ids=posts["author_id"].to_numpy(),
-            topic_idx=topic_idx,
-            modality_idx=ft.vocab_index("posts.modality", posts["modality"].to_numpy()),
-            created_ns=pd.DatetimeIndex(posts["created_at"]).as_unit("ns").asi8,
-            follows_author=follows, retrieval_score=score)
+        same = {"user_id": uid, "age_band": age_band, "now_ns": unix_ns(now_s),
+                "post_ids": posts["post_id"].to_numpy(),
+                "author_ids": posts["author_id"].to_numpy(), "topic_idx": topic_idx,
+                "modality_idx": ft.vocab_index("posts.modality", posts["modality"].to_numpy()),
+                "created_ns": pd.DatetimeIndex(posts["created_at"]).as_unit("ns").asi8,
+                "follows_author": follows, "retrieval_score": score}
+        got = ft.serving_inputs(**same)
         # the same through a catalog alignment, whose rows include posts the transform
         # never saw (no text, no counters) and whose order is not the transform's
         catalog_ids = np.concatenate([[10**9, 10**9 + 1], posts["post_id"].to_numpy()[::-1]])
         catalog_authors = np.concatenate([[1, 2], posts["author_id"].to_numpy()[::-1]])
         al = ft.align(catalog_ids, catalog_authors)
-        rows = np.searchsorted(-catalog_ids[2:], -posts["post_id"].to_numpy()) + 2
-        aligned = ft.serving_inputs(
-            user_id=uid, age_band=age_band, now_ns=unix_ns(now_s),
-            post_ids=posts["post_id"].to_numpy(), author_ids=posts["author_id"].to_numpy(),
-            topic_idx=topic_idx,
-            modality_idx=ft.vocab_index("posts.modality", posts["modality"].to_numpy()),
-            created_ns=pd.DatetimeIndex(posts["created_at"]).as_unit("ns").asi8,
-            follows_author=follows, retrieval_score=score, catalog_rows=rows, alignment=al)
+        cat_rows = np.searchsorted(-catalog_ids[2:], -posts["post_id"].to_numpy()) + 2
+        aligned = ft.serving_inputs(**same, catalog_rows=cat_rows, alignment=al)
         assert (al.text_row[:2] == -1).all() and (al.post_counter[:2] == -1).all()
         for out in (got, aligned):
             assert sorted(out) == sorted(want)
