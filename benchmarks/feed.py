@@ -393,6 +393,19 @@ QUICK_RATE = 20.0  # req/s: well under the floor's limit, so CPU per feed is not
 QUICK_WARN_CHANGE = 0.25  # a change in CPU per feed past this share is printed as a warning
 
 
+def against_baseline(record: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """`record` with its `change` in CPU per feed against `base` and, past ±25 %, a
+    `warning` that says so (pure)."""
+    change = record["cpu_ms_per_request"] / base["cpu_ms_per_request"] - 1.0
+    out = {**record, "baseline_commit": base.get("commit"), "change": round(change, 3)}
+    if abs(change) > QUICK_WARN_CHANGE:
+        out["warning"] = (
+            f"CPU per feed {record['cpu_ms_per_request']:.2f} ms is {change:+.0%} against "
+            f"the baseline {base['cpu_ms_per_request']:.2f} ms (commit {base.get('commit')}): "
+            f"past ±{QUICK_WARN_CHANGE:.0%}; explain it in the change's closing note")
+    return out
+
+
 def quick(*, base_bundle: str, work_dir: Path, duration_s: float = 45.0,
           history: Path, baseline: Path, commit: str, say: Say = print) -> dict[str, Any]:
     """One minute of the in-process floor on the mid-size catalog: CPU per feed (/proc) and
@@ -423,16 +436,7 @@ def quick(*, base_bundle: str, work_dir: Path, duration_s: float = 45.0,
     if baseline.is_file():
         import json
 
-        base = json.loads(baseline.read_text())
-        change = record["cpu_ms_per_request"] / base["cpu_ms_per_request"] - 1.0
-        record["baseline_commit"] = base.get("commit")
-        record["change"] = round(change, 3)
-        if abs(change) > QUICK_WARN_CHANGE:
-            record["warning"] = (
-                f"CPU per feed {record['cpu_ms_per_request']:.2f} ms is {change:+.0%} against "
-                f"the baseline {base['cpu_ms_per_request']:.2f} ms (commit "
-                f"{base.get('commit')}): past ±{QUICK_WARN_CHANGE:.0%}; explain it in the "
-                "change's closing note")
+        record = against_baseline(record, json.loads(baseline.read_text()))
     history.parent.mkdir(parents=True, exist_ok=True)
     import json
 

@@ -79,3 +79,16 @@ def test_memory_by_process_names_a_child_and_reads_its_resident_size() -> None:
         child.kill()
         child.wait()
     assert rss_mib(child.pid) is None
+
+
+def test_the_quick_check_warns_past_a_quarter_either_way() -> None:
+    from benchmarks.feed import against_baseline
+
+    base = {"cpu_ms_per_request": 8.0, "commit": "abc"}
+    same = against_baseline({"cpu_ms_per_request": 9.9}, base)
+    assert same["change"] == pytest.approx(0.2375, abs=1e-3) and "warning" not in same
+    worse = against_baseline({"cpu_ms_per_request": 10.2}, base)
+    assert worse["change"] == pytest.approx(0.275) and "+27%" in worse["warning"]
+    assert "abc" in worse["warning"]
+    better = against_baseline({"cpu_ms_per_request": 5.9}, base)
+    assert "warning" in better and "-26%" in better["warning"]
