@@ -452,10 +452,14 @@ class FeedPipeline:
 
 
 async def run_source(source: CandidateSource, query: SourceQuery, quota: int,
-                     timeout_s: float) -> Candidates:
+                     timeout_s: float, *, clock: Callable[[], float] = time.perf_counter,
+                     poll_s: float = 0.01) -> Candidates:
     """One source's candidates. An `inline` source runs here; any other runs on the event
     loop's thread pool and gets `timeout_s` of its own running time, counted from when its
-    thread starts (a source still waiting for a thread after `timeout_s` gives up too).
+    thread starts (a source still waiting for a thread after `timeout_s` gives up too). A
+    result that comes back past its budget counts as timed out, as it would had the loop
+    looked at that moment. `clock` measures both bounds (a test injects its own); `poll_s`
+    is how often the loop looks while the source runs (an answer is taken at once).
 
     Raises:
         TimeoutError: past either bound; the source's exception when it fails.
@@ -463,24 +467,31 @@ async def run_source(source: CandidateSource, query: SourceQuery, quota: int,
     if getattr(source, "inline", False):
         return source.generate(query, quota)
     loop = asyncio.get_running_loop()
-    started: list[float] = []
+    marks: dict[str, float] = {}
 
     def work() -> Candidates:
-        started.append(time.perf_counter())
-        return source.generate(query, quota)
+        marks["start"] = clock()
+        try:
+            return source.generate(query, quota)
+        finally:
+            marks["end"] = clock()
 
+    queued = clock()
     fut = loop.run_in_executor(None, work)
-    queue_deadline = time.perf_counter() + timeout_s
+    ran_past = f"source {source.name!r} ran past {timeout_s * 1000:.0f} ms"
+    waited = f"source {source.name!r} waited {timeout_s * 1000:.0f} ms for a thread"
     while True:
-        end = started[0] + timeout_s if started else queue_deadline
-        left = end - time.perf_counter()
-        if left > 0:
-            done, _ = await asyncio.wait({fut}, timeout=left)
-            if done:
-                return fut.result()
-        if started and time.perf_counter() >= started[0] + timeout_s:
-            raise TimeoutError(f"source {source.name!r} ran past {timeout_s * 1000:.0f} ms")
-        if not started and time.perf_counter() >= queue_deadline:
+        await asyncio.wait({fut}, timeout=poll_s)
+        started = marks.get("start")
+        if fut.done():
+            if started is not None and started - queued > timeout_s:
+                raise TimeoutError(waited)
+            if started is not None and marks.get("end", started) - started > timeout_s:
+                raise TimeoutError(ran_past)
+            return fut.result()
+        now = clock()
+        if started is None and now - queued >= timeout_s:
             fut.cancel()
-            raise TimeoutError(f"source {source.name!r} waited {timeout_s * 1000:.0f} ms "
-                               "for a thread")
+            raise TimeoutError(waited)
+        if started is not None and now - started >= timeout_s:
+            raise TimeoutError(ran_past)

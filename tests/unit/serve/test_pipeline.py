@@ -208,42 +208,57 @@ def test_a_bundle_without_calibration_serves_the_sigmoid_of_the_logits(
         assert probs == pytest.approx(want, abs=1e-5)
 
 
-class Sleepy:
-    """A source that is not inline: it runs on the thread pool and takes `run_s`."""
+class Stepped:
+    """A source that is not inline (it runs on the thread pool) and whose work takes
+    `run_s` on the test's clock: it moves the clock instead of sleeping."""
 
-    name = "sleepy"
+    name = "stepped"
     cold_start = True
     inline = False
 
-    def __init__(self, run_s: float) -> None:
-        self.run_s = run_s
+    def __init__(self, clock: list[float], run_s: float) -> None:
+        self.clock, self.run_s = clock, run_s
 
     def generate(self, query: SourceQuery, k: int) -> Candidates:
-        time.sleep(self.run_s)
-        return Candidates([1, 2], [0.5, 0.4])
+        self.clock[0] += self.run_s
+        return Candidates(np.asarray([1, 2]), np.asarray([0.5, 0.4]))
 
 
-def test_a_source_budget_counts_its_running_time_not_the_wait_for_a_thread() -> None:
+@pytest.mark.parametrize(("queue_s", "run_s", "budget_s", "outcome"), [
+    # 1.4 s of wall clock against a 1 s budget, but only 0.6 s of its own: served
+    (0.8, 0.6, 1.0, "served"),
+    (0.0, 1.5, 1.0, "ran past"),  # its own time is over budget, even if it did answer
+    (1.2, 0.1, 1.0, "waited"),  # no thread for longer than the budget
+])
+def test_a_source_budget_counts_its_running_time_not_the_wait_for_a_thread(
+        queue_s: float, run_s: float, budget_s: float, outcome: str) -> None:
     import concurrent.futures
+    import threading
 
     from serve.pipeline import run_source
 
     q = SourceQuery(user_id=1, known_user=True, user_vec=None, now_s=0.0)
+    clock = [0.0]
+    release = threading.Event()
 
-    async def go() -> tuple[Candidates, BaseException | None]:
+    def busy() -> None:  # the only thread is taken until the test releases it
+        release.wait(10)
+        clock[0] += queue_s
+
+    async def go() -> str:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
-        # the only thread is busy for 0.8 s; the source then runs 0.6 s: 1.4 s of wall
-        # clock against a 1 s budget, but only 0.6 s of its own
-        busy = loop.run_in_executor(None, time.sleep, 0.8)
-        got = await run_source(Sleepy(0.6), q, 10, 1.0)
-        await busy
+        held = loop.run_in_executor(None, busy)
+        call = asyncio.create_task(run_source(Stepped(clock, run_s), q, 10, budget_s,
+                                              clock=lambda: clock[0]))
+        await asyncio.sleep(0)
+        release.set()
+        await held
         try:
-            await run_source(Sleepy(1.5), q, 10, 0.3)  # its own time is over budget
+            got = await call
         except TimeoutError as e:
-            return got, e
-        return got, None
+            return "ran past" if "ran past" in str(e) else "waited"
+        assert got.ids.tolist() == [1, 2]
+        return "served"
 
-    got, late = asyncio.run(go())
-    assert got.ids.tolist() == [1, 2]
-    assert isinstance(late, TimeoutError) and "ran past 300 ms" in str(late)
+    assert asyncio.run(go()) == outcome
