@@ -3,9 +3,9 @@
 Framework-free (asyncio and numpy; no Ray, no FastAPI; no pandas per request): the Serve
 ingress, the in-process benchmark floor and the tests all call `FeedPipeline.run`. Every
 stage works on whole numpy columns (candidate ids, their catalog columns, scores): the
-catalog, the feature
-transform and the vocabularies are turned into arrays when the bundle loads, so a request
-builds no DataFrame and no Python object per candidate (docs/performance.md).
+catalog, the feature transform and the vocabularies are turned into arrays when the bundle
+loads, so a request builds no DataFrame and no Python object per candidate
+(docs/performance.md).
 
 Every stage that can fail degrades instead of failing the request:
 
