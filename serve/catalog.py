@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from serve.types import Items, UserRow
+from training.features import positions_in
 
 
 @dataclass(frozen=True)
@@ -162,18 +163,13 @@ class Catalog:
 
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Each id's catalog row, -1 where the catalog lacks it."""
-        idx, found = self._rows(item_ids)
-        return np.where(found, idx, -1)
+        return positions_in(self.post_ids, np.asarray(item_ids, dtype=np.int64))
 
     def row_map(self, sorted_keys: np.ndarray) -> np.ndarray:
         """For each catalog row, the position of its post id in `sorted_keys` (another
         table's sorted post ids), or -1: built once per table, so that a request finds its
         candidates in that table by indexing, not by another binary search."""
-        keys = np.asarray(sorted_keys)
-        if not len(keys):
-            return np.full(len(self.post_ids), -1, np.int64)
-        pos = np.searchsorted(keys, self.post_ids).clip(0, len(keys) - 1)
-        return np.where(keys[pos] == self.post_ids, pos, -1).astype(np.int64)
+        return positions_in(np.asarray(sorted_keys), self.post_ids)
 
     @property
     def authors(self) -> np.ndarray:

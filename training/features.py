@@ -117,8 +117,8 @@ class CatalogAlignment:
     author_counter: np.ndarray  # int64 [catalog rows]: row of counters["author"]
 
 
-def _positions(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each wanted key in sorted_keys, -1 where absent."""
+def positions_in(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each wanted key in sorted_keys (int64), -1 where absent."""
     if not len(sorted_keys):
         return np.full(len(wanted), -1, np.int64)
     pos = np.searchsorted(sorted_keys, wanted).clip(0, len(sorted_keys) - 1)
@@ -213,12 +213,12 @@ class FeatureTransform:
         """This transform's text and counter rows for each post of a serving catalog
         (`post_ids` and their `author_ids`, in the catalog's row order). One pass over the
         catalog, at load time."""
-        pos = _positions(self.post_ids, np.asarray(post_ids, dtype=np.int64))
+        pos = positions_in(self.post_ids, np.asarray(post_ids, dtype=np.int64))
         text = np.where(pos >= 0, self.post_text_idx[pos.clip(0)] if len(pos) else 0, -1)
         return CatalogAlignment(
             text_row=text.astype(np.int64),
-            post_counter=_positions(self._counter_arrays["post"][0], post_ids),
-            author_counter=_positions(self._counter_arrays["author"][0], author_ids))
+            post_counter=positions_in(self._counter_arrays["post"][0], post_ids),
+            author_counter=positions_in(self._counter_arrays["author"][0], author_ids))
 
     def vocab_index(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
         """Index in the fitted vocabulary, 1-based; 0 for a value unseen at fit time."""
@@ -371,7 +371,7 @@ class FeatureTransform:
             _, ti, tc = self._counter_arrays[name]
             imps[name], clicks[name] = _gather(ti, rows), _gather(tc, rows)
         tk, ti, tc = self._counter_arrays["user"]
-        r = _positions(tk, np.asarray([user_id], dtype=np.int64))
+        r = positions_in(tk, np.asarray([user_id], dtype=np.int64))
         imps["user"] = np.repeat(_gather(ti, r), n)
         clicks["user"] = np.repeat(_gather(tc, r), n)
         keys = _topic_key(np.full(n, user_id, dtype=np.int64), topic_idx)
@@ -379,10 +379,10 @@ class FeatureTransform:
         lo_key, hi_key = _topic_key(np.asarray([user_id, user_id + 1]), np.zeros(2, np.int64))
         if n and keys.min() >= lo_key and keys.max() < hi_key:
             lo, hi = np.searchsorted(tk, [lo_key, hi_key])
-            r = _positions(tk[lo:hi], keys)
+            r = positions_in(tk[lo:hi], keys)
             r = np.where(r >= 0, r + lo, -1)
         else:  # a topic index past the key's width: search the whole table
-            r = _positions(tk, keys)
+            r = positions_in(tk, keys)
         imps["user_topic"], clicks["user_topic"] = _gather(ti, r), _gather(tc, r)
         return Counts(imps, clicks)
 
