@@ -83,8 +83,9 @@ class Retrieval:
     def user(self, user_id: int) -> UserRow:
         i = int(np.searchsorted(self.user_ids, user_id))
         if i < len(self.user_ids) and int(self.user_ids[i]) == user_id:
-            return UserRow(user_id, True, *(str(self.cols[c][i])
-                                            for c in ("age_band", "country", "language")))
+            c = self.cols
+            return UserRow(user_id, True, str(c["age_band"][i]), str(c["country"][i]),
+                           str(c["language"][i]))
         return UserRow(user_id, False)
 
     def run(self, user_id: int, now_s: float) -> tuple[Any, Candidates, UserRow]:

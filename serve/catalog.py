@@ -142,8 +142,13 @@ class Catalog:
         if i < len(self.user_ids) and int(self.user_ids[i]) == user_id:
             c = self._user_cols
             return UserRow(user_id, True, str(c["age_band"][i]), str(c["country"][i]),
-                           str(c["language"][i]))
+                           str(c["language"][i]), row=i)
         return UserRow(user_id, False)
+
+    @property
+    def user_columns(self) -> dict[str, np.ndarray]:
+        """The users' `age_band`, `country` and `language` (str), in `user_ids` order."""
+        return self._user_cols
 
     def followees(self, user_id: int) -> np.ndarray:
         return self._followees.get(user_id)

@@ -72,9 +72,9 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
     else:
         merged = np.asarray(_round_robin([ids.tolist() for ids, _ in taken], limit),
                             dtype=np.int64)
-        if all_rows is not None:
-            row_of = dict(zip(everything.tolist(), all_rows.tolist(), strict=True))
-            catalog_rows = np.asarray([row_of[i] for i in merged.tolist()], dtype=np.int64)
+        if all_rows is not None:  # an id's rows agree across sources: take any of them
+            order = np.argsort(everything, kind="stable")
+            catalog_rows = all_rows[order[np.searchsorted(everything[order], merged)]]
     mask = np.zeros(len(merged), dtype=np.uint32)
     rscore = np.zeros(len(merged), dtype=np.float64)
     for k, (ids, scores) in enumerate(taken):
@@ -91,26 +91,25 @@ def merge_candidates(per_source: Mapping[str, Candidates], *, quotas: Mapping[st
 
 def _round_robin(lists: list[list[int]], limit: int) -> list[int]:
     """Step 3 when sources share items: one cursor per source; a cursor skips items another
-    source already emitted, so a shared item never costs a source its turn."""
-    cursors = [0] * len(lists)
+    source already emitted, so a shared item never costs a source its turn. Each source's
+    cursor is an iterator, so skipping runs in the interpreter's loop, not in Python code
+    per index."""
     emitted: set[int] = set()
     out: list[int] = []
-    while len(out) < limit:
-        progressed = False
-        for k, ids in enumerate(lists):
+    cursors = [iter(ids) for ids in lists]
+    active = list(range(len(lists)))
+    while active and len(out) < limit:
+        still: list[int] = []
+        for k in active:
             if len(out) >= limit:
                 break
-            i = cursors[k]
-            while i < len(ids) and ids[i] in emitted:
-                i += 1
-            if i < len(ids):
-                out.append(ids[i])
-                emitted.add(ids[i])
-                i += 1
-                progressed = True
-            cursors[k] = i
-        if not progressed:
-            break
+            for item in cursors[k]:
+                if item not in emitted:
+                    emitted.add(item)
+                    out.append(item)
+                    still.append(k)
+                    break
+        active = still  # an exhausted source has no more turns
     return out
 
 

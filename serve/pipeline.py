@@ -44,7 +44,7 @@ from serve.rerank import RerankInput, RerankParams, rerank
 from serve.sources import AnnSource, CandidateSource, SourceQuery
 from serve.types import Candidates, FeedItem, Items, Merged, UserRow
 from training.calibration import Calibration
-from training.features import CatalogAlignment, FeatureTransform, unix_ns
+from training.features import CatalogAlignment, FeatureTransform, UserAlignment, unix_ns
 
 if TYPE_CHECKING:  # the model runtimes (torch, faiss) load with a bundle, not with this
     from serve.ranker.client import Ranker
@@ -74,13 +74,15 @@ class CatalogView:
     topic: np.ndarray
     modality: np.ndarray
     alignment: CatalogAlignment
+    users: UserAlignment
 
     @classmethod
     def build(cls, catalog: Catalog, ft: FeatureTransform) -> CatalogView:
         cats = catalog.categories
         return cls(ft, ft.vocab_index("posts.topic", cats["topic"]),
                    ft.vocab_index("posts.modality", cats["modality"]),
-                   ft.align(catalog.post_ids, catalog.authors))
+                   ft.align(catalog.post_ids, catalog.authors),
+                   ft.align_users(catalog.user_ids, catalog.user_columns))
 
 
 def ranker_inputs(catalog: Catalog, view: CatalogView, user: UserRow, items: Items,
@@ -274,6 +276,7 @@ class FeedPipeline:
         if features is not None:
             self._view(features)
         if retrieval is not None:
+            self._view(retrieval.features)
             self._index_positions(retrieval)
             self._source("ann", retrieval)
 
@@ -369,7 +372,8 @@ class FeedPipeline:
         now_s = self.now_s(q)
         user = self.catalog.user(q.user_id)
         known = user.known
-        user_vec = retrieval.user_vector(user) if known else None
+        user_vec = (retrieval.user_vector(user, self._view(retrieval.features).users)
+                    if known else None)
         query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s)
         per_source = await self._candidates(query, degraded, retrieval)
         t = lap("candidates", t0)
@@ -428,12 +432,18 @@ class FeedPipeline:
         ids = kept.ids[rows].tolist()
         prob_rows = probs[rows].tolist() if probs is not None else None
         out: list[FeedItem] = []
+        masks = kept.source_mask[rows].tolist()
+        sources: dict[int, tuple[str, ...]] = {}  # per source mask: a page has few
         for k, p in enumerate(picks):
             explain = p.explain
             if prob_rows is not None and not explain.get("exploration"):
                 explain = {**explain, "probs": {t: round(v, 5) for t, v in
                                                 zip(TASKS, prob_rows[k], strict=True)}}
-            out.append(FeedItem(ids[k], k + 1, p.score, kept.sources_of(p.row), explain))
+            m = masks[k]
+            names = sources.get(m)
+            if names is None:
+                names = sources[m] = kept.sources_of(p.row)
+            out.append(FeedItem(ids[k], k + 1, p.score, names, explain))
         return out
 
     async def rerank_with(self, trace: Trace, model: RankerModel

@@ -135,37 +135,49 @@ def rerank(c: RerankInput, *, limit: int, now_s: float,
     lam = params.mmr_lambda
     base = lam * norm
     one_minus = 1.0 - lam
+    # The pool's base scores, -inf outside it, so that `objective = base - penalty` is already
+    # masked and argmax needs no copy: `in_rem` masks picked items (the relaxed pool),
+    # `in_elig` masks picked and capped ones. Pool members' objectives are the same floats
+    # as `base - penalty`.
+    in_rem = base.copy()
+    in_elig = base.copy()
     remaining = np.ones(n, dtype=bool)
     eligible = np.ones(n, dtype=bool)  # remaining and under both caps
     n_remaining = n_eligible = n
-    max_sim = np.zeros(n)  # stays 0 until the first pick: nothing to be similar to yet
+    max_sim = None  # until the first pick: nothing to be similar to yet (penalty 0)
     penalty = np.zeros(n)  # (1 - lambda) * max_sim
-    objective = base - penalty
+    objective = np.empty(n)
+    author_l, topic_l = authors.tolist(), topics.tolist()
     author_count: dict[int, int] = {}
     topic_count: dict[int, int] = {}
     page: list[tuple[int, float, bool]] = []  # (candidate index, mmr penalty, cap relaxed)
     while len(page) < limit and n_remaining:
         relaxed = n_eligible == 0
         pool = remaining if relaxed else eligible
+        np.subtract(in_rem if relaxed else in_elig, penalty, out=objective)
         # argmax returns the first maximum, so the earlier candidate wins ties. Should every
-        # objective in the pool be -inf, the masked argmax may land outside the pool: then
-        # index into the pool itself, so a non-finite score never picks an item twice.
-        i = int(np.where(pool, objective, -np.inf).argmax())
+        # objective in the pool be -inf (or a NaN sit outside it), the argmax may land
+        # outside the pool: then index into the pool itself, so a non-finite score never
+        # picks an item twice.
+        i = int(objective.argmax())
         if not pool[i]:
             idx = np.flatnonzero(pool)
-            i = int(idx[np.argmax(objective[idx])])
+            i = int(idx[np.argmax((base - penalty)[idx])])
         page.append((i, float(penalty[i]), relaxed))
         remaining[i] = False
+        in_rem[i] = in_elig[i] = -np.inf
         n_remaining -= 1
         if eligible[i]:
             eligible[i] = False
             n_eligible -= 1
 
         sims = emb @ emb[i]
-        max_sim = sims if len(page) == 1 else np.maximum(max_sim, sims)
+        if max_sim is None:
+            max_sim = sims
+        else:
+            np.maximum(max_sim, sims, out=max_sim)
         np.multiply(one_minus, max_sim, out=penalty)
-        np.subtract(base, penalty, out=objective)
-        a, t = int(authors[i]), int(topics[i])
+        a, t = author_l[i], topic_l[i]
         author_count[a] = author_count.get(a, 0) + 1
         topic_count[t] = topic_count.get(t, 0) + 1
         capped = None
@@ -175,15 +187,20 @@ def rerank(c: RerankInput, *, limit: int, now_s: float,
             capped = topics == t if capped is None else capped | (topics == t)
         if capped is not None:
             eligible &= ~capped
+            in_elig[capped] = -np.inf
             n_eligible = int(np.count_nonzero(eligible))
 
     picks: list[Pick] = []
-    for i, pen, relaxed in page:
-        explain: dict[str, object] = {"ranker_score": float(c.scores[i]),
-                                      "freshness": float(fresh[i]), "mmr_penalty": pen}
+    rows = [i for i, _, _ in page]
+    # the page's floats in one conversion each (tolist gives the same Python floats as float())
+    score_l = np.asarray(c.scores)[rows].tolist()
+    fresh_l, adjusted_l = fresh[rows].tolist(), adjusted[rows].tolist()
+    for k, (i, pen, relaxed) in enumerate(page):
+        explain: dict[str, object] = {"ranker_score": score_l[k], "freshness": fresh_l[k],
+                                      "mmr_penalty": pen}
         if relaxed:
             explain["cap_relaxed"] = True
-        picks.append(Pick(i, float(adjusted[i]), explain))
+        picks.append(Pick(i, adjusted_l[k], explain))
 
     unpicked: list[int] = np.flatnonzero(remaining).tolist()
     positions = list(range(params.explore_min_rank - 1, len(picks)))

@@ -15,7 +15,7 @@ import torch
 from funnel.contracts.bundle import VerifiedBundle
 from funnel.contracts.model_io import USER_KEYS
 from serve.types import UserRow
-from training.features import FeatureTransform
+from training.features import FeatureTransform, UserAlignment
 
 
 class TwoTowerRetrieval:
@@ -33,9 +33,13 @@ class TwoTowerRetrieval:
         self._sorted = self.item_ids[self._order]
 
     @torch.no_grad()
-    def user_vector(self, user: UserRow) -> np.ndarray:
-        """Unit vector [dim] of one user's catalog row."""
-        arrays = self.features.user_features(user.columns())
+    def user_vector(self, user: UserRow, aligned: UserAlignment | None = None) -> np.ndarray:
+        """Unit vector [dim] of one user's catalog row. `aligned`: this retrieval's
+        features laid out by the catalog's users (`FeatureTransform.align_users`), read at
+        `user.row` instead of computed; the inputs are the same."""
+        arrays = (self.features.user_features_at(aligned, user.row)
+                  if aligned is not None and user.row >= 0
+                  else self.features.user_features(user.columns()))
         out = self.user_tower(*(torch.from_numpy(arrays[k]) for k in USER_KEYS))
         return out[0].numpy().astype(np.float32)
 

@@ -80,6 +80,7 @@ class UserRow:
     age_band: str = "unknown"
     country: str = "unknown"
     language: str = "unknown"
+    row: int = -1  # the user's row in the catalog's user order; -1: not in the catalog
 
     def columns(self) -> dict[str, np.ndarray]:
         """One-row columns, the shape `FeatureTransform.user_features` reads."""

@@ -117,6 +117,20 @@ class CatalogAlignment:
     author_counter: np.ndarray  # int64 [catalog rows]: row of counters["author"]
 
 
+@dataclass(frozen=True, eq=False)
+class UserAlignment:
+    """A transform's user-tower inputs for each user of a serving catalog, in the catalog's
+    user order (`FeatureTransform.align_users`): a request's user features are then one row
+    of each array instead of hashing, vocabulary lookups and binary searches."""
+
+    user_hash: np.ndarray  # int64 [users]
+    age_band: np.ndarray  # int64 [users]: vocabulary index
+    country: np.ndarray  # int64 [users]
+    language: np.ndarray  # int64 [users]
+    profile_row: np.ndarray  # int64 [users]: row of user_profile, -1: none
+    history_row: np.ndarray  # int64 [users]: row of user_history, -1: none
+
+
 def positions_in(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Position of each wanted key in sorted_keys (int64), -1 where absent."""
     if not len(sorted_keys):
@@ -219,6 +233,33 @@ class FeatureTransform:
             text_row=text.astype(np.int64),
             post_counter=positions_in(self._counter_arrays["post"][0], post_ids),
             author_counter=positions_in(self._counter_arrays["author"][0], author_ids))
+
+    def align_users(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]
+                    ) -> UserAlignment:
+        """This transform's user-tower inputs for each catalog user (`user_ids` and their
+        `age_band`, `country`, `language` columns, in the catalog's user order). One pass at
+        load time; `user_features_at` then reads one row."""
+        uid = np.asarray(user_ids, dtype=np.int64)
+        return UserAlignment(
+            user_hash=hash_ids(uid, self.id_buckets, salt=3),
+            age_band=self.vocab_index("users.age_band", columns["age_band"]),
+            country=self.vocab_index("users.country", columns["country"]),
+            language=self.vocab_index("users.language", columns["language"]),
+            profile_row=positions_in(self.user_profile_ids, uid),
+            history_row=positions_in(self.user_history_ids, uid))
+
+    def user_features_at(self, users: UserAlignment, row: int) -> dict[str, np.ndarray]:
+        """`user_features` of the catalog user at `row` of `users` (from `align_users`):
+        the same values, read from the aligned arrays."""
+        r = slice(row, row + 1)
+        return {
+            "user_hash": users.user_hash[r],
+            "age_band": users.age_band[r],
+            "country": users.country[r],
+            "language": users.language[r],
+            "profile": _table_row(self.user_profile, int(users.profile_row[row])),
+            "history": _table_row(self.user_history, int(users.history_row[row])),
+        }
 
     def vocab_index(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
         """Index in the fitted vocabulary, 1-based; 0 for a value unseen at fit time."""
@@ -466,6 +507,13 @@ class FeatureTransform:
                    user_profile_ids=t["user_profile_ids"], user_profile=t["user_profile"],
                    text_model=meta["text_model"], user_history_ids=t["user_history_ids"],
                    user_history=t["user_history"])
+
+
+def _table_row(table: np.ndarray, row: int) -> np.ndarray:
+    """[1, ...] copy of table[row]; a zero row for -1 (as `_rows_by_key` gives)."""
+    if row < 0:
+        return np.zeros((1, *table.shape[1:]), dtype=table.dtype)
+    return table[row:row + 1].copy()
 
 
 def _rows_by_key(keys: np.ndarray, table: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -23,6 +23,9 @@ import yaml
 
 FUNNEL = [sys.executable, "-m", "funnel"]
 LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "configs" / "local.yaml"
+# the stack's ranker and source budgets (write_serve_config says why they differ from local.yaml)
+TEST_RANKER_TIMEOUT_MS = 3000
+TEST_SOURCE_TIMEOUT_MS = 2000
 
 
 @pytest.fixture(scope="session")
@@ -209,6 +212,13 @@ def write_serve_config(directory: Path, *, grpc: bool = True,
     args = doc["applications"][0]["args"]
     args["triton"].update(http_port=free_port(), grpc_port=grpc_port, metrics_port=free_port())
     args["feed"]["ranker"]["url"] = f"127.0.0.1:{grpc_port}"
+    # Budgets set for the tests: the shipped 150 ms ranker and 50 ms source budgets are
+    # production latency targets, and on a busy test machine one late answer would read as a
+    # failure. A test that means "the ranker is down" kills Triton: its calls then fail at
+    # once (connection refused), well inside these budgets.
+    args["feed"]["ranker"]["timeout_ms"] = TEST_RANKER_TIMEOUT_MS
+    for source in args["feed"]["sources"].values():
+        source["timeout_ms"] = TEST_SOURCE_TIMEOUT_MS
     args["review"]["database_url"] = (review_url
                                       or f"sqlite:///{directory / 'review.sqlite3'}")
     args["review"]["spool_path"] = str(directory / "review-spool.sqlite3")

@@ -149,10 +149,16 @@ def test_the_array_merge_equals_the_reference_on_random_lists(seed: int) -> None
         scores = rng.choice([0.1, 0.2, 0.3, 0.5], size=n)
         if not seed % 2:
             scores = np.sort(scores)[::-1]
-        per_source[name] = Candidates(ids, scores)
+        # half the seeds carry catalog rows (a function of the id, as a catalog's are)
+        per_source[name] = Candidates(ids, scores, ids * 7 + 3 if seed % 4 < 2 else None)
     quotas = {n: int(rng.integers(0, 25)) for n in per_source}
     limit = int(rng.integers(0, 70))
     got = merge_candidates(per_source, quotas=quotas, limit=limit)
     want = _reference(per_source, quotas, limit)
     assert [(int(i), got.sources_of(k), float(got.retrieval_score[k]))
             for k, i in enumerate(got.ids)] == want
+    if seed % 4 < 2:
+        assert got.catalog_rows is not None
+        assert got.catalog_rows.tolist() == [i * 7 + 3 for i, _, _ in want]
+    else:
+        assert got.catalog_rows is None

@@ -175,3 +175,26 @@ def test_serving_inputs_equal_the_training_inputs_for_the_same_rows() -> None:
             for k in want:
                 assert out[k].dtype == want[k].dtype and out[k].shape == want[k].shape, k
                 assert np.array_equal(out[k], want[k]), k
+
+
+def test_user_features_at_an_aligned_row_equal_user_features() -> None:
+    """Serving reads a catalog user's tower inputs from arrays aligned at load time; they
+    must be the very values `user_features` computes, users with no profile or history and
+    values outside the vocabularies included."""
+    ds = generate(SMALL, seed=4)
+    ft = FeatureTransform.fit(ds, np.ones(len(ds.impressions), bool), HashingTextEncoder())
+    users = ds.users.sort_values("user_id")
+    ids = np.concatenate([users["user_id"].to_numpy(np.int64), [10 ** 12]])
+    cols = {c: np.concatenate([users[c].astype(str).to_numpy(object), ["never-seen"]])
+            for c in ("age_band", "country", "language")}
+    aligned = ft.align_users(ids, cols)
+    assert aligned.profile_row[-1] == -1 and aligned.history_row[-1] == -1
+    assert (aligned.history_row >= 0).any() and (aligned.history_row < 0).any()
+    for row in range(len(ids)):
+        want = ft.user_features({"user_id": ids[row:row + 1],
+                                 **{c: v[row:row + 1] for c, v in cols.items()}})
+        got = ft.user_features_at(aligned, row)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+            assert np.array_equal(got[k], want[k]), (row, k)
