@@ -144,7 +144,9 @@ def test_triton_outage_degrades_without_5xx_and_recovers(stack: Stack, client: h
     """Kill Triton (SIGKILL to `funnel triton`, tritonserver and its stubs: a crash, nothing
     shuts down cleanly) under continuous traffic, restart it 4 s later: every response 200,
     flagged `degraded` while it is down; normal ranking back within 10 s of Triton being
-    ready again."""
+    ready again, and no ranker failure after that. The stack's ranker budget is the tests'
+    (conftest.TEST_RANKER_TIMEOUT_MS), not the shipped 150 ms, so a call slowed by a busy
+    machine is not read as Triton failing; a killed Triton still fails each call at once."""
     log: list[tuple[float, int, bool]] = []  # (monotonic time, status, ranker degraded)
     stop = threading.Event()
 
