@@ -14,6 +14,7 @@ from rich.console import Console
 
 import serve
 from funnel.contracts.errors import FunnelError
+from funnel.registry.cli import bundle_app
 from monitoring.drift_cli import drift_app
 from monitoring.experiments_cli import experiment_app
 from serve.proxy_mode import Ingress
@@ -24,6 +25,7 @@ app = typer.Typer(help="Funnel: feed serving with built-in moderation.", no_args
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(data_app, name="data")
 app.command("train")(train)
+app.add_typer(bundle_app, name="bundle")
 
 
 @app.command("bundle-verify")

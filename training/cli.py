@@ -128,6 +128,14 @@ def train(
     review_labels: Annotated[Path | None, typer.Option(
         help="Reviewer decisions from `funnel review export` (parquet), added to the "
         "moderation head's training split.")] = None,
+    push: Annotated[bool, typer.Option(help="Push the bundle to the model registry when it "
+                                       "is written (`funnel bundle push`).")] = False,
+    registry: Annotated[str | None, typer.Option(
+        "--registry", help="With --push: the registry's object store URL (default "
+        "$FUNNEL_REGISTRY_URL, else ./registry/objects).")] = None,
+    registry_db: Annotated[str | None, typer.Option(
+        "--registry-db", help="With --push: the registry's index database URL (default "
+        "$FUNNEL_REGISTRY_DATABASE_URL, else SQLite beside a local store).")] = None,
 ) -> None:
     """Train retrieval, ranker and moderation with Ray Tune; write a versioned bundle."""
     from training.config import load_config, parse_config, profile_config
@@ -160,16 +168,28 @@ def train(
         labels = read_review_labels(review_labels)  # exit 2 before Ray starts if unusable
         console.print(f"review labels: {len(labels):,} rows with text from {review_labels}")
 
+    registry_handle = None
+    if push:  # a registry that cannot open fails now, not after an hour of training
+        from funnel.registry import Registry
+
+        registry_handle = Registry.open(registry, registry_db)
     with console.status(f"loading dataset {dataset!r}"):
         ds = load_any_dataset(dataset, profile.value, cfg.seed)
     console.print(f"dataset {ds.name}: {len(ds.users):,} users, {len(ds.posts):,} posts, "
                   f"{len(ds.impressions):,} impressions")
     try:
-        run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work", source=source,
-                     review_labels=labels)
+        bundle_dir = run_training(cfg, ds, out=out, work_dir=work_dir or out / ".work",
+                                  source=source, review_labels=labels)
     except KeyboardInterrupt:
         console.print("training interrupted (Ctrl-C)")
         raise typer.Exit(130) from None
+    if registry_handle is not None:
+        try:
+            rec = registry_handle.push(bundle_dir)
+        finally:
+            registry_handle.close()
+        console.print(f"registry: pushed {rec.version} ({len(rec.files)} files) to "
+                      f"{registry_handle.store.url}", highlight=False)
 
 
 def start_local_ray(runtime_env: dict[str, Any], *, say: Any) -> None:

@@ -7,9 +7,12 @@ no tuning decision saw, beside its baselines computed in the same run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -397,7 +400,8 @@ def _manifest(run: _Run, ret: _Retrieval, rk: _Ranker, has_moderation: bool,
         "created_at": datetime.now(UTC).isoformat(),
         "dataset": {"name": ds.name, "users": len(run.users), "posts": len(run.posts),
                     "impressions": len(ds.impressions), "follows": len(ds.follows),
-                    "has_harm_labels": ds.has_harm_labels},
+                    "has_harm_labels": ds.has_harm_labels,
+                    "fingerprint": dataset_fingerprint(ds)},
         "config": {**run.cfg.model_dump(mode="json"), "source": config_source},
         "models": {
             "user_tower": {"path": "models/user_tower.pt", "inputs": list(USER_KEYS),
@@ -417,6 +421,7 @@ def _manifest(run: _Run, ret: _Retrieval, rk: _Ranker, has_moderation: bool,
         },
         "metrics": metrics,
         "lineage": {"funnel_version": _funnel_version(), "git_commit": _git_commit(),
+                    "command": _command(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "trials": {s.stage: str(s.trial_dir.name)
                                for s in (ret.tuning, rk.tuning)},
@@ -425,6 +430,23 @@ def _manifest(run: _Run, ret: _Retrieval, rk: _Ranker, has_moderation: bool,
     }
     manifest["quality_gate"] = quality.evaluate(metrics)
     return manifest
+
+
+def dataset_fingerprint(ds: Dataset) -> str:
+    """sha256 over the content of the dataset's four tables (pandas' row hashes, column
+    names, in a fixed order): equal for the same data however it was loaded."""
+    h = hashlib.sha256()
+    for name in ("users", "follows", "posts", "impressions"):
+        t = ds.table(name)
+        h.update(f"{name}:{','.join(map(str, t.columns))}:{len(t)};".encode())
+        h.update(pd.util.hash_pandas_object(t, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def _command() -> str:
+    """The command that trained the bundle, as typed (program name without its path)."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []
+    return shlex.join(argv)
 
 
 def _review_examples(labels: pd.DataFrame, encoder: TextEncoder

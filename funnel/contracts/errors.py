@@ -43,3 +43,24 @@ class RolloutConfigError(InvalidInputError):
     def __init__(self, message: str, *, fields: list[dict[str, object]] | None = None) -> None:
         super().__init__(message)
         self.fields = fields or []
+
+
+class RegistryError(FunnelError):
+    """The model registry (object store or index) cannot be reached or read. CLI exit 1,
+    HTTP 503: the same call may work once the store is back."""
+
+    http_status = 503
+
+
+class RegistryConflictError(InvalidInputError):
+    """A registry change the rules refuse: a version pushed twice (versions are immutable),
+    a push racing another of the same version, retiring a version that still serves, a
+    checksum that does not match. CLI exit 2, HTTP 409."""
+
+    http_status = 409
+
+
+class UnknownVersionError(InvalidInputError):
+    """A bundle version the registry does not hold (or holds only as an unfinished push)."""
+
+    http_status = 404

@@ -37,8 +37,11 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return Path(reuse)
     out = tmp_path_factory.mktemp("artifacts")
     labels = review_labels(tmp_path_factory.mktemp("review"))
+    # --push: the session's bundle also goes into a registry (OUT/registry, a local store
+    # with its SQLite index), so `funnel train --push` runs as a user would run it
     r = subprocess.run([*FUNNEL, "train", "--profile", "tiny", "--out", str(out),
-                        "--review-labels", str(labels)],
+                        "--review-labels", str(labels), "--push",
+                        "--registry", str(out / "registry")],
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-4000:]
     return out / "latest"
