@@ -127,6 +127,10 @@ IMPRESSION_FLUSH_SECONDS = Histogram("funnel_impression_flush_duration_seconds",
                                               2.5, 5.0, 10.0))
 
 # ---- outcome events --------------------------------------------------------------------
+BUNDLE_PULLS = Counter("funnel_bundle_pulls", "Bundle versions pulled from the model "
+                      "registry into this node's bundle root, by result (ok, failed: an "
+                      "unknown version, a file that did not match its checksum, the store "
+                      "away; nothing of a failed pull is loaded)", ["result"])
 EVENTS = Counter("funnel_events", "Outcome events received (POST /v1/events), by type and "
                  "outcome: accepted (logged), duplicate (an id this replica already logged)",
                  ["event", "outcome"])
@@ -154,6 +158,8 @@ for _r in ("/v1/feed", "/v1/moderate", "/v1/events"):
         REQUESTS.labels(_r, _code)
 SHED.labels("/v1/feed")
 FEED_COLD_START.inc(0)
+for _res in ("ok", "failed"):
+    BUNDLE_PULLS.labels(_res)
 
 
 def init_labels(*, filters: Iterable[str] = (), labels: Iterable[str] = (),

@@ -94,12 +94,13 @@ def compose_app(args: dict[str, Any], *, ingress_options: dict[str, Any] | None 
 
 def check_rollout_args(parsed: AppArgs) -> None:
     """The start-up rollout config is valid and names bundles that exist (else exit 2)."""
-    from pathlib import Path
-
+    from serve.bundles import bundle_versions
     from serve.rollout.controller import load_rollout_source, validate_rollout
-    from serve.rollout.variants import bundle_root
 
     ro = parsed.rollout
-    root = Path(ro.bundle_root) if ro.bundle_root else bundle_root(parsed.bundle)
-    validate_rollout(load_rollout_source(ro.config), root=root,
-                     allow_faults=ro.allow_fault_injection)
+    bundles = bundle_versions(parsed)
+    try:
+        validate_rollout(load_rollout_source(ro.config), bundles=bundles,
+                         allow_faults=ro.allow_fault_injection)
+    finally:
+        bundles.close()

@@ -235,6 +235,21 @@ class RolloutSettings(_Strict):
     triton_unload_grace_s: float = Field(30.0, ge=0, le=3600)
 
 
+class RegistrySettings(_Strict):
+    """The model registry bundle versions are pulled from (docs/registry.md): when a rollout
+    names a version the bundle root lacks, it is pulled into the root and checked byte for
+    byte first. No URL: versions come from the bundle root alone. The environment variables
+    named by `url_env` / `database_url_env`, when set, win (the Helm chart sets them from its
+    registry Secret)."""
+
+    url: str | None = Field(None, description="object store: a directory or an fsspec URL "
+                            "(s3://bucket/prefix)")
+    url_env: str = "FUNNEL_REGISTRY_URL"
+    database_url: str | None = Field(None, description="the index: sqlite:///FILE or "
+                                     "postgresql://...; default SQLite beside a local store")
+    database_url_env: str = "FUNNEL_REGISTRY_DATABASE_URL"
+
+
 class ImpressionSettings(_Strict):
     """The impression log (monitoring/impressions.py): one record per served feed item and
     per moderation call, as partitioned parquet, written off the request path."""
@@ -271,6 +286,7 @@ class AppArgs(_Strict):
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     impressions: ImpressionSettings = Field(default_factory=ImpressionSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 

@@ -319,6 +319,36 @@ class RegistryIndex:
             self._event(conn, version, "promote", actor,
                         {"stage": stage, "variant": variant, "replaced": before})
 
+    def record_serving(self, rows: Iterable[tuple[str, str, str]], *, actor: str) -> list[str]:
+        """Replace where versions serve with `rows` (version, stage, variant): what a live
+        rollout serves, recorded by its controller whenever its routing changes. Versions the
+        index does not hold (local-only bundles) are skipped and returned; a version that
+        starts serving records `actor` as its promoter, one that stops goes back to staged."""
+        now = self._clock()
+        wanted = sorted(set(rows))
+        with self.engine.begin() as conn:
+            known = {r.version: r.status for r in conn.execute(
+                sa.select(bundles.c.version, bundles.c.status).where(
+                    bundles.c.version.in_({v for v, _, _ in wanted})))}
+            kept = [r for r in wanted if known.get(r[0]) in ("staged", "serving")]
+            before = {r.version for r in conn.execute(sa.select(serving.c.version))}
+            conn.execute(serving.delete())
+            if kept:
+                conn.execute(serving.insert(), [{"version": v, "stage": s, "variant": n,
+                                                 "since": now} for v, s, n in kept])
+            now_serving = {v for v, _, _ in kept}
+            for v in now_serving - before:
+                conn.execute(bundles.update().where(bundles.c.version == v).values(
+                    status="serving", promoted_by=actor, promoted_at=now))
+                self._event(conn, v, "serving", actor, {
+                    "where": [f"{s}/{n}" for vv, s, n in kept if vv == v]})
+            for v in before - now_serving:
+                conn.execute(bundles.update().where(bundles.c.version == v,
+                                                    bundles.c.status == "serving")
+                             .values(status="staged"))
+                self._event(conn, v, "not-serving", actor, {})
+        return sorted({v for v, _, _ in wanted} - set(known))
+
     def retire(self, version: str, *, actor: str, in_use: Iterable[str] = ()) -> None:
         """Mark `version` retired. Refused while it serves anywhere the index knows of, or
         is in `in_use` (the versions a live rollout config names)."""

@@ -27,5 +27,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     s = services_of(request)
     ok, checks = await s.health.ready()
-    return JSONResponse({"ready": ok, "checks": checks, "bundle": s.versions["bundle"]},
-                        status_code=200 if ok else 503)
+    body: dict[str, object] = {"ready": ok, "checks": checks, "bundle": s.versions["bundle"]}
+    detail = await s.health.details()
+    if detail:  # e.g. a bundle version the registry could not deliver: still serving
+        body["detail"] = detail
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -39,6 +38,7 @@ class ModerationModels:
         self._args = a
         self._heads: dict[str, tuple[TextModerationModel, GreedyBatcher[str, list[float]]]] = {}
         self._head_lock = asyncio.Lock()
+        self._bundles: Any = None  # serve.bundles.BundleVersions, made on first use
         self.text: TextModerationModel | None = TextModerationModel(
             bundle=a.bundle, intra_op_threads=m.intra_op_threads)
         try:
@@ -78,16 +78,17 @@ class ModerationModels:
     async def _load_head(self, version: str) -> tuple[Any, Any]:
         """Another bundle version's text head, next to this one and sharing its encoder
         (the heads are small; the encoder is not). Checksums verified before loading."""
+        from serve.bundles import bundle_versions
         from serve.moderation.models import TextModerationModel
-        from serve.rollout.variants import bundle_root, version_path
 
         async with self._head_lock:
             if version in self._heads:
                 return self._heads[version]
             assert self.text is not None
-            ro = self._args.rollout
-            root = Path(ro.bundle_root) if ro.bundle_root else bundle_root(self._args.bundle)
-            model = TextModerationModel(bundle=str(version_path(root, version)),
+            if self._bundles is None:
+                self._bundles = bundle_versions(self._args)
+            path = await asyncio.to_thread(self._bundles.path, version)  # may pull
+            model = TextModerationModel(bundle=str(path),
                                         encoder=self.text.encoder,
                                         intra_op_threads=self._args.moderation.intra_op_threads)
             await asyncio.to_thread(model.load)

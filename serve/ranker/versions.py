@@ -21,27 +21,27 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from funnel.contracts.bundle import verify_bundle
+from serve.bundles import BundleVersions
 from serve.config import TritonSettings
 from serve.errors import BundleLoadError
 from serve.ranker.repository import model_config_json, model_py_source
-from serve.rollout.variants import ranker_model_name, version_path
+from serve.rollout.variants import ranker_model_name
 
 log = logging.getLogger("funnel.rollout")
 
 
 class TritonModels:
     def __init__(self, url: str, settings: TritonSettings, *, primary_version: str,
-                 root: Path, base_name: str = "ranker", grace_s: float = 30.0,
+                 bundles: BundleVersions, base_name: str = "ranker", grace_s: float = 30.0,
                  idle_shadows: bool = True, clock: Callable[[], float] = time.monotonic,
                  client: Any = None) -> None:
         self._url = url
         self._settings = settings
         self._primary = primary_version
-        self._root = root
+        self._bundles = bundles
         self._base = base_name
         self._grace_s = grace_s
         self._clock = clock
@@ -70,7 +70,7 @@ class TritonModels:
             cpu_class = "idle" if v in idle else "normal"
             if v == self._primary or self.loaded.get(v) == cpu_class:
                 continue
-            b = verify_bundle(version_path(self._root, v))
+            b = verify_bundle(self._bundles.path(v))
             meta = b.manifest["models"]["ranker"]
             path = b.file(meta["path"])
             cfg = model_config_json(name=name, n_dense=len(meta["dense_features"]),

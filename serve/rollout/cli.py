@@ -87,8 +87,8 @@ def serving_root(bundles: str | None, config: str | None) -> tuple[Path, str, bo
     `funnel serve --config CONFIG` resolves them (serve/app.py `check_rollout_args`).
     `bundles` wins; given a bundle (`artifacts/latest`) rather than a root, its parent."""
     from funnel.contracts.bundle import MANIFEST
+    from serve.bundles import bundle_root
     from serve.config import load_serve_config
-    from serve.rollout.variants import bundle_root
 
     _, args = load_serve_config(config or _SERVE_CONFIG)
     allow = args.rollout.allow_fault_injection
@@ -118,7 +118,7 @@ def versions_cmd(bundles: Bundles = None, config: ServeConfig = None,
                  ) -> None:
     """The bundle versions a rollout config can name as `bundle_version`."""
     from funnel.contracts.bundle import read_manifest, resolve_bundle
-    from serve.rollout.variants import available_versions
+    from serve.bundles import available_versions
 
     console = Console()
     if only is Only.serving:
@@ -165,8 +165,8 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     the serving bundle's text labels). RolloutConfigError otherwise."""
     from funnel.contracts.bundle import read_manifest
     from funnel.contracts.rollout import check_versions, parse_rollout
+    from serve.bundles import BundleVersions, available_versions
     from serve.rollout.controller import verify_versions
-    from serve.rollout.variants import available_versions
 
     cfg = parse_rollout(raw)
     have = available_versions(root)
@@ -181,7 +181,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     # when it started; a dry run has not)
     # the quality gate too, for every version: here we cannot tell which one the server
     # serves (`latest` may be newer), and the server skips only that one
-    verify_versions(cfg, root=root, primary={**primary, "version": ""})
+    verify_versions(cfg, bundles=BundleVersions(root), primary={**primary, "version": ""})
     return cfg
 
 

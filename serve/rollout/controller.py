@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -32,9 +31,9 @@ from ray import serve
 from funnel.contracts.bundle import read_manifest
 from funnel.contracts.errors import FunnelError, RolloutConfigError
 from funnel.contracts.rollout import RolloutConfig, check_versions, parse_rollout
+from serve.bundles import BundleVersions, bundle_versions
 from serve.config import parse_app_args
 from serve.rollout.state import RolloutState
-from serve.rollout.variants import available_versions, bundle_root
 from training.config import read_yaml
 
 log = logging.getLogger("funnel.rollout")
@@ -50,13 +49,30 @@ def load_rollout_source(source: str | dict[str, Any] | None) -> Any:
     return source
 
 
-def validate_rollout(raw: Any, *, root: Path, allow_faults: bool) -> RolloutConfig:
+def validate_rollout(raw: Any, *, bundles: BundleVersions, allow_faults: bool
+                     ) -> RolloutConfig:
+    """The config's shape, and every version it names in the bundle root or the registry."""
     cfg = parse_rollout(raw)
-    check_versions(cfg, available_versions(root), allow_faults=allow_faults)
+    named = {v.bundle_version for st in cfg.stages.values() for v in st.variants} | {
+        s.bundle_version for st in cfg.stages.values() for s in st.shadows}
+    have = set(bundles.available()) | {v for v in named if bundles.knows(v)}
+    check_versions(cfg, have, allow_faults=allow_faults)
     return cfg
 
 
-def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) -> None:
+def serving_rows(routing: dict[str, Any], primary_version: str) -> list[tuple[str, str, str]]:
+    """(version, stage, variant) of what a routing table serves: the primary bundle for every
+    stage, each variant with traffic, each shadow (as `shadow:<name>`)."""
+    rows = [(primary_version, "all", "primary")]
+    for stage, st in routing.get("stages", {}).items():
+        rows += [(v["bundle_version"], stage, v["name"]) for v in st["variants"]
+                 if v["weight"] > 0]
+        rows += [(s["bundle_version"], stage, f"shadow:{s['name']}") for s in st["shadows"]]
+    return rows
+
+
+def verify_versions(cfg: RolloutConfig, *, bundles: BundleVersions,
+                    primary: dict[str, Any]) -> None:
     """Every bundle version other than the primary passes its checksums and has what its
     stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
     the field of each one that does not. A corrupt bundle is refused here, at apply, and so
@@ -64,7 +80,6 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) 
     canary is judged by the bundle's ranker, not by its retrieval), unless the config says
     `allow_regression: true` (the serving bundle, `primary`, is not judged again)."""
     from funnel.contracts.bundle import verify_bundle
-    from serve.rollout.variants import version_path
     from training.quality import failures
 
     fields: list[dict[str, object]] = []
@@ -77,7 +92,9 @@ def verify_versions(cfg: RolloutConfig, *, root: Path, primary: dict[str, Any]) 
                 continue
             if version not in checked:
                 try:
-                    checked[version] = verify_bundle(version_path(root, version)).manifest
+                    # pulled from the registry first when the bundle root lacks it: a
+                    # version whose bytes do not match is refused here, the file named
+                    checked[version] = verify_bundle(bundles.path(version)).manifest
                 except FunnelError as e:
                     checked[version] = str(e)
             m = checked[version]
@@ -117,15 +134,16 @@ class RolloutController:
 
         a = parse_app_args(args)
         self.args = a
-        self.root = Path(a.rollout.bundle_root) if a.rollout.bundle_root else \
-            bundle_root(a.bundle)
+        self.bundles = bundle_versions(a)  # the bundle root, filled from the registry
+        self.root = self.bundles.root
+        self._recorded_revision: int | None = None
         self.primary_manifest = read_manifest(a.bundle)
         self.primary_version = str(self.primary_manifest["version"])
         self.state = RolloutState()
         self.triton: TritonModels | InProcessRankers = InProcessRankers() \
             if a.feed.ranker.backend == "local" else TritonModels(
                 a.feed.ranker.url, a.triton, primary_version=self.primary_version,
-                root=self.root, base_name=a.feed.ranker.model_name,
+                bundles=self.bundles, base_name=a.feed.ranker.model_name,
                 grace_s=a.rollout.triton_unload_grace_s,
                 idle_shadows=a.rollout.shadow_idle_class)
         self._lock = asyncio.Lock()
@@ -139,11 +157,11 @@ class RolloutController:
         self.user_config_error = ""
 
     def _validate(self, raw: Any) -> RolloutConfig:
-        return validate_rollout(raw, root=self.root,
+        return validate_rollout(raw, bundles=self.bundles,
                                 allow_faults=self.args.rollout.allow_fault_injection)
 
     async def _apply(self, cfg: RolloutConfig, source: str) -> None:
-        await asyncio.to_thread(verify_versions, cfg, root=self.root,
+        await asyncio.to_thread(verify_versions, cfg, bundles=self.bundles,
                                 primary=self.primary_manifest)
         st = cfg.stages.get("ranker")
         if st is not None:  # before the table that routes to them is in force
@@ -151,6 +169,16 @@ class RolloutController:
                                     st.shadow_only_versions())
         self.state.apply(cfg, source=source)
         log.info("rollout: config applied (%s), revision %d", source, self.state.revision)
+        await self._record_serving(f"rollout:{source}")
+
+    async def _record_serving(self, actor: str) -> None:
+        """The registry learns where versions serve whenever the routing changes (a config,
+        a promotion step, a rollback), so it refuses to retire one that still serves."""
+        if self.state.revision == self._recorded_revision:
+            return
+        self._recorded_revision = self.state.revision
+        rows = serving_rows(self.state.routing(), self.primary_version)
+        await asyncio.to_thread(self.bundles.record_serving, rows, actor=actor)
 
     async def _start(self) -> None:
         """Apply the start-up config once Triton can load its rankers (Triton starts next to
@@ -180,7 +208,7 @@ class RolloutController:
         async with self._lock:
             try:
                 cfg = self._validate(raw)
-                await asyncio.to_thread(verify_versions, cfg, root=self.root,
+                await asyncio.to_thread(verify_versions, cfg, bundles=self.bundles,
                                         primary=self.primary_manifest)
             except FunnelError as e:
                 self.user_config_error = str(e)
@@ -218,6 +246,7 @@ class RolloutController:
             self.state.report(replica, rows, serving)
             for d in self.state.evaluate():
                 log.warning("rollout: %s %s (%s): %s", d.stage, d.action, d.variant, d.reason)
+            await self._record_serving("rollout:controller")
             await self._heal()
             return {**self.state.routing(), "pending_start": self._pending_start is not None}
 
@@ -263,7 +292,13 @@ class RolloutController:
             await self._start()
             return {**self.state.status(), "primary_version": self.primary_version,
                     "bundle_root": str(self.root),
-                    "available_versions": available_versions(self.root),
+                    "available_versions": self.bundles.available(),
+                    "registry": self.bundles.registry.store.url
+                    if self.bundles.registry is not None else None,
+                    "bundle_pull_failure": (
+                        {"version": self.bundles.last_failure.version,
+                         "error": self.bundles.last_failure.error}
+                        if self.bundles.last_failure else None),
                     "triton_models": sorted(self.triton.loaded),
                     "pending_start_config": self._pending_start is not None,
                     "start_error": self.start_error,
@@ -275,6 +310,7 @@ class RolloutController:
                 d = self.state.promote(stage)
             except FunnelError as e:
                 return _refusal(e)
+            await self._record_serving("rollout:promote")
             return {"ok": True, "decision": d.__dict__}
 
     async def rollback(self, stage: str) -> dict[str, Any]:
@@ -283,4 +319,5 @@ class RolloutController:
                 d = self.state.rollback(stage)
             except FunnelError as e:
                 return _refusal(e)
+            await self._record_serving("rollout:rollback")
             return {"ok": True, "decision": d.__dict__}

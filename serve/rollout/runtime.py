@@ -79,6 +79,7 @@ class RolloutRuntime:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="funnel-variant-loader",
                                           initializer=lower_this_thread)
         self.last_report_error = ""
+        self.last_adopt_error = ""  # why the newest table is not in force here ("" : it is)
         self.pending_start = False
         self._unsent: list[dict[str, Any]] = []
         self._report_lock = asyncio.Lock()
@@ -139,7 +140,9 @@ class RolloutRuntime:
         except Exception as e:
             log.error("rollout: revision %s not adopted, loading failed: %s",
                       table.get("revision"), e)
+            self.last_adopt_error = f"revision {table.get('revision')} not adopted: {e}"
             return False
+        self.last_adopt_error = ""
         self.router.update(table)
         self.variants.retain(wanted)
         log.info("rollout: replica %s routes by revision %d", self.replica_id,
@@ -378,18 +381,17 @@ def build_rollout_runtime(owner: Any, handle: Any, *, shadow_scorer: Any = None,
     (`owner` has `args`, `pipeline`, `versions`, `replica`), routed by the controller's
     table. `shadow_scorer`: the ShadowScorer handle feed comparisons go to. Used by the
     ingress (serve/app.py) and by the ShadowScorer (serve/rollout/scorer.py)."""
-    from pathlib import Path
-
     from funnel.contracts.bundle import read_manifest
+    from serve.bundles import bundle_versions
     from serve.ranker.client import make_ranker
-    from serve.rollout.variants import bundle_root, features_fingerprint
+    from serve.rollout.variants import features_fingerprint
 
     a = owner.args
     r = a.feed.ranker
     variants = Variants(
         owner.pipeline, primary_version=owner.versions["bundle"],
         primary_fingerprint=features_fingerprint(read_manifest(a.bundle)),
-        root=Path(a.rollout.bundle_root) if a.rollout.bundle_root else bundle_root(a.bundle),
+        bundles=bundle_versions(a),
         make_ranker=lambda name, bundle: make_ranker(r, bundle=bundle, model_name=name),
         ef_search=a.feed.ann_ef_search)
     return RolloutRuntime(pipeline=owner.pipeline, variants=variants, controller=handle,

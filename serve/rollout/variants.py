@@ -1,7 +1,8 @@
 """Bundle versions side by side in one ingress replica.
 
 The primary bundle is the one the pipeline was built from. Any other version a rollout names
-is loaded from the bundle root (the directory holding the versions, `artifacts/`), checksums
+is loaded from the bundle root (the directory holding the versions, `artifacts/`; pulled
+into it from the model registry first when one is configured: serve/bundles.py), checksums
 verified first: its retrieval (user tower, faiss index), and its ranker, which is served by
 Triton as a model of its own (`ranker-<version>`, loaded by the rollout controller), fed
 by that bundle's own feature transform and calibrated by that bundle's own calibration (a
@@ -14,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from funnel.contracts.bundle import MANIFEST, resolve_bundle, verify_bundle
-from funnel.contracts.errors import BundleError
+from funnel.contracts.bundle import verify_bundle
+from serve.bundles import BundleVersions
 from serve.loader import load_calibration
 from serve.pipeline import FeedPipeline, RankerModel
 from serve.ranker.client import Ranker
@@ -33,27 +33,6 @@ from training.features import FeatureTransform
 
 log = logging.getLogger("funnel.rollout")
 FaultKey = tuple[tuple[str, float], ...] | None
-_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-def bundle_root(primary_bundle: str) -> Path:
-    """The directory that holds the bundle versions: the primary bundle's parent."""
-    return resolve_bundle(primary_bundle).parent
-
-
-def available_versions(root: Path) -> list[str]:
-    """Bundle versions under `root` (directories with a manifest; `latest` is a link)."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                  and (p / MANIFEST).is_file())
-
-
-def version_path(root: Path, version: str) -> Path:
-    if not _VERSION.match(version) or version in (".", ".."):
-        raise BundleError(f"bad bundle version {version!r}: letters, digits, '.', '_', '-'")
-    return root / version
 
 
 def ranker_model_name(version: str, primary_version: str, base: str = "ranker") -> str:
@@ -73,12 +52,13 @@ def features_fingerprint(manifest: dict[str, Any]) -> str:
 class Variants:
     """Loaded retrievals and rankers by (bundle version, fault)."""
 
-    def __init__(self, pipeline: FeedPipeline, *, primary_version: str, root: Path,
+    def __init__(self, pipeline: FeedPipeline, *, primary_version: str,
+                 bundles: BundleVersions,
                  make_ranker: Callable[[str, Path], Ranker], ef_search: int | None = None,
                  rng: random.Random | None = None, primary_fingerprint: str = "") -> None:
         self._pipeline = pipeline
         self.primary_version = primary_version
-        self.root = root
+        self.bundles = bundles
         self._make_ranker = make_ranker
         self._ef = ef_search
         self._rng = rng or random.Random()
@@ -97,7 +77,7 @@ class Variants:
     def _bundle_parts(self, version: str) -> tuple[FeatureTransform, Any]:
         if version in self._features:
             return self._features[version], None
-        b = verify_bundle(version_path(self.root, version))
+        b = verify_bundle(self.bundles.path(version))
         fp = features_fingerprint(b.manifest)
         same = [v for v, f in self._features.items() if self._fingerprints.get(v) == fp]
         # the same fitted features (by checksum): one object, so a shadow reuses the
@@ -118,7 +98,7 @@ class Variants:
         if base is None:
             features, b = self._bundle_parts(version)
             if b is None:
-                b = verify_bundle(version_path(self.root, version))
+                b = verify_bundle(self.bundles.path(version))
             base = TwoTowerRetrieval(b, features, ef_search=self._ef)
             self._pipeline.prepare(retrieval=base)
             self._retrieval[(version, None)] = base
@@ -134,7 +114,7 @@ class Variants:
             features, _ = self._bundle_parts(version)
             base = RankerModel(version, version, self._make_ranker(
                 ranker_model_name(version, self.primary_version),
-                version_path(self.root, version)), features, self._calibrations[version])
+                self.bundles.path(version)), features, self._calibrations[version])
             self._rankers[(version, None)] = base
         if fault is not None:
             self._rankers[(version, fault)] = replace(

@@ -305,12 +305,73 @@ def _stop(p: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
             p.wait(10)
 
 
+@dataclass(frozen=True)
+class S3Registry:
+    """A model registry on a real S3 API server (moto's standalone server, its own process
+    on loopback): the object store URL, the index URL and the environment s3fs reads."""
+
+    endpoint: str
+    url: str
+    database_url: str
+    env: dict[str, str]
+
+    def open(self) -> Any:
+        from funnel.registry import Registry
+
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return Registry.open(self.url, self.database_url)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Registry]:
+    import urllib.request
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start on {endpoint}")
+            time.sleep(0.2)
+    env = {"FUNNEL_REGISTRY_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    index = tmp_path_factory.mktemp("registry") / "index.sqlite3"
+    reg = S3Registry(endpoint, "s3://funnel-models/registry", f"sqlite:///{index}", env)
+    r = reg.open()
+    r.store.fs.mkdir("funnel-models")
+    r.close()
+    yield reg
+    proc.terminate()
+    proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory,
-          review_database: ReviewDatabase) -> Iterator[Stack]:
-    """Triton (`funnel triton`) + the Serve app (`funnel serve --triton external`)."""
+          review_database: ReviewDatabase, s3_registry: S3Registry) -> Iterator[Stack]:
+    """Triton (`funnel triton`) + the Serve app (`funnel serve --triton external`), with a
+    model registry on an S3 API server behind its bundle root."""
     tmp = tmp_path_factory.mktemp("serve")
     config, http_port, grpc_port = write_serve_config(tmp, review_url=review_database.url)
+    doc = yaml.safe_load(config.read_text())
+    doc["applications"][0]["args"]["registry"] = {"url": s3_registry.url,
+                                                  "database_url": s3_registry.database_url}
+    config.write_text(yaml.safe_dump(doc))
     s = Stack(url=f"http://127.0.0.1:{http_port}", config=config, bundle=tiny_bundle,
               triton_grpc=f"127.0.0.1:{grpc_port}",
               grpc=f"127.0.0.1:{serve_grpc_port(config)}", review=review_database)
@@ -321,7 +382,8 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory,
                              str(config), "--triton", "external", "--ready-file", str(ready),
                              "--grpc"],
                             stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
+                            env={**os.environ, **s3_registry.env,
+                                 "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
     s.serve_pid = proc.pid
     try:
         deadline = time.monotonic() + 240

@@ -1,16 +1,11 @@
 """The registry's S3 path against a real S3 API server: moto's standalone server as its own
-process on loopback, reached through s3fs exactly as in production (the endpoint from
-FUNNEL_REGISTRY_S3_ENDPOINT_URL, credentials from the AWS variables)."""
+process on loopback (conftest.s3_registry), reached through s3fs exactly as in production
+(the endpoint from FUNNEL_REGISTRY_S3_ENDPOINT_URL, credentials from the AWS variables)."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,45 +13,18 @@ from typer.testing import CliRunner
 
 from funnel.contracts.errors import BundleError
 from funnel.registry import ObjectStore, Registry, RegistryIndex
+from tests.integration.conftest import S3Registry
 from tests.unit.registry.test_registry import make_bundle
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start on {url}")
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
 @pytest.fixture
-def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FUNNEL_REGISTRY_S3_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_env(s3_registry: S3Registry, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A bucket of its own on the session's S3 API server (conftest.s3_registry), with the
+    environment s3fs reads."""
+    for k, v in s3_registry.env.items():
+        monkeypatch.setenv(k, v)
     bucket = f"models-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     store = ObjectStore(f"s3://{bucket}")
     store.fs.mkdir(bucket)

@@ -170,15 +170,17 @@ def test_the_dry_run_judges_every_version_even_the_one_serving(root, tmp_path, m
 def test_the_server_does_not_judge_the_bundle_it_serves_again(root: Path) -> None:
     from funnel.contracts.errors import RolloutConfigError
     from funnel.contracts.rollout import parse_rollout
+    from serve.bundles import BundleVersions
     from serve.rollout.controller import verify_versions
 
     _failing_gate(root, "v1")
     cfg = parse_rollout({"stages": {"ranker": {"variants": [
         {"name": "control", "bundle_version": "v1", "weight": 90},
         {"name": "candidate", "bundle_version": "v2", "weight": 10}]}}})
-    verify_versions(cfg, root=root, primary={"version": "v1"})  # v1 serves: not judged
+    bundles = BundleVersions(root)
+    verify_versions(cfg, bundles=bundles, primary={"version": "v1"})  # v1 serves: not judged
     with pytest.raises(RolloutConfigError, match="bundle v1 failed its quality gate"):
-        verify_versions(cfg, root=root, primary={"version": "v2"})
+        verify_versions(cfg, bundles=BundleVersions(root), primary={"version": "v2"})
 
 
 def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
@@ -188,6 +190,7 @@ def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
 
     from funnel.contracts.errors import RolloutConfigError
     from funnel.contracts.rollout import parse_rollout
+    from serve.bundles import BundleVersions
     from serve.rollout.controller import verify_versions
 
     d = root / "v1"
@@ -206,6 +209,7 @@ def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
             {"name": "control", "bundle_version": "v2", "weight": 90},
             {"name": "candidate", "bundle_version": "v1", "weight": 10}]}}})
 
-    verify_versions(canary_of("ranker"), root=root, primary={"version": "v2"})
+    verify_versions(canary_of("ranker"), bundles=BundleVersions(root), primary={"version": "v2"})
     with pytest.raises(RolloutConfigError, match=r"retrieval recall@50 0\.0212 does not beat"):
-        verify_versions(canary_of("retrieval"), root=root, primary={"version": "v2"})
+        verify_versions(canary_of("retrieval"), bundles=BundleVersions(root),
+                        primary={"version": "v2"})

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from funnel.contracts.rollout import parse_rollout
+from serve.bundles import BundleVersions
 from serve.catalog import Catalog
 from serve.config import FeedSettings, RolloutSettings
 from serve.pipeline import FeedPipeline, FeedQuery
@@ -72,7 +73,7 @@ def runtime(parts: tuple[Catalog, FakeRetrieval], config: dict[str, Any]
                      settings=FeedSettings(sources=sources))
     state = RolloutState()
     state.apply(parse_rollout(config))
-    variants = Variants(p, primary_version=V, root=Path("/nonexistent"),
+    variants = Variants(p, primary_version=V, bundles=BundleVersions(Path("/nonexistent")),
                         make_ranker=lambda name, bundle: ranker, rng=random.Random(1))
     rt = RolloutRuntime(pipeline=p, variants=variants, controller=FakeHandle(Controller(state)),
                         replica_id="r1", settings=RolloutSettings(shadow_queue_size=4),

@@ -14,6 +14,7 @@ import pytest
 
 from funnel.contracts.bundle import REQUIRED_FILES, write_manifest
 from funnel.contracts.model_io import TASKS
+from serve.bundles import BundleVersions
 from serve.catalog import Catalog
 from serve.config import FeedSettings
 from serve.pipeline import FeedPipeline, FeedQuery, Models
@@ -67,7 +68,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeedPipeline, Varia
                      sources=cast(dict[str, CandidateSource],
                                   {n: SOURCES[n](catalog, r) for n in sources}),
                      settings=FeedSettings(sources=sources), calibration=_temperature(2.0))
-    variants = Variants(p, primary_version="v1", root=root,
+    variants = Variants(p, primary_version="v1", bundles=BundleVersions(root),
                         make_ranker=lambda name, bundle: FixedLogitsRanker(LOGITS),
                         rng=random.Random(1))
     return p, variants
