@@ -316,18 +316,14 @@ class S3Registry:
     env: dict[str, str]
 
     def open(self) -> Any:
-        from funnel.registry import Registry
+        """The registry as this test process sees it (s3fs options given directly: s3fs
+        reads credentials at its first request, not when it is made)."""
+        from funnel.registry import ObjectStore, Registry, RegistryIndex
 
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            return Registry.open(self.url, self.database_url)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        opts = {"key": self.env["AWS_ACCESS_KEY_ID"],
+                "secret": self.env["AWS_SECRET_ACCESS_KEY"],
+                "client_kwargs": {"endpoint_url": self.endpoint}}
+        return Registry(ObjectStore(self.url, opts), RegistryIndex(self.database_url))
 
 
 @pytest.fixture(scope="session")

@@ -157,9 +157,9 @@ def test_a_corrupt_version_in_the_store_is_refused_and_the_stack_keeps_serving(
 
     r = admin.put(f"{stack.url}/v1/admin/rollout", json=canary(primary, version))
     assert r.status_code == 422, r.text
-    field = r.json()["fields"][0]
+    [field] = r.json()["detail"]
     assert field["field"] == "stages.ranker.variants[1].bundle_version"
-    assert "triton/ranker/1/model.pt" in field["message"]
+    assert "triton/ranker/1/model.pt" in field["message"], field
     assert not (src.parent / version).exists()  # nothing of it was kept
 
     feed = httpx.post(f"{stack.url}/v1/feed", json={"user_id": 1, "limit": 5}, timeout=30)
