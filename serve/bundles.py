@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from funnel.contracts.bundle import MANIFEST, resolve_bundle
-from funnel.contracts.errors import BundleError, FunnelError, UnknownVersionError
+from funnel.contracts.bundle import MANIFEST, check_version, resolve_bundle
+from funnel.contracts.errors import FunnelError, UnknownVersionError
 
 if TYPE_CHECKING:
     from funnel.registry import Registry
 
 log = logging.getLogger("funnel.bundles")
-_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 def bundle_root(primary_bundle: str) -> Path:
@@ -40,9 +38,7 @@ def bundle_root(primary_bundle: str) -> Path:
 
 
 def version_path(root: Path, version: str) -> Path:
-    if not _VERSION.match(version) or version in (".", ".."):
-        raise BundleError(f"bad bundle version {version!r}: letters, digits, '.', '_', '-'")
-    return root / version
+    return root / check_version(version)
 
 
 def available_versions(root: Path) -> list[str]:
@@ -85,7 +81,7 @@ class BundleVersions:
         local = version_path(self.root, version)
         if (local / MANIFEST).is_file() or self.registry is None:
             return local
-        from monitoring import metrics
+        from monitoring import metrics  # with a registry only: the metrics registry is heavy
 
         with self._lock:
             if (local / MANIFEST).is_file():  # another thread pulled it meanwhile
@@ -99,6 +95,8 @@ class BundleVersions:
                 log.error("registry: bundle %s not pulled: %s", version, e)
                 raise
             metrics.BUNDLE_PULLS.labels("ok").inc()
+            if self.last_failure is not None and self.last_failure.version == version:
+                self.last_failure = None  # the version arrived after all: nothing to report
             log.info("registry: pulled bundle %s into %s", version, self.root)
             return b.path
 
@@ -120,15 +118,17 @@ class BundleVersions:
             return
         try:
             local_only = self.registry.index.record_serving(rows, actor=actor)
-        except FunnelError as e:
-            log.warning("registry: where versions serve not recorded: %s", e)
-            return
-        except Exception as e:  # the database away (SQLAlchemy's errors)
+        except Exception as e:  # FunnelError, or the database away (SQLAlchemy's errors)
             log.warning("registry: where versions serve not recorded: %s", e)
             return
         if local_only:
             log.info("registry: versions not in the registry (served from the bundle root "
                      "only): %s", local_only)
+
+    def failure(self) -> dict[str, str] | None:
+        """The last failed pull, as the rollout controller hands it to the replicas."""
+        f = self.last_failure
+        return {"version": f.version, "error": f.error} if f else None
 
     def close(self) -> None:
         if self.registry is not None:

@@ -168,6 +168,9 @@ def train(
         labels = read_review_labels(review_labels)  # exit 2 before Ray starts if unusable
         console.print(f"review labels: {len(labels):,} rows with text from {review_labels}")
 
+    if not push and (registry or registry_db):
+        raise typer.BadParameter("is used with --push only",
+                                 param_hint="--registry" if registry else "--registry-db")
     registry_handle = None
     if push:  # a registry that cannot open fails now, not after an hour of training
         from funnel.registry import Registry

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,17 @@ REQUIRED_FILES = (
 # Files a bundle may lack; like every file the manifest lists, checksummed when present.
 OPTIONAL_FILES = ("models/moderation_head.pt", "reference/moderation.parquet",
                   "models/calibration.json")
+
+
+_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def check_version(version: str) -> str:
+    """`version` if it can name a bundle: a directory name and an object-store key segment
+    (letters, digits, '.', '_', '-'; not '.' or '..'). BundleError otherwise."""
+    if not isinstance(version, str) or not _VERSION.match(version) or version in (".", ".."):
+        raise BundleError(f"bad bundle version {version!r}: letters, digits, '.', '_', '-'")
+    return version
 
 
 def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:

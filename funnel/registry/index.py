@@ -16,7 +16,6 @@ The rules that need the database to hold under concurrency are single statements
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from funnel.contracts.errors import (
     RegistryError,
     UnknownVersionError,
 )
+from funnel.sqldb import create_engine, migrate, normalise_url, safe_url
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 STATUSES = ("pushing", "staged", "serving", "retired")
@@ -116,13 +116,6 @@ class BundleRecord:
                 "files": {f.path: f.sha256 for f in self.files}}
 
 
-def normalise_url(url: str) -> str:
-    """`postgresql://` -> psycopg 3 (the driver installed); other URLs unchanged."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
 def _utc(dt: datetime | None) -> datetime | None:
     return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=UTC)
 
@@ -134,48 +127,15 @@ class RegistryIndex:
                  ) -> None:
         self.url = normalise_url(url)
         self._clock = clock
-        kw: dict[str, Any] = {"pool_pre_ping": True}
-        if self.url.startswith("postgresql"):
-            kw["connect_args"] = {"connect_timeout": 5}
-        if self.url.startswith("sqlite"):
-            kw["connect_args"] = {"timeout": 30}
-            path = sa.engine.make_url(self.url).database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.engine = sa.create_engine(self.url, **kw)
-        except (sa.exc.ArgumentError, ImportError) as e:
-            raise InvalidInputError(
-                f"registry database URL {url!r} is not usable: {e}; use sqlite:///PATH or "
-                "postgresql://USER@HOST:PORT/DB") from e
-        self.migrate()
+        self.engine = create_engine(self.url, what="registry database",
+                                    error=InvalidInputError)
+        migrate(self.engine, script_location=_MIGRATIONS, lock_key=7247810026,
+                what="registry index", error=RegistryError)
 
     @property
     def safe_url(self) -> str:
         """The URL with any password hidden, for logs and errors."""
-        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
-
-    def migrate(self, *, attempts: int = 5) -> None:
-        """Create or upgrade the schema (several processes may open one index at once: on
-        PostgreSQL an advisory lock serialises them, on SQLite the loser retries)."""
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
-        for attempt in range(attempts):
-            try:
-                with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7247810026)"))
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
-                return
-            except sa.exc.OperationalError as e:
-                if attempt == attempts - 1:
-                    raise RegistryError(f"cannot open the registry index ({self.safe_url}): "
-                                        f"{e.orig}") from e
-                time.sleep(0.5 * (attempt + 1))
+        return safe_url(self.url)
 
     def close(self) -> None:
         self.engine.dispose()

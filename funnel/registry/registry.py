@@ -26,7 +26,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from funnel.contracts.bundle import MANIFEST, VerifiedBundle, sha256_file, verify_bundle
+from funnel.contracts.bundle import (
+    MANIFEST,
+    VerifiedBundle,
+    check_version,
+    sha256_file,
+    verify_bundle,
+)
 from funnel.contracts.errors import BundleError, InvalidInputError, RegistryError
 from funnel.registry.index import BundleRecord, FileRecord, RegistryIndex
 from funnel.registry.store import ObjectStore
@@ -101,7 +107,7 @@ class Registry:
         actor = actor or default_actor()
         claim = f"{actor}#{uuid.uuid4().hex[:8]}"  # this push, among the actor's others
         b = verify_bundle(bundle_dir)  # every file against the manifest, or refused
-        version = b.version
+        version = check_version(b.version)  # a directory name and a key segment, nothing more
         manifest_bytes = (b.path / MANIFEST).read_bytes()
         records = [FileRecord(rel, digest, (b.path / rel).stat().st_size)
                    for rel, digest in sorted(b.manifest["files"].items())]
@@ -144,7 +150,7 @@ class Registry:
                 in the cache.
             RegistryError: the store cannot be read.
         """
-        rec = self.index.get(version)
+        rec = self.index.get(check_version(version))
         want = {f.path: f.sha256 for f in rec.files}
         cache = Path(cache_dir)
         final = cache / version

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,26 +64,22 @@ class ObjectStore:
 
     def download(self, version: str, rel: str, local: Path) -> str:
         """Copy one file to `local`; return the sha256 of the bytes written."""
-        h = hashlib.sha256()
         local.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self.fs.open(self.key(version, rel), "rb") as src, local.open("wb") as dst:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-        except FileNotFoundError as e:
-            raise RegistryError(f"{rel} of bundle {version} is missing from {self.url}") from e
-        except OSError as e:
-            raise RegistryError(f"cannot read {rel} of {version} from {self.url}: {e}") from e
-        return h.hexdigest()
+        with local.open("wb") as dst:
+            return self._read(version, rel, dst.write)
 
     def sha256(self, version: str, rel: str) -> str:
         """The sha256 of a stored file, read back from the store."""
+        return self._read(version, rel, lambda _chunk: None)
+
+    def _read(self, version: str, rel: str, sink: Callable[[bytes], object]) -> str:
+        """Stream a stored file into `sink`; its sha256."""
         h = hashlib.sha256()
         try:
             with self.fs.open(self.key(version, rel), "rb") as src:
                 while chunk := src.read(CHUNK):
                     h.update(chunk)
+                    sink(chunk)
         except FileNotFoundError as e:
             raise RegistryError(f"{rel} of bundle {version} is missing from {self.url}") from e
         except OSError as e:

@@ -28,7 +28,7 @@ async def readyz(request: Request) -> JSONResponse:
     s = services_of(request)
     ok, checks = await s.health.ready()
     body: dict[str, object] = {"ready": ok, "checks": checks, "bundle": s.versions["bundle"]}
-    detail = await s.health.details()
+    detail = s.health.details()
     if detail:  # e.g. a bundle version the registry could not deliver: still serving
         body["detail"] = detail
     return JSONResponse(body, status_code=200 if ok else 503)

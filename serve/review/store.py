@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from funnel.sqldb import create_engine, migrate, normalise_url, safe_url
 from serve.errors import (
     AlreadyDecided,
     ReviewDatabaseUrlError,
@@ -67,13 +67,6 @@ decisions = sa.Table(
 )
 
 
-def normalise_url(url: str) -> str:
-    """`postgresql://` -> psycopg 3 (the driver installed); other URLs unchanged."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
 def _utc(dt: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; every time here is UTC
     return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=UTC)
@@ -87,55 +80,21 @@ class SqlReviewStore:
                  engine: Engine | None = None) -> None:
         self.url = normalise_url(url)
         self._clock = clock
-        kw: dict[str, Any] = {"pool_pre_ping": True}
-        if self.url.startswith("postgresql"):
-            # a database that stops answering (a network partition, not a refusal) fails a
-            # connect after 5 s instead of the OS's minutes: moderation parks and goes on
-            kw["connect_args"] = {"connect_timeout": 5}
-        if self.url.startswith("sqlite"):
-            # a writer waits up to 30 s for another's lock instead of failing at once
-            kw["connect_args"] = {"timeout": 30}
-            path = sa.engine.make_url(self.url).database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.engine = engine or sa.create_engine(self.url, **kw)
-        except (sa.exc.ArgumentError, ImportError) as e:
-            raise ReviewDatabaseUrlError(
-                f"review database URL {url!r} is not usable: {e}; use sqlite:///PATH or "
-                "postgresql://USER@HOST:PORT/DB") from e
+        self.engine = engine or create_engine(self.url, what="review database",
+                                              error=ReviewDatabaseUrlError)
         self.migrate()
 
     # ---- schema ----------------------------------------------------------------------------
     def migrate(self, *, attempts: int = 5) -> None:
-        """Create or upgrade the schema to the newest Alembic revision.
-
-        Several replicas may start at once against one database: on PostgreSQL an advisory
-        lock serialises them; on SQLite the losing writer retries after the winner commits.
-        """
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
-        for attempt in range(attempts):
-            try:
-                with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7247810001)"))
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
-                return
-            except sa.exc.OperationalError as e:
-                if attempt == attempts - 1:
-                    raise ReviewStoreError(f"cannot migrate the review database "
-                                           f"({self.safe_url}): {e.orig}") from e
-                time.sleep(0.5 * (attempt + 1))
+        """Create or upgrade the schema to the newest Alembic revision (several replicas may
+        start at once against one database: funnel.sqldb.migrate serialises them)."""
+        migrate(self.engine, script_location=_MIGRATIONS, lock_key=7247810001,
+                what="review database", error=ReviewStoreError, attempts=attempts)
 
     @property
     def safe_url(self) -> str:
         """The URL with any password hidden, for logs and errors."""
-        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        return safe_url(self.url)
 
     def close(self) -> None:
         self.engine.dispose()

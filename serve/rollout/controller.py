@@ -248,7 +248,8 @@ class RolloutController:
                 log.warning("rollout: %s %s (%s): %s", d.stage, d.action, d.variant, d.reason)
             await self._record_serving("rollout:controller")
             await self._heal()
-            return {**self.state.routing(), "pending_start": self._pending_start is not None}
+            return {**self.state.routing(), "pending_start": self._pending_start is not None,
+                    "bundle_pull_failure": self.bundles.failure()}
 
     async def _heal(self) -> None:
         """Reload ranker versions a restarted Triton forgot; unload retired ones."""
@@ -295,10 +296,7 @@ class RolloutController:
                     "available_versions": self.bundles.available(),
                     "registry": self.bundles.registry.store.url
                     if self.bundles.registry is not None else None,
-                    "bundle_pull_failure": (
-                        {"version": self.bundles.last_failure.version,
-                         "error": self.bundles.last_failure.error}
-                        if self.bundles.last_failure else None),
+                    "bundle_pull_failure": self.bundles.failure(),
                     "triton_models": sorted(self.triton.loaded),
                     "pending_start_config": self._pending_start is not None,
                     "start_error": self.start_error,

@@ -80,6 +80,8 @@ class RolloutRuntime:
                                           initializer=lower_this_thread)
         self.last_report_error = ""
         self.last_adopt_error = ""  # why the newest table is not in force here ("" : it is)
+        # the controller's last failed pull from the registry (it comes with each table)
+        self.controller_pull_failure: dict[str, str] | None = None
         self.pending_start = False
         self._unsent: list[dict[str, Any]] = []
         self._report_lock = asyncio.Lock()
@@ -115,6 +117,7 @@ class RolloutRuntime:
             return
         self.last_report_error = ""
         self.pending_start = bool(table.get("pending_start"))
+        self.controller_pull_failure = table.get("bundle_pull_failure")
         if int(table.get("revision", -1)) != self.router.revision:
             # until the new table is in force, the old one's (larger) budget share applies,
             # so the failures just reported stay counted here meanwhile

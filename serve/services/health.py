@@ -7,18 +7,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from monitoring import metrics
 
 log = logging.getLogger("funnel.serve")
-
-
-@dataclass(frozen=True)
-class _Failure:
-    version: str
-    error: str
 
 
 class HealthService:
@@ -59,7 +52,7 @@ class HealthService:
                                  and not self.rollout.pending_start)
         return all(checks.values()), checks
 
-    async def details(self) -> dict[str, str]:
+    def details(self) -> dict[str, str]:
         """What on-call should know that does not make the replica unready: a routing table
         this replica could not adopt (it keeps serving the previous one), a bundle version
         that could not be pulled from the registry (here, or by the rollout controller)."""
@@ -68,13 +61,11 @@ class HealthService:
             return out
         if self.rollout.last_adopt_error:
             out["rollout"] = self.rollout.last_adopt_error
-        failure = self.rollout.variants.bundles.last_failure
-        if failure is None and self.controller_status is not None:
-            with contextlib.suppress(Exception):  # controller away: say what we know
-                f = (await self.controller_status()).get("bundle_pull_failure")
-                failure = f and _Failure(f["version"], f["error"])
+        # this replica's own failed pull, else the controller's (it came with the last table)
+        failure = self.rollout.variants.bundles.failure() or \
+            self.rollout.controller_pull_failure
         if failure:
-            out["registry"] = f"bundle {failure.version} not pulled: {failure.error}"
+            out["registry"] = f"bundle {failure['version']} not pulled: {failure['error']}"
         return out
 
     async def scrape(self) -> bytes:

@@ -147,6 +147,21 @@ def test_a_push_whose_checksums_do_not_match_is_refused_before_writing(
         reg.show("v1")
 
 
+def test_a_bundle_whose_version_is_not_a_plain_name_is_refused(reg: Registry,
+                                                                tmp_path: Path) -> None:
+    """The version becomes a directory and an object key: '../x' must not leave the
+    store's prefix or the cache."""
+    src = make_bundle(tmp_path, "v1")
+    m = json.loads((src / MANIFEST).read_text())
+    m["version"] = "../escape"
+    (src / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"bad bundle version '\.\./escape'"):
+        reg.push(src)
+    assert reg.list() == [] and not (tmp_path / "escape").exists()
+    with pytest.raises(BundleError, match="bad bundle version"):
+        reg.pull("../escape", tmp_path / "cache")
+
+
 def test_unknown_versions_are_refused_by_name(reg: Registry, tmp_path: Path) -> None:
     for call in (lambda: reg.show("v-nope"), lambda: reg.pull("v-nope", tmp_path / "c"),
                  lambda: reg.verify("v-nope"), lambda: reg.promote("v-nope"),

@@ -59,8 +59,14 @@ def test_a_failed_pull_is_counted_kept_and_leaves_nothing(reg: Registry,
     assert bundles.last_failure is not None and bundles.last_failure.version == "v3"
     assert "index/items.faiss" in bundles.last_failure.error
     assert bundles.available() == []
+    assert bundles.failure() == {"version": "v3", "error": bundles.last_failure.error}
+    # the object repaired: the version arrives, and its failure is no longer reported
+    reg.store.upload("v3", "index/items.faiss",
+                     tmp_path / "src" / "v3-0" / "index" / "items.faiss")
+    assert bundles.path("v3").is_dir() and bundles.failure() is None
     with pytest.raises(UnknownVersionError):
         bundles.path("v-nope")
+    assert bundles.failure() is not None and bundles.failure()["version"] == "v-nope"
 
 
 def test_apply_time_checks_name_the_field(reg: Registry, tmp_path: Path) -> None:

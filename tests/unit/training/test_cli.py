@@ -30,6 +30,9 @@ def test_data_generate_then_validate(tmp_path: Path) -> None:
     (("data", "validate", "/no/such/dir"), "does not exist"),
     (("bundle-verify", "/no/such/bundle"), "not a bundle"),
     (("data", "generate", "--profile", "huge"), "huge"),
+    (("train", "--registry", "/tmp/reg"), "--push"),
+    (("bundle", "show", "v-nope", "--registry", "s3://bucket/x"), "--registry-db"),
+    (("bundle", "list", "--status", "live"), "--status"),
 ])
 def test_bad_input_exits_2_without_traceback(args: tuple[str, ...], expected: str) -> None:
     r = _funnel(*args)
