@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data.schema import HARM_LABELS, Dataset
+from training.data.schema import Dataset, harm_labels_of
 
 ENGAGEMENT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 2.0, "comment": 3.0,
                                         "share": 4.0}
@@ -45,7 +45,7 @@ def write_catalog(directory: Path, ds: Dataset) -> list[Path]:
     """Write the serving catalog of `ds` under `directory`; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     posts = ds.posts
-    labels = [f"label_{h}" for h in HARM_LABELS if f"label_{h}" in posts.columns]
+    labels = [f"label_{h}" for h in harm_labels_of(posts) if f"label_{h}" in posts.columns]
     harmful = posts[labels].any(axis=1).to_numpy() if labels else np.zeros(len(posts), bool)
     tables: dict[str, pd.DataFrame] = {
         "posts": pd.DataFrame({

@@ -42,6 +42,9 @@ def data_generate(
     out: Annotated[Path, typer.Option(help="Directory to write the parquet tables to.")] = Path(
         "data/synthetic"),
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
+    extra_label: Annotated[list[str] | None, typer.Option(
+        help="A harm label beyond the documented six to add, on posts of its own (repeatable; "
+             "known: self_harm). The text head trained on it has one more output.")] = None,
 ) -> None:
     """Generate a synthetic social feed in the documented parquet schema."""
     from training.data.schema import save_dataset
@@ -49,7 +52,7 @@ def data_generate(
 
     started = time.time()
     with console.status("generating") as status:
-        ds = generate(profile.value, seed=seed,
+        ds = generate(profile.value, seed=seed, extra_labels=tuple(extra_label or ()),
                       progress=lambda m: status.update(f"generating {m}"))
         status.update("writing parquet")
         save_dataset(ds, out)

@@ -37,7 +37,7 @@ from training.calibration import (
 )
 from training.catalog import write_catalog
 from training.config import TrainConfig
-from training.data.schema import ENGAGEMENT_TASKS, HARM_LABELS, Dataset
+from training.data.schema import ENGAGEMENT_TASKS, HARM_LABELS, Dataset, harm_labels_of
 from training.evaluation import (
     full_ranking_metrics,
     grouped_ndcg,
@@ -138,7 +138,8 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     if ds.has_harm_labels:
         moderation, moderation_metrics, moderation_scores = _train_moderation(
             cfg, run.posts, run.ft, work_dir, say, on_trial,
-            extra=_review_examples(review_labels, encoder) if review_labels is not None
+            extra=_review_examples(review_labels, encoder, ds.harm_labels)
+            if review_labels is not None
             else None)
     else:
         say("moderation: skipped (the dataset has no harm labels)")
@@ -387,7 +388,7 @@ def _write_bundle_files(run: _Run, ret: _Retrieval, rk: _Ranker,
     write_reference(bdir / "reference", sample.reset_index(drop=True))
     if moderation_scores is not None:
         write_moderation_reference(bdir / "reference/moderation.parquet", moderation_scores,
-                                   HARM_LABELS, max_rows=cfg.reference_sample_rows,
+                                   run.ds.harm_labels, max_rows=cfg.reference_sample_rows,
                                    seed=cfg.seed)
 
 
@@ -412,7 +413,7 @@ def _manifest(run: _Run, ret: _Retrieval, rk: _Ranker, has_moderation: bool,
                        "dense_features": list(ft.dense_features), "tasks": list(TASKS),
                        "score_weights": SCORE_WEIGHTS, "hparams": rk.tuning.config,
                        "calibration": CALIBRATION_FILE},
-            "moderation": ({"path": "models/moderation_head.pt", "labels": list(HARM_LABELS),
+            "moderation": ({"path": "models/moderation_head.pt", "labels": list(ds.harm_labels),
                             "text_model": ft.text_model}
                            if has_moderation else None),
             "index": {"path": "index/items.faiss", "ids": "index/item_ids.npy",
@@ -449,11 +450,13 @@ def _command() -> str:
     return shlex.join(argv)
 
 
-def _review_examples(labels: pd.DataFrame, encoder: TextEncoder
+def _review_examples(labels: pd.DataFrame, encoder: TextEncoder, harm_labels: tuple[str, ...]
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Reviewer-labelled texts as (embeddings, labels) for the moderation training split."""
+    """Reviewer-labelled texts as (embeddings, labels) for the moderation training split (a
+    label the export lacks, one added to the taxonomy since, counts as negative)."""
     x = encoder.encode([str(t) for t in labels["text"]]).astype(np.float32)
-    y = labels[[f"label_{h}" for h in HARM_LABELS]].to_numpy(np.float32)
+    y = np.stack([labels[f"label_{h}"].to_numpy(np.float32) if f"label_{h}" in labels
+                  else np.zeros(len(labels), np.float32) for h in harm_labels], axis=1)
     return x, y
 
 
@@ -465,7 +468,8 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
     """Tune and evaluate the text head; also returns its scores on the held-out texts (the
     drift monitor's moderation reference)."""
     x = ft.post_text
-    y = posts[[f"label_{h}" for h in HARM_LABELS]].to_numpy(np.float32)
+    harm_labels = harm_labels_of(posts)
+    y = posts[[f"label_{h}" for h in harm_labels]].to_numpy(np.float32)
     ts = posts["created_at"].astype("int64").to_numpy()
     t_test = np.quantile(ts, 1 - cfg.split.test_fraction)
     t_val = np.quantile(ts, 1 - cfg.split.test_fraction - cfg.split.val_fraction)
@@ -477,7 +481,7 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
         say(f"moderation: {len(extra[0]):,} reviewer-labelled texts added to training "
             f"({int(extra[1].max(axis=1).sum())} harmful)")
     pos = y_tr.sum(0)
-    meta = {"text_dim": int(x.shape[1]), "labels": list(HARM_LABELS),
+    meta = {"text_dim": int(x.shape[1]), "labels": list(harm_labels),
             "pos_weight": np.clip((len(y_tr) - pos) / np.maximum(pos, 1), 1, 100).tolist()}
     mdir = work_dir / "data" / "moderation"
     save_arrays(mdir, "train_", {"x": x_tr, "y": y_tr})
@@ -492,11 +496,11 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
         scores = torch.sigmoid(model(torch.from_numpy(x[te]))).numpy()
     per_label = {h: {"roc_auc": safe_auc(y[te][:, j], scores[:, j]),
                      "pr_auc": safe_pr_auc(y[te][:, j], scores[:, j]),
-                     "positives": int(y[te][:, j].sum())} for j, h in enumerate(HARM_LABELS)}
+                     "positives": int(y[te][:, j].sum())} for j, h in enumerate(harm_labels)}
     rocs = [v["roc_auc"] for v in per_label.values() if v["roc_auc"] is not None]
     prs = [v["pr_auc"] for v in per_label.values() if v["pr_auc"] is not None]
     texts = posts["text"].astype(str).to_numpy()
-    base = tfidf_baseline(texts[tr], y[tr], texts[te], y[te])
+    base = tfidf_baseline(texts[tr], y[tr], texts[te], y[te], labels=harm_labels)
     roc_macro = float(np.mean(rocs)) if rocs else None
     out: dict[str, Any] = {
            "roc_auc_macro": roc_macro,
@@ -514,7 +518,8 @@ def _fmt(x: float | None) -> str:
 
 
 def tfidf_baseline(train_texts: np.ndarray, y_train: np.ndarray, test_texts: np.ndarray,
-                   y_test: np.ndarray) -> dict[str, Any]:
+                   y_test: np.ndarray, *, labels: tuple[str, ...] = HARM_LABELS
+                   ) -> dict[str, Any]:
     """The text head's same-run baseline: word 1-2-gram TF-IDF and one balanced logistic
     regression per label, fitted on the same training texts, judged on the same test texts
     (macro ROC-AUC over the labels with both classes in train and test)."""
@@ -525,7 +530,7 @@ def tfidf_baseline(train_texts: np.ndarray, y_train: np.ndarray, test_texts: np.
     x_tr = vec.fit_transform(train_texts)
     x_te = vec.transform(test_texts)
     per_label: dict[str, float | None] = {}
-    for j, h in enumerate(HARM_LABELS):
+    for j, h in enumerate(labels):
         if len(np.unique(y_train[:, j])) < 2:
             per_label[h] = None
             continue

@@ -75,9 +75,21 @@ class ModerationModels:
         head = self._heads.get(version) or await self._load_head(version)
         return await head[1].submit(text)
 
+    async def text_labels(self, version: str | None = None) -> list[str]:
+        """The labels `score_text(text, version)` scores, in its order (a canary head may
+        emit one more than the serving bundle's)."""
+        if self.text is None:
+            raise RuntimeError("no text moderation model in this bundle")
+        if not version or version == self.text.version:
+            return list(self.text.labels)
+        head = self._heads.get(version) or await self._load_head(version)
+        return list(head[0].labels)
+
     async def _load_head(self, version: str) -> tuple[Any, Any]:
         """Another bundle version's text head, next to this one and sharing its encoder
-        (the heads are small; the encoder is not). Checksums verified before loading."""
+        (the heads are small; the encoder is not). Checksums verified before loading. Its
+        labels may differ from the serving head's (the rollout controller has checked that
+        the policy covers them)."""
         from serve.bundles import bundle_versions
         from serve.moderation.models import TextModerationModel
 
@@ -91,10 +103,7 @@ class ModerationModels:
             model = TextModerationModel(bundle=str(path),
                                         encoder=self.text.encoder,
                                         intra_op_threads=self._args.moderation.intra_op_threads)
-            await asyncio.to_thread(model.load)
-            if model.labels != self.text.labels:
-                raise BundleError(f"bundle {version}: text labels {list(model.labels)} differ "
-                                  f"from the serving bundle's {list(self.text.labels)}")
+            await asyncio.to_thread(model.load)  # its own labels: one more is a canary
 
             async def run(texts: list[str]) -> list[list[float]]:
                 return (await asyncio.to_thread(model.score_texts, texts)).tolist()

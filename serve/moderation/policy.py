@@ -11,15 +11,22 @@ For each label, a score at or above `block_at` blocks the content and one at or 
 `review_at` sends it to human review; the decision is the most severe over all labels, and
 `reasons` names every label that crossed a threshold, most severe first. Low `review_at` on
 the severe labels (nudity, violence, hate) trades reviewer time for recall: a doubtful item
-is looked at by a person rather than served. The policy must give thresholds for exactly the
-labels the models score: an unknown label is refused at load (a typo would otherwise leave a
-real label unguarded), and so is a missing one.
+is looked at by a person rather than served.
+
+One policy covers the union of the labels the serving models emit. It must give thresholds
+for every label the serving bundle's models score (a missing one is refused at load: a typo
+would otherwise leave a real label unguarded). It may also give thresholds for labels no
+serving model emits yet: they are dormant until a canary text head that adds the label
+serves (docs/rollout.md, "Moderation label sets"); the rollout controller refuses a head with
+a label the policy lacks. A label a variant does not emit is simply not scored for its
+content, as nudity is not for a text-only post.
 
 Pure logic: no Ray, FastAPI or model imports.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,7 @@ from training.config import read_yaml
 Decision = Literal["allow", "review", "block"]
 DECISIONS: tuple[Decision, ...] = ("allow", "review", "block")
 _SEVERITY = {d: i for i, d in enumerate(DECISIONS)}
+LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 class Thresholds(BaseModel):
@@ -75,6 +83,10 @@ class ModerationPolicy:
     def labels(self) -> tuple[str, ...]:
         return tuple(self.thresholds)
 
+    def missing(self, labels: Sequence[str]) -> list[str]:
+        """The labels of `labels` this policy has no thresholds for."""
+        return [lb for lb in labels if lb not in self.thresholds]
+
     def outcomes(self, scores: Mapping[str, float]) -> dict[str, Decision]:
         """Each scored label's own outcome (which of its thresholds the score crossed): the
         per-label rates that metrics and drift monitors follow."""
@@ -108,23 +120,32 @@ def more_severe(a: Decision, b: Decision) -> Decision:
 
 
 def parse_policy(raw: Any, *, labels: Sequence[str], source: str = "policy") -> ModerationPolicy:
-    """Validate a policy document against the labels the models score."""
+    """Validate a policy document against the labels the serving models score: each needs
+    thresholds; further labels are kept, dormant, after them (for a canary head that adds a
+    label)."""
     try:
         spec = PolicySpec.model_validate(raw)
     except ValidationError as e:
         raise PolicyError(f"{source}: " + "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            f"{'.'.join(str(p) for p in err['loc'])}: "
+            f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
             for err in e.errors())) from e
-    unknown = sorted(set(spec.labels) - set(labels))
-    if unknown:
-        raise PolicyError(f"{source}: labels.{unknown[0]}: unknown label {unknown[0]!r}; "
-                          f"allowed: {list(labels)}")
+    bad = [lb for lb in spec.labels if not LABEL_NAME.match(lb)]
+    if bad:
+        raise PolicyError(f"{source}: labels.{bad[0]}: not a label name (lower case letters, "
+                          "digits and _, starting with a letter)")
     missing = [lb for lb in labels if lb not in spec.labels]
     if missing:
-        raise PolicyError(f"{source}: labels: no thresholds for {missing}; every scored label "
-                          "needs review_at and block_at")
+        raise PolicyError(f"{source}: labels.{missing[0]}: no thresholds for {missing}; every "
+                          "scored label needs review_at and block_at")
+    order = [*labels, *(lb for lb in spec.labels if lb not in labels)]
     return ModerationPolicy(version=spec.version,
-                            thresholds={lb: spec.labels[lb] for lb in labels})
+                            thresholds={lb: spec.labels[lb] for lb in order})
+
+
+def dormant_labels(policy: ModerationPolicy, labels: Sequence[str]) -> list[str]:
+    """The policy's labels that none of `labels` (what the serving models score) is."""
+    return [lb for lb in policy.labels if lb not in labels]
 
 
 def load_policy(path: str | Path, *, labels: Sequence[str]) -> ModerationPolicy:

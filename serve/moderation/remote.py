@@ -10,19 +10,45 @@ from typing import Any
 from serve.errors import InvalidContent
 
 
+class TextLabels:
+    """The labels of each text-model version, asked of the moderation deployment once per
+    version (a canary head may emit one more label than the serving bundle's)."""
+
+    def __init__(self, handle: Any, primary: tuple[str, ...]) -> None:
+        self._h = handle
+        self.primary = primary
+        self._known: dict[str, tuple[str, ...]] = {}
+
+    async def of(self, version: str | None) -> tuple[str, ...]:
+        if version is None:
+            return self.primary
+        labels = self._known.get(version)
+        if labels is None:
+            labels = self._known[version] = tuple(
+                await self._h.text_labels.remote(version))
+        return labels
+
+    async def scores(self, text: str, version: str | None) -> dict[str, float]:
+        """`text`'s scores by text-model `version`, by label."""
+        row = await self._h.score_text.remote(text, version)
+        return dict(zip(await self.of(version), (float(x) for x in row), strict=True))
+
+
 class RemoteContentScorer:
     """`ContentScorer` (serve.moderation.service) over the moderation deployment's handle; scores
     with text-model `text_version` (None: the bundle's)."""
 
-    def __init__(self, handle: Any, text_labels: tuple[str, ...],
-                 text_version: str | None = None) -> None:
+    def __init__(self, handle: Any, labels: TextLabels, text_version: str | None = None
+                 ) -> None:
         self._h = handle
-        self._text_labels = text_labels
+        self._labels = labels
         self._version = text_version
 
     async def score_text(self, text: str) -> Mapping[str, float]:
-        scores = await self._h.score_text.remote(text, self._version)
-        return dict(zip(self._text_labels, scores, strict=True))
+        if self._version is None:  # the serving head: its labels are known
+            scores = await self._h.score_text.remote(text, None)
+            return dict(zip(self._labels.primary, scores, strict=True))
+        return await self._labels.scores(text, self._version)
 
     async def score_image(self, image: bytes) -> Mapping[str, float]:
         score = await self._h.score_image.remote(image)

@@ -158,14 +158,18 @@ def versions_cmd(bundles: Bundles = None, config: ServeConfig = None,
     console.print(t)
 
 
-def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> RolloutConfig:
+def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool,
+                policy_file: str | None = None) -> RolloutConfig:
     """What the server checks at apply, done here against the bundle root: the shape, every
     named version exists (the field named, the available versions listed), fault injection
-    only where allowed, and every version passes its checksums (a moderation version: with
-    the serving bundle's text labels). RolloutConfigError otherwise."""
+    only where allowed, and every version passes its checksums (a moderation version: every
+    label it emits has thresholds in the moderation policy `policy_file`, when given).
+    RolloutConfigError otherwise."""
     from funnel.contracts.bundle import read_manifest
     from funnel.contracts.rollout import check_versions, parse_rollout
     from serve.bundles import BundleVersions, available_versions
+    from serve.moderation.policy import load_policy
+    from serve.moderation.remote import moderation_labels, policy_labels
     from serve.rollout.controller import verify_versions
 
     cfg = parse_rollout(raw)
@@ -181,7 +185,10 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool) -> Ro
     # when it started; a dry run has not)
     # the quality gate too, for every version: here we cannot tell which one the server
     # serves (`latest` may be newer), and the server skips only that one
-    verify_versions(cfg, bundles=BundleVersions(root), primary={**primary, "version": ""})
+    policy = (load_policy(policy_file, labels=policy_labels(moderation_labels(primary)[0]))
+              if policy_file and "moderation" in cfg.stages else None)
+    verify_versions(cfg, bundles=BundleVersions(root), primary={**primary, "version": ""},
+                    policy=policy)
     return cfg
 
 
@@ -205,8 +212,13 @@ def apply_cmd(file: Annotated[str, typer.Argument(help="Rollout config YAML.")],
         raw = {**raw, "allow_regression": True}
     console = Console(stderr=True)
     if dry_run:
+        from serve.config import load_serve_config
+
         root, serving, allow = serving_root(bundles, config)
-        cfg = check_local(raw, root=root, serving=serving, allow_faults=allow)
+        _, args = load_serve_config(config or _SERVE_CONFIG)
+        cfg = check_local(raw, root=root, serving=serving, allow_faults=allow,
+                          policy_file=args.moderation.policy if args.moderation.enabled
+                          else None)
         versions = sorted({v for st in cfg.stages.values() for v in st.versions()})
         console.print(f"[bold]funnel[/] {file}: valid ({len(cfg.stages)} stage(s)); bundle "
                       f"versions {versions} exist under {root} and pass their checksums",

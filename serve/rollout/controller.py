@@ -5,8 +5,8 @@ table back (`report`); admin routes call `apply`, `promote`, `rollback` and `sta
 config is applied in three steps, and a failure at any of them changes nothing:
 
 1. shape (pydantic) and bundle versions (they exist under the bundle root);
-2. verify and load: every version's checksums pass and it has what its stage serves (a
-   text head with the serving labels for moderation); ranker versions are loaded into
+2. verify and load: every version's checksums pass and it has what its stage serves (for
+   moderation, a text head whose every label the policy covers); ranker versions are loaded into
    Triton, which warms them up before they take traffic;
 3. swap: the state takes the config; replicas pick it up with their next report, load the
    retrieval and feature files of new versions (checksums first), and only then route to
@@ -32,7 +32,8 @@ from funnel.contracts.bundle import read_manifest
 from funnel.contracts.errors import FunnelError, RolloutConfigError
 from funnel.contracts.rollout import RolloutConfig, check_versions, parse_rollout
 from serve.bundles import BundleVersions, bundle_versions
-from serve.config import parse_app_args
+from serve.config import AppArgs, parse_app_args
+from serve.moderation.policy import ModerationPolicy
 from serve.rollout.state import RolloutState
 from training.config import read_yaml
 
@@ -72,13 +73,16 @@ def serving_rows(routing: dict[str, Any], primary_version: str) -> list[tuple[st
 
 
 def verify_versions(cfg: RolloutConfig, *, bundles: BundleVersions,
-                    primary: dict[str, Any]) -> None:
+                    primary: dict[str, Any], policy: ModerationPolicy | None = None) -> None:
     """Every bundle version other than the primary passes its checksums and has what its
-    stage serves (a ranker; a text head with the primary's labels); RolloutConfigError names
-    the field of each one that does not. A corrupt bundle is refused here, at apply, and so
-    is one whose quality gate failed for the model of the stage that names it (a ranker
-    canary is judged by the bundle's ranker, not by its retrieval), unless the config says
-    `allow_regression: true` (the serving bundle, `primary`, is not judged again)."""
+    stage serves (a ranker; a text head for moderation, every label of which the moderation
+    `policy` has thresholds for: a head may add a label, as a canary, once the policy covers
+    it); RolloutConfigError names the field of each one that does not. A corrupt bundle is
+    refused here, at apply, and so is one whose quality gate failed for the model of the
+    stage that names it (a ranker canary is judged by the bundle's ranker, not by its
+    retrieval), unless the config says `allow_regression: true` (the serving bundle,
+    `primary`, is not judged again). `policy` None: the labels are not checked (a dry run
+    without the serve config)."""
     from funnel.contracts.bundle import verify_bundle
     from training.quality import failures
 
@@ -100,11 +104,7 @@ def verify_versions(cfg: RolloutConfig, *, bundles: BundleVersions,
             m = checked[version]
             problem = m if isinstance(m, str) else ""
             if not isinstance(m, str) and stage == "moderation":
-                want = (primary.get("models", {}).get("moderation") or {}).get("labels")
-                got = (m.get("models", {}).get("moderation") or {}).get("labels")
-                if got != want:
-                    problem = (f"bundle {version} has text labels {got}; the serving bundle's "
-                               f"are {want}")
+                problem = label_problem(version, m, policy)
             if (not problem and not isinstance(m, str) and not cfg.allow_regression
                     and version != primary.get("version")):
                 lost = failures(m, models=(stage,))  # the model this stage swaps
@@ -119,6 +119,36 @@ def verify_versions(cfg: RolloutConfig, *, bundles: BundleVersions,
     if fields:
         raise RolloutConfigError("invalid rollout config: " + "; ".join(
             f"{f['field']}: {f['message']}" for f in fields), fields=fields)
+
+
+def label_problem(version: str, manifest: dict[str, Any],
+                  policy: ModerationPolicy | None) -> str:
+    """Why bundle `version` cannot serve the moderation stage ("" if it can): it has no text
+    head, or its head emits a label the policy has no thresholds for (that label would go
+    unguarded: its score could never hold or block anything)."""
+    got = list((manifest.get("models", {}).get("moderation") or {}).get("labels") or ())
+    if not got:
+        return f"bundle {version} has no text moderation head"
+    if policy is None:
+        return ""
+    missing = policy.missing(got)
+    if missing:
+        return (f"bundle {version} emits text label(s) {missing} that the moderation policy "
+                f"(version {policy.version}) has no thresholds for; add labels.{missing[0]} "
+                "(review_at, block_at) to the policy (args.moderation.policy) and redeploy "
+                "before the canary")
+    return ""
+
+
+def serving_policy(args: AppArgs, primary: dict[str, Any]) -> ModerationPolicy | None:
+    """The moderation policy the replicas decide with (None: moderation is off)."""
+    if not args.moderation.enabled:
+        return None
+    from serve.moderation.policy import load_policy
+    from serve.moderation.remote import moderation_labels, policy_labels
+
+    return load_policy(args.moderation.policy,
+                       labels=policy_labels(moderation_labels(primary)[0]))
 
 
 def _refusal(e: FunnelError) -> dict[str, Any]:
@@ -139,6 +169,7 @@ class RolloutController:
         self._recorded_revision: int | None = None
         self.primary_manifest = read_manifest(a.bundle)
         self.primary_version = str(self.primary_manifest["version"])
+        self.policy = serving_policy(a, self.primary_manifest)
         self.state = RolloutState()
         self.triton: TritonModels | InProcessRankers = InProcessRankers() \
             if a.feed.ranker.backend == "local" else TritonModels(
@@ -162,7 +193,7 @@ class RolloutController:
 
     async def _apply(self, cfg: RolloutConfig, source: str) -> None:
         await asyncio.to_thread(verify_versions, cfg, bundles=self.bundles,
-                                primary=self.primary_manifest)
+                                primary=self.primary_manifest, policy=self.policy)
         st = cfg.stages.get("ranker")
         if st is not None:  # before the table that routes to them is in force
             await asyncio.to_thread(self.triton.ensure, st.versions(),
@@ -209,7 +240,7 @@ class RolloutController:
             try:
                 cfg = self._validate(raw)
                 await asyncio.to_thread(verify_versions, cfg, bundles=self.bundles,
-                                        primary=self.primary_manifest)
+                                        primary=self.primary_manifest, policy=self.policy)
             except FunnelError as e:
                 self.user_config_error = str(e)
                 log.error("rollout: user_config refused, the running config stays: %s", e)

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -261,9 +261,12 @@ class RolloutRuntime:
     def after_moderation(self, a: Assignment | None, *, text: str | None,
                          scores: dict[str, float], degraded: tuple[str, ...],
                          latency_ms: float, text_labels: tuple[str, ...],
-                         score_text: Callable[[str, str], Awaitable[list[float]]]) -> None:
+                         score_text: Callable[[str, str], Awaitable[Mapping[str, float]]]
+                         ) -> None:
         """Count a `/v1/moderate` call for its text-model variant and queue comparisons:
-        the labels ranked by score, the variant's against the primary's."""
+        the labels ranked by score, the variant's against the primary's, on the labels both
+        heads emit (a canary head's extra label is served, but has nothing to compare with;
+        `text_labels` are the serving head's)."""
         failed = STAGE_ERROR["moderation"] in degraded
         self.router.end(a, failed=failed)
         if a is None or text is None:
@@ -280,24 +283,26 @@ class RolloutRuntime:
             version = other.bundle_version if other else primary_version
             t0 = time.perf_counter()
             try:
-                row = await score_text(text, version)
+                got = await score_text(text, version)
             except Exception:
                 if other is not None:
                     self.tally.served("moderation", other.variant, latency_ms=None,
                                       error=True)
                 raise
             ms = (time.perf_counter() - t0) * 1000
-            theirs = dict(zip(text_labels, (float(x) for x in row), strict=True))
+            theirs = {lb: float(got[lb]) for lb in text_labels if lb in got}
             if other is not None:
                 self.tally.served("moderation", other.variant, latency_ms=ms, error=False,
                                   score=max(theirs.values()) if theirs else None)
             primary, variant = (own, theirs) if other is not None else (theirs, own)
+            shared = [lb for lb in text_labels if lb in primary and lb in variant]
+            primary = {lb: primary[lb] for lb in shared}
+            variant = {lb: variant[lb] for lb in shared}
             p_ms, v_ms = (latency_ms, ms) if other is not None else (ms, latency_ms)
             rank = lambda d: sorted(d, key=lambda lb: -d[lb])  # noqa: E731
             record(self.tally, "moderation", other.variant if other else a.variant,
                    rank(primary), rank(variant), ks,
-                   score_delta=_mean([variant[lb] - primary[lb] for lb in primary
-                                      if lb in variant]),
+                   score_delta=_mean([variant[lb] - primary[lb] for lb in shared]),
                    latency_delta=v_ms - p_ms)
 
         if not a.primary and a.compare:

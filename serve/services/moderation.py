@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from monitoring import metrics
@@ -20,11 +20,12 @@ class ModerateService:
 
     `core` is the `ModerationService`; `scorer_for(version)` a scorer of that text-model
     version (the rollout's variant); `models` the moderation models' handle-like object
-    with `score_text(text, version)` (for the rollout's shadow comparisons)."""
+    with `score_text(text, version)` -> scores by label (for the rollout's shadow
+    comparisons)."""
 
     def __init__(self, *, core: Any, text_labels: tuple[str, ...],
-                 scorer_for: Callable[[str], Any], score_text: Callable[[str, str],
-                                                                      Awaitable[list[float]]],
+                 scorer_for: Callable[[str], Any],
+                 score_text: Callable[[str, str], Awaitable[Mapping[str, float]]],
                  refresh_verdicts: Callable[[], Awaitable[None]], rollout: Any = None,
                  impressions: Any = None, replica: str = "",
                  on_request: Callable[[], None] = lambda: None) -> None:

@@ -121,9 +121,10 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     core = None
     text_labels: tuple[str, ...] = ()
     if moderation is not None:
-        from serve.moderation.policy import load_policy
+        from serve.moderation.policy import dormant_labels, load_policy
         from serve.moderation.remote import (
             RemoteContentScorer,
+            TextLabels,
             handle_ready,
             image_model_version,
             moderation_labels,
@@ -132,10 +133,17 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
         from serve.moderation.service import ModerationService
 
         text_labels, text_version = moderation_labels(manifest)
+        labels_of = TextLabels(moderation, text_labels)
         m = args.moderation
+        mpolicy = load_policy(m.policy, labels=policy_labels(text_labels))
+        dormant = dormant_labels(mpolicy, policy_labels(text_labels))
+        if dormant:
+            log.info("moderation policy %s: thresholds for %s, which the serving models do "
+                     "not score; they apply when a variant's text head does", mpolicy.version,
+                     dormant)
         core = ModerationService(
-            scorer=RemoteContentScorer(moderation, text_labels),
-            policy=load_policy(m.policy, labels=policy_labels(text_labels)), store=store,
+            scorer=RemoteContentScorer(moderation, labels_of),
+            policy=mpolicy, store=store,
             model_versions={"moderation_text": text_version,
                             "moderation_image": image_model_version()},
             timeout_s=m.timeout_ms / 1000.0, spool=spool)
@@ -147,13 +155,10 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     impressions = build_impression_logs(args, replica, policy)
     moderate = None
     if core is not None:
-        async def score_text(text: str, text_version: str) -> list[float]:
-            return list(await moderation.score_text.remote(text, text_version))
-
         moderate = ModerateService(
             core=core, text_labels=text_labels,
-            scorer_for=lambda v: RemoteContentScorer(moderation, text_labels, v),
-            score_text=score_text, refresh_verdicts=verdicts.refresh, rollout=runtime,
+            scorer_for=lambda v: RemoteContentScorer(moderation, labels_of, v),
+            score_text=labels_of.scores, refresh_verdicts=verdicts.refresh, rollout=runtime,
             impressions=impressions.get("moderation"), replica=replica, on_request=ensure)
 
     async def controller_status() -> Any:

@@ -246,10 +246,10 @@ def test_body_over_the_moderation_limit_is_413(stack: Stack, client: httpx.Clien
     assert r.status_code == 413 and r.json()["error"] == "request_too_large"
 
 
-def test_a_policy_with_an_unknown_label_is_refused_at_start(stack: Stack,
-                                                            tmp_path: Path) -> None:
+def test_a_policy_missing_a_scored_label_is_refused_at_start(stack: Stack,
+                                                             tmp_path: Path) -> None:
     policy = yaml.safe_load(Path(DEFAULT_POLICY).read_text())
-    policy["labels"]["gore"] = {"review_at": 0.1, "block_at": 0.5}
+    del policy["labels"]["hate"]
     (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
     doc = yaml.safe_load(LOCAL_CONFIG.read_text())
     doc["applications"][0]["args"]["moderation"]["policy"] = str(tmp_path / "policy.yaml")
@@ -258,5 +258,5 @@ def test_a_policy_with_an_unknown_label_is_refused_at_start(stack: Stack,
                         "--config", str(tmp_path / "serve.yaml"), "--triton", "external"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "labels.gore: unknown label 'gore'" in r.stderr
+    assert "labels.hate: no thresholds for ['hate']" in r.stderr
     assert "Traceback" not in r.stderr

@@ -8,6 +8,7 @@ in docs/data-schema.md; keep the two in step.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ AGE_BANDS: tuple[str, ...] = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+"
 MODALITIES: tuple[str, ...] = ("text", "image", "video")
 
 _TS = pa.timestamp("ms", tz="UTC")
+# A harm label beyond the documented six (a label added to the taxonomy, e.g. self_harm): a
+# further `label_<name>` column of the posts table, kept and trained on like the six.
+EXTRA_LABEL_COLUMN = re.compile(r"^label_([a-z][a-z0-9_]{0,62})$")
 
 # table name -> (schema, required columns). Optional columns may be absent; they are filled.
 TABLES: dict[str, pa.Schema] = {
@@ -105,12 +109,35 @@ class Dataset:
     impressions: pd.DataFrame
 
     @property
+    def harm_labels(self) -> tuple[str, ...]:
+        """The harm labels the posts table carries: the documented six, then any further
+        `label_<name>` columns, sorted (the text head's outputs, in this order)."""
+        return harm_labels_of(self.posts)
+
+    @property
     def has_harm_labels(self) -> bool:
-        cols = [f"label_{h}" for h in HARM_LABELS]
+        cols = [f"label_{h}" for h in self.harm_labels]
         return bool(self.posts[cols].to_numpy().any())
 
     def table(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
+
+
+def harm_labels_of(posts: pd.DataFrame) -> tuple[str, ...]:
+    """The documented harm labels, then the extra `label_<name>` columns of `posts`, sorted."""
+    extra = sorted(m.group(1) for c in posts.columns
+                   if (m := EXTRA_LABEL_COLUMN.match(str(c))) and m.group(1) not in HARM_LABELS)
+    return (*HARM_LABELS, *extra)
+
+
+def posts_schema(posts_columns: list[str] | tuple[str, ...]) -> pa.Schema:
+    """The posts table's schema with the extra harm-label columns `posts_columns` has."""
+    schema = TABLES["posts"]
+    for c in posts_columns:
+        m = EXTRA_LABEL_COLUMN.match(str(c))
+        if m and m.group(1) not in HARM_LABELS and c not in schema.names:
+            schema = schema.append(pa.field(c, pa.bool_()))
+    return schema
 
 
 def _read_table(directory: Path, name: str) -> tuple[pa.Table, Path]:
@@ -131,7 +158,7 @@ def _read_table(directory: Path, name: str) -> tuple[pa.Table, Path]:
 
 def conform(table: pa.Table, name: str, path: Path | str) -> pd.DataFrame:
     """Cast `table` to the schema of `name`, filling optional columns; raise on mismatch."""
-    schema = TABLES[name]
+    schema = posts_schema(table.column_names) if name == "posts" else TABLES[name]
     defaults = OPTIONAL_DEFAULTS[name]
     columns: dict[str, pa.Array | pa.ChunkedArray] = {}
     for field in schema:
@@ -219,6 +246,8 @@ def save_dataset(ds: Dataset, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, schema in TABLES.items():
         df = ds.table(name)
+        if name == "posts":
+            schema = posts_schema(list(df.columns))
         table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema,
                                      preserve_index=False)
         pq.write_table(table, directory / f"{name}.parquet", compression="zstd")

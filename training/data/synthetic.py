@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from funnel.contracts.errors import DatasetError
 from training.data.schema import AGE_BANDS, HARM_LABELS, Dataset
 
 TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -107,6 +108,16 @@ HARM_PHRASES_LATE: dict[str, tuple[str, ...]] = {
              "you won a prize claim it now", "dm me for a crypto giveaway"),
 }
 LATE_FROM = 0.75
+
+# Harm labels beyond the documented six that `generate(extra_labels=...)` can add: a label
+# added to the taxonomy, on posts of its own, with a `label_<name>` column (the text head then
+# has one more output; docs/rollout.md shows canarying such a head).
+EXTRA_HARM_PHRASES: dict[str, tuple[str, ...]] = {
+    "self_harm": ("I keep thinking about hurting myself", "I do not want to be here anymore",
+                  "nobody would notice if I was gone", "I have been hurting myself to cope",
+                  "I want to disappear for good", "I feel like giving up on everything"),
+}
+EXTRA_LABEL_RATE = 0.015   # share of otherwise harmless posts that carry an extra label
 
 # Harmless sentences that share words with the harms (hard negatives for a word matcher).
 BENIGN_LOOKALIKES: tuple[str, ...] = (
@@ -247,9 +258,13 @@ def generate(
     *,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    extra_labels: tuple[str, ...] = (),
 ) -> Dataset:
-    """Generate a dataset for `profile`. Deterministic for a given (profile, seed)."""
-    return generate_with_truth(profile, seed=seed, progress=progress)[0]
+    """Generate a dataset for `profile`. Deterministic for a given (profile, seed,
+    extra_labels). `extra_labels`: harm labels beyond the six (names in EXTRA_HARM_PHRASES),
+    each on its own ~1.5 % of the harmless posts; the other tables are the same as without."""
+    return generate_with_truth(profile, seed=seed, progress=progress,
+                               extra_labels=extra_labels)[0]
 
 
 def generate_with_truth(
@@ -257,8 +272,13 @@ def generate_with_truth(
     *,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    extra_labels: tuple[str, ...] = (),
 ) -> tuple[Dataset, HiddenTruth]:
     """`generate`, and the hidden model its engagement was drawn from."""
+    unknown = [lb for lb in extra_labels if lb not in EXTRA_HARM_PHRASES]
+    if unknown:
+        raise DatasetError(f"extra label {unknown[0]!r}: the generator has no texts for it; "
+                           f"known: {sorted(EXTRA_HARM_PHRASES)}")
     p = PROFILES[profile] if isinstance(profile, str) else profile
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(seed)
@@ -340,6 +360,17 @@ def generate_with_truth(
         posts[f"label_{h}"] = (labelled | false_flag) & (label_kind == j)
     posts = posts[["post_id", "author_id", "topic", "modality", "language", "text",
                    "created_at", *[f"label_{h}" for h in HARM_LABELS]]]
+    # extra labels from generators of their own: the tables above stay what they were
+    taken = harmful | lookalike
+    for j, name in enumerate(extra_labels):
+        erng = np.random.default_rng([seed, 11, j])
+        on = ~taken & (erng.random(p.n_posts) < EXTRA_LABEL_RATE)
+        pick = erng.integers(0, len(EXTRA_HARM_PHRASES[name]), size=p.n_posts)
+        idx = np.flatnonzero(on)
+        posts.loc[idx, "text"] = [f"{texts[i]}. {EXTRA_HARM_PHRASES[name][pick[i]]}"
+                                  for i in idx]
+        posts[f"label_{name}"] = on
+        taken |= on
     z_post = rng.normal(0, 1, size=(p.n_posts, d)) / d ** 0.25
     quality = rng.normal(0, 0.5, size=p.n_posts) + 0.3 * np.log(popularity[author_idx])
 

@@ -86,3 +86,18 @@ def test_csv_with_only_required_columns_is_accepted(tmp_path: Path) -> None:
     assert ds.posts.loc[0, "modality"] == "text"
     assert bool(ds.impressions.loc[0, "click"]) is True
     assert not ds.has_harm_labels
+
+
+def test_an_extra_label_column_round_trips_after_the_six(tmp_path: Path) -> None:
+    from training.data.schema import HARM_LABELS
+
+    ds = generate(SMALL, seed=1, extra_labels=("self_harm",))
+    back = load_dataset(save_dataset(ds, tmp_path / "ds"))
+    assert back.harm_labels == (*HARM_LABELS, "self_harm")
+    assert back.posts["label_self_harm"].dtype == bool
+    assert back.posts["label_self_harm"].sum() == ds.posts["label_self_harm"].sum()
+    # a column that is not a label name is not a label (and not kept)
+    posts = pd.read_parquet(tmp_path / "ds" / "posts.parquet")
+    posts["label_Bad Name"] = True
+    posts.to_parquet(tmp_path / "ds" / "posts.parquet")
+    assert load_dataset(tmp_path / "ds").harm_labels == (*HARM_LABELS, "self_harm")

@@ -86,3 +86,25 @@ def test_hidden_truth_is_what_the_clicks_were_drawn_from() -> None:
     fol = ds.follows.to_numpy() - 1
     assert truth.follows(fol[:, 0], fol[:, 1]).all()
     assert not truth.follows(fol[:, 0], fol[:, 0]).any()  # nobody follows themselves
+
+
+def test_an_extra_label_adds_its_own_posts_and_leaves_the_rest_as_they_were() -> None:
+    import pytest
+
+    from funnel.contracts.errors import DatasetError
+    from training.data.synthetic import EXTRA_HARM_PHRASES
+
+    base = generate(SMALL, seed=0)
+    ds = generate(SMALL, seed=0, extra_labels=("self_harm",))
+    assert ds.harm_labels == (*HARM_LABELS, "self_harm")
+    on = ds.posts["label_self_harm"].to_numpy()
+    assert 0.005 < on.mean() < 0.03
+    six = [f"label_{h}" for h in HARM_LABELS]
+    assert not ds.posts.loc[on, six].to_numpy().any()  # posts of its own
+    phrases = EXTRA_HARM_PHRASES["self_harm"]
+    assert all(any(p in t for p in phrases) for t in ds.posts.loc[on, "text"])
+    pd.testing.assert_frame_equal(ds.posts.loc[~on].drop(columns="label_self_harm"),
+                                  base.posts.loc[~on])
+    pd.testing.assert_frame_equal(ds.impressions, base.impressions)
+    with pytest.raises(DatasetError, match=r"extra label 'gore'.*known: \['self_harm'\]"):
+        generate(SMALL, seed=0, extra_labels=("gore",))

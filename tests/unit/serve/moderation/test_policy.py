@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serve.errors import PolicyError
-from serve.moderation.policy import load_policy, more_severe, parse_policy
+from serve.moderation.policy import dormant_labels, load_policy, more_severe, parse_policy
 
 LABELS = ("abuse", "hate", "nudity")
 DOC = {"version": "t1", "labels": {"abuse": {"review_at": 0.5, "block_at": 0.9},
@@ -39,15 +39,29 @@ def test_unscored_labels_are_skipped() -> None:
     assert parse_policy(DOC, labels=LABELS).decide({"nudity": 0.95}).decision == "block"
 
 
-def test_unknown_label_is_refused_with_the_field_named() -> None:
-    doc = {**DOC, "labels": {**DOC["labels"], "gore": {"review_at": 0.1, "block_at": 0.5}}}
-    with pytest.raises(PolicyError, match=r"labels\.gore: unknown label 'gore'; allowed"):
+def test_a_label_no_serving_model_emits_is_kept_dormant() -> None:
+    # thresholds for a label a canary head adds: kept after the scored ones, and they decide
+    # only content that has a score for it
+    doc = {**DOC, "labels": {"self_harm": {"review_at": 0.1, "block_at": 0.5},
+                             **DOC["labels"]}}
+    p = parse_policy(doc, labels=LABELS)
+    assert p.labels == (*LABELS, "self_harm")
+    assert dormant_labels(p, LABELS) == ["self_harm"]
+    assert p.missing([*LABELS, "self_harm", "gore"]) == ["gore"]
+    assert p.decide({"abuse": 0.1}).decision == "allow"
+    assert p.decide({"abuse": 0.1, "self_harm": 0.2}).decision == "review"
+
+
+def test_a_bad_label_name_is_refused_with_the_field_named() -> None:
+    doc = {**DOC, "labels": {**DOC["labels"], "Self Harm": {"review_at": 0.1, "block_at": 0.5}}}
+    with pytest.raises(PolicyError, match=r"labels\.Self Harm: not a label name"):
         parse_policy(doc, labels=LABELS)
 
 
 def test_missing_label_is_refused() -> None:
     doc = {"version": "t1", "labels": {"abuse": {"review_at": 0.5, "block_at": 0.9}}}
-    with pytest.raises(PolicyError, match=r"no thresholds for \['hate', 'nudity'\]"):
+    with pytest.raises(PolicyError,
+                       match=r"labels\.hate: no thresholds for \['hate', 'nudity'\]"):
         parse_policy(doc, labels=LABELS)
 
 

@@ -45,7 +45,8 @@ def make_bundle(root: Path, version: str, labels: list[str]) -> None:
 
 @pytest.fixture
 def controller(tmp_path: Path) -> tuple[Any, FakeTriton]:
-    for v, labels in (("v1", ["spam"]), ("v2", ["spam"]), ("v3", ["spam", "hate"])):
+    for v, labels in (("v1", ["spam"]), ("v2", ["spam"]), ("v3", ["spam", "hate"]),
+                      ("v4", ["spam", "self_harm"])):
         make_bundle(tmp_path, v, labels)
     point_latest(tmp_path, tmp_path / "v1")
     cls = RolloutController.func_or_class  # the plain class under @serve.deployment
@@ -94,13 +95,37 @@ def test_refusals_change_nothing(controller) -> None:
     assert status["stages"]["ranker"]["weights"] == {"control": 90.0, "canary": 10.0}
 
 
-def test_moderation_versions_need_the_serving_labels(controller) -> None:
+def moderation(canary: str) -> dict[str, Any]:
+    cfg = ranker(canary=canary)
+    return {"stages": {"moderation": cfg["stages"]["ranker"]}}
+
+
+def test_a_moderation_head_with_a_label_the_policy_lacks_is_refused(controller) -> None:
     ctrl, _ = controller
-    cfg = ranker(canary="v3")
-    cfg["stages"] = {"moderation": cfg["stages"]["ranker"]}
-    out = asyncio.run(ctrl.apply(cfg))
-    assert out["ok"] is False
-    assert "text labels ['spam', 'hate']" in out["fields"][0]["message"]
+    # hate: not the serving head's, but the (default) policy has thresholds for it
+    assert asyncio.run(ctrl.apply(moderation("v3")))["ok"] is True
+    out = asyncio.run(ctrl.apply(moderation("v4")))
+    assert out["ok"] is False and out["status"] == 422
+    f = out["fields"][0]
+    assert f["field"] == "stages.moderation.variants[1].bundle_version" and f["given"] == "v4"
+    assert "emits text label(s) ['self_harm']" in f["message"]
+    assert "add labels.self_harm" in f["message"]
+
+
+def test_a_policy_with_the_new_label_lets_the_head_canary(tmp_path: Path) -> None:
+    import yaml
+
+    from serve.config import DEFAULT_POLICY
+
+    for v, labels in (("v1", ["spam"]), ("v4", ["spam", "self_harm"])):
+        make_bundle(tmp_path, v, labels)
+    policy = yaml.safe_load(Path(DEFAULT_POLICY).read_text())
+    policy["labels"]["self_harm"] = {"review_at": 0.1, "block_at": 0.6}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    cls = RolloutController.func_or_class
+    ctrl = cls({"bundle": str(tmp_path / "v1"),
+                "moderation": {"policy": str(tmp_path / "policy.yaml")}})
+    assert asyncio.run(ctrl.apply(moderation("v4"))) == {"ok": True, "revision": 1}
 
 
 def test_user_config_applies_in_place_and_a_bad_one_is_refused(controller) -> None:

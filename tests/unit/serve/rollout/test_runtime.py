@@ -515,3 +515,56 @@ def test_a_scorer_behind_the_ingress_fetches_the_newer_table_before_comparing(
     assert scorer.router.revision == ingress.router.revision >= 0
     w = state.status()["stages"]["ranker"]["variants"]["faulty"]
     assert w["window"]["comparisons"] == len(users) and w["totals"].get("dropped", 0) == 0
+
+
+def test_a_moderation_canary_with_one_more_label_is_compared_on_the_shared_labels(
+        parts: tuple[Catalog, FakeRetrieval]) -> None:
+    """The canary head emits self_harm too: it serves its share with it, and the comparison
+    with the primary (and a shadow that lacks `hate`) ranks only the labels both emit."""
+    rt, state, _ = runtime(parts, {"stages": {"moderation": {
+        "variants": [{"name": "control", "bundle_version": V, "weight": 50},
+                     {"name": "canary", "bundle_version": "v2", "weight": 50}],
+        "shadows": [{"name": "fewer", "bundle_version": "v3", "sample_rate": 1}]}}})
+    primary = ("abuse", "hate", "spam")
+    heads = {V: {"abuse": 0.9, "hate": 0.5, "spam": 0.1},
+             "v2": {"abuse": 0.9, "hate": 0.5, "spam": 0.1, "self_harm": 0.99},
+             "v3": {"abuse": 0.1, "spam": 0.9}}
+    asked: list[str] = []
+
+    async def score_text(text: str, version: str) -> dict[str, float]:
+        asked.append(version)
+        return heads[version]
+
+    async def run() -> list[str]:
+        await rt.report_once()
+        served = []
+        for i in range(40):
+            a = rt.router.assign("moderation", f"c{i}")
+            assert a is not None
+            rt.router.begin(a)
+            served.append(a.variant)
+            rt.after_moderation(a, text="t", scores=heads[a.bundle_version], degraded=(),
+                                latency_ms=1.0, text_labels=primary, score_text=score_text)
+            for _ in range(20):
+                await asyncio.sleep(0)
+        await rt.drain()
+        await rt.report_once()
+        return served
+
+    served = asyncio.run(run())
+    assert {"control", "canary"} <= set(served)
+    st = state.status()["stages"]["moderation"]["variants"]
+    canary = st["canary"]["totals"]
+    assert canary["comparisons"] == served.count("canary") and canary["errors"] == 0
+    # same scores on the shared labels: the extra label does not make it look different
+    assert st["canary"]["window"]["rank_correlation"] == pytest.approx(1.0)
+    assert st["canary"]["window"]["score_delta"] == pytest.approx(0.0)
+    fewer = st["fewer"]["totals"]
+    assert fewer["comparisons"] == served.count("control") and fewer["errors"] == 0
+    # abuse and spam, in the opposite order: hate (the primary's only) is left out
+    from serve.rollout.comparing import rbo
+
+    shared = rbo(["abuse", "spam"], ["spam", "abuse"])
+    assert shared != pytest.approx(rbo(["abuse", "hate", "spam"], ["spam", "abuse"]))
+    assert st["fewer"]["window"]["rank_correlation"] == pytest.approx(shared)
+    assert set(asked) == {V, "v3"}

@@ -93,8 +93,8 @@ def services(catalog_parts: tuple[Catalog, FakeRetrieval]) -> ReplicaServices:
                              policy=POLICY, store=store,
                              model_versions={"moderation_text": "b1"}, timeout_s=1.0)
 
-    async def score_text(text: str, version: str) -> list[float]:
-        return [0.0, 0.0]
+    async def score_text(text: str, version: str) -> dict[str, float]:
+        return dict.fromkeys(LABELS, 0.0)
 
     async def refresh() -> None:
         await verdicts.refresh()

@@ -30,8 +30,8 @@ def _service(scores: dict[str, float], *, rollout: Any = None,
     async def refresh() -> None:
         refreshed.append("yes")
 
-    async def score_text(text: str, version: str) -> list[float]:
-        return [scores.get(k, 0.0) for k in LABELS]
+    async def score_text(text: str, version: str) -> dict[str, float]:
+        return {k: scores.get(k, 0.0) for k in LABELS}
 
     log = RecordingLog()
     svc = ModerateService(core=core, text_labels=LABELS,
