@@ -74,6 +74,10 @@ def serve_cmd(
         help="Ranker backend (default: the config's args.feed.ranker.backend, triton): "
              "'triton' (Triton's dynamic batching; started here with --triton local) or "
              "'local' (the bundle's TorchScript in each feed replica; no Triton).")] = None,
+    bundle_version: Annotated[str | None, typer.Option(
+        help="Serve this bundle version from the model registry ($FUNNEL_REGISTRY_URL or the "
+             "config's args.registry): pulled into the bundle root, every checksum checked, "
+             "when the root lacks it. Instead of --bundle.")] = None,
 ) -> None:
     """Serve the feed: local Ray, Triton and the Serve app.
 
@@ -90,7 +94,8 @@ def serve_cmd(
                   say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False,
                                               soft_wrap=True),
                   ready_file=ready_file, grpc=grpc,
-                  ranker=ranker.value if ranker is not None else None)
+                  ranker=ranker.value if ranker is not None else None,
+                  bundle_version=bundle_version)
 
 
 @app.command("triton")
@@ -98,12 +103,15 @@ def triton_cmd(
     bundle: Annotated[str | None, typer.Option(help="Bundle directory.")] = None,
     config: Annotated[str, typer.Option(help="Ray Serve config file (its args.triton).")] = (
         DEFAULT_SERVE_CONFIG),
+    bundle_version: Annotated[str | None, typer.Option(
+        help="This bundle version from the model registry, pulled into the bundle root when "
+             "the root lacks it (instead of --bundle).")] = None,
 ) -> None:
     """Run only Triton with the bundle's ranker (what `funnel serve` starts and supervises)."""
     from serve.runner import run_triton_process
 
     console = Console(stderr=True)
-    run_triton_process(config_path=config, bundle=bundle,
+    run_triton_process(config_path=config, bundle=bundle, bundle_version=bundle_version,
                        say=lambda m: console.print(f"[bold]funnel[/] {m}", highlight=False))
 
 

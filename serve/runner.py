@@ -105,11 +105,36 @@ def absolute_sqlite_url(url: str) -> str:
     return prefix + str(Path(url[len(prefix):]).resolve())
 
 
-def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str | None = None
+def pull_primary(args: AppArgs, version: str, say: Say) -> str:
+    """Bundle `version` from the model registry into the bundle root (every byte checked;
+    nothing to do when the root has it): the directory to serve. Exit 2 naming the problem:
+    no registry configured, an unknown or retired version, a file that does not match."""
+    from serve.bundles import bundle_versions
+
+    bundles = bundle_versions(args)
+    try:
+        if bundles.registry is None:
+            raise ServeConfigError(
+                f"--bundle-version {version}: no model registry is configured; set "
+                f"${args.registry.url_env} (and ${args.registry.database_url_env}) or "
+                "args.registry.url in the Serve config")
+        if not bundles.knows(version):
+            raise ServeConfigError(f"--bundle-version {version}: the registry has no such "
+                                   "version, or it is retired (`funnel bundle list`)")
+        say(f"bundle {version}: from the registry into {bundles.root} (checksums checked)")
+        return str(bundles.path(version))
+    finally:
+        bundles.close()
+
+
+def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str | None = None,
+                    bundle_version: str | None = None, say: Say = lambda _m: None
                     ) -> tuple[dict[str, Any], AppArgs]:
     """The Serve config with the bundle, the moderation policy and a SQLite review database
     made absolute (replicas do not share our cwd); the policy is checked here (exit 2).
-    `ranker_backend` ("triton" or "local") overrides args.feed.ranker.backend."""
+    `ranker_backend` ("triton" or "local") overrides args.feed.ranker.backend.
+    `bundle_version`: serve that version, pulled from the model registry into the bundle root
+    first when the root lacks it (instead of `bundle`)."""
     from serve.app import check_rollout_args
     from serve.moderation.policy import load_policy
     from serve.moderation.remote import moderation_labels, policy_labels
@@ -117,6 +142,11 @@ def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str
     doc, args = load_serve_config(config_path)
     doc = copy.deepcopy(doc)
     app_args = dict(doc["applications"][0].get("args") or {})
+    if bundle_version is not None:
+        if bundle is not None:
+            raise ServeConfigError("--bundle and --bundle-version: give one (a directory, or "
+                                   "a version the registry holds)")
+        bundle = pull_primary(args, bundle_version, say)  # later versions: the same root
     b = verify_bundle(bundle or args.bundle)  # exit 2 here, naming the bad file
     app_args["bundle"] = str(b.path.resolve())
     moderation = dict(app_args.get("moderation") or {})
@@ -208,7 +238,8 @@ def next_steps(base: str, *, admin_env: str, admin_on: bool, grpc_note: str) -> 
 
 def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say,
                   ready_file: str | None = None, ingress: str = "proxy",
-                  grpc: bool = False, ranker: str | None = None) -> None:
+                  grpc: bool = False, ranker: str | None = None,
+                  bundle_version: str | None = None) -> None:
     """Start everything, print where, block until SIGINT/SIGTERM, then stop everything.
 
     gRPC (funnel.v1 and the Open Inference Protocol) is served only with `grpc=True`: Ray
@@ -230,7 +261,8 @@ def serve_forever(*, config_path: str, bundle: str | None, triton: str, say: Say
     backend = ranker or raw_args.feed.ranker.backend
     triton_local = triton == "local" and backend == "triton"
     check_free(serve_ports(raw_doc, raw_args, triton_local=triton_local, grpc=grpc))
-    doc, args = resolved_config(config_path, bundle, ranker_backend=ranker)
+    doc, args = resolved_config(config_path, bundle, ranker_backend=ranker,
+                                bundle_version=bundle_version, say=say)
     try:
         schema = ServeDeploySchema.model_validate(doc)
     except Exception as e:  # pydantic v1/v2 errors of Ray's own schema
@@ -319,12 +351,13 @@ def prepare_metrics_dir(doc: dict[str, Any]) -> str | None:
     return None if given else path
 
 
-def run_triton_process(*, config_path: str, bundle: str | None, say: Say) -> None:
+def run_triton_process(*, config_path: str, bundle: str | None, say: Say,
+                       bundle_version: str | None = None) -> None:
     """`funnel triton`: only Triton, in the foreground, until SIGINT/SIGTERM."""
     from serve.ranker.server import run_triton
 
     check_free(triton_ports(load_serve_config(config_path)[1]))
-    _, args = resolved_config(config_path, bundle)
+    _, args = resolved_config(config_path, bundle, bundle_version=bundle_version, say=say)
     run_triton(args.bundle, args.triton,
                on_ready=lambda: say(f"triton ready: grpc {args.triton.host}:"
                                     f"{args.triton.grpc_port}"))
