@@ -9,11 +9,13 @@ binding a Python function through PyTriton, this removes one inter-process hop p
 of 7.2 ms per 395-candidate call on 2 CPU cores (BENCHMARKS.md).
 
 Parameters (from config.pbtxt, or the JSON config of a version loaded at run time):
-`model_path` (TorchScript), `model_sha256` (when set, the file is checked against it before
-loading; a mismatch fails the load), `keys` (input names in the model's argument order),
-`device` (`cpu`, `cuda` or `auto`), `intra_op_threads`, `cpu_class` (`idle`: every thread of
-this stub process moves into Linux's idle scheduling class, for a version only shadows call:
-it then runs on CPU time the serving path leaves; `normal`, the default, changes nothing).
+`model_path` (TorchScript; empty: `model.pt` in the model version's own directory of Triton's
+repository, where a version loaded at run time sends it), `model_sha256` (when set, the file
+is checked against it before loading; a mismatch fails the load), `keys` (input names in
+the model's argument order), `device` (`cpu`, `cuda` or `auto`), `intra_op_threads`,
+`cpu_class` (`idle`: every thread of this stub process moves into Linux's idle scheduling
+class, for a version only shadows call: it then runs on CPU time the serving path leaves;
+`normal`, the default, changes nothing).
 
 Only numpy and torch are imported at module level besides Triton's own utilities, which
 exist only inside the stub; the batching logic is `run_batch`, a pure function with unit
@@ -94,6 +96,15 @@ def torch_forward(model: torch.jit.ScriptModule, device: torch.device
     return forward
 
 
+SENT_MODEL_FILE = "model.pt"
+
+
+def sent_model_path(args: dict[str, Any]) -> str:
+    """Where a model loaded with its files (`load_model(files={"file:1/model.pt": ...})`)
+    finds its TorchScript: its version's directory in the repository Triton made for it."""
+    return os.path.join(args["model_repository"], str(args["model_version"]), SENT_MODEL_FILE)
+
+
 class TritonPythonModel:
     """Triton Python-backend entry points: initialize / execute / finalize."""
 
@@ -101,11 +112,12 @@ class TritonPythonModel:
         params = {k: v["string_value"]
                   for k, v in json.loads(args["model_config"])["parameters"].items()}
         self.keys = params["keys"].split(",")
+        path = params.get("model_path") or sent_model_path(args)
         expected = params.get("model_sha256", "")
         if expected:  # a version loaded at run time checks its own file before loading it
-            actual = file_sha256(params["model_path"])
+            actual = file_sha256(path)
             if actual != expected:
-                raise ValueError(f"{params['model_path']}: checksum mismatch (manifest sha256 "
+                raise ValueError(f"{path}: checksum mismatch (manifest sha256 "
                                  f"{expected[:12]}…, file {actual[:12]}…); refusing the model")
         device = params.get("device", "cpu")
         if device == "auto":
@@ -116,7 +128,7 @@ class TritonPythonModel:
             torch.set_num_threads(int(params.get("intra_op_threads", "1")))
             torch.set_num_interop_threads(1)
         dev = torch.device(device)
-        self.model = torch.jit.load(params["model_path"], map_location=dev).eval()
+        self.model = torch.jit.load(path, map_location=dev).eval()
         self._forward = torch_forward(self.model, dev)
         if params.get("cpu_class", "normal") == "idle":
             idle_cpu_class()  # refused (a seccomp profile): the model runs as any other

@@ -70,18 +70,25 @@ class TritonModels:
             cpu_class = "idle" if v in idle else "normal"
             if v == self._primary or self.loaded.get(v) == cpu_class:
                 continue
+            from serve.ranker.triton_model import SENT_MODEL_FILE
+
             b = verify_bundle(self._bundles.path(v))
             meta = b.manifest["models"]["ranker"]
             path = b.file(meta["path"])
+            # the TorchScript goes with the request, into the model's directory in Triton's
+            # repository (model_path "": the model finds it there): Triton needs no access to
+            # this replica's bundle root (in a cluster it is another pod's), and checks the
+            # bytes it got against the manifest before loading them
             cfg = model_config_json(name=name, n_dense=len(meta["dense_features"]),
-                                    settings=self._settings, model_path=str(path.resolve()),
+                                    settings=self._settings, model_path="",
                                     model_sha256=b.manifest["files"][meta["path"]],
                                     cpu_class=cpu_class)
             again = v in self.loaded
             started = time.monotonic()
             try:
                 self._c().load_model(name, config=json.dumps(cfg),
-                                     files={"file:1/model.py": model_py_source()},
+                                     files={"file:1/model.py": model_py_source(),
+                                            f"file:1/{SENT_MODEL_FILE}": path.read_bytes()},
                                      client_timeout=180)
             except Exception as e:
                 raise BundleLoadError(f"Triton did not load the ranker of bundle {v} as "

@@ -261,10 +261,96 @@ envFrom:
   mountPath: /dev/shm
 {{- end -}}
 
+{{/*
+The bundles volume. Without the registry: the bundles PVC (filled by the training job). With
+it: each pod's own cache, an emptyDir that its init container fills with bundle.version from
+the registry (registry.cache.type emptyDir), or the bundles PVC kept between restarts (pvc).
+*/}}
 {{- define "funnel.bundlesVolume" -}}
+- name: bundles
+{{- if and .Values.registry.enabled (eq .Values.registry.cache.type "emptyDir") }}
+  emptyDir:
+    sizeLimit: {{ .Values.registry.cache.sizeLimit }}
+{{- else }}
+  persistentVolumeClaim:
+    claimName: {{ include "funnel.bundlesClaim" . }}
+{{- end }}
+{{- end -}}
+
+{{/* the bundles PVC as a volume: the training job's (its pods share Ray Train's checkpoints
+there), with or without the registry */}}
+{{- define "funnel.bundlesClaimVolume" -}}
 - name: bundles
   persistentVolumeClaim:
     claimName: {{ include "funnel.bundlesClaim" . }}
+{{- end -}}
+
+{{/* whether a pod mounts the bundles PVC: without the registry, as its cache, or to train */}}
+{{- define "funnel.usesBundlesClaim" -}}
+{{- if or (not .Values.registry.enabled) (eq .Values.registry.cache.type "pvc") .Values.training.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "funnel.registrySecret" -}}
+{{- .Values.registry.existingSecret | default (include "funnel.componentName" (list . "registry")) -}}
+{{- end -}}
+
+{{/*
+Where the model registry is, from its Secret (docs/registry.md): the object store's fsspec URL,
+the index database's URL, and for S3 an endpoint (S3-compatible stores) and credentials. The
+optional keys may be absent from an existingSecret (e.g. credentials from the pod's service
+account, IRSA or Workload Identity, instead of keys).
+*/}}
+{{- define "funnel.registryEnv" -}}
+{{- if .Values.registry.enabled -}}
+{{- $secret := include "funnel.registrySecret" . -}}
+{{- range $name, $key := dict "FUNNEL_REGISTRY_URL" "url" "FUNNEL_REGISTRY_DATABASE_URL" "database-url" }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+{{- end }}
+{{- range $name, $key := dict "FUNNEL_REGISTRY_S3_ENDPOINT_URL" "s3-endpoint-url" "AWS_ACCESS_KEY_ID" "aws-access-key-id" "AWS_SECRET_ACCESS_KEY" "aws-secret-access-key" }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+      optional: true
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The init container that pulls bundle.version from the registry into the pod's bundles volume
+before the pod's own containers start: `funnel bundle pull`, every file checked against the
+index, nothing kept of a download that does not match (the pod then does not start, and the
+init container's log names the file). A version already in a PVC cache is not pulled again.
+*/}}
+{{- define "funnel.pullBundleInit" -}}
+{{- if .Values.registry.enabled -}}
+- name: pull-bundle
+  image: {{ include "funnel.image" (list . false) }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command:
+    - funnel
+    - bundle
+    - pull
+    - {{ .Values.bundle.version | quote }}
+    - --cache
+    - {{ (include "funnel.paths" . | fromYaml).bundles }}
+  env:
+    {{- include "funnel.baseEnv" . | nindent 4 }}
+    {{- include "funnel.registryEnv" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.registry.pullResources | nindent 4 }}
+  securityContext:
+    {{- include "funnel.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    {{- include "funnel.scratchMounts" . | nindent 4 }}
+    - name: bundles
+      mountPath: {{ (include "funnel.paths" . | fromYaml).bundles }}
+{{- end -}}
 {{- end -}}
 
 {{- define "funnel.dataVolume" -}}

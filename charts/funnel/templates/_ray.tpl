@@ -13,6 +13,7 @@ env:
   {{- include "funnel.baseEnv" . | nindent 2 }}
   {{- include "funnel.storageEnv" . | nindent 2 }}
   {{- with include "funnel.secretEnv" . }}{{ . | nindent 2 }}{{- end }}
+  {{- with include "funnel.registryEnv" . }}{{ . | nindent 2 }}{{- end }}
   # prometheus_client's multiprocess mode: every Serve replica process of the pod writes its
   # samples here and /metrics renders the pod's totals (monitoring/metrics.py)
   - name: PROMETHEUS_MULTIPROC_DIR
@@ -34,7 +35,8 @@ volumeMounts:
     mountPath: {{ (include "funnel.paths" . | fromYaml).metricsDir }}
   - name: bundles
     mountPath: {{ (include "funnel.paths" . | fromYaml).bundles }}
-    readOnly: true
+    # with the registry, the replicas pull the versions a rollout names into it
+    readOnly: {{ not .Values.registry.enabled }}
   {{- with include "funnel.dataMount" . }}{{ . | nindent 2 }}{{- end }}
   {{- include "funnel.rolloutMount" . | nindent 2 }}
 {{- end -}}
@@ -47,6 +49,10 @@ serviceAccountName: {{ include "funnel.serviceAccountName" . }}
 {{- with include "funnel.imagePullSecrets" . }}{{ . | nindent 0 }}{{- end }}
 securityContext:
   {{- include "funnel.podSecurityContext" . | nindent 2 }}
+{{- with include "funnel.pullBundleInit" . }}
+initContainers:
+  {{- . | nindent 2 }}
+{{- end }}
 volumes:
   {{- include "funnel.scratchVolumes" . | nindent 2 }}
   - name: metrics

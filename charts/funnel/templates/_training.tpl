@@ -8,12 +8,13 @@ securityContext:
   {{- include "funnel.podSecurityContext" . | nindent 2 }}
 volumes:
   {{- include "funnel.scratchVolumes" . | nindent 2 }}
-  {{- include "funnel.bundlesVolume" . | nindent 2 }}
+  {{- include "funnel.bundlesClaimVolume" . | nindent 2 }}
 {{- end -}}
 {{- define "funnel.trainingContainerCommon" -}}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 env:
   {{- include "funnel.baseEnv" . | nindent 2 }}
+  {{- with include "funnel.registryEnv" . }}{{ . | nindent 2 }}{{- end }}
 securityContext:
   {{- include "funnel.containerSecurityContext" . | nindent 2 }}
 volumeMounts:

@@ -14,6 +14,7 @@ a schema cannot express are only here.
 {{- $messages = append $messages (include "funnel.validate.gpu" .) -}}
 {{- $messages = append $messages (include "funnel.validate.rollout" .) -}}
 {{- $messages = append $messages (include "funnel.validate.storage" .) -}}
+{{- $messages = append $messages (include "funnel.validate.registry" .) -}}
 {{- $messages = append $messages (include "funnel.validate.image" .) -}}
 {{- $messages = append $messages (include "funnel.validate.security" .) -}}
 {{- $messages = append $messages (include "funnel.validate.autoscaler" .) -}}
@@ -42,6 +43,7 @@ a schema cannot express are only here.
 {{- include "funnel.validate.enum" (list "image.pullPolicy" .Values.image.pullPolicy (list "Always" "IfNotPresent" "Never")) -}}
 {{- include "funnel.validate.enum" (list "ray.upgradeStrategy" .Values.ray.upgradeStrategy (list "NewCluster" "None")) -}}
 {{- include "funnel.validate.enum" (list "training.profile" .Values.training.profile (list "tiny" "demo" "large")) -}}
+{{- include "funnel.validate.enum" (list "registry.cache.type" .Values.registry.cache.type (list "emptyDir" "pvc")) -}}
 {{- $stages := list "retrieval" "ranker" "moderation" -}}
 {{- range $stage, $_ := (.Values.rollout.stages | default dict) -}}
 {{- include "funnel.validate.enum" (list "rollout.stages" $stage $stages) -}}
@@ -177,6 +179,27 @@ storage.driftReportsUrl: empty with storage.data.enabled=false and drift.enabled
 {{- end -}}
 {{- end -}}
 
+
+{{/* the model registry: where it is, and a version to pull (docs/registry.md) */}}
+{{- define "funnel.validate.registry" -}}
+{{- with .Values.registry -}}
+{{- if .enabled -}}
+{{- if eq $.Values.bundle.version "latest" -}}
+bundle.version: "latest" with registry.enabled=true: each pod pulls one version from the registry, and the registry has no moving "latest"; name a version it holds (`funnel bundle list`)
+{{ end -}}
+{{- if not .existingSecret -}}
+{{- if not .url -}}
+registry.url: empty with registry.enabled=true and no registry.existingSecret: give the object store's URL (s3://bucket/prefix, any fsspec URL)
+{{ else if not (contains "://" .url) -}}
+registry.url: {{ .url | toJson }} is not an object-store URL; give s3://bucket/prefix (or another fsspec URL): a local path would be each pod's own
+{{ end -}}
+{{- if not .databaseUrl -}}
+registry.databaseUrl: empty with registry.enabled=true and no registry.existingSecret: give the index database's URL (postgresql://USER:PASSWORD@HOST:5432/DB)
+{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 
 {{/*
 The security contexts every pod and container gets: root, privilege and privilege escalation

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,3 +120,32 @@ def test_the_json_config_names_the_cpu_class_and_refuses_an_unknown_one() -> Non
         "string_value": "idle"}
     with pytest.raises(ValueError, match="cpu_class: 'low'; allowed"):
         model_config_json(**kw, cpu_class="low")
+
+
+def test_a_version_sent_with_its_file_loads_from_its_own_directory(tmp_path: Path) -> None:
+    """model_path "": the TorchScript sent with load_model is in the version's directory of
+    the repository Triton made; its bytes are checked against the manifest's sha256 first."""
+    import hashlib
+    import json as _json
+
+    from serve.ranker.repository import model_config_json
+    from serve.ranker.triton_model import SENT_MODEL_FILE, TritonPythonModel, sent_model_path
+
+    (tmp_path / "1").mkdir()
+    model = torch.jit.script(torch.nn.Linear(2, 1))
+    sent = tmp_path / "1" / SENT_MODEL_FILE
+    torch.jit.save(model, str(sent))
+    digest = hashlib.sha256(sent.read_bytes()).hexdigest()
+    args = {"model_repository": str(tmp_path), "model_version": "1"}
+    assert sent_model_path(args) == str(sent)
+
+    def config(sha: str) -> dict[str, Any]:
+        cfg = model_config_json(name="ranker-v2", n_dense=2, settings=TritonSettings(),
+                                model_path="", model_sha256=sha)
+        return {**args, "model_config": _json.dumps(cfg)}
+
+    m = TritonPythonModel()
+    m.initialize(config(digest))
+    assert isinstance(m.model, torch.jit.ScriptModule)
+    with pytest.raises(ValueError, match=r"model\.pt: checksum mismatch"):
+        TritonPythonModel().initialize(config("0" * 64))

@@ -17,6 +17,7 @@ from serve.rollout.controller import RolloutController
 class FakeTriton:
     def __init__(self) -> None:
         self.loaded: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, dict[str, bytes]] = {}
         self.refuse: set[str] = set()
 
     def load_model(self, name: str, config: str, files: dict[str, bytes],
@@ -25,6 +26,7 @@ class FakeTriton:
             raise RuntimeError("failed to load 'ranker-x': out of memory")
         assert b"class TritonPythonModel" in files["file:1/model.py"]
         self.loaded[name] = json.loads(config)
+        self.files[name] = files
 
     def is_model_ready(self, name: str) -> bool:
         return name in self.loaded
@@ -71,6 +73,10 @@ def test_apply_loads_ranker_versions_into_triton_with_their_checksums(controller
         (Path(ctrl.root) / "v2" / "manifest.json").read_text())["files"][
             "triton/ranker/1/model.pt"]
     assert cfg["model_warmup"][0]["batch_size"] == 1
+    # the TorchScript travels with the request: Triton needs no access to this bundle root
+    assert cfg["parameters"]["model_path"]["string_value"] == ""
+    assert triton.files["ranker-v2"]["file:1/model.pt"] == (
+        Path(ctrl.root) / "v2" / "triton/ranker/1/model.pt").read_bytes()
     table = asyncio.run(ctrl.report("r1", []))
     assert table["stages"]["ranker"]["variants"][1]["bundle_version"] == "v2"
     assert table["pending_start"] is False
