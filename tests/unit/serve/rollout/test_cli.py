@@ -213,3 +213,36 @@ def test_a_stage_is_judged_by_its_own_model_in_the_gate(root: Path) -> None:
     with pytest.raises(RolloutConfigError, match=r"retrieval recall@50 0\.0212 does not beat"):
         verify_versions(canary_of("retrieval"), bundles=BundleVersions(root),
                         primary={"version": "v2"})
+
+
+def test_the_dry_run_checks_a_moderation_heads_labels_against_the_policy(
+        tmp_path, monkeypatch, capsys) -> None:
+    from serve.config import DEFAULT_POLICY
+
+    root = tmp_path / "artifacts"
+    for v, labels in (("v1", ["spam"]), ("v3", ["spam", "self_harm"])):
+        d = make_bundle(root, v)
+        write_manifest(d, {"version": v, "models": {"moderation": {"labels": labels}}})
+    point_latest(root, root / "v1")
+    rollout = tmp_path / "rollout.yaml"
+    rollout.write_text(yaml.safe_dump({"stages": {"moderation": {"variants": [
+        {"name": "control", "bundle_version": "v1", "weight": 90},
+        {"name": "self-harm", "bundle_version": "v3", "weight": 10}]}}}))
+    serve_cfg = tmp_path / "serve.yaml"
+    serve_cfg.write_text(yaml.safe_dump({"applications": [
+        {"args": {"bundle": str(root / "latest")}}]}))
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", str(rollout), "--dry-run",
+                       "--config", str(serve_cfg))
+    out = out.replace("\n", "")
+    assert code == 2, out
+    assert "stages.moderation.variants[1].bundle_version:" in out
+    assert "emits text label(s) ['self_harm']" in out
+    policy = yaml.safe_load(Path(DEFAULT_POLICY).read_text())
+    policy["labels"]["self_harm"] = {"review_at": 0.2, "block_at": 0.7}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    args = {"bundle": str(root / "latest"),
+            "moderation": {"policy": str(tmp_path / "policy.yaml")}}
+    serve_cfg.write_text(yaml.safe_dump({"applications": [{"args": args}]}))
+    code, out = funnel(monkeypatch, capsys, "rollout", "apply", str(rollout), "--dry-run",
+                       "--config", str(serve_cfg))
+    assert code == 0, out
