@@ -198,6 +198,13 @@ def test_a_head_with_one_more_label_canaries_by_version_from_s3(
                  "promoted canary")
         status = admin.get(f"{server.url}/v1/admin/rollout").json()
         assert status["stages"]["moderation"]["weights"]["canary"] == 100.0, status
+        # at 100 % the last step is reached: the controller completes the rollout, and the
+        # canary's version serves the stage
+        def complete() -> bool:
+            st = admin.get(f"{server.url}/v1/admin/rollout").json()
+            return bool(st["stages"]["moderation"]["status"] == "complete")
+
+        wait_for(complete, "the rollout completing", timeout_s=60)
 
         # rollback by version: a config that names the first version alone
         r = admin.put(f"{server.url}/v1/admin/rollout", json=moderation(first, None))

@@ -121,6 +121,7 @@ def test_a_registry_setup_that_cannot_work_fails_naming_the_value(
 
 
 def test_the_schema_refuses_an_unknown_cache_type() -> None:
-    with pytest.raises(helm_python.HelmError, match=r"registry\.cache\.type"):
+    allowed = r"/registry/cache/type'?: value must be one of 'emptyDir', 'pvc'"
+    with pytest.raises(helm_python.HelmError, match=allowed):
         render_docs({"bundle": {"version": VERSION}, "registry": {
             "enabled": True, "existingSecret": "s", "cache": {"type": "hostPath"}}})
