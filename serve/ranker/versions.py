@@ -61,6 +61,8 @@ class TritonModels:
         """Load every version not yet loaded, those in `shadow_only` in the idle CPU class
         (one loaded in the other class is loaded again); BundleLoadError names the one that
         failed (checksums, or Triton's reason). Returns the model names."""
+        from serve.ranker.triton_model import SENT_MODEL_FILE  # imports torch: only here
+
         idle = set(shadow_only) if self._idle_shadows else set()
         names = []
         for v in sorted(set(versions)):
@@ -70,8 +72,6 @@ class TritonModels:
             cpu_class = "idle" if v in idle else "normal"
             if v == self._primary or self.loaded.get(v) == cpu_class:
                 continue
-            from serve.ranker.triton_model import SENT_MODEL_FILE
-
             b = verify_bundle(self._bundles.path(v))
             meta = b.manifest["models"]["ranker"]
             path = b.file(meta["path"])

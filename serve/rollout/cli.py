@@ -168,8 +168,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool,
     from funnel.contracts.bundle import read_manifest
     from funnel.contracts.rollout import check_versions, parse_rollout
     from serve.bundles import BundleVersions, available_versions
-    from serve.moderation.policy import load_policy
-    from serve.moderation.remote import moderation_labels, policy_labels
+    from serve.moderation.remote import load_serving_policy
     from serve.rollout.controller import verify_versions
 
     cfg = parse_rollout(raw)
@@ -185,7 +184,7 @@ def check_local(raw: Any, *, root: Path, serving: str, allow_faults: bool,
     # when it started; a dry run has not)
     # the quality gate too, for every version: here we cannot tell which one the server
     # serves (`latest` may be newer), and the server skips only that one
-    policy = (load_policy(policy_file, labels=policy_labels(moderation_labels(primary)[0]))
+    policy = (load_serving_policy(policy_file, primary)
               if policy_file and "moderation" in cfg.stages else None)
     verify_versions(cfg, bundles=BundleVersions(root), primary={**primary, "version": ""},
                     policy=policy)

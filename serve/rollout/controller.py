@@ -144,11 +144,9 @@ def serving_policy(args: AppArgs, primary: dict[str, Any]) -> ModerationPolicy |
     """The moderation policy the replicas decide with (None: moderation is off)."""
     if not args.moderation.enabled:
         return None
-    from serve.moderation.policy import load_policy
-    from serve.moderation.remote import moderation_labels, policy_labels
+    from serve.moderation.remote import load_serving_policy
 
-    return load_policy(args.moderation.policy,
-                       labels=policy_labels(moderation_labels(primary)[0]))
+    return load_serving_policy(args.moderation.policy, primary)
 
 
 def _refusal(e: FunnelError) -> dict[str, Any]:

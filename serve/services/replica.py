@@ -121,12 +121,13 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     core = None
     text_labels: tuple[str, ...] = ()
     if moderation is not None:
-        from serve.moderation.policy import dormant_labels, load_policy
+        from serve.moderation.policy import dormant_labels
         from serve.moderation.remote import (
             RemoteContentScorer,
             TextLabels,
             handle_ready,
             image_model_version,
+            load_serving_policy,
             moderation_labels,
             policy_labels,
         )
@@ -135,7 +136,7 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
         text_labels, text_version = moderation_labels(manifest)
         labels_of = TextLabels(moderation, text_labels)
         m = args.moderation
-        mpolicy = load_policy(m.policy, labels=policy_labels(text_labels))
+        mpolicy = load_serving_policy(m.policy, manifest)
         dormant = dormant_labels(mpolicy, policy_labels(text_labels))
         if dormant:
             log.info("moderation policy %s: thresholds for %s, which the serving models do "

@@ -38,7 +38,8 @@ def test_serving_by_version_pulls_it_from_the_registry_first(tmp_path, monkeypat
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump(doc))
     monkeypatch.delenv("FUNNEL_REGISTRY_URL", raising=False)
-    with pytest.raises(ServeConfigError, match=r"--bundle-version v7: no model registry"):
+    with pytest.raises(ServeConfigError,
+                       match=r"--bundle-version v7: not in the bundle root .*no model registry"):
         resolved_config(str(config), None, bundle_version="v7")
     monkeypatch.setenv("FUNNEL_REGISTRY_URL", str(objects))
     monkeypatch.setenv("FUNNEL_REGISTRY_DATABASE_URL", db)
@@ -49,5 +50,8 @@ def test_serving_by_version_pulls_it_from_the_registry_first(tmp_path, monkeypat
     assert (tmp_path / "root" / "v7" / "manifest.json").is_file() and "registry" in said[0]
     with pytest.raises(ServeConfigError, match=r"--bundle-version v8: the registry has no"):
         resolved_config(str(config), None, bundle_version="v8")
+    # once in the root, the version serves without the registry
+    monkeypatch.delenv("FUNNEL_REGISTRY_URL")
+    assert resolved_config(str(config), None, bundle_version="v7")[1].bundle == args.bundle
     with pytest.raises(ServeConfigError, match=r"--bundle and --bundle-version: give one"):
         resolved_config(str(config), args.bundle, bundle_version="v7")
