@@ -171,6 +171,53 @@ def bench_moderation(
     _write_result(result, out)
 
 
+@bench_app.command("moderation-quality")
+def bench_moderation_quality(
+    data: Annotated[Path, typer.Option(help="The Davidson et al. 2017 labelled tweets (CSV).")]
+    = Path("../shared/data/davidson-2017/labeled_data.csv"),
+    out: Annotated[str, typer.Option(help="Result JSON.")] = (
+        "benchmarks/results/moderation_quality.json"),
+    work_dir: Annotated[Path, typer.Option(help="Where the bundle, the proposed policy and "
+                                           "the training scratch go.")] = Path(
+        "data/bench-moderation-quality"),
+    config: Annotated[Path | None, typer.Option(
+        help="Training config (default: training/configs/moderation-text.yaml).")] = None,
+    rows: Annotated[int | None, typer.Option(
+        min=200, help="Train on a seeded sample of this many rows (a quick check of the "
+        "harness; the recorded figures use every row).")] = None,
+) -> None:
+    """Moderation quality on real tweets: fine-tuned vs frozen encoder, the paper's figures,
+    served texts/s, and the measured thresholds' recall (no text is printed)."""
+    from benchmarks.moderation_quality import run
+
+    console = Console(stderr=True)
+    result = run(data=data, out_dir=work_dir, config=config, rows=rows,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _print_quality(result)
+    _write_result(result, out)
+
+
+def _print_quality(r: dict[str, object]) -> None:
+    from rich.table import Table
+
+    table = Table(title="moderation quality (test split)")
+    for col in ("model", "macro-F1", "weighted F1", "hate F1", "hate P", "hate R",
+                "texts/s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name in ("finetuned", "frozen"):
+        side = r[name]
+        assert isinstance(side, dict)
+        three = side["three_class"]
+        table.add_row(name, f"{side['macro_f1']:.3f}", f"{side['weighted_f1']:.3f}",
+                      f"{side['hate_f1']:.3f}", f"{three['hate_precision']:.3f}",
+                      f"{three['hate_recall']:.3f}", f"{side['texts_per_s']:.0f}")
+    paper = r["paper"]
+    assert isinstance(paper, dict)
+    table.add_row("paper (LR)", "-", f"{paper['weighted_f1']:.2f}", f"{paper['hate_f1']:.2f}",
+                  f"{paper['hate_precision']:.2f}", f"{paper['hate_recall']:.2f}", "-")
+    Console().print(table)
+
+
 @bench_app.command("rollout")
 def bench_rollout(
     bundle: Annotated[str, typer.Option(help="Bundle to serve (a copy is the shadow).")] = (

@@ -18,13 +18,13 @@ from funnel.registry.cli import bundle_app
 from monitoring.drift_cli import drift_app
 from monitoring.experiments_cli import experiment_app
 from serve.proxy_mode import Ingress
-from training.cli import data_app, train
+from training.cli import data_app, train_app
 
 app = typer.Typer(help="Funnel: feed serving with built-in moderation.", no_args_is_help=True,
                   rich_markup_mode="markdown",  # docstrings reflow: no breaks mid-sentence
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(data_app, name="data")
-app.command("train")(train)
+app.add_typer(train_app, name="train")
 app.add_typer(bundle_app, name="bundle")
 
 
@@ -125,6 +125,9 @@ app.add_typer(_rollout_app(), name="rollout")
 app.add_typer(drift_app, name="drift")
 app.add_typer(experiment_app, name="experiment")
 
+from serve.moderation.cli import moderation_app  # noqa: E402
+
+app.add_typer(moderation_app, name="moderation")
 review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 

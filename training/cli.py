@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -75,8 +78,38 @@ def data_movielens(
 
 
 @data_app.command("validate")
-def data_validate(path: Annotated[Path, typer.Argument(help="Dataset directory.")]) -> None:
-    """Check a dataset directory against the schema; exit 2 naming the first problem."""
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="A dataset directory, or a labelled-text file "
+                                         "(.csv, .tsv, .parquet) for `funnel train "
+                                         "moderation --texts`.")],
+    text_column: Annotated[str, typer.Option(help="Labelled texts: the text column.")] = "text",
+    label: Annotated[list[str] | None, typer.Option(
+        help="Labelled texts: NAME=COLUMN[:VALUE,...] or NAME=COLUMN/DENOMINATOR, as "
+             "`funnel train moderation` takes it (repeatable).")] = None,
+    split_column: Annotated[str | None, typer.Option(
+        help="Labelled texts: a column of train / val / test.")] = None,
+) -> None:
+    """Check a dataset directory against the schema, or a labelled-text file the way
+    `funnel train moderation --texts` reads it; exit 2 naming the first problem."""
+    if path.is_file():
+        from training.data.texts import load_labelled_texts
+
+        texts = load_labelled_texts(path, text_column=text_column, label_specs=label or (),
+                                    split_column=split_column)
+        summary = texts.summary()  # counts only: the text itself is never printed
+        table = Table(title=f"labelled texts {path}")
+        table.add_column("label")
+        table.add_column("mapping")
+        for part in ("train", "val", "test"):
+            table.add_column(f"{part} positives", justify="right")
+        for j, (lb, spec) in enumerate(zip(texts.labels, texts.specs, strict=True)):
+            table.add_row(lb, spec.describe(), *(f"{int(texts.hard[texts.part(p), j].sum()):,}"
+                                                 for p in ("train", "val", "test")))
+        Console().print(table)
+        Console().print(f"{summary['rows']:,} texts: {summary['train_rows']:,} train, "
+                        f"{summary['val_rows']:,} val, {summary['test_rows']:,} test "
+                        f"({texts.split_source})", highlight=False)
+        return
     from training.data.schema import load_dataset
 
     ds = load_dataset(path)
@@ -110,7 +143,12 @@ def load_any_dataset(dataset: str, profile: str, seed: int) -> Any:
     return load_dataset(path)
 
 
+train_app = typer.Typer(help="Train models with Ray Tune into a versioned bundle.")
+
+
+@train_app.callback(invoke_without_command=True)
 def train(
+    ctx: typer.Context,
     profile: Annotated[ProfileName, typer.Option(help="Size: data (synthetic) and the "
                                                  "search space in training/configs/.")] =
     ProfileName.tiny,
@@ -140,7 +178,11 @@ def train(
         "--registry-db", help="With --push: the registry's index database URL (default "
         "$FUNNEL_REGISTRY_DATABASE_URL, else SQLite beside a local store).")] = None,
 ) -> None:
-    """Train retrieval, ranker and moderation with Ray Tune; write a versioned bundle."""
+    """Train retrieval, ranker and moderation with Ray Tune; write a versioned bundle.
+
+    `funnel train moderation --texts FILE` trains the moderation text model alone."""
+    if ctx.invoked_subcommand is not None:
+        return
     from training.config import load_config, parse_config, profile_config
 
     if config is not None:
@@ -236,23 +278,117 @@ def start_local_ray(runtime_env: dict[str, Any], *, say: Any) -> None:
     os.environ["RAY_ADDRESS"] = address  # the state API in this process, too
 
 
-def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
-                 review_labels: Any = None) -> Path:
+@train_app.command("moderation")
+def train_moderation(
+    texts: Annotated[Path, typer.Option(help="Labelled texts: a .csv, .tsv or .parquet file "
+                                        "with a text column and label columns.")],
+    text_column: Annotated[str, typer.Option(help="The column holding the text.")] = "text",
+    label: Annotated[list[str] | None, typer.Option(
+        help="A harm label and where it comes from (repeatable): NAME=COLUMN (0/1 or a "
+             "fraction), NAME=COLUMN:VALUE[,VALUE] (a class), NAME=COLUMN/DENOMINATOR (votes). "
+             "Default: each column named after a harm label (hate, label_hate, ...).")] = None,
+    split_column: Annotated[str | None, typer.Option(
+        help="A column of train / val / test giving the split (default: a seeded split, "
+             "stratified on the labels).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Config YAML (default: training/configs/moderation-text.yaml).")] = None,
+    base: Annotated[Path | None, typer.Option(
+        help="A serving bundle: write a new serving bundle beside it, its files unchanged "
+             "but its moderation component replaced (ready to canary by version). Without "
+             "it, a moderation bundle is written.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Artifacts directory: the bundle goes in OUT/<version>, OUT/latest points to it "
+             "(default: the base bundle's directory with --base, else artifacts/moderation).")]
+    = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch space for Ray, trials and "
+                                                  "the encoder cache (default: OUT/.work).")]
+    = None,
+    gpu: Annotated[GpuMode | None, typer.Option(help="use_gpu for Ray Train workers "
+                                                "(overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split and the training "
+                                             "(overrides the config).")] = None,
+) -> None:
+    """Train the moderation text model from labelled text alone (no users or impressions):
+    the frozen-encoder head and the fine-tuned encoder, side by side; write a bundle."""
+    from funnel.contracts.bundle import resolve_bundle, verify_bundle
+    from training.config import load_text_moderation_config
+    from training.data.texts import load_labelled_texts
+    from training.text_moderation import train_text_moderation
+
+    cfg = load_text_moderation_config(config)
+    data_cfg = cfg.model_dump(mode="json")
+    if gpu is not None:
+        data_cfg["resources"]["use_gpu"] = gpu.value
+    if seed is not None:
+        data_cfg["seed"] = seed
+    cfg = type(cfg).model_validate(data_cfg)
+    base_bundle = None
+    if base is not None:
+        base_bundle = verify_bundle(base)
+        if base_bundle.manifest.get("kind", "serving") != "serving":
+            raise typer.BadParameter(f"{base} is a {base_bundle.manifest.get('kind')} bundle; "
+                                     "--base takes a serving bundle", param_hint="--base")
+    data = load_labelled_texts(texts, text_column=text_column, label_specs=label or (),
+                               split_column=split_column,
+                               val_fraction=cfg.split.val_fraction,
+                               test_fraction=cfg.split.test_fraction, seed=cfg.seed)
+    if out is None:
+        out = (resolve_bundle(base).parent if base is not None
+               else Path("artifacts/moderation"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = work_dir or out / ".work"
+    started = time.time()
+    try:
+        with training_session(work) as session:
+            bdir = train_text_moderation(cfg, data, out_dir=out, work_dir=work,
+                                         say=session.say, on_trial=session.on_trial,
+                                         on_encode=session.on_encode, base=base_bundle,
+                                         config_source=str(config or
+                                                           "training/configs/moderation-text.yaml"))
+    except KeyboardInterrupt:
+        console.print("training interrupted (Ctrl-C)")
+        raise typer.Exit(130) from None
+    bundle = verify_bundle(bdir)
+    print_moderation_summary(bundle.manifest, title=f"bundle {bundle.version}  "
+                             f"({time.time() - started:.0f}s)")
+    Console().print(f"bundle: {bundle.path}  (latest -> {bundle.version})")
+
+
+def print_moderation_summary(manifest: dict[str, Any], *, title: str) -> None:
+    """Per label on the test split: fine-tuned against the frozen baseline (and int8)."""
+    m = manifest["metrics"]["moderation"]
+    table = Table(title=title)
+    for col in ("label", "model", "PR-AUC", "ROC-AUC", "precision", "recall", "F1"):
+        table.add_column(col, justify="left" if col in ("label", "model") else "right")
+    for lb in manifest["models"]["moderation"]["labels"]:
+        for name in ("finetuned", "int8", "frozen"):
+            if not m.get(name):
+                continue
+            v = m[name]["per_label"][lb]
+            table.add_row(lb, name, *(("-" if v[k] is None else f"{v[k]:.4f}")
+                                      for k in ("pr_auc", "roc_auc", "precision", "recall",
+                                                "f1")))
+    out = Console()
+    out.print(table)
+    out.print(f"served: {m['served']}; thresholds: F1-best on validation, applied to test; "
+              f"`funnel moderation thresholds --bundle {manifest['version']}` proposes the "
+              "policy's")
+
+
+@contextmanager
+def training_session(work_dir: Path) -> Iterator[_Session]:
+    """A local (or the RayJob's) Ray, a progress line, and a stall watch, for one training
+    command; Ray is shut down on the way out."""
     import ray
 
-    from funnel.contracts.bundle import verify_bundle
-    from training.pipeline import train_bundle
     from training.stall import StallWatch
-    from training.text import MiniLMEncoder
 
-    out.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # Ctrl-C stops at once (Tune's own handler waits for trials to wind down), and Tune's
     # console reporter (TensorBoard hints, tables) stays quiet: our progress line says it
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started = time.time()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                         console=console, transient=False)
@@ -283,20 +419,38 @@ def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
 
         def on_encode(done: int, n: int) -> None:
             watch.progress()
-            progress.update(task, description="features: text embeddings",
-                            detail=f"{done:,}/{n:,}")
+            progress.update(task, description="text embeddings", detail=f"{done:,}/{n:,}")
 
-        encoder = MiniLMEncoder(progress=on_encode)
         try:
-            bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
-                                say=say, on_trial=on_trial, config_source=source,
-                                review_labels=review_labels)
+            yield _Session(say=say, on_trial=on_trial, on_encode=on_encode)
         except KeyboardInterrupt:
             progress.console.print("[bold]·[/] interrupted: stopping Ray; no bundle written")
             raise
         finally:
             watch.stop()
             ray.shutdown()
+
+
+@dataclass(frozen=True)
+class _Session:
+    say: Callable[[str], None]
+    on_trial: Callable[[str, dict[str, Any]], None]
+    on_encode: Callable[[int, int], None]
+
+
+def run_training(cfg: Any, ds: Any, *, out: Path, work_dir: Path, source: str,
+                 review_labels: Any = None) -> Path:
+    from funnel.contracts.bundle import verify_bundle
+    from training.pipeline import train_bundle
+    from training.text import MiniLMEncoder
+
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with training_session(work_dir) as session:
+        encoder = MiniLMEncoder(progress=session.on_encode)
+        bdir = train_bundle(cfg, ds, out_dir=out, work_dir=work_dir, encoder=encoder,
+                            say=session.say, on_trial=session.on_trial, config_source=source,
+                            review_labels=review_labels)
     bundle = verify_bundle(bdir)
     print_summary(bundle.manifest, title=f"bundle {bundle.version}  "
                   f"({time.time() - started:.0f}s)")

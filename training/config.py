@@ -60,6 +60,11 @@ PARAM_RULES: dict[str, dict[str, tuple[float, float] | tuple[str, ...]]] = {
         "dropout": (0.0, 0.9), "loss": ("focal", "weighted_bce"), "focal_gamma": (0.0, 5.0),
         "weight_decay": (0.0, 0.1),
     },
+    # fine-tuning MiniLM's top layers with the head (training/text_moderation.py)
+    "moderation_finetune": {
+        "lr": (1e-7, 1e-2), "batch_size": (4, 4096), "loss": ("focal", "weighted_bce"),
+        "focal_gamma": (0.0, 5.0), "weight_decay": (0.0, 0.1), "dropout": (0.0, 0.5),
+    },
 }
 
 
@@ -77,7 +82,7 @@ def _check_value(stage: str, name: str, value: Any) -> None:
 class StageConfig(_Strict):
     """One model's tuning run."""
 
-    stage: Literal["retrieval", "ranker", "moderation"]
+    stage: Literal["retrieval", "ranker", "moderation", "moderation_finetune"]
     num_samples: Annotated[int, Field(ge=1, le=1000)] = 2
     max_epochs: Annotated[int, Field(ge=1, le=1000)] = 4
     grace_period: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -156,6 +161,63 @@ class TrainConfig(_Strict):
 
             check_dense_features(self.ranker_dense_features, where="ranker_dense_features")
         return self
+
+
+class TextSplitConfig(_Strict):
+    """The seeded split of a labelled-text file that gives none (stratified on labels)."""
+
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.2
+
+
+class TextModerationConfig(_Strict):
+    """`funnel train moderation --texts`: the frozen-encoder head (the baseline) and the
+    fine-tuned encoder, trained in the same run on the same split.
+
+    finetune_layers: how many of MiniLM's 6 layers train (the top ones); 6 is the whole
+    encoder (its token embeddings stay frozen). The layers below are run once and cached.
+    quantize: also export the fine-tuned model with dynamic int8 Linear layers, measured on
+    the test split beside the float one; `serve_quantized` picks which one serves."""
+
+    seed: int = 0
+    max_length: Annotated[int, Field(ge=8, le=512)] = 64
+    split: TextSplitConfig = TextSplitConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    finetune_layers: Annotated[int, Field(ge=1, le=6)] = 2
+    quantize: bool = True
+    serve_quantized: bool = False
+    reference_sample_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 5000
+    frozen: StageConfig
+    finetune: StageConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> TextModerationConfig:
+        if self.frozen.stage != "moderation":
+            raise ValueError("frozen.stage must be moderation")
+        if self.finetune.stage != "moderation_finetune":
+            raise ValueError("finetune.stage must be moderation_finetune")
+        if self.serve_quantized and not self.quantize:
+            raise ValueError("serve_quantized needs quantize: true")
+        return self
+
+
+TEXT_MODERATION_CONFIG = CONFIG_DIR / "moderation-text.yaml"
+
+
+def load_text_moderation_config(path: str | Path | None = None) -> TextModerationConfig:
+    """Parse the moderation-from-texts config (default: configs/moderation-text.yaml);
+    ConfigError (exit 2) naming the file and field."""
+    path = Path(path or TEXT_MODERATION_CONFIG)
+    data = read_yaml(path, what="moderation training config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for stage, name in (("frozen", "moderation"), ("finetune", "moderation_finetune")):
+        if isinstance(data.get(stage), dict):
+            data[stage] = {"stage": name, **data[stage]}
+    try:
+        return TextModerationConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from e
 
 
 def _format_error(e: ValidationError, source: str) -> str:

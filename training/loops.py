@@ -10,6 +10,7 @@ keeps the best epoch's weights as safetensors in `config["trial_dir"]`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +106,12 @@ def _worker_env(config: dict[str, Any]) -> tuple[int, int, torch.device]:
 
 def _run(config: dict[str, Any], model: torch.nn.Module, n_rows: int,
          step: Callable[[torch.nn.Module, np.ndarray], torch.Tensor],
-         evaluate: Callable[[torch.nn.Module], float], metric: str) -> None:
+         evaluate: Callable[[torch.nn.Module], float], metric: str,
+         batches: Callable[[np.random.Generator, np.ndarray, int], list[np.ndarray]]
+         | None = None) -> None:
+    """The epoch loop every stage shares: AdamW over `step`'s loss, `evaluate` after each
+    epoch, the best epoch's weights kept, one Tune report per epoch. `batches` orders an
+    epoch's rows into batches (default: shuffled, in order)."""
     import ray.train
     import ray.train.torch
 
@@ -121,8 +127,9 @@ def _run(config: dict[str, Any], model: torch.nn.Module, n_rows: int,
         wrapped.train()
         shard = rng.permutation(n_rows)[rank::world]
         losses = []
-        for s in range(0, len(shard) - 1, bs):
-            idx = shard[s:s + bs]
+        order = (batches(rng, shard, bs) if batches is not None
+                 else [shard[s:s + bs] for s in range(0, len(shard) - 1, bs)])
+        for idx in order:
             if len(idx) < 2:
                 continue
             loss = step(wrapped, idx)
@@ -223,7 +230,103 @@ def moderation_loop(config: dict[str, Any]) -> None:
     _run(config, model, len(train["y"]), step, evaluate, "val_roc_auc")
 
 
+def length_batches(lengths: np.ndarray) -> Callable[[np.random.Generator, np.ndarray, int],
+                                                      list[np.ndarray]]:
+    """Batches of texts of about the same length, in a shuffled order: each batch is padded
+    to its own longest text, so little compute goes to padding (about 2x on tweets)."""
+    def order(rng: np.random.Generator, shard: np.ndarray, bs: int) -> list[np.ndarray]:
+        by_len = shard[np.lexsort((rng.random(len(shard)), lengths[shard]))]
+        out = [by_len[s:s + bs] for s in range(0, len(by_len), bs)]
+        return [out[i] for i in rng.permutation(len(out))]
+    return order
+
+
+class UpperLayers(torch.nn.Module):
+    """The trainable part of a `MiniLMClassifier` as a module of its own (what DDP wraps):
+    cached lower-layer hidden states and their mask -> logits."""
+
+    def __init__(self, clf: torch.nn.Module) -> None:
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return cast(Any, self.clf).upper(h, mask)
+
+
+def build_finetune(config: dict[str, Any], meta: dict[str, Any]) -> torch.nn.Module:
+    from training.models.minilm import MiniLMClassifier
+
+    return MiniLMClassifier(n_labels=len(meta["labels"]), hidden=int(meta["hidden"]),
+                            head_dropout=float(meta["head_dropout"]),
+                            trainable_layers=int(meta["trainable_layers"]),
+                            dropout=float(config["dropout"]))
+
+
+def upper_scores(m: torch.nn.Module, h: np.ndarray, mask: np.ndarray, *,
+                 device: torch.device | None = None, batch: int = 256) -> np.ndarray:
+    """Logits of `UpperLayers` over cached hidden states, by length-sorted batches."""
+    device = device or torch.device("cpu")
+    lengths = mask.sum(1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(lengths), 0), dtype=np.float32)
+    m.eval()
+    with torch.no_grad():
+        parts = []
+        for s in range(0, len(order), batch):
+            idx = np.sort(order[s:s + batch])
+            n = int(lengths[idx].max())
+            parts.append((idx, m(_t(np.asarray(h[idx, :n], np.float32), device),
+                                 _t(np.ascontiguousarray(mask[idx, :n]), device)).cpu().numpy()))
+        if parts:
+            out = np.zeros((len(lengths), parts[0][1].shape[1]), dtype=np.float32)
+            for idx, logits in parts:
+                out[idx] = logits
+    return out
+
+
+def moderation_finetune_loop(config: dict[str, Any]) -> None:
+    """MiniLM's top layers and the head, over the cached output of the frozen layers."""
+    from safetensors.torch import load_file
+
+    from training.evaluation import safe_pr_auc
+
+    d = config["data_dir"]
+    meta = json.loads(Path(d, "meta.json").read_text())
+    train = {k: np.load(Path(d, f"train_{k}.npy"), mmap_mode="r") for k in ("h", "mask", "y")}
+    val = {k: np.load(Path(d, f"val_{k}.npy"), mmap_mode="r") for k in ("h", "mask", "y")}
+    lengths = np.asarray(train["mask"]).sum(1)
+    _rank, _world, device = _worker_env(config)
+    clf = build_finetune(config, meta)
+    clf.load_state_dict(load_file(str(Path(d, "start.safetensors"))))
+    cast(Any, clf).freeze_lower()
+    model = UpperLayers(clf).to(device)
+    pos_weight = _t(np.asarray(meta["pos_weight"], np.float32), device)
+    loss_kind = str(config["loss"])
+    gamma = float(config["focal_gamma"])
+    val_hard = (np.asarray(val["y"]) >= 0.5).astype(np.float32)
+
+    def step(m: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
+        idx = np.sort(idx)
+        n = int(lengths[idx].max())
+        logits = m(_t(np.asarray(train["h"][idx, :n], np.float32), device),
+                   _t(np.ascontiguousarray(train["mask"][idx, :n]), device))
+        y = _t(np.asarray(train["y"][idx], np.float32), device)
+        if loss_kind == "focal":
+            return focal_loss(logits, y, gamma=gamma)
+        return weighted_bce(logits, y, pos_weight)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        scores = upper_scores(m, val["h"], np.asarray(val["mask"]), device=device)
+        aps = [a for j in range(val_hard.shape[1])
+               if (a := safe_pr_auc(val_hard[:, j], scores[:, j])) is not None]
+        return float(np.mean(aps)) if aps else 0.0
+
+    _run(config, model, len(lengths), step, evaluate, "val_pr_auc",
+         batches=length_batches(lengths))
+
+
 LOOPS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "moderation_finetune": (moderation_finetune_loop, "val_pr_auc"),
     "retrieval": (retrieval_loop, "val_recall"),
     "ranker": (ranker_loop, "val_ndcg"),
     "moderation": (moderation_loop, "val_roc_auc"),
@@ -231,4 +334,6 @@ LOOPS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
 
 
 def threads_per_worker(cpus: float) -> int:
-    return max(1, min(int(cpus), os.cpu_count() or 1))
+    """Torch threads for a worker given `cpus` (0.95 -> 1, 1.9 -> 2: a sliver is left for
+    the trial's own driver)."""
+    return max(1, min(math.ceil(cpus - 0.05), os.cpu_count() or 1))

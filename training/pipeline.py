@@ -23,7 +23,6 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from funnel.contracts.bundle import point_latest, write_manifest
 from funnel.contracts.model_io import ITEM_KEYS, RANKER_KEYS, TASKS, USER_KEYS
@@ -65,7 +64,7 @@ from training.loops import (
 )
 from training.models.two_tower import TwoTower
 from training.text import TextEncoder
-from training.tune import StageResult, tune_stage
+from training.tune import StageResult, load_best, tune_stage
 
 Say = Callable[[str], None]
 SCORE_WEIGHTS = {"click": 1.0, "like": 0.5, "comment": 0.3, "share": 0.3, "hide": -1.0}
@@ -102,13 +101,6 @@ def _pairs(imp: pd.DataFrame, mask: np.ndarray, uix: pd.Index, pix: pd.Index) ->
     rows = imp[mask & imp["click"].to_numpy()]
     p = np.stack([uix.get_indexer(rows["user_id"]), pix.get_indexer(rows["post_id"])], axis=1)
     return np.unique(p, axis=0) if len(p) else np.zeros((0, 2), np.int64)
-
-
-def _load_best(result: StageResult, build: Callable[..., torch.nn.Module],
-               meta: dict[str, Any]) -> torch.nn.Module:
-    model = build(result.config, meta)
-    model.load_state_dict(load_file(str(result.trial_dir / "model.safetensors")))
-    return model.eval()
 
 
 def _git_commit() -> str | None:
@@ -238,7 +230,7 @@ def _retrieval_stage(run: _Run) -> _Retrieval:
             f"{len(train_pairs):,} positive pairs)")
     tuned = tune_stage(cfg.retrieval, data_dir=rdir, work_dir=run.work_dir,
                        resources=cfg.resources, seed=cfg.seed, on_result=run.on_trial)
-    two_tower = cast(TwoTower, _load_best(tuned, build_two_tower, meta))
+    two_tower = cast(TwoTower, load_best(tuned, build_two_tower, meta))
     user_vec = embed(two_tower.user_tower, user_arr, USER_KEYS)
     item_vec = embed(two_tower.item_tower, item_arr, ITEM_KEYS)
     seen = np.concatenate([train_pairs, val_pairs])
@@ -299,7 +291,7 @@ def _ranker_stage(run: _Run, ret: _Retrieval, rng: np.random.Generator) -> _Rank
             f"{int((part == 'train').sum()):,} rows)")
     tuned = tune_stage(cfg.ranker, data_dir=kdir, work_dir=run.work_dir,
                        resources=cfg.resources, seed=cfg.seed, on_result=run.on_trial)
-    ranker = _load_best(tuned, build_ranker, meta)
+    ranker = load_best(tuned, build_ranker, meta)
     test, val = part == "test", part == "val"
     with torch.no_grad():
         logits = ranker(*(torch.from_numpy(inputs[k][test]) for k in RANKER_KEYS)).numpy()
@@ -491,7 +483,7 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
         f"{len(y_tr):,} texts, {int(pos.sum())} positive labels)")
     res = tune_stage(cfg.moderation, data_dir=mdir, work_dir=work_dir,
                      resources=cfg.resources, seed=cfg.seed, on_result=on_trial)
-    model = _load_best(res, build_moderation, meta)
+    model = load_best(res, build_moderation, meta)
     with torch.no_grad():
         scores = torch.sigmoid(model(torch.from_numpy(x[te]))).numpy()
     per_label = {h: {"roc_auc": safe_auc(y[te][:, j], scores[:, j]),

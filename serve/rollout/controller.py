@@ -105,6 +105,9 @@ def verify_versions(cfg: RolloutConfig, *, bundles: BundleVersions,
             problem = m if isinstance(m, str) else ""
             if not isinstance(m, str) and stage == "moderation":
                 problem = label_problem(version, m, policy)
+            elif not isinstance(m, str) and m.get("kind", "serving") != "serving":
+                problem = (f"bundle {version} is a {m['kind']} bundle: it serves the "
+                           "moderation stage only")
             if (not problem and not isinstance(m, str) and not cfg.allow_regression
                     and version != primary.get("version")):
                 lost = failures(m, models=(stage,))  # the model this stage swaps

@@ -61,3 +61,23 @@ def test_garbled_manifest(bundle: Path) -> None:
 def test_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"not a bundle"):
         verify_bundle(tmp_path)
+
+
+def test_moderation_bundle_kind(tmp_path: Path) -> None:
+    """A moderation bundle needs its text model and tokenizer, not the feed's files; an
+    unknown kind is refused by name."""
+    from funnel.contracts.bundle import MODERATION_REQUIRED_FILES
+
+    root = tmp_path / "m1"
+    for rel in MODERATION_REQUIRED_FILES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    write_manifest(root, {"version": "m1", "kind": "moderation"})
+    assert verify_bundle(root).manifest["kind"] == "moderation"
+    (root / "models/tokenizer.json").unlink()
+    write_manifest(root, {"version": "m1", "kind": "moderation"})
+    with pytest.raises(BundleError, match="models/tokenizer.json"):
+        verify_bundle(root)
+    write_manifest(root, {"version": "m1", "kind": "recipes"})
+    with pytest.raises(BundleError, match="kind 'recipes'"):
+        verify_bundle(root)
