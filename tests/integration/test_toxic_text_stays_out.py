@@ -24,11 +24,12 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared/data/davidson-2017/l
 RAY_TMP = Path("/tmp/ray")
 
 
-def _needles(n: int = 300) -> list[bytes]:
-    """Distinctive pieces of tweets: 32 characters from the middle of longer ones, raw and
-    as JSON would escape them."""
-    tweets = pd.read_csv(DATA)["tweet"].astype(str)
-    long = tweets[tweets.str.len() >= 60].sample(n, random_state=11)
+def _needles(tweets: pd.Series, n: int = 300) -> list[bytes]:
+    """Distinctive pieces of the trained-on tweets: 32 characters from the middle of longer
+    ones, raw and as JSON would escape them."""
+    tweets = tweets.astype(str)
+    long = tweets[tweets.str.len() >= 60]
+    long = long.sample(min(n, len(long)), random_state=11)
     out: set[bytes] = set()
     for t in long:
         piece = t[20:52]
@@ -46,7 +47,8 @@ def _files(roots: list[Path], skip: set[Path]) -> list[Path]:
 def test_training_and_benchmark_write_no_tweet(tmp_path: Path) -> None:
     sample = tmp_path / "input" / "sample.csv"  # the input itself is not searched
     sample.parent.mkdir()
-    pd.read_csv(DATA).sample(700, random_state=5).to_csv(sample, index=False)
+    rows = pd.read_csv(DATA).sample(700, random_state=5)
+    rows.to_csv(sample, index=False)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(SMALL))
     sessions_before = set(RAY_TMP.glob("session_*")) if RAY_TMP.exists() else set()
@@ -66,7 +68,10 @@ def test_training_and_benchmark_write_no_tweet(tmp_path: Path) -> None:
                     *new_sessions], skip={sample.resolve()})
     assert any(p.suffix in (".log", ".out", ".err") for p in files)  # Ray's logs searched
     assert any(p.name == "heldout.parquet" for p in files)
-    needles = _needles()
+    needles = _needles(rows["tweet"])
+    assert len(needles) > 100
+    control = sample.read_bytes()  # the search finds the text where it is
+    assert sum(n in control for n in needles) > 0.9 * len(needles)
     blobs = [("output", "\n".join(outputs).encode())]
     blobs += [(str(p), p.read_bytes()) for p in files if p.stat().st_size < 200 << 20]
     found = sorted({where for where, blob in blobs if any(n in blob for n in needles)})

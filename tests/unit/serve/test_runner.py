@@ -55,3 +55,29 @@ def test_serving_by_version_pulls_it_from_the_registry_first(tmp_path, monkeypat
     assert resolved_config(str(config), None, bundle_version="v7")[1].bundle == args.bundle
     with pytest.raises(ServeConfigError, match=r"--bundle and --bundle-version: give one"):
         resolved_config(str(config), args.bundle, bundle_version="v7")
+
+
+def test_a_moderation_bundle_is_refused_as_the_feed_s_bundle(tmp_path) -> None:
+    """`funnel serve --bundle` of a moderation bundle (`funnel train moderation` without
+    --base) exits 2 saying what it is and how to serve it."""
+    from pathlib import Path
+
+    import pytest
+    import yaml
+
+    from funnel.contracts.bundle import MODERATION_REQUIRED_FILES, write_manifest
+    from serve.errors import ServeConfigError
+    from serve.runner import resolved_config
+
+    root = tmp_path / "m1"
+    for rel in MODERATION_REQUIRED_FILES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    write_manifest(root, {"version": "m1", "kind": "moderation"})
+    local = Path(__file__).resolve().parents[3] / "serve" / "configs" / "local.yaml"
+    doc = yaml.safe_load(local.read_text())
+    doc["applications"][0]["args"]["review"]["database_url"] = "sqlite:///:memory:"
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ServeConfigError, match=r"is a moderation bundle .* --base"):
+        resolved_config(str(config), str(root))
