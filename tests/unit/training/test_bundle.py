@@ -76,7 +76,7 @@ def test_moderation_bundle_kind(tmp_path: Path) -> None:
     assert verify_bundle(root).manifest["kind"] == "moderation"
     (root / "models/tokenizer.json").unlink()
     write_manifest(root, {"version": "m1", "kind": "moderation"})
-    with pytest.raises(BundleError, match="models/tokenizer.json"):
+    with pytest.raises(BundleError, match=r"models/tokenizer\.json"):
         verify_bundle(root)
     write_manifest(root, {"version": "m1", "kind": "recipes"})
     with pytest.raises(BundleError, match="kind 'recipes'"):

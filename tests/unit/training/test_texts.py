@@ -100,7 +100,7 @@ def test_unreadable_or_unknown_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no such file"):
         load_labelled_texts(tmp_path / "missing.csv")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(DatasetError, match="expected a .csv"):
+    with pytest.raises(DatasetError, match=r"expected a \.csv"):
         load_labelled_texts(tmp_path / "x.json")
 
 
