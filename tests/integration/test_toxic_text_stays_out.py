@@ -47,7 +47,7 @@ def _files(roots: list[Path], skip: set[Path]) -> list[Path]:
 def test_training_and_benchmark_write_no_tweet(tmp_path: Path) -> None:
     sample = tmp_path / "input" / "sample.csv"  # the input itself is not searched
     sample.parent.mkdir()
-    rows = pd.read_csv(DATA).sample(700, random_state=5)
+    rows = pd.read_csv(DATA).sample(500, random_state=5)
     rows.to_csv(sample, index=False)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(SMALL))
@@ -56,7 +56,7 @@ def test_training_and_benchmark_write_no_tweet(tmp_path: Path) -> None:
     for args in (["train", "moderation", "--texts", str(sample), "--text-column", "tweet",
                   "--label", "hate=class:0", "--label", "abuse=class:0,1", "--config",
                   str(cfg), "--out", str(tmp_path / "train")],
-                 ["bench", "moderation-quality", "--data", str(DATA), "--rows", "700",
+                 ["bench", "moderation-quality", "--data", str(DATA), "--rows", "500",
                   "--config", str(cfg), "--work-dir", str(tmp_path / "bench"), "--out",
                   str(tmp_path / "bench.json")]):
         r = subprocess.run([*FUNNEL, *args], capture_output=True, text=True, timeout=900,

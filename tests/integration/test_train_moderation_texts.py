@@ -23,7 +23,7 @@ SMALL = {  # the shipped config's shape, a few minutes of CPU: one trial each, 1
                   "max_concurrent_trials": 1},
     "finetune_layers": 1, "quantize": True, "serve_quantized": False,
     "reference_sample_rows": 100,
-    "frozen": {"num_samples": 1, "max_epochs": 5, "grace_period": 1,
+    "frozen": {"num_samples": 1, "max_epochs": 3, "grace_period": 1,
                "params": {"lr": 0.003, "batch_size": 64, "hidden": 32, "dropout": 0.1,
                           "loss": "weighted_bce", "focal_gamma": 2.0, "weight_decay": 0.0}},
     "finetune": {"num_samples": 1, "max_epochs": 1, "grace_period": 1,
@@ -40,7 +40,7 @@ def texts_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     posts = generate("tiny", seed=3).posts
     harmful = posts[posts["label_hate"] | posts["label_abuse"]]
     benign = posts[~(posts["label_hate"] | posts["label_abuse"])].sample(
-        min(1200, len(posts)), random_state=0)
+        min(800, len(posts)), random_state=0)
     frame = pd.concat([harmful, benign])
     out = tmp_path_factory.mktemp("texts") / "labelled.csv"
     pd.DataFrame({"text": frame["text"], "hate": frame["label_hate"].astype(int),
