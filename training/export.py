@@ -4,7 +4,9 @@ the drift references. `training.pipeline` calls these; `funnel.contracts.bundle`
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
@@ -117,3 +119,22 @@ def write_moderation_reference(path: Path, scores: np.ndarray, labels: Sequence[
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     return path
+
+
+def new_bundle_dir(out_dir: Path) -> Path:
+    """OUT/v<UTC timestamp> (with a millisecond suffix when that exists already)."""
+    version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
+    bdir = out_dir / version
+    if bdir.exists():
+        bdir = out_dir / f"{version}-{int(time.time() * 1000) % 1000:03d}"
+    return bdir
+
+
+def funnel_version() -> str:
+    """The installed funnel package's version (0+unknown from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("funnel")
+    except PackageNotFoundError:
+        return "0+unknown"

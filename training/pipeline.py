@@ -48,6 +48,8 @@ from training.evaluation import (
 from training.export import (
     ann_recall,
     build_hnsw,
+    funnel_version,
+    new_bundle_dir,
     script_module,
     write_moderation_reference,
     write_reference,
@@ -64,7 +66,7 @@ from training.loops import (
 )
 from training.models.two_tower import TwoTower
 from training.text import TextEncoder
-from training.tune import StageResult, load_best, tune_stage
+from training.tune import StageResult, load_best, tune_stage, tuning_summary
 
 Say = Callable[[str], None]
 SCORE_WEIGHTS = {"click": 1.0, "like": 0.5, "comment": 0.3, "share": 0.3, "hide": -1.0}
@@ -140,7 +142,7 @@ def train_bundle(cfg: TrainConfig, ds: Dataset, *, out_dir: Path, work_dir: Path
     index, ann_metrics = _ann_stage(run, ret, rng)
     metrics = {"retrieval": ret.metrics, "ranker": rk.metrics,
                "moderation": moderation_metrics, "ann": ann_metrics}
-    bdir = _new_bundle_dir(out_dir)
+    bdir = new_bundle_dir(out_dir)
     say(f"export: writing bundle {bdir}")
     _write_bundle_files(run, ret, rk, moderation, moderation_scores, index, bdir)
     manifest = _manifest(run, ret, rk, moderation is not None, metrics, version=bdir.name,
@@ -251,7 +253,7 @@ def _retrieval_stage(run: _Run) -> _Retrieval:
     run.say(f"retrieval: recall@50 {metrics.get('recall_at_50', 0):.4f} "
             f"(popularity {pop_metrics.get('recall_at_50', 0):.4f})")
     return _Retrieval(tuning=tuned, two_tower=two_tower, user_vec=user_vec, item_vec=item_vec,
-                      metrics={**metrics, "baselines": baselines, "tuning": _tuning(tuned)})
+                      metrics={**metrics, "baselines": baselines, "tuning": tuning_summary(tuned)})
 
 
 def _ranker_stage(run: _Run, ret: _Retrieval, rng: np.random.Generator) -> _Ranker:
@@ -314,7 +316,7 @@ def _ranker_stage(run: _Run, ret: _Retrieval, rng: np.random.Generator) -> _Rank
         "score_weights": SCORE_WEIGHTS,
         "baselines": {"retrieval_order": {
             "ndcg_at_10": grouped_ndcg(groups[test], retrieval_score[test], gains[test], k=10)}},
-        "tuning": _tuning(tuned),
+        "tuning": tuning_summary(tuned),
     }
     run.say(f"ranker: ndcg@10 {metrics['ndcg_at_10']:.4f} (retrieval order "
             f"{metrics['baselines']['retrieval_order']['ndcg_at_10']:.4f})")
@@ -337,14 +339,6 @@ def _ann_stage(run: _Run, ret: _Retrieval, rng: np.random.Generator
                                                          ret.user_vec[q_rows], k=100),
                    "m": cfg.ann.m, "ef_search": cfg.ann.ef_search,
                    "items": len(ret.item_vec)}
-
-
-def _new_bundle_dir(out_dir: Path) -> Path:
-    version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
-    bdir = out_dir / version
-    if bdir.exists():
-        bdir = out_dir / f"{version}-{int(time.time() * 1000) % 1000:03d}"
-    return bdir
 
 
 def _write_bundle_files(run: _Run, ret: _Retrieval, rk: _Ranker,
@@ -413,7 +407,7 @@ def _manifest(run: _Run, ret: _Retrieval, rk: _Ranker, has_moderation: bool,
             "catalog": {"path": "catalog/", "meta": "catalog/catalog.json"},
         },
         "metrics": metrics,
-        "lineage": {"funnel_version": _funnel_version(), "git_commit": _git_commit(),
+        "lineage": {"funnel_version": funnel_version(), "git_commit": _git_commit(),
                     "command": _command(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "trials": {s.stage: str(s.trial_dir.name)
@@ -497,7 +491,7 @@ def _train_moderation(cfg: TrainConfig, posts: pd.DataFrame, ft: FeatureTransfor
     out: dict[str, Any] = {
            "roc_auc_macro": roc_macro,
            "pr_auc_macro": float(np.mean(prs)) if prs else None,
-           "per_label": per_label, "tuning": _tuning(res),
+           "per_label": per_label, "tuning": tuning_summary(res),
            "baselines": {"tfidf_logreg": base},
            "review_label_rows": 0 if extra is None else len(extra[0])}
     say(f"moderation: macro ROC-AUC {_fmt(roc_macro)} (tf-idf logreg "
@@ -543,17 +537,3 @@ def _with_sampled_negatives(imp: pd.DataFrame, post_ids: np.ndarray,
         neg[col] = False
     neg["dwell_s"] = np.float32(0.0)
     return pd.concat([imp, neg], ignore_index=True)
-
-
-def _tuning(r: StageResult) -> dict[str, Any]:
-    return {"best_config": r.config, "metric": r.metric, "best_val": r.value,
-            "trials": r.trials, "stopped_early": r.trials_stopped_early}
-
-
-def _funnel_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("funnel")
-    except PackageNotFoundError:
-        return "0+unknown"

@@ -53,7 +53,12 @@ from training import quality
 from training.config import TextModerationConfig
 from training.data.texts import LabelledTexts
 from training.evaluation import safe_auc, safe_pr_auc
-from training.export import script_module, write_moderation_reference
+from training.export import (
+    funnel_version,
+    new_bundle_dir,
+    script_module,
+    write_moderation_reference,
+)
 from training.loops import UpperLayers, build_moderation, save_arrays
 from training.models.minilm import (
     TOKENIZER_FILE,
@@ -63,7 +68,7 @@ from training.models.minilm import (
     classify,
     model_dir,
 )
-from training.tune import StageResult, load_best, tune_stage
+from training.tune import StageResult, load_best, tune_stage, tuning_summary
 
 Say = Callable[[str], None]
 TEXT_MODEL_FILE = "models/moderation_text.pt"
@@ -312,7 +317,8 @@ def train_text_moderation(cfg: TextModerationConfig, data: LabelledTexts, *, out
     base_tfidf = tfidf_baseline(data.texts[data.part("train")], data.hard[data.part("train")],
                                 data.texts[te], y_test, labels=data.labels)
 
-    bdir = _new_dir(out_dir)
+    bdir = new_bundle_dir(out_dir)
+    bdir.mkdir(parents=True)
     say(f"export: writing bundle {bdir}")
     if base is not None:
         _copy_serving_files(base, bdir)
@@ -325,7 +331,7 @@ def train_text_moderation(cfg: TextModerationConfig, data: LabelledTexts, *, out
                                                 ("roc_auc_macro", "pr_auc_macro",
                                                  "f1_macro")}},
                "served": "int8" if served is not clf else "float32",
-               "tuning": {"frozen": _tuning(frozen_res), "finetune": _tuning(ft_res)},
+               "tuning": {"frozen": tuning_summary(frozen_res), "finetune": tuning_summary(ft_res)},
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     spec = {"path": TEXT_MODEL_FILE, "kind": "finetuned", "labels": list(data.labels),
             "text_model": "all-MiniLM-L6-v2", "tokenizer": TOKENIZER_PATH,
@@ -333,7 +339,7 @@ def train_text_moderation(cfg: TextModerationConfig, data: LabelledTexts, *, out
             "quantized": served is not clf, "hparams": ft_res.config,
             "baseline": {"path": FROZEN_HEAD_FILE, "hparams": frozen_res.config},
             "heldout": HELDOUT_FILE, "curves": CURVES_FILE}
-    lineage = {"funnel_version": _funnel_version(), "torch": torch.__version__,
+    lineage = {"funnel_version": funnel_version(), "torch": torch.__version__,
                "python": platform.python_version(),
                "train_seconds": round(time.time() - started, 1),
                "device": "cuda" if torch.cuda.is_available() else "cpu"}
@@ -356,15 +362,6 @@ def train_text_moderation(cfg: TextModerationConfig, data: LabelledTexts, *, out
     manifest["quality_gate"] = quality.evaluate(manifest["metrics"])
     write_manifest(bdir, manifest)
     point_latest(out_dir, bdir)
-    return bdir
-
-
-def _new_dir(out_dir: Path) -> Path:
-    version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
-    bdir = out_dir / version
-    if bdir.exists():
-        bdir = out_dir / f"{version}-{int(time.time() * 1000) % 1000:03d}"
-    bdir.mkdir(parents=True)
     return bdir
 
 
@@ -415,17 +412,3 @@ def _check_export(bdir: Path, tok: Tokenizer, texts: np.ndarray, expected: np.nd
     if diff > 1e-4:
         raise RuntimeError(f"exported text model disagrees with the evaluated one "
                            f"(max score difference {diff:.2e})")
-
-
-def _tuning(r: StageResult) -> dict[str, Any]:
-    return {"best_config": r.config, "metric": r.metric, "best_val": r.value,
-            "trials": r.trials, "stopped_early": r.trials_stopped_early}
-
-
-def _funnel_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("funnel")
-    except PackageNotFoundError:
-        return "0+unknown"

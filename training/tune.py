@@ -46,6 +46,12 @@ class StageResult:
     trials_stopped_early: int
 
 
+def tuning_summary(r: StageResult) -> dict[str, Any]:
+    """What the manifest records of a stage's tuning."""
+    return {"best_config": r.config, "metric": r.metric, "best_val": r.value,
+            "trials": r.trials, "stopped_early": r.trials_stopped_early}
+
+
 def load_best(result: StageResult, build: Callable[..., Any], meta: dict[str, Any]) -> Any:
     """The best trial's model: built from its config, with its best epoch's weights."""
     from safetensors.torch import load_file
