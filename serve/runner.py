@@ -152,9 +152,9 @@ def resolved_config(config_path: str, bundle: str | None, *, ranker_backend: str
     if b.manifest.get("kind", "serving") != "serving":
         raise ServeConfigError(
             f"{b.path} is a {b.manifest['kind']} bundle (the moderation text model alone): "
-            "the feed needs a serving bundle. Serve it as a moderation stage variant, under "
-            "KServe (python -m serve.moderation.kserve_main --bundle ...), or make a serving "
-            "bundle with `funnel train moderation --texts ... --base SERVING_BUNDLE`")
+            "the feed needs a serving bundle. Serve it under KServe (python -m "
+            "serve.moderation.kserve_main --bundle ...), or make a serving bundle with "
+            "`funnel train moderation --texts ... --base SERVING_BUNDLE`")
     app_args["bundle"] = str(b.path.resolve())
     moderation = dict(app_args.get("moderation") or {})
     moderation["policy"] = str(Path(args.moderation.policy).resolve())

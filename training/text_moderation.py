@@ -8,9 +8,11 @@ Two models train in the same run, on the same seeded split, so that they compare
   dropout; ASHA stops weak trials, the best epoch is kept: early stopping on validation
   PR-AUC). The head starts from the frozen baseline's.
 
-The frozen lower layers run once over every text and their output is cached (float16), so
-each trial's epoch runs the top layers only: on 2 CPU cores that is what makes tuning
-affordable. With `finetune_layers: 6` the whole encoder trains (token embeddings frozen).
+Trial configs are sampled from the config's seed, so a run is repeatable: the same split,
+the same trials. The frozen lower layers run once over every text and their output is
+cached (float16), so each trial's epoch runs the top layers only: on 2 CPU cores that is
+what makes tuning affordable. With `finetune_layers: 6` the whole encoder trains (token
+embeddings frozen).
 
 The fine-tuned model is exported as one TorchScript module (token ids -> logits), with the
 tokenizer file beside it, both checksummed in the manifest; optionally with dynamic int8
@@ -202,7 +204,8 @@ def _tune_frozen(cfg: TextModerationConfig, data: LabelledTexts, cache: Cache, w
     (ddir / "meta.json").write_text(json.dumps(meta))
     say(f"frozen: tuning the head on frozen embeddings ({cfg.frozen.num_samples} trials)")
     res = tune_stage(cfg.frozen, data_dir=ddir, work_dir=work_dir, resources=cfg.resources,
-                     seed=cfg.seed, on_result=on_trial)
+                     seed=cfg.seed, on_result=on_trial,
+                     seeded_search=True)
     return load_best(res, build_moderation, meta), res, meta
 
 
@@ -235,7 +238,8 @@ def _tune_finetune(cfg: TextModerationConfig, data: LabelledTexts, cache: Cache,
         f"({cfg.finetune.num_samples} trials, up to {cfg.finetune.max_epochs} epochs, "
         f"{int(tr.sum()):,} texts)")
     res = tune_stage(cfg.finetune, data_dir=ddir, work_dir=work_dir, resources=cfg.resources,
-                     seed=cfg.seed, on_result=on_trial)
+                     seed=cfg.seed, on_result=on_trial,
+                     seeded_search=True)
     upper = UpperLayers(build_finetune(res.config, meta))
     upper.load_state_dict(load_file(str(res.trial_dir / "model.safetensors")))
     clf = upper.clf

@@ -92,14 +92,17 @@ def to_search_space(params: dict[str, ParamValue]) -> dict[str, Any]:
 
 def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,
                resources: ResourcesConfig, seed: int,
-               on_result: Callable[[str, dict[str, Any]], None] | None = None) -> StageResult:
-    """Tune one stage; return the best trial (by its best epoch) and where its weights are."""
+               on_result: Callable[[str, dict[str, Any]], None] | None = None,
+               seeded_search: bool = False) -> StageResult:
+    """Tune one stage; return the best trial (by its best epoch) and where its weights are.
+    `seeded_search`: sample the trials' configs from `seed` (the same trials every run)."""
     from ray import tune
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     loop, metric = LOOPS[stage.stage]
     use_gpu = gpu_wanted(resources)
@@ -137,6 +140,7 @@ def tune_stage(stage: StageConfig, *, data_dir: Path, work_dir: Path,
         tune_config=tune.TuneConfig(
             metric=metric, mode="max", num_samples=stage.num_samples,
             max_concurrent_trials=resources.max_concurrent_trials,
+            search_alg=(BasicVariantGenerator(random_state=seed) if seeded_search else None),
             scheduler=ASHAScheduler(max_t=stage.max_epochs, grace_period=stage.grace_period,
                                     reduction_factor=2, time_attr="training_iteration"),
         ),
