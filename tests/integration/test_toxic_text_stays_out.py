@@ -69,9 +69,9 @@ def test_training_and_benchmark_write_no_tweet(tmp_path: Path) -> None:
     assert any(p.suffix in (".log", ".out", ".err") for p in files)  # Ray's logs searched
     assert any(p.name == "heldout.parquet" for p in files)
     needles = _needles(rows["tweet"])
-    assert len(needles) > 100
-    control = sample.read_bytes()  # the search finds the text where it is
-    assert sum(n in control for n in needles) > 0.9 * len(needles)
+    control = sample.read_bytes()  # the search finds the text where it is (counts only:
+    hits_in_input = sum(n in control for n in needles)  # an assertion shows no needle)
+    assert hits_in_input >= 100
     blobs = [("output", "\n".join(outputs).encode())]
     blobs += [(str(p), p.read_bytes()) for p in files if p.stat().st_size < 200 << 20]
     found = sorted({where for where, blob in blobs if any(n in blob for n in needles)})

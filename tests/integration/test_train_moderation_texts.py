@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,22 +87,30 @@ def test_moderation_bundle_from_text_and_labels_only(trained: tuple[Path, str],
 
 
 def test_served_scores_are_the_evaluated_ones(trained: tuple[Path, str],
-                                              texts_csv: Path) -> None:
+                                              texts_csv: Path, tmp_path: Path) -> None:
     """The moderation server's model class on the bundle gives the scores the held-out
-    file records for the same test texts (the split is seeded: recomputed here)."""
-    from serve.moderation.models import TextModerationModel
+    file records for the same test texts (the split is seeded: recomputed here). In a
+    process of its own: kserve and tritonclient cannot share one."""
     from training.data.texts import load_labelled_texts
 
     path, _ = trained
     data = load_labelled_texts(texts_csv, val_fraction=0.15, test_fraction=0.2, seed=0)
-    model = TextModerationModel(bundle=str(path), intra_op_threads=2)
-    model.load()
-    assert model.labels == ("hate", "abuse") and model.encoder is None
-    test_texts = [str(t) for t in data.texts[data.part("test")]]
-    got = model.score_texts(test_texts[:40])
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([str(t) for t in data.texts[data.part("test")]][:40]))
+    code = ("import json, sys; sys.argv = sys.argv[:1]\n"
+            "from serve.moderation.models import TextModerationModel\n"
+            f"m = TextModerationModel(bundle={str(path)!r}, intra_op_threads=2); m.load()\n"
+            f"t = json.load(open({str(texts)!r}))\n"
+            "print(json.dumps({'labels': list(m.labels), 'encoder': m.encoder is None, "
+            "'scores': m.score_texts(t).tolist()}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["labels"] == ["hate", "abuse"] and out["encoder"]  # its own encoder
     heldout = pd.read_parquet(path / "moderation/heldout.parquet")
     want = heldout[heldout["split"] == "test"][["score_hate", "score_abuse"]].to_numpy()[:40]
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["scores"]), want, atol=1e-4)
 
 
 def test_thresholds_policy_from_the_bundle(trained: tuple[Path, str], tmp_path: Path) -> None:
