@@ -194,7 +194,7 @@ class _Trained:
 
 def _tune_frozen(cfg: TextModerationConfig, data: LabelledTexts, cache: Cache, work_dir: Path,
                  say: Say, on_trial: Callable[[str, dict[str, Any]], None] | None
-                 ) -> tuple[torch.nn.Module, StageResult, dict[str, Any]]:
+                 ) -> tuple[torch.nn.Module, StageResult]:
     tr, va = data.part("train"), data.part("val")
     meta = {"text_dim": 384, "labels": list(data.labels),
             "pos_weight": pos_weight(data.targets[tr])}
@@ -206,7 +206,7 @@ def _tune_frozen(cfg: TextModerationConfig, data: LabelledTexts, cache: Cache, w
     res = tune_stage(cfg.frozen, data_dir=ddir, work_dir=work_dir, resources=cfg.resources,
                      seed=cfg.seed, on_result=on_trial,
                      seeded_search=True)
-    return load_best(res, build_moderation, meta), res, meta
+    return load_best(res, build_moderation, meta), res
 
 
 def _tune_finetune(cfg: TextModerationConfig, data: LabelledTexts, cache: Cache,
@@ -282,7 +282,7 @@ def train_text_moderation(cfg: TextModerationConfig, data: LabelledTexts, *, out
     timings["encode_s"] = time.time() - t0
 
     t0 = time.time()
-    frozen_head, frozen_res, _ = _tune_frozen(cfg, data, cache, work_dir, say, on_trial)
+    frozen_head, frozen_res = _tune_frozen(cfg, data, cache, work_dir, say, on_trial)
     timings["frozen_tune_s"] = time.time() - t0
     t0 = time.time()
     clf, ft_res = _tune_finetune(cfg, data, cache, frozen_head, frozen_res.config, work_dir,

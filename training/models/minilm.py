@@ -17,7 +17,6 @@ layers, pooling and head) are the two halves training uses.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,12 +245,3 @@ def classify(module: Any, tok: Tokenizer, texts: list[str], *, chunk: int = 16) 
                 out = np.zeros((len(seqs), p.shape[1]), dtype=np.float32)
             out[idx] = p.numpy()
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
-
-
-def tokenizer_config(max_length: int) -> dict[str, Any]:
-    return {"file": TOKENIZER_FILE, "max_length": max_length, "lowercase": True,
-            "source": "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
