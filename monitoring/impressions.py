@@ -15,9 +15,11 @@ when complete on a local filesystem (readers skip `_` files), so a reader never 
 file; object stores publish an object whole.
 
 What can be lost, and how it shows:
-- A crash (or SIGKILL) of a replica loses the records buffered in it: at most
-  `max_buffered_rows`, and in steady state about `flush_interval_s` of that replica's
-  traffic. A normal shutdown writes them (`close`).
+- Without a spool, a crash (or SIGKILL) of a replica loses the records buffered in it: at
+  most `max_buffered_rows`, and in steady state about `flush_interval_s` of that replica's
+  traffic. A normal shutdown writes them (`close`). With a spool (`spool_dir`,
+  monitoring/wal.py; the serving app's default), every record is on local disk before it
+  is buffered, and the next replica to start on that disk writes what a killed one left.
 - When storage is slower than traffic and the buffer holds `max_buffered_rows`, new
   records are dropped, not queued without bound.
 - A write that still fails after `retries` retries loses its batch.
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 
 from funnel.contracts.model_io import RANKER_DENSE, TASKS
 from monitoring import metrics
+from monitoring.wal import Segment, WriteAheadSpool
 
 log = logging.getLogger("funnel.impressions")
 KINDS = ("feed", "moderation", "events")
@@ -96,6 +99,7 @@ class ImpressionLog:
                  flush_rows: int = 2000, flush_interval_s: float = 2.0,
                  max_buffered_rows: int = 50_000, retries: int = 2,
                  storage_options: Mapping[str, Any] | None = None,
+                 spool_dir: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         import fsspec
 
@@ -126,18 +130,44 @@ class ImpressionLog:
         self._writing = threading.Lock()
         self._last_error = ""
         self.counts = {"written": 0, "dropped": 0, "failed": 0}
+        # the write-ahead spool (monitoring/wal.py): records survive a killed replica
+        self._spool: WriteAheadSpool | None = None
+        self._held: list[Segment] = []  # segments taken over at start, released when written
+        if spool_dir:
+            self._spool = WriteAheadSpool(spool_dir, kind=kind, replica=self.replica)
+            self._recover()
+
+    def _recover(self) -> None:
+        assert self._spool is not None
+        rec, held = self._spool.recover()
+        self._held = held
+        for columns, rows in rec.chunks:
+            self._chunks.append({"__rows": rows, **columns})
+            self._buffered += rows
+        if rec.records or rec.torn:
+            metrics.SPOOL_RECOVERED.labels(self.kind, "recovered").inc(rec.records)
+            metrics.SPOOL_RECOVERED.labels(self.kind, "torn").inc(rec.torn)
+            log.warning("impression log (%s): %d record(s) recovered from %d spool segment(s) "
+                        "a stopped replica left; %d line(s) cut short by the stop (never "
+                        "acknowledged) skipped", self.kind, rec.records, len(held), rec.torn)
 
     # ---- the request path ----------------------------------------------------------------
-    def append(self, columns: dict[str, Any], rows: int) -> bool:
+    def append(self, columns: dict[str, Any], rows: int, *, durable: bool = False) -> bool:
         """Buffer `rows` records given as columns (lists or arrays of length `rows`, or a
         scalar repeated). False, and the records counted as dropped, when the buffer is full.
-        """
+
+        With a spool, the records are also written to it first (they survive a killed
+        replica); `durable=True` returns only once they are fsync'd (raises
+        `monitoring.wal.SpoolError` if the disk fails: the caller must not acknowledge)."""
         if rows <= 0:
             return True
+        seq = 0
         with self._lock:
             if self._buffered + rows > self.max_buffered_rows:
                 self._count("dropped", rows)
                 return False
+            if self._spool is not None:
+                seq = self._spool.write(columns, rows)
             self._chunks.append({"__rows": rows, **columns})
             self._buffered += rows
             buffered = self._buffered
@@ -146,6 +176,8 @@ class ImpressionLog:
             self._start()
         if buffered >= self.flush_rows:
             self._wake.set()
+        if durable and self._spool is not None:
+            self._spool.wait_durable(seq)
         return True
 
     # ---- the writer ----------------------------------------------------------------------
@@ -169,6 +201,9 @@ class ImpressionLog:
                 chunks, self._chunks = self._chunks, []
                 rows = self._buffered
                 self._buffered = 0
+                sealed: list[Segment] = []
+                if self._spool is not None and chunks:
+                    sealed, self._held = self._held + self._spool.rotate(), []
             metrics.IMPRESSIONS_BUFFERED.labels(self.kind).set(0)
             if not chunks:
                 return 0
@@ -180,6 +215,11 @@ class ImpressionLog:
             written = 0
             for part in self._partitions(table):
                 written += self._write(part)
+            if self._spool is not None:
+                if written == rows:
+                    self._spool.release(sealed)
+                else:  # kept on disk: written again when a replica next starts here
+                    self._held.extend(sealed)
             return written
 
     def _table(self, chunks: list[dict[str, Any]]) -> pa.Table:
@@ -265,6 +305,8 @@ class ImpressionLog:
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.flush()
+        if self._spool is not None:
+            self._spool.close()
 
     @property
     def buffered(self) -> int:

@@ -15,9 +15,9 @@ returns the calling process's own registry (tests, `funnel drift`).
 Label values:
 - route: the matched route template (`/v1/feed`, `/v2/models/{name}/infer`, ...), a gRPC
   method as `grpc:<Method>`, or `unmatched`. code: the HTTP status, or the gRPC status name.
-- stage (feed timings): candidates, merge_filter, rank, ranker_call, rerank, total.
+- stage (feed timings): features, candidates, merge_filter, rank, ranker_call, rerank, total.
 - source: ann, social, trending, fresh. reason: the filter names (serve.filters).
-- degraded stage: ranker, source:<name>, moderation_text, moderation_image.
+- degraded stage: ranker, source:<name>, moderation_text, moderation_image, features.
 - decision / outcome: allow, review, block. label: the bundle's moderation labels + image
   labels. kind (impression log): feed, moderation, events. event: click, like, comment,
   share, hide, report, dwell.
@@ -53,8 +53,8 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0
                  0.25, 0.5, 1.0)
 COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
 
-FEED_STAGES = ("candidates", "merge_filter", "rank", "ranker_call", "rerank", "interleaving",
-               "total")
+FEED_STAGES = ("features", "candidates", "merge_filter", "rank", "ranker_call", "rerank",
+               "interleaving", "total")
 SOURCES = names.SOURCES
 DECISIONS = ("allow", "review", "block")
 DEGRADED_STAGES = names.DEGRADED_STAGES
@@ -121,6 +121,10 @@ IMPRESSIONS = Counter("funnel_impression_records", "Impression-log records by ou
 IMPRESSIONS_BUFFERED = Gauge("funnel_impression_buffered_records", "Records waiting in "
                              "memory for the next write (what a crash would lose)", ["kind"],
                              multiprocess_mode="livesum")
+SPOOL_RECOVERED = Counter("funnel_impression_spool_recovered_records", "Records a stopped "
+                          "replica left in its write-ahead spool, taken over at start "
+                          "(recovered: written to the log like new records; torn: a line cut "
+                          "short by the stop, never acknowledged)", ["kind", "outcome"])
 IMPRESSION_FLUSH_SECONDS = Histogram("funnel_impression_flush_duration_seconds", "Time to "
                                      "write one batch of records", ["kind"],
                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -134,6 +138,36 @@ BUNDLE_PULLS = Counter("funnel_bundle_pulls", "Bundle versions pulled from the m
 EVENTS = Counter("funnel_events", "Outcome events received (POST /v1/events), by type and "
                  "outcome: accepted (logged), duplicate (an id this replica already logged)",
                  ["event", "outcome"])
+
+# ---- the online feature store (serve/features) ------------------------------------------
+FEATURE_OPS = Counter("funnel_feature_store_ops", "Feature-store calls by operation (read: "
+                      "one feed's round trip; write: events or served items; meta) and "
+                      "outcome (ok; error: Redis failed or passed its timeout; skipped: not "
+                      "tried during the retry pause after an error)", ["op", "outcome"])
+FEATURE_EVENTS = Counter("funnel_feature_store_events", "Events applied to the feature "
+                         "store (applied), or found already applied by their id (already: "
+                         "a retry or a replay)", ["outcome"])
+FEATURE_REBUILT = Counter("funnel_feature_store_rebuilt_events", "Events replayed from the "
+                          "impression log into the feature store, by why (outage: written "
+                          "while Redis was away; empty: Redis came back without its data; "
+                          "command: funnel features rebuild) and outcome (applied, already)",
+                          ["reason", "outcome"])
+FEATURE_LAG_SECONDS = Histogram("funnel_feature_store_lag_seconds", "Event time to visible "
+                                "in the feature store (the write acknowledged by Redis)",
+                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                                         5.0, 10.0, 30.0, 60.0, 300.0))
+FEATURE_MEMORY = Gauge("funnel_feature_store_memory_bytes", "Redis memory: used (the whole "
+                       "server), user_key and item_key (mean size of a sampled key)", ["kind"],
+                       multiprocess_mode="max")
+for _op in ("read", "write", "meta"):
+    for _o in ("ok", "error", "skipped"):
+        FEATURE_OPS.labels(_op, _o)
+for _o in ("applied", "already"):
+    FEATURE_EVENTS.labels(_o)
+    for _why in ("outage", "empty", "command"):
+        FEATURE_REBUILT.labels(_why, _o)
+for _k in ("used", "user_key", "item_key"):
+    FEATURE_MEMORY.labels(_k)
 
 for _e in EVENT_TYPES:
     for _o in ("accepted", "duplicate"):
@@ -149,6 +183,8 @@ for _k in IMPRESSION_KINDS:
     for _o in IMPRESSION_OUTCOMES:
         IMPRESSIONS.labels(_k, _o)
     IMPRESSIONS_BUFFERED.labels(_k)
+    for _o in ("recovered", "torn"):
+        SPOOL_RECOVERED.labels(_k, _o)
 for _r in ("/v1/feed", "/v1/moderate", "/v1/events"):
     RESPONSES_DEGRADED.labels(_r)
     REQUEST_SECONDS.labels(_r)

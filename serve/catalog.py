@@ -185,6 +185,16 @@ class Catalog:
         idx, found = self._rows(item_ids)
         return found & (self._codes["verdict"][idx] == self._allow_code)
 
+    def allowed(self, item_ids: np.ndarray) -> np.ndarray:
+        """Mask of the ids the catalog holds with moderation verdict `allow` (what a
+        candidate list may propose)."""
+        return self._allowed(item_ids)
+
+    def authors_of(self, item_ids: np.ndarray) -> np.ndarray:
+        """Each item's author id, -1 where the catalog lacks the item."""
+        idx, found = self._rows(item_ids)
+        return np.where(found, self._author[idx] if len(self._author) else -1, -1)
+
     def recent_posts_by(self, authors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(post ids, created_at_s) of the newest allowed posts of `authors`, author by
         author in the given order."""

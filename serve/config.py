@@ -268,6 +268,11 @@ class ImpressionSettings(_Strict):
     max_buffered_rows: int = Field(50_000, ge=1, le=10_000_000, description="records held "
                                    "in memory per replica and kind; beyond, dropped (counted)")
     retries: int = Field(2, ge=0, le=10)
+    # the write-ahead spool (monitoring/wal.py): each record on local disk before it is
+    # buffered, so a killed replica loses nothing acknowledged (POST /v1/events answers 202
+    # once its events are fsync'd); null: no spool, a killed replica loses its buffer
+    spool_dir: str | None = Field("funnel-spool", description="a local directory (relative: "
+                                  "to where `funnel serve` starts), on the pod's volume")
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> ImpressionSettings:
@@ -275,6 +280,40 @@ class ImpressionSettings(_Strict):
             raise ValueError(f"max_buffered_rows ({self.max_buffered_rows}) must be at least "
                              f"flush_rows ({self.flush_rows})")
         return self
+
+
+class FeatureStoreSettings(_Strict):
+    """The online feature store on Redis (serve/features, docs/features.md): what users did
+    seconds ago (clicks, seen posts, reported authors, live engagement) merged over the
+    bundle's features. Off unless a URL is given here or in the `url_env` variable."""
+
+    url: str | None = Field(None, description="redis://[user:password@]host:port/db or "
+                            "rediss://...; the variable named by url_env wins (the Helm "
+                            "chart sets it from a Secret)")
+    url_env: str = "FUNNEL_FEATURES_REDIS_URL"
+    prefix: str = Field("funnel:f", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:_.-]+$")
+    timeout_ms: float = Field(20.0, gt=0, le=5000, description="one round trip; slower "
+                              "counts as a failure (the feed degrades to the bundle's features)")
+    retry_after_s: float = Field(1.0, ge=0, le=60, description="after a failure, do not call "
+                                 "Redis for this long")
+    seen_days: float = Field(7.0, gt=0, le=90)
+    seen_cap: int = Field(1000, ge=1, le=100_000)
+    reported_cap: int = Field(200, ge=1, le=10_000)
+    trending_cap: int = Field(10_000, ge=100, le=1_000_000)
+    trending_refresh_s: float = Field(1.0, gt=0, le=300, description="how often a replica "
+                                      "reads the live trending lists (with a feed's read)")
+    mark_served_seen: bool = Field(True, description="served items count as seen (the seen "
+                                   "filter then skips them on the next page)")
+    rebuild_on_start: bool = Field(True, description="a Redis found empty is refilled from "
+                                   "the impression log's last `seen_days`")
+    late_margin_s: float = Field(3600.0, ge=0, le=7 * 86_400, description="after an outage, "
+                                 "the replay reads events timed this long before it began "
+                                 "(events that reach the server late)")
+
+    def resolved_url(self) -> str | None:
+        import os
+
+        return os.environ.get(self.url_env) or self.url
 
 
 class AppArgs(_Strict):
@@ -288,6 +327,7 @@ class AppArgs(_Strict):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     impressions: ImpressionSettings = Field(default_factory=ImpressionSettings)
+    features: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 
 

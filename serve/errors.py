@@ -53,6 +53,22 @@ class NotReady(ServeError):
     grpc_code = "UNAVAILABLE"
 
 
+class FeatureStoreUnavailable(ServeError):
+    """The online feature store (Redis) failed or passed its timeout; the feed uses the
+    bundle's features and lists `features` in `degraded`."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class EventsNotDurable(ServeError):
+    """Events could not be made durable (the spool's disk failed, or the log's buffer is
+    full): none was acknowledged, and a retry is taken as new. HTTP 503."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
 class RankerUnavailable(ServeError):
     """Triton did not answer in time or failed; the pipeline falls back to retrieval order."""
 

@@ -34,6 +34,11 @@ def event_key(e: EventIn) -> str:
     return "h:" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def event_time_s(e: EventIn) -> float:
+    """The event's time, unix seconds."""
+    return _utc(e.timestamp).timestamp()
+
+
 def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
@@ -70,6 +75,10 @@ class Deduper:
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
         return True
+
+    def forget(self, key: str) -> None:
+        """Take back `first_time` (the event was not stored: its retry is new)."""
+        self._seen.pop(key, None)
 
 
 def event_columns(events: Sequence[EventIn], keys: Sequence[str], *, received_us: int,

@@ -15,7 +15,10 @@ Every stage that can fail degrades instead of failing the request:
 - when the ranker (Triton) errors or is slow, items keep retrieval order (the two-tower
   inner product; merge order for a cold-start user) and `degraded` lists `ranker`. After a
   ranker failure the pipeline skips Triton for `retry_after_s`, so an outage costs one
-  timeout rather than one per request, and normal ranking resumes on its own.
+  timeout rather than one per request, and normal ranking resumes on its own;
+- when the online feature store (Redis, `online`) errors or is slow, the request uses the
+  bundle's history, seen and reported sets and trending list, and `degraded` lists
+  `features` (the store pauses its calls the same way).
 
 The ranker returns one logit per task; the ranker version's bundle calibration (when it has
 one) turns them into probabilities, which feed both the weighted score and `explain.probs`.
@@ -35,7 +38,7 @@ import numpy as np
 from funnel.contracts.model_io import TASKS
 from serve.catalog import Catalog
 from serve.config import FeedSettings
-from serve.errors import RankerUnavailable
+from serve.errors import FeatureStoreUnavailable, RankerUnavailable
 from serve.filters import FilterContext, apply_filters, build_filters
 from serve.merge import merge_candidates
 from serve.moderation.verdicts import LiveVerdicts
@@ -47,6 +50,7 @@ from training.calibration import Calibration
 from training.features import CatalogAlignment, FeatureTransform, UserAlignment, unix_ns
 
 if TYPE_CHECKING:  # the model runtimes (torch, faiss) load with a bundle, not with this
+    from serve.features.store import OnlineFeatures
     from serve.ranker.client import Ranker
     from serve.retrieval import TwoTowerRetrieval
 
@@ -181,6 +185,9 @@ class FeedPipeline:
                  calibration: Calibration | None = None) -> None:
         self.catalog = catalog
         self.live_verdicts = live_verdicts
+        # the online feature store (serve.features.store.OnlineFeatures); None: the bundle's
+        # features only
+        self.online: OnlineFeatures | None = None
         self.retrieval = retrieval
         self.features = retrieval.features
         self.ranker = ranker
@@ -372,11 +379,21 @@ class FeedPipeline:
         now_s = self.now_s(q)
         user = self.catalog.user(q.user_id)
         known = user.known
-        user_vec = (retrieval.user_vector(user, self._view(retrieval.features).users)
+        fresh = None
+        t = t0
+        if self.online is not None:  # one round trip; the bundle's features if it fails
+            try:
+                fresh = self.online.read(q.user_id)
+            except FeatureStoreUnavailable:
+                degraded.append("features")
+            t = lap("features", t0)
+        user_vec = (retrieval.user_vector(user, self._view(retrieval.features).users,
+                                          fresh.history if fresh is not None else None)
                     if known else None)
-        query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s)
+        query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s,
+                            trending=fresh.trending if fresh is not None else None)
         per_source = await self._candidates(query, degraded, retrieval)
-        t = lap("candidates", t0)
+        t = lap("candidates", t)
 
         merged = merge_candidates(per_source, quotas=self._quotas,
                                   limit=self.settings.max_candidates)
@@ -386,8 +403,13 @@ class FeedPipeline:
         if fs.locale == "user_language":
             lang = (q.locale or user.language).split("-")[0].lower()
             languages = frozenset({lang})
-        ctx = FilterContext(exclude_ids=q.exclude_ids, seen_ids=self.catalog.seen(q.user_id),
-                            blocked_authors=self.catalog.reported_authors(q.user_id),
+        seen, reported = self.catalog.seen(q.user_id), self.catalog.reported_authors(q.user_id)
+        if fresh is not None:
+            seen = np.concatenate([seen, fresh.seen]) if len(fresh.seen) else seen
+            if len(fresh.reported):
+                reported = np.concatenate([reported, fresh.reported])
+        ctx = FilterContext(exclude_ids=q.exclude_ids, seen_ids=seen,
+                            blocked_authors=reported,
                             languages=languages, review_policy=fs.review_policy,
                             live_verdicts=self.live_verdicts)
         keep, removed = apply_filters(items, ctx, self._filters)

@@ -33,13 +33,18 @@ class TwoTowerRetrieval:
         self._sorted = self.item_ids[self._order]
 
     @torch.no_grad()
-    def user_vector(self, user: UserRow, aligned: UserAlignment | None = None) -> np.ndarray:
+    def user_vector(self, user: UserRow, aligned: UserAlignment | None = None,
+                    recent_clicks: np.ndarray | None = None) -> np.ndarray:
         """Unit vector [dim] of one user's catalog row. `aligned`: this retrieval's
         features laid out by the catalog's users (`FeatureTransform.align_users`), read at
-        `user.row` instead of computed; the inputs are the same."""
+        `user.row` instead of computed; the inputs are the same. `recent_clicks`: posts
+        clicked since the bundle was built (the online feature store), oldest first,
+        appended to the history input."""
         arrays = (self.features.user_features_at(aligned, user.row)
                   if aligned is not None and user.row >= 0
                   else self.features.user_features(user.columns()))
+        if recent_clicks is not None and len(recent_clicks):
+            arrays = self.features.with_recent_clicks(arrays, recent_clicks)
         out = self.user_tower(*(torch.from_numpy(arrays[k]) for k in USER_KEYS))
         return out[0].numpy().astype(np.float32)
 

@@ -89,7 +89,8 @@ class FakeRetrieval:
         self.dim = dim
         self.index = SimpleNamespace(ntotal=len(self.item_ids))  # readiness reads it
 
-    def user_vector(self, user: object, aligned: object = None) -> np.ndarray:
+    def user_vector(self, user: object, aligned: object = None,
+                    recent_clicks: object = None) -> np.ndarray:
         uid = int(user.user_id)  # type: ignore[attr-defined]
         v = np.random.default_rng(uid).normal(size=self.dim)
         return (v / np.linalg.norm(v)).astype(np.float32)

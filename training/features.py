@@ -261,6 +261,16 @@ class FeatureTransform:
             "history": _table_row(self.user_history, int(users.history_row[row])),
         }
 
+    def with_recent_clicks(self, arrays: Mapping[str, np.ndarray], post_ids: np.ndarray
+                           ) -> dict[str, np.ndarray]:
+        """User-tower inputs (one user) with clicks made after the bundle was fitted
+        (`post_ids`, oldest first) appended to the `history` input, the newest
+        `history_len` kept: what the online feature store serves."""
+        if not len(post_ids):
+            return dict(arrays)
+        recent = hash_ids(np.asarray(post_ids, dtype=np.int64), self.id_buckets, salt=1)
+        return {**arrays, "history": merged_history(arrays["history"], recent)}
+
     def vocab_index(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
         """Index in the fitted vocabulary, 1-based; 0 for a value unseen at fit time."""
         vocab = self._vocab_maps[name]
@@ -534,6 +544,23 @@ def encode_texts(texts: Sequence[str] | pd.Series, encoder: TextEncoder
                               return_inverse=True)
     table = np.asarray(encoder.encode(uniq.tolist()), dtype=np.float32)
     return inverse.astype(np.int32), table
+
+
+def merged_history(bundle_row: np.ndarray, live_hashes: np.ndarray) -> np.ndarray:
+    """The user tower's history input [1, L]: the bundle's row (item hashes, 0-padded on the
+    left, newest last) followed by the live clicks (newest last), the newest L kept."""
+    length = bundle_row.shape[-1]
+    old = bundle_row.reshape(-1)
+    old = old[old != 0]
+    recent = live_hashes[-length:]
+    if len(recent):
+        # a post clicked again moves to the newest end instead of taking two slots
+        old = old[~np.isin(old, recent)]
+    both = np.concatenate([old, recent])[-length:]
+    out = np.zeros((1, length), dtype=np.int64)
+    if len(both):
+        out[0, length - len(both):] = both
+    return out
 
 
 def _histories(clicked: pd.DataFrame, id_buckets: int, length: int

@@ -20,4 +20,4 @@ HARM_LABELS: tuple[str, ...] = ("abuse", "hate", "nudity", "violence", "misinfor
 # stages a feed or moderation response can name in `degraded` (funnel_degraded_total{stage})
 DEGRADED_STAGES: tuple[str, ...] = ("ranker", *(f"source:{s}" for s in SOURCES),
                                     "moderation_text", "moderation_image", "interleaving",
-                                    "review_queue")
+                                    "review_queue", "features")

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from serve.api import EventIn, EventsRequest, EventsResponse, FeedRequest
-from serve.errors import VALIDATION_ERROR, Overloaded
+from serve.errors import VALIDATION_ERROR, EventsNotDurable, Overloaded
 from serve.events import time_problems
 from serve.http.common import (
     error,
@@ -46,8 +46,9 @@ async def feed(request: Request) -> Response:
 @router.post("/v1/events", status_code=202)
 async def events(request: Request) -> Response:
     """Outcomes of served items: one event, or `{"events": [...]}` (at most 500). 202:
-    logged for experiment analysis (joined to impressions there); a repeated event id is
-    answered as a duplicate and logged once."""
+    durable (fsync'd in the replica's spool), logged for experiment analysis (joined to
+    impressions there) and applied to the online feature store; a repeated event id is
+    answered as a duplicate and logged once. 503: not stored, retry."""
     s, rid = services_of(request), request_id_of(request)
     payload, bad = await parse_json_body(request, s.args.max_body_bytes, rid)
     if bad is not None:
@@ -61,6 +62,11 @@ async def events(request: Request) -> Response:
     problems = time_problems(evs, datetime.now(UTC), prefix="events" if batch else "")
     if problems:
         return error(422, VALIDATION_ERROR, problems, rid)
-    accepted, duplicates = s.events.ingest(evs)
+    try:
+        accepted, duplicates = await s.events.ingest(evs)
+    except EventsNotDurable as e:  # nothing acknowledged: the client retries
+        refused = funnel_error(e, rid)
+        refused.headers["retry-after"] = "1"
+        return refused
     body = EventsResponse(accepted=accepted, duplicates=duplicates, request_id=rid)
     return Response(body.model_dump_json(), status_code=202, media_type="application/json")

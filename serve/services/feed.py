@@ -19,12 +19,15 @@ class FeedService:
 
     `pipeline` is a `serve.pipeline.FeedPipeline`; `rollout` the replica's
     `serve.rollout.runtime.RolloutRuntime` (None: every stage serves the bundle);
-    `impressions` the feed's impression-log writer (None: off)."""
+    `impressions` the feed's impression-log writer (None: off); `online` the feature store
+    the served items are marked seen in (None: off)."""
 
     def __init__(self, *, pipeline: Any, versions: dict[str, str], rollout: Any = None,
                  impressions: Any = None, replica: str = "",
-                 on_request: Callable[[], None] = lambda: None) -> None:
+                 on_request: Callable[[], None] = lambda: None, online: Any = None,
+                 mark_served_seen: bool = True) -> None:
         self.pipeline = pipeline
+        self.online = online if mark_served_seen else None
         self.versions = versions
         self.rollout = rollout
         self.impressions = impressions
@@ -99,3 +102,9 @@ class FeedService:
                                    variants=variants, replica=self.replica,
                                    modalities=self._modalities)
             self.impressions.append(cols, n)
+        if self.online is not None and result.items:
+            from serve.errors import FeatureStoreUnavailable
+
+            # served items count as seen; Redis away: the replay from the log does it
+            with contextlib.suppress(FeatureStoreUnavailable):
+                self.online.mark_seen(user_id, [i.item_id for i in result.items], time.time())

@@ -44,10 +44,13 @@ class ReplicaServices:
     rollout: Any = None  # serve.rollout.runtime.RolloutRuntime
     rollout_controller: Any = None  # the controller deployment's handle
     impressions: dict[str, Any] = field(default_factory=dict)
+    refiller: Any = None  # serve.features.rebuild.Refiller; None: no feature store
 
     def close(self) -> None:
         """Stop the background work, close the store and write what the logs buffer."""
         self.background.cancel()
+        if self.refiller is not None:
+            self.refiller.stop()
         with contextlib.suppress(Exception):
             self.review.store.close()
         for log_ in self.impressions.values():
@@ -72,7 +75,8 @@ def build_impression_logs(args: AppArgs, replica: str, labels: tuple[str, ...]
     common: dict[str, Any] = {"replica": replica, "flush_rows": s.flush_rows,
                               "flush_interval_s": s.flush_interval_s,
                               "max_buffered_rows": s.max_buffered_rows,
-                              "retries": s.retries, "storage_options": s.storage_options}
+                              "retries": s.retries, "storage_options": s.storage_options,
+                              "spool_dir": s.spool_dir}
     logs = {"feed": ImpressionLog(url, kind="feed", schema=FEED_SCHEMA, **common),
             "events": ImpressionLog(url, kind="events", schema=EVENTS_SCHEMA, **common)}
     if args.moderation.enabled:
@@ -154,6 +158,7 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
 
     policy = core.policy.labels if core is not None else ()
     impressions = build_impression_logs(args, replica, policy)
+    online, refiller = build_online_features(args, pipeline, impressions)
     moderate = None
     if core is not None:
         moderate = ModerateService(
@@ -174,15 +179,60 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
         args=args, replica=replica, versions=versions, pipeline=pipeline,
         feed=FeedService(pipeline=pipeline, versions=versions, rollout=runtime,
                          impressions=impressions.get("feed"), replica=replica,
-                         on_request=ensure),
-        events=EventService(impressions=impressions.get("events"), replica=replica),
+                         on_request=ensure, online=online,
+                         mark_served_seen=args.features.mark_served_seen),
+        events=EventService(impressions=impressions.get("events"), replica=replica,
+                            online=online, author_of=pipeline.catalog.authors_of),
         review=ReviewService(store, refresh_verdicts=verdicts.refresh),
         health=HealthService(pipeline=pipeline, store=store, spool=spool, rollout=runtime,
                              moderation_ready=moderation_ready,
                              controller_status=controller_status if rollout else None,
                              on_request=ensure),
         admin=admin, oip=oip, background=background, moderation=moderate, rollout=runtime,
-        rollout_controller=rollout, impressions=impressions)
+        rollout_controller=rollout, impressions=impressions, refiller=refiller)
+
+
+def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, Any]
+                          ) -> tuple[Any, Any]:
+    """The replica's feature-store client, set on the pipeline, and its refiller (started);
+    (None, None) when no Redis URL is configured."""
+    f = args.features
+    url = f.resolved_url()
+    if not url:
+        return None, None
+    from serve.features.layout import Layout
+    from serve.features.rebuild import Refiller
+    from serve.features.store import OnlineFeatures
+
+    catalog = pipeline.catalog
+    history = pipeline.features.user_history
+    layout = Layout(prefix=f.prefix, history_len=int(history.shape[1]) if history.size else 50,
+                    seen_days=f.seen_days, seen_cap=f.seen_cap, reported_cap=f.reported_cap,
+                    half_life_h=args.feed.trending_half_life_h, trending_cap=f.trending_cap)
+    online = OnlineFeatures(
+        url, layout, timeout_s=f.timeout_ms / 1000.0, retry_after_s=f.retry_after_s,
+        trending_refresh_s=f.trending_refresh_s,
+        catalog_trending=lambda: catalog.trending, rows_of=catalog.rows_of,
+        allowed=catalog.allowed)
+    pipeline.online = online
+    s = args.impressions
+    events, feed = impressions.get("events"), impressions.get("feed")
+    refiller = Refiller(
+        online, (os.environ.get(s.url_env) or s.url) if s.enabled else None,
+        seen_days=f.seen_days, late_margin_s=f.late_margin_s, author_of=catalog.authors_of,
+        flush_events=events.flush if events is not None else lambda: None,
+        flush_feed=feed.flush if feed is not None else lambda: None,
+        storage_options=dict(s.storage_options))
+    if f.rebuild_on_start:
+        refiller.start()
+    log.info("online feature store: %s (prefix %s)", _redacted(url), f.prefix)
+    return online, refiller
+
+
+def _redacted(url: str) -> str:
+    from serve.features.store import redacted
+
+    return redacted(url)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -13,12 +13,15 @@ from serve.types import Candidates
 @dataclass(frozen=True)
 class SourceQuery:
     """What a source may use: the user, whether the catalog knows them, their two-tower
-    vector (None for a cold-start user) and the serving clock."""
+    vector (None for a cold-start user), the serving clock and the live trending list."""
 
     user_id: int
     known_user: bool
     user_vec: np.ndarray | None
     now_s: float
+    # the trending list with live engagement merged in (the online feature store's
+    # `Trending`: ids, scores, catalog rows); None: the bundle's list
+    trending: Any = None
 
 
 class CandidateSource(Protocol):

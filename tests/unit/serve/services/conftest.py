@@ -51,8 +51,9 @@ class RecordingLog:
 
     rows: list[tuple[dict[str, Any], int]] = field(default_factory=list)
 
-    def append(self, cols: dict[str, Any], n: int) -> None:
+    def append(self, cols: dict[str, Any], n: int, *, durable: bool = False) -> bool:
         self.rows.append((cols, n))
+        return True
 
     def close(self) -> None:
         return None
