@@ -128,6 +128,9 @@ app.add_typer(experiment_app, name="experiment")
 from serve.moderation.cli import moderation_app  # noqa: E402
 
 app.add_typer(moderation_app, name="moderation")
+from serve.features.cli import features_app  # noqa: E402
+
+app.add_typer(features_app, name="features")
 review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 

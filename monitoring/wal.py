@@ -56,8 +56,12 @@ class Recovered:
 
 
 def _default(v: Any) -> Any:
+    """What orjson's numpy support leaves: scalars, and arrays it does not take whole
+    (object dtype, not C-contiguous)."""
     if isinstance(v, np.generic):
         return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
     raise TypeError(f"cannot spool a {type(v).__name__}")
 
 

@@ -119,8 +119,10 @@ class Refiller:
                  late_margin_s: float, author_of: Callable[[np.ndarray], np.ndarray] | None,
                  flush_events: Callable[[], Any] = lambda: None,
                  flush_feed: Callable[[], Any] = lambda: None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None,
+                 served_seen: bool = True) -> None:
         self.store, self.log_url = store, log_url
+        self.served_seen = served_seen
         self.seen_days, self.late_margin_s = seen_days, late_margin_s
         self.author_of = author_of
         self._flush_events, self._flush_feed = flush_events, flush_feed
@@ -182,7 +184,8 @@ class Refiller:
             res = replay(self.store, *opened, reason="outage",
                          start=since - timedelta(seconds=self.late_margin_s),
                          end=datetime.now(UTC) + timedelta(minutes=10),
-                         received_since=since - timedelta(seconds=5), author_of=self.author_of)
+                         received_since=since - timedelta(seconds=5), author_of=self.author_of,
+                         served=self.served_seen)
             self.last = res
             log.info("feature store: replayed %d event(s) received during the outage "
                      "(%d applied, %d already there) and the served items of %d user(s) "
@@ -214,7 +217,8 @@ class Refiller:
             if opened is not None:
                 res = replay(self.store, *opened, reason=reason,
                              start=now - timedelta(days=self.seen_days),
-                             end=now + timedelta(minutes=10), author_of=self.author_of)
+                             end=now + timedelta(minutes=10), author_of=self.author_of,
+                             served=self.served_seen)
                 self.last = res
                 log.warning("feature store was empty: refilled from the impression log's "
                             "last %g days: %d event(s) applied, served items of %d user(s), "
