@@ -127,6 +127,37 @@ def _bench_feed_quick(bundle: str, work_dir: Path, history: Path, baseline: Path
         print(f"WARNING: {rec['warning']}")
 
 
+@bench_app.command("features")
+def bench_features(
+    redis_url: Annotated[str, typer.Option(help="A Redis to fill (keys under a random "
+                                           "prefix, removed after).")],
+    profile: Annotated[str, typer.Option(help="Catalog profile to serve.")] = "large",
+    bundle: Annotated[str, typer.Option(help="Trained bundle whose models are served.")] = (
+        "artifacts/latest"),
+    out: Annotated[str, typer.Option(help="Result JSON.")] = (
+        "benchmarks/results/features.json"),
+    rate: Annotated[float, typer.Option(min=1, help="Offered feeds per second.")] = 20,
+    duration_s: Annotated[float, typer.Option(min=1, help="Seconds per round.")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="Interleaved rounds, each "
+                                        "without then with the store.")] = 3,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="Items per feed.")] = 50,
+    lag_events: Annotated[int, typer.Option(min=10)] = 400,
+    seen: Annotated[int, typer.Option(min=0, help="Seen posts per user.")] = 300,
+    trending_items: Annotated[int, typer.Option(min=0)] = 5000,
+    work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
+) -> None:
+    """What the online feature store adds to a feed (interleaved rounds with and without
+    it, in process) and how soon an event is visible in it."""
+    from benchmarks.features import run
+
+    console = Console(stderr=True)
+    result = run(base_bundle=bundle, profile=profile, redis_url=redis_url,
+                 work_dir=Path(work_dir), rate=rate, duration_s=duration_s, rounds=rounds,
+                 limit=limit, lag_events=lag_events, seen=seen, trending_items=trending_items,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    _write_result(result, out)
+
+
 @bench_app.command("triton")
 def bench_triton(
     bundle: Annotated[str, typer.Option(help="Bundle with the ranker.")] = "artifacts/latest",

@@ -51,6 +51,7 @@ class ReplicaServices:
         self.background.cancel()
         if self.refiller is not None:
             self.refiller.stop()
+            self.refiller.store.close()
         with contextlib.suppress(Exception):
             self.review.store.close()
         for log_ in self.impressions.values():
@@ -215,6 +216,7 @@ def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, A
         catalog_trending=lambda: catalog.trending, rows_of=catalog.rows_of,
         allowed=catalog.allowed)
     pipeline.online = online
+    online.start_trending_refresh()
     s = args.impressions
     events, feed = impressions.get("events"), impressions.get("feed")
     refiller = Refiller(
