@@ -156,8 +156,9 @@ FEATURE_LAG_SECONDS = Histogram("funnel_feature_store_lag_seconds", "Event time 
                                 "in the feature store (the write acknowledged by Redis)",
                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                          5.0, 10.0, 30.0, 60.0, 300.0))
-FEATURE_MEMORY = Gauge("funnel_feature_store_memory_bytes", "Redis memory: used (the whole "
-                       "server), user_key and item_key (mean size of a sampled key)", ["kind"],
+FEATURE_MEMORY = Gauge("funnel_feature_store_memory_bytes", "Redis memory: used and limit "
+                       "(the whole server; limit 0: no maxmemory), user_key and item_key (mean "
+                       "size of a sampled key)", ["kind"],
                        multiprocess_mode="max")
 for _op in ("read", "write", "meta"):
     for _o in ("ok", "error", "skipped"):
@@ -166,7 +167,7 @@ for _o in ("applied", "already"):
     FEATURE_EVENTS.labels(_o)
     for _why in ("outage", "empty", "command"):
         FEATURE_REBUILT.labels(_why, _o)
-for _k in ("used", "user_key", "item_key"):
+for _k in ("used", "limit", "user_key", "item_key"):
     FEATURE_MEMORY.labels(_k)
 
 for _e in EVENT_TYPES:

@@ -140,21 +140,36 @@ class Refiller:
         except LogReadError:
             return None  # nothing logged yet: nothing to replay
 
-    def start(self, check_every_s: float = 10.0) -> None:
+    def start(self, check_every_s: float = 10.0, *, refill_empty: bool = True) -> None:
         """From replica start, every `check_every_s`: refill an empty Redis (one replica
-        does; the others skip). A Redis restarted between two calls of this replica shows
-        up here, not as an error."""
+        does; the others skip); every sixth time, the memory gauges. A Redis restarted
+        between two calls of this replica shows up here, not as an error."""
         import threading
 
         self._stop = threading.Event()
 
         def loop() -> None:
+            k = 0
             while True:
-                self._refill_if_empty()
+                if refill_empty:
+                    self._refill_if_empty()
+                if k % 6 == 0:
+                    self._measure_memory()
+                k += 1
                 if self._stop.wait(check_every_s):
                     return
 
         self._spawn(loop, "features-refill")
+
+    def _measure_memory(self) -> None:
+        try:
+            m = self.store.memory()
+        except Exception:  # Redis away: the error counters tell
+            return
+        metrics.FEATURE_MEMORY.labels("used").set(m["used_bytes"])
+        metrics.FEATURE_MEMORY.labels("limit").set(m["limit_bytes"])
+        metrics.FEATURE_MEMORY.labels("user_key").set(m["user_key_bytes"])
+        metrics.FEATURE_MEMORY.labels("item_key").set(m["item_key_bytes"])
 
     def stop(self) -> None:
         stop = getattr(self, "_stop", None)

@@ -347,7 +347,8 @@ class OnlineFeatures:
         """Redis's used memory and the mean size of a sample of user and item keys, for the
         memory gauges (SCAN + MEMORY USAGE; off the request path)."""
         info = self.redis.info("memory")
-        out: dict[str, float] = {"used_bytes": float(info.get("used_memory", 0))}
+        out: dict[str, float] = {"used_bytes": float(info.get("used_memory", 0)),
+                                 "limit_bytes": float(info.get("maxmemory", 0))}
         for kind, pattern in (("user", f"{self.layout.prefix}:u:*"),
                               ("item", f"{self.layout.prefix}:i:*")):
             sizes = []

@@ -225,8 +225,7 @@ def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, A
         flush_events=events.flush if events is not None else lambda: None,
         flush_feed=feed.flush if feed is not None else lambda: None,
         storage_options=dict(s.storage_options), served_seen=f.mark_served_seen)
-    if f.rebuild_on_start:
-        refiller.start()
+    refiller.start(refill_empty=f.rebuild_on_start)
     log.info("online feature store: %s (prefix %s)", _redacted(url), f.prefix)
     return online, refiller
 

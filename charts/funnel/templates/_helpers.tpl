@@ -173,6 +173,10 @@ metricsDir: /var/lib/funnel/metrics
 {{- .Values.review.database.existingSecret | default (include "funnel.componentName" (list . "review-db")) -}}
 {{- end -}}
 
+{{- define "funnel.featuresSecret" -}}
+{{- .Values.features.redis.existingSecret | default (include "funnel.componentName" (list . "features-redis")) -}}
+{{- end -}}
+
 {{- define "funnel.adminSecret" -}}
 {{- .Values.adminToken.existingSecret | default (include "funnel.componentName" (list . "admin")) -}}
 {{- end -}}
@@ -227,12 +231,17 @@ envFrom:
 {{- end -}}
 {{- end -}}
 
-{{/* the Secrets the serving app reads: the review database and the admin token */}}
+{{/* the Secrets the serving app reads: the review database, the feature store's Redis and
+the admin token */}}
 {{- define "funnel.secretEnv" -}}
 {{- $env := list -}}
 {{- if or .Values.review.database.url .Values.review.database.existingSecret -}}
 {{- $ref := dict "name" (include "funnel.reviewDbSecret" .) "key" .Values.review.database.existingSecretKey -}}
 {{- $env = append $env (dict "name" "FUNNEL_REVIEW_DATABASE_URL" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- end -}}
+{{- if or .Values.features.redis.url .Values.features.redis.existingSecret -}}
+{{- $ref := dict "name" (include "funnel.featuresSecret" .) "key" .Values.features.redis.existingSecretKey -}}
+{{- $env = append $env (dict "name" "FUNNEL_FEATURES_REDIS_URL" "valueFrom" (dict "secretKeyRef" $ref)) -}}
 {{- end -}}
 {{- if or .Values.adminToken.value .Values.adminToken.existingSecret -}}
 {{- $ref := dict "name" (include "funnel.adminSecret" .) "key" .Values.adminToken.existingSecretKey -}}

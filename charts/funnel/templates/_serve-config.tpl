@@ -42,7 +42,8 @@ Built with fromYaml / mergeOverwrite / toYaml on data: nothing from the file goe
       "triton" $triton
       "review" (dict "database_url" "sqlite:////tmp/funnel-review.sqlite3"
                      "spool_path" "/tmp/funnel-review-spool.sqlite3")
-      "impressions" (dict "url" (include "funnel.impressionsUrl" .))
+      "impressions" (dict "url" (include "funnel.impressionsUrl" .)
+                          "spool_dir" "/tmp/funnel-spool")
       "rollout" (dict "config" (printf "%s/rollout.yaml" $paths.rolloutDir))) -}}
 {{- end -}}
 

@@ -12,6 +12,7 @@ naming the value, with the schema and (helm template --skip-schema-validation) w
 
 from __future__ import annotations
 
+import json
 import shutil
 from functools import cache
 from pathlib import Path
@@ -206,12 +207,26 @@ def test_values_reach_the_deployments_and_the_ingress_mode() -> None:
         assert env["FUNNEL_REVIEW_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
             "name": "rel-funnel-review-db", "key": "database-url"}
         assert env["FUNNEL_IMPRESSIONS_URL"]["value"] == "s3://funnel-data/impressions"
+        assert env["FUNNEL_FEATURES_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "rel-funnel-features-redis", "key": "redis-url"}
         mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
         assert env["PROMETHEUS_MULTIPROC_DIR"]["value"] in mounts, where
     triton = one(gpu, "Deployment", "rel-funnel-triton")["spec"]["template"]["spec"]
     assert triton["containers"][0]["image"].endswith(":0.1.0-cuda12")
     assert triton["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert serve_config(gpu)["applications"][0]["args"]["triton"]["device"] == "cuda"
+    # the Redis URL (with its password) only in a Secret, never in the serve config
+    secret = one(gpu, "Secret", "rel-funnel-features-redis")
+    assert set(secret["data"]) == {"redis-url"}
+    assert "change-me@" not in json.dumps(serve_config(gpu))
+    assert serve_config(gpu)["applications"][0]["args"]["impressions"]["spool_dir"] == \
+        "/tmp/funnel-spool"
+    cpu_env = {e["name"]: e for e in next(pod_specs(one(cpu, "RayService")))[1]["containers"][0]
+               ["env"]}
+    assert cpu_env["FUNNEL_FEATURES_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == \
+        "funnel-features-redis"
+    assert not [d for d in cpu if d.get("kind") == "Secret"
+                and d["metadata"]["name"].endswith("features-redis")]
 
 
 def test_deployments_the_app_leaves_out_are_left_out_of_the_serve_config() -> None:
