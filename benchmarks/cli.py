@@ -158,6 +158,35 @@ def bench_features(
     _write_result(result, out)
 
 
+@bench_app.command("features-quality")
+def bench_features_quality(
+    redis_url: Annotated[str, typer.Option(help="A Redis to replay into (keys under a random "
+                                           "prefix, removed after).")],
+    bundle: Annotated[str, typer.Option(help="A bundle trained with training/configs/"
+                                        "movielens-time.yaml.")] = "artifacts/latest",
+    out: Annotated[str, typer.Option(help="Result JSON (its `quality` part and the "
+                                     "recall keys are replaced).")] = (
+        "benchmarks/results/features.json"),
+    max_events: Annotated[int | None, typer.Option(min=1, help="Replay only the first N "
+                                                   "ratings (a smoke run).")] = None,
+) -> None:
+    """MovieLens-100K's test period replayed through the events path: the two-tower's
+    next-item Recall@10 with live history against the bundle's frozen history."""
+    import json
+
+    from benchmarks.features_quality import run
+
+    console = Console(stderr=True)
+    res = run(bundle=bundle, redis_url=redis_url, max_events=max_events,
+              say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    path = Path(out)
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["quality"] = {"command": "funnel bench features-quality", **res}
+    record["recall_at_10_live"] = res["recall_at_10_live"]
+    record["recall_at_10_frozen"] = res["recall_at_10_frozen"]
+    _write_result(record, out)
+
+
 @bench_app.command("triton")
 def bench_triton(
     bundle: Annotated[str, typer.Option(help="Bundle with the ranker.")] = "artifacts/latest",

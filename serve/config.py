@@ -300,6 +300,9 @@ class FeatureStoreSettings(_Strict):
     seen_cap: int = Field(1000, ge=1, le=100_000)
     reported_cap: int = Field(200, ge=1, le=10_000)
     trending_cap: int = Field(10_000, ge=100, le=1_000_000)
+    event_ttl_s: int = Field(8 * 86_400, ge=3600, le=30 * 86_400, description="how long "
+                             "an event's id is kept to count it once (about 90 B each); "
+                             "the events endpoint takes events up to 7 days old")
     trending_refresh_s: float = Field(1.0, gt=0, le=300, description="how often a replica "
                                       "reads the live trending lists (with a feed's read)")
     mark_served_seen: bool = Field(True, description="served items count as seen (the seen "
