@@ -155,6 +155,12 @@ def bench_features(
                  work_dir=Path(work_dir), rate=rate, duration_s=duration_s, rounds=rounds,
                  limit=limit, lag_events=lag_events, seen=seen, trending_items=trending_items,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    import json
+
+    earlier = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
+    for key in ("quality", "recall_at_10_live", "recall_at_10_frozen"):  # features-quality's
+        if key in earlier:
+            result[key] = earlier[key]
     _write_result(result, out)
 
 

@@ -147,6 +147,7 @@ class ImpressionLog:
         if rec.records or rec.torn:
             metrics.SPOOL_RECOVERED.labels(self.kind, "recovered").inc(rec.records)
             metrics.SPOOL_RECOVERED.labels(self.kind, "torn").inc(rec.torn)
+            self._start()  # written within flush_interval_s, traffic or not
             log.warning("impression log (%s): %d record(s) recovered from %d spool segment(s) "
                         "a stopped replica left; %d line(s) cut short by the stop (never "
                         "acknowledged) skipped", self.kind, rec.records, len(held), rec.torn)

@@ -72,6 +72,50 @@ def load(stack: Stack, prefix: str) -> Iterator[Load]:
         t.join(30)
 
 
+@dataclass
+class EventLoad:
+    """`POST /v1/events` from a thread, one event each with its own id; the acknowledged
+    (202) ids kept."""
+
+    url: str
+    prefix: str
+    interval_s: float = 0.02
+    acked: list[str] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        from datetime import UTC, datetime
+
+        with httpx.Client(timeout=10) as c:
+            k = 0
+            while not self._stop.is_set():
+                eid = f"{self.prefix}-{k}"
+                try:
+                    r = c.post(f"{self.url}/v1/events", json={
+                        "event_id": eid, "request_id": f"{self.prefix}-r", "user_id": 1 + k % 50,
+                        "item_id": 1 + k, "event": "click",
+                        "timestamp": datetime.now(UTC).isoformat()})
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = 599
+                self.statuses[code] = self.statuses.get(code, 0) + 1
+                if code == 202:
+                    self.acked.append(eid)
+                k += 1
+                time.sleep(self.interval_s)
+
+
+def logged_event_ids(root: Path, prefix: str) -> set[str]:
+    import pyarrow.dataset as pads
+
+    if not (root / "events").is_dir():
+        return set()
+    t = pads.dataset(root / "events", format="parquet", partitioning="hive").to_table(
+        columns=["event_id"])
+    return {e for e in t.column("event_id").to_pylist() if e.startswith(prefix)}
+
+
 def report(case: str, **figures: Any) -> None:
     out = os.environ.get("FUNNEL_FAULTS_OUT")
     if out:
@@ -138,13 +182,24 @@ def test_a_killed_ingress_replica_is_replaced_and_traffic_recovers(stack: Stack)
     served again within 60 s of the kill, and from then on every request is."""
     before = replica_pids(stack, "FeedIngress")
     assert len(before) == 1, before
+    events = EventLoad(stack.url, "killev")
+    poster = threading.Thread(target=events.run, daemon=True)
+    poster.start()
     with load(stack, "kill") as ld:
-        assert until(lambda: len(ld.log) >= 20, 30)
+        assert until(lambda: len(ld.log) >= 20 and len(events.acked) >= 50, 30)
         killed = time.monotonic()
-        psutil.Process(before[0]).kill()
+        psutil.Process(before[0]).kill()  # events in its buffer and spool, not yet parquet
         back = until(lambda: any(e[0] > killed + 0.5 and e[1] == 200 for e in ld.log), 60)
         assert back is not None, f"no request served within 60 s of the kill: {ld.log[-5:]}"
         time.sleep(5)  # and it stays back
+    events._stop.set()
+    poster.join(30)
+    # acknowledged means durable: the new replica wrote what the killed one had spooled
+    log_root = stack.config.parent / "impressions"
+    acked = set(events.acked)
+    assert until(lambda: not acked - logged_event_ids(log_root, "killev"), 30) is not None, (
+        f"{len(acked - logged_event_ids(log_root, 'killev'))} of {len(acked)} acknowledged "
+        f"events not in the log; statuses {events.statuses}")
     failed = ld.failures(killed)
     recovered = max([e[0] for e in failed], default=killed)
     after = [e for e in ld.log if e[0] > recovered]
@@ -154,7 +209,8 @@ def test_a_killed_ingress_replica_is_replaced_and_traffic_recovers(stack: Stack)
     assert len(now) == 1 and now != before
     report("ingress replica killed (SIGKILL)", requests=len(ld.log), failed=len(failed),
            failed_statuses=sorted({e[1] for e in failed}),
-           seconds_to_recover=round(recovered - killed, 1))
+           seconds_to_recover=round(recovered - killed, 1), events_acknowledged=len(acked),
+           events_lost=0, event_statuses=events.statuses)
 
 
 def test_an_unwritable_impression_log_costs_records_counted_never_requests(
