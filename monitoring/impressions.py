@@ -133,6 +133,7 @@ class ImpressionLog:
         # the write-ahead spool (monitoring/wal.py): records survive a killed replica
         self._spool: WriteAheadSpool | None = None
         self._held: list[Segment] = []  # segments taken over at start, released when written
+        self._kept: list[Segment] = []  # segments of batches that failed: left for a restart
         if spool_dir:
             self._spool = WriteAheadSpool(spool_dir, kind=kind, replica=self.replica)
             self._recover()
@@ -220,7 +221,7 @@ class ImpressionLog:
                 if written == rows:
                     self._spool.release(sealed)
                 else:  # kept on disk: written again when a replica next starts here
-                    self._held.extend(sealed)
+                    self._kept.extend(sealed)
             return written
 
     def _table(self, chunks: list[dict[str, Any]]) -> pa.Table:
@@ -308,6 +309,8 @@ class ImpressionLog:
         self.flush()
         if self._spool is not None:
             self._spool.close()
+            for seg in self._kept:  # their files stay: the next start writes them
+                seg.close()
 
     @property
     def buffered(self) -> int:

@@ -112,3 +112,21 @@ def test_a_torn_last_line_is_skipped_and_counted(tmp_path: Path) -> None:
     assert log.buffered == 1
     log.close()
     assert _ids(tmp_path / "log") == ["ok"]
+
+
+def test_a_batch_that_failed_to_write_is_written_by_the_next_start(tmp_path: Path) -> None:
+    spool, root = tmp_path / "spool", tmp_path / "log"
+    log = ImpressionLog(str(root), kind="events", schema=EVENTS_SCHEMA, replica="r",
+                        spool_dir=str(spool), retries=0)
+    now = int(time.time() * 1e6)
+    log.append({"event_id": ["lost-once"], "request_id": "q", "user_id": [1], "item_id": [2],
+                "event": ["click"], "value": None, "ts": [now], "received_ts": now,
+                "replica": "r"}, 1, durable=True)
+    root.write_text("not a directory")  # the write fails
+    assert log.flush() == 0 and log.counts["failed"] == 1
+    log.close()
+    root.unlink()
+    again = ImpressionLog(str(root), kind="events", schema=EVENTS_SCHEMA, replica="r2",
+                          spool_dir=str(spool))
+    again.close()
+    assert _ids(root) == ["lost-once"]

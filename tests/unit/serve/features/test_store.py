@@ -27,7 +27,7 @@ def store(url: str, prefix: str, **kw: object) -> OnlineFeatures:
 
 def ev(i: int, user: int, item: int, event: str = "click", age_s: float = 10.0,
        author: int | None = None) -> EventRow:
-    return EventRow(f"e{i}", user, item, event, NOW - age_s, author)
+    return EventRow(f"e{i}", user, item, event, time.time() - age_s, author)
 
 
 def test_an_event_counts_once_and_lands_in_each_set(redis_url: str, prefix: str) -> None:
@@ -69,6 +69,7 @@ def test_trending_merges_live_engagement_over_the_bundle_list(redis_url: str,
     assert t is not None
     assert t.ids[0] == 3 and 666 not in t.ids.tolist()  # 3 shares lift item 3; 666 is blocked
     assert t.rows.tolist() == (t.ids * 10).tolist()
+    # three shares of weight 4, decayed by a second or so of a 6-hour half-life
     assert t.scores[0] == pytest.approx(1.0 + 3 * 4.0, rel=1e-3)
 
 
