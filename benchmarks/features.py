@@ -88,12 +88,9 @@ def run(*, base_bundle: str, profile: str, redis_url: str, work_dir: Path, rate:
     rng = np.random.default_rng(0)
     users = rng.choice(cat.user_ids, size=min(1000, len(cat.user_ids)), replace=False)
     prefix = f"bench:{uuid.uuid4().hex[:8]}"
-    hist = pipeline.features.user_history
-    f = args.features
-    layout = Layout(prefix=prefix, history_len=int(hist.shape[1]) if hist.size else 50,
-                    seen_days=f.seen_days, seen_cap=f.seen_cap, reported_cap=f.reported_cap,
-                    half_life_h=args.feed.trending_half_life_h, trending_cap=f.trending_cap,
-                    event_ttl_s=f.event_ttl_s)
+    f = args.features.model_copy(update={"prefix": prefix})
+    layout = Layout.from_settings(f, history=pipeline.features.user_history,
+                                  half_life_h=args.feed.trending_half_life_h)
     store = OnlineFeatures(redis_url, layout, timeout_s=f.timeout_ms / 1000.0,
                            retry_after_s=f.retry_after_s,
                            trending_refresh_s=f.trending_refresh_s,

@@ -282,6 +282,9 @@ class ImpressionSettings(_Strict):
         return self
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class FeatureStoreSettings(_Strict):
     """The online feature store on Redis (serve/features, docs/features.md): what users did
     seconds ago (clicks, seen posts, reported authors, live engagement) merged over the
@@ -313,10 +316,23 @@ class FeatureStoreSettings(_Strict):
                                  "the replay reads events timed this long before it began "
                                  "(events that reach the server late)")
 
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(REDIS_SCHEMES):
+            raise ValueError(f"a Redis URL starts with one of {', '.join(REDIS_SCHEMES)}")
+        return v
+
     def resolved_url(self) -> str | None:
+        """The URL in effect: the variable's when set, else `url`. Raises
+        ServeConfigError naming the variable when its value is not a Redis URL."""
         import os
 
-        return os.environ.get(self.url_env) or self.url
+        env = os.environ.get(self.url_env)
+        if env and not env.startswith(REDIS_SCHEMES):
+            raise ServeConfigError(f"{self.url_env}: not a Redis URL (it starts with one of "
+                                   f"{', '.join(REDIS_SCHEMES)})")
+        return env or self.url
 
 
 class AppArgs(_Strict):

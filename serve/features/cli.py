@@ -58,11 +58,8 @@ def rebuild(
     b = verify_bundle(bundle or args.bundle)
     catalog = Catalog(b.file("catalog/catalog.json").parent)
     ft = FeatureTransform.load(b.file("features/transform.json").parent)
-    history = int(ft.user_history.shape[1]) if ft.user_history.size else 50
-    layout = Layout(prefix=f.prefix, history_len=history, seen_days=f.seen_days,
-                    seen_cap=f.seen_cap, reported_cap=f.reported_cap,
-                    half_life_h=args.feed.trending_half_life_h, trending_cap=f.trending_cap,
-                    event_ttl_s=f.event_ttl_s)
+    layout = Layout.from_settings(f, history=ft.user_history,
+                                  half_life_h=args.feed.trending_half_life_h)
     store = OnlineFeatures(url, layout, timeout_s=max(f.timeout_ms / 1000.0, 5.0),
                            retry_after_s=0)
     now = datetime.now(UTC)

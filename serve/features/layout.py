@@ -26,6 +26,7 @@ previous epoch's sums, each brought to `now`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,16 @@ class Layout:
     epoch_s: int = 7 * 86_400
     trending_cap: int = 10_000
     event_ttl_s: int = 8 * 86_400  # past the events endpoint's 7-day age limit
+
+    @classmethod
+    def from_settings(cls, f: Any, *, history: np.ndarray, half_life_h: float) -> Layout:
+        """The layout of `args.features` (`serve.config.FeatureStoreSettings`) for a bundle
+        whose user tower takes `history` (the fitted history table: its width is the
+        history length) and a feed whose trending half-life is `half_life_h`."""
+        return cls(prefix=f.prefix, history_len=int(history.shape[1]) if history.size else 50,
+                   seen_days=f.seen_days, seen_cap=f.seen_cap, reported_cap=f.reported_cap,
+                   half_life_h=half_life_h, trending_cap=f.trending_cap,
+                   event_ttl_s=f.event_ttl_s)
 
     def history(self, user_id: int) -> str:
         return f"{self.prefix}:u:{user_id}:h"

@@ -206,11 +206,8 @@ def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, A
     from serve.features.store import OnlineFeatures
 
     catalog = pipeline.catalog
-    history = pipeline.features.user_history
-    layout = Layout(prefix=f.prefix, history_len=int(history.shape[1]) if history.size else 50,
-                    seen_days=f.seen_days, seen_cap=f.seen_cap, reported_cap=f.reported_cap,
-                    half_life_h=args.feed.trending_half_life_h, trending_cap=f.trending_cap,
-                    event_ttl_s=f.event_ttl_s)
+    layout = Layout.from_settings(f, history=pipeline.features.user_history,
+                                  half_life_h=args.feed.trending_half_life_h)
     online = OnlineFeatures(
         url, layout, timeout_s=f.timeout_ms / 1000.0, retry_after_s=f.retry_after_s,
         trending_refresh_s=f.trending_refresh_s,

@@ -45,3 +45,28 @@ def test_history_appends_recent_clicks_newest_last_and_keeps_its_length() -> Non
     full = merged_history(row, np.arange(100, 110))
     assert full.tolist() == [[105, 106, 107, 108, 109]]
     assert merged_history(row, np.zeros(0, np.int64)).tolist() == row.tolist()
+
+
+def test_the_layout_follows_the_settings_and_the_bundle() -> None:
+    from serve.config import FeatureStoreSettings
+
+    f = FeatureStoreSettings(prefix="stage:f", seen_cap=64, event_ttl_s=7200)
+    lay = Layout.from_settings(f, history=np.zeros((10, 20), np.int64), half_life_h=2.0)
+    assert (lay.history_len, lay.seen_cap, lay.event_ttl_s, lay.half_life_s) == (20, 64, 7200,
+                                                                                 7200.0)
+    assert lay.seen(5) == "stage:f:u:5:s" and lay.event("x") == "stage:f:e:x"
+    assert Layout.from_settings(f, history=np.zeros((0, 1)), half_life_h=6).history_len == 50
+
+
+def test_a_url_that_is_not_redis_is_refused_naming_where_it_came_from(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve.config import FeatureStoreSettings, parse_app_args
+    from serve.errors import ServeConfigError
+
+    with pytest.raises(ServeConfigError, match=r"args\.features\.url"):
+        parse_app_args({"features": {"url": "http://cache:6379"}})
+    monkeypatch.setenv("FUNNEL_FEATURES_REDIS_URL", "cache:6379")
+    with pytest.raises(ServeConfigError, match="FUNNEL_FEATURES_REDIS_URL"):
+        FeatureStoreSettings().resolved_url()
+    monkeypatch.setenv("FUNNEL_FEATURES_REDIS_URL", "redis://cache:6379/0")
+    assert FeatureStoreSettings(url="redis://other/1").resolved_url() == "redis://cache:6379/0"
