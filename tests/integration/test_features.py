@@ -29,6 +29,14 @@ pytestmark = pytest.mark.integration
 REDIS_URL = os.environ.get("FUNNEL_TEST_REDIS_URL")
 
 
+@pytest.fixture(autouse=True)
+def _process_threads_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica caps torch's and BLAS's thread pools for its process (serve.loader);
+    here that process is the test run's, and later tests compare float results computed
+    with the default pools (tests/unit/serve/test_page_equality.py)."""
+    monkeypatch.setattr("serve.loader.limit_threads", lambda n: None)
+
+
 def replica(bundle: Path, tmp: Path, redis_url: str, prefix: str, **features: Any
             ) -> ReplicaServices:
     args = parse_app_args({
