@@ -54,9 +54,13 @@ def test_training_completes_while_the_server_keeps_answering(stack: Stack,
 
 
 def test_ctrl_c_stops_training_at_once_and_its_ray_with_it(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal reaches a process whose SIGINT is handled. A test run started in
+    # the background of a shell (`make test &`) ignores SIGINT, and a child inherits that:
+    # give the child the terminal's default back, as a foreground command has it
     proc = subprocess.Popen([*FUNNEL, "train", "--profile", "tiny", "--out",
                              str(tmp_path / "artifacts")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[str] = []
     try:
         assert proc.stdout is not None
