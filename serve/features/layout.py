@@ -30,10 +30,6 @@ from typing import Any
 
 import numpy as np
 
-# what one sorted-set member, one hash field and one key cost in Redis 7 (listpack
-# encoding for the small sets and hashes this layout keeps); measured, see docs/features.md
-KEY_OVERHEAD_BYTES = 70
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -114,12 +110,6 @@ class Layout:
         """(current, previous) epochs a reader adds up at `now_s`."""
         cur = self.epoch_of(now_s)
         return cur, cur - self.epoch_s
-
-    # ---- memory ----------------------------------------------------------------------------
-    def user_bytes(self, member_bytes: int = 24) -> int:
-        """Upper bound of one user's keys at full size (each member id with its score)."""
-        members = self.history_len + self.seen_cap + self.reported_cap
-        return 3 * KEY_OVERHEAD_BYTES + members * member_bytes
 
 
 def merge_trending(catalog_ids: np.ndarray, catalog_scores: np.ndarray,

@@ -103,7 +103,6 @@ class Trending:
     ids: np.ndarray
     scores: np.ndarray
     rows: np.ndarray
-    live_items: int  # items with live engagement
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,6 @@ class FreshFeatures:
     seen: np.ndarray
     reported: np.ndarray
     trending: Trending | None = None
-
-
-def _ints(values: Sequence[bytes]) -> np.ndarray:
-    return np.fromiter((int(v) for v in values), dtype=np.int64, count=len(values))
 
 
 def _joined(b: bytes) -> np.ndarray:
@@ -155,7 +150,6 @@ class OnlineFeatures:
         self._read = self.redis.register_script(_READ)
         self._down_until = 0.0
         self._trending: Trending | None = None
-        self._trending_at = -1e18
         self._lock = threading.Lock()
         self.outage_since: float | None = None  # wall time of the first failure, until back
         self._refresher: threading.Thread | None = None
@@ -202,36 +196,20 @@ class OnlineFeatures:
                 log.exception("feature store: after-outage callback failed")
 
     # ---- reads -----------------------------------------------------------------------------
-    def read(self, user_id: int | None, now_s: float | None = None) -> FreshFeatures:
-        """The user's live features (empty arrays for an unknown or cold user) and, when the
-        cached list is older than `trending_refresh_s`, a fresh trending list; one round
-        trip. Raises FeatureStoreUnavailable."""
+    def read(self, user_id: int, now_s: float | None = None) -> FreshFeatures:
+        """The user's live features (empty arrays for a user with none) and the latest
+        merged trending list (None until the refresh thread has read one); one round trip.
+        Raises FeatureStoreUnavailable."""
         self._check("read")
         lay = self.layout
         now = self._clock() if now_s is None else now_s
-        refresh = (self._catalog_trending is not None and self._refresher is None and (
-            self._monotonic() - self._trending_at >= self.trending_refresh_s))
-        cur, prev = lay.epochs_at(now)
         try:
-            p = self.redis.pipeline(transaction=False)
-            if user_id is not None:
-                self._read(keys=[lay.history(user_id), lay.seen(user_id),
-                                 lay.reported(user_id)],
-                           args=[lay.history_len, int(now) - lay.seen_ttl_s], client=p)
-            if refresh:
-                p.zrevrange(lay.trending(cur), 0, self.trending_size - 1, withscores=True)
-                p.zrevrange(lay.trending(prev), 0, self.trending_size - 1, withscores=True)
-            out = p.execute()
+            h, s, r = self._read(keys=[lay.history(user_id), lay.seen(user_id),
+                                       lay.reported(user_id)],
+                                 args=[lay.history_len, int(now) - lay.seen_ttl_s])
         except Exception as e:  # connection refused, timeout, a server error
             raise self._failed("read", e) from e
         self._ok("read")
-        if refresh:
-            self._trending = self._merge(out[-2], out[-1], cur, prev, now)
-            self._trending_at = self._monotonic()
-        if user_id is None:
-            empty = np.zeros(0, np.int64)
-            return FreshFeatures(empty, empty, empty, self._trending)
-        h, s, r = out[0]
         return FreshFeatures(_joined(h), _joined(s), _joined(r), self._trending)
 
     def _merge(self, cur: list[tuple[bytes, float]], prev: list[tuple[bytes, float]],
@@ -249,12 +227,11 @@ class OnlineFeatures:
         c_ids, c_scores = self._catalog_trending()
         m_ids, m_scores = merge_trending(c_ids, c_scores, ids, live, self.trending_size)
         rows = self._rows_of(m_ids) if self._rows_of is not None else np.full(len(m_ids), -1)
-        return Trending(m_ids, m_scores, rows, len(np.unique(ids)))
+        return Trending(m_ids, m_scores, rows)
 
     def start_trending_refresh(self) -> None:
         """Refresh the live trending list every `trending_refresh_s` in a thread of its own,
-        so no feed pays for the merge (a few milliseconds on a million-post catalog); without
-        it, `read` refreshes inline when the list is stale."""
+        so no feed pays for the merge (a few milliseconds on a million-post catalog)."""
         if self._refresher is not None or self._catalog_trending is None:
             return
 
@@ -284,7 +261,6 @@ class OnlineFeatures:
             return
         self._ok("read")
         self._trending = self._merge(a, b, cur, prev, now)
-        self._trending_at = self._monotonic()
 
     def close(self) -> None:
         self._stop.set()

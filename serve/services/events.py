@@ -75,9 +75,11 @@ class EventService:
         log when Redis is back (serve/features/rebuild.py), never to the client."""
         from serve.features.store import EventRow
 
-        items = np.asarray([e.item_id for e in fresh], dtype=np.int64)
-        authors = (self.author_of(items) if self.author_of is not None
-                   else np.full(len(items), -1, np.int64))
+        authors = np.full(len(fresh), -1, np.int64)  # looked up for reports only
+        reports = [k for k, e in enumerate(fresh) if e.event == "report"]
+        if reports and self.author_of is not None:
+            authors[reports] = self.author_of(
+                np.asarray([fresh[k].item_id for k in reports], dtype=np.int64))
         rows = [EventRow(k, e.user_id, e.item_id, e.event, event_time_s(e),
                          int(a) if a >= 0 else None)
                 for e, k, a in zip(fresh, keys, authors, strict=True)]

@@ -203,7 +203,7 @@ def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, A
         return None, None
     from serve.features.layout import Layout
     from serve.features.rebuild import Refiller
-    from serve.features.store import OnlineFeatures
+    from serve.features.store import OnlineFeatures, redacted
 
     catalog = pipeline.catalog
     layout = Layout.from_settings(f, history=pipeline.features.user_history,
@@ -224,14 +224,8 @@ def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, A
         flush_feed=feed.flush if feed is not None else lambda: None,
         storage_options=dict(s.storage_options), served_seen=f.mark_served_seen)
     refiller.start(refill_empty=f.rebuild_on_start)
-    log.info("online feature store: %s (prefix %s)", _redacted(url), f.prefix)
+    log.info("online feature store: %s (prefix %s)", redacted(url), f.prefix)
     return online, refiller
-
-
-def _redacted(url: str) -> str:
-    from serve.features.store import redacted
-
-    return redacted(url)
 
 
 @dataclass

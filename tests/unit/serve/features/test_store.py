@@ -61,11 +61,12 @@ def test_trending_merges_live_engagement_over_the_bundle_list(redis_url: str,
                                                               prefix: str) -> None:
     catalog = (np.array([1, 2, 3]), np.array([3.0, 2.0, 1.0]))
     s = store(redis_url, prefix, catalog_trending=lambda: catalog,
-              rows_of=lambda ids: np.asarray(ids) * 10, allowed=lambda ids: ids != 666,
-              trending_refresh_s=0.0)
+              rows_of=lambda ids: np.asarray(ids) * 10, allowed=lambda ids: ids != 666)
     s.apply_events([ev(i, 9, 3, "share", age_s=1) for i in range(3)]
                    + [ev(10 + i, 9, 666, "share", age_s=1) for i in range(5)])
-    t = s.read(None).trending
+    assert s.read(9).trending is None  # until the refresh has run
+    s.refresh_trending()
+    t = s.read(9).trending
     assert t is not None
     assert t.ids[0] == 3 and 666 not in t.ids.tolist()  # 3 shares lift item 3; 666 is blocked
     assert t.rows.tolist() == (t.ids * 10).tolist()
@@ -96,15 +97,18 @@ def test_redis_back_calls_the_replay_with_the_outage_start(redis_url: str,
                                                            prefix: str) -> None:
     clock = [100.0]
     s = store(redis_url, prefix, clock=lambda: clock[0], retry_after_s=0)
-    real = s.redis
-    s.redis = type("Down", (), {"pipeline": lambda self, **kw: (_ for _ in ()).throw(
-        ConnectionError("refused"))})()
+    real = s._read
+
+    def refused(**kw: object) -> None:
+        raise ConnectionError("refused")
+
+    s._read = refused  # type: ignore[assignment]
     backs: list[float] = []
     s.on_back(backs.append)
     with pytest.raises(FeatureStoreUnavailable):
         s.read(1)
     clock[0] = 130.0
-    s.redis = real
+    s._read = real
     s.read(1)
     assert backs == [100.0] and s.outage_since is None
 
