@@ -37,12 +37,14 @@ log = logging.getLogger("funnel.features")
 # an event that applies: ARGV 1 event ttl, 2 item, 3 ts, 4 clicked (1/0), 5 history len,
 # 6 history ttl, 7 seen cutoff, 8 seen cap, 9 seen ttl, 10 reported author ('' none),
 # 11 reported cap, 12 reported ttl, 13 item field, 14 item increment, 15 epoch ttl,
-# 16 trending increment (0: none), 17 trending cap, 18 the item field two epochs back
+# 16 trending increment (0: none), 17 trending cap, 18 the item field two epochs back,
+# 19 the exact time (history's order: clicks within one second keep theirs; the seen and
+# reported sets only need whole seconds, which a listpack stores as a small integer)
 _APPLY = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local item, ts = ARGV[2], ARGV[3]
 if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[2], 'GT', ts, item)
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[19], item)
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]) - 1)
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
@@ -292,7 +294,8 @@ class OnlineFeatures:
                                   lay.seen_ttl_s, author, lay.reported_cap,
                                   lay.reported_ttl_s, f"{r.event}:{epoch}", repr(inc),
                                   lay.epoch_ttl_s, repr(w * inc), lay.trending_cap,
-                                  f"{r.event}:{epoch - 2 * lay.epoch_s}"],
+                                  f"{r.event}:{epoch - 2 * lay.epoch_s}",
+                                  repr(float(r.ts_s))],
                             client=p)
             out = p.execute()
         except Exception as e:

@@ -57,6 +57,15 @@ def test_sets_are_bounded_and_expire(redis_url: str, prefix: str) -> None:
     assert s.read(2).seen.tolist() == []
 
 
+def test_clicks_within_one_second_keep_their_order(redis_url: str, prefix: str) -> None:
+    s = store(redis_url, prefix)
+    t = float(int(NOW)) + 0.25
+    rows = [EventRow(f"o{k}", 3, item, "click", t + k * 1e-4)
+            for k, item in enumerate([905, 173, 300])]
+    s.apply_events(rows)
+    assert s.read(3).history.tolist() == [905, 173, 300]  # by time, not by id
+
+
 def test_trending_merges_live_engagement_over_the_bundle_list(redis_url: str,
                                                               prefix: str) -> None:
     catalog = (np.array([1, 2, 3]), np.array([3.0, 2.0, 1.0]))
@@ -146,7 +155,7 @@ def test_memory_of_a_full_user(redis_url: str, prefix: str) -> None:
     """The figure docs/features.md quotes: one user at the default bounds."""
     s = OnlineFeatures(redis_url, Layout(prefix=prefix), timeout_s=1.0)
     lay = s.layout
-    rows = [EventRow(f"m{i}", 1, 10_000_000 + i, "click", NOW - 3600 + i)
+    rows = [EventRow(f"m{i}", 1, 10_000_000 + i, "click", NOW - 3600 + i + 0.123456)
             for i in range(lay.seen_cap)]
     rows += [EventRow(f"r{i}", 1, 20_000_000 + i, "report", NOW - 10, 30_000_000 + i)
              for i in range(lay.reported_cap)]
