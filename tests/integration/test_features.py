@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,11 @@ def replica(bundle: Path, tmp: Path, redis_url: str, prefix: str, **features: An
     return build_services(args, replica="t")
 
 
-def event(uid: int, item: int, kind: str = "click") -> dict[str, Any]:
+def event(uid: int, item: int, kind: str = "click", at: datetime | None = None
+          ) -> dict[str, Any]:
     return {"event_id": uuid.uuid4().hex, "request_id": "r", "user_id": uid,
-            "item_id": item, "event": kind, "timestamp": datetime.now(UTC).isoformat()}
+            "item_id": item, "event": kind,
+            "timestamp": (at or datetime.now(UTC)).isoformat()}
 
 
 def logged_event_ids(root: Path) -> set[str]:
@@ -99,7 +101,9 @@ def test_clicks_change_the_user_vector_and_are_excluded_at_once(
         assert first.status_code == 200 and first.json()["degraded"] == []
         assert "features;dur=" in first.headers["server-timing"]
         clicked = [it["item_id"] for it in first.json()["items"][:3]]
-        r = client.post("/v1/events", json={"events": [event(uid, i) for i in clicked]})
+        t0 = datetime.now(UTC)  # three clicks within one second, in the page's order
+        r = client.post("/v1/events", json={"events": [
+            event(uid, i, at=t0 + timedelta(milliseconds=k)) for k, i in enumerate(clicked)]})
         assert r.status_code == 202 and r.json()["accepted"] == 3
         # no wait: a 202 means the events were applied (or the store is down)
         after = client.post("/v1/feed", json={"user_id": uid, "limit": 10})
