@@ -15,6 +15,7 @@ from rich.console import Console
 import serve
 from funnel.contracts.errors import FunnelError
 from funnel.registry.cli import bundle_app
+from monitoring.cost_cli import cost_app
 from monitoring.drift_cli import drift_app
 from monitoring.experiments_cli import experiment_app
 from serve.proxy_mode import Ingress
@@ -124,6 +125,7 @@ def _rollout_app() -> typer.Typer:
 app.add_typer(_rollout_app(), name="rollout")
 app.add_typer(drift_app, name="drift")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(cost_app, name="cost")
 
 from serve.moderation.cli import moderation_app  # noqa: E402
 

@@ -160,6 +160,34 @@ FEATURE_MEMORY = Gauge("funnel_feature_store_memory_bytes", "Redis memory: used 
                        "(the whole server; limit 0: no maxmemory), user_key and item_key (mean "
                        "size of a sampled key)", ["kind"],
                        multiprocess_mode="max")
+# ---- cost (serve/cost.py, docs/cost.md) --------------------------------------------------
+COST_CORE_SECONDS = Counter("funnel_cost_core_seconds", "CPU core-seconds attributed to "
+                            "requests, by stage (ingress, source:<name>, ranker, "
+                            "moderation_text, moderation_image, shadow), model (the bundle "
+                            "version of the model that ran; '' for no model), variant (the "
+                            "rollout variant the request was served by) and route (feed, "
+                            "moderate, shadow)", ["stage", "model", "variant", "route"])
+COST_REQUESTS = Counter("funnel_cost_requests", "Requests whose CPU was attributed, by route "
+                        "and variant (a feed's: its ranker variant)", ["route", "variant"])
+COST_PROCESS_CPU = Counter("funnel_cost_process_cpu_seconds", "CPU seconds (user + system) "
+                           "of the stack's processes on this node, read from /proc, by "
+                           "component (ingress, moderation, scorer, controller, proxy, "
+                           "triton, ray, launcher, other): the total that attributed time "
+                           "and overhead add up to", ["component"])
+COST_PROCESS_MEMORY = Gauge("funnel_cost_process_memory_bytes", "Resident memory of the "
+                            "stack's processes on this node, by component",
+                            ["component"], multiprocess_mode="livesum")
+COST_PRICE = Gauge("funnel_cost_price_usd", "The prices cost is computed with (args.cost or "
+                   "OpenCost's), by resource: cpu_core_hour, memory_gib_hour, gpu_hour",
+                   ["resource"], multiprocess_mode="livemax")
+COST_ROUTES = ("feed", "moderate", "shadow")
+COST_COMPONENTS = ("ingress", "moderation", "scorer", "controller", "proxy", "triton", "ray",
+                   "launcher", "other")
+for _c in COST_COMPONENTS:
+    COST_PROCESS_CPU.labels(_c)
+for _r in COST_ROUTES:
+    COST_REQUESTS.labels(_r, "primary")
+
 for _op in ("read", "write", "meta"):
     for _o in ("ok", "error", "skipped"):
         FEATURE_OPS.labels(_op, _o)
@@ -249,6 +277,22 @@ def observe_moderation(*, route: str, decision: str, content: str,
     for label, outcome in label_outcomes.items():
         MODERATION_LABELS.labels(label, outcome).inc()
     observe_degraded(route, degraded)
+
+
+def set_prices(cpu_core_hour: float, memory_gib_hour: float, gpu_hour: float) -> None:
+    for resource, usd in (("cpu_core_hour", cpu_core_hour),
+                          ("memory_gib_hour", memory_gib_hour), ("gpu_hour", gpu_hour)):
+        COST_PRICE.labels(resource).set(usd)
+
+
+def observe_cost(route: str, variant: str, core_s: dict[tuple[str, str], float],
+                 *, count: bool = True) -> None:
+    """One request's attributed core-seconds by (stage, model) (serve.cost.RequestCost);
+    `count` False: CPU charged after the request was counted (a moderation batch's share)."""
+    for (stage, model), sec in core_s.items():
+        COST_CORE_SECONDS.labels(stage, model, variant, route).inc(sec)
+    if count:
+        COST_REQUESTS.labels(route, variant).inc()
 
 
 def observe_request(route: str, code: int | str, seconds: float) -> None:

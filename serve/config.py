@@ -335,6 +335,24 @@ class FeatureStoreSettings(_Strict):
         return env or self.url
 
 
+class CostSettings(_Strict):
+    """Cost per request (docs/cost.md): the prices that turn attributed core-seconds into
+    dollars, and how often the inputs are read. The default prices are OpenCost's defaults
+    (its `configs/default.json`, GCP us-central1 on-demand): $0.031611 per core-hour,
+    $0.004237 per GiB-hour, $0.95 per GPU-hour. `opencost_url`: an OpenCost `/metrics`
+    endpoint whose `node_cpu_hourly_cost`, `node_ram_hourly_cost` and `node_gpu_hourly_cost`
+    (averaged over nodes) replace them."""
+
+    cpu_core_hour_usd: float = Field(0.031611, ge=0, le=1000)
+    memory_gib_hour_usd: float = Field(0.004237, ge=0, le=1000)
+    gpu_hour_usd: float = Field(0.95, ge=0, le=10_000)
+    opencost_url: str | None = Field(None, max_length=2048)
+    triton_poll_s: float = Field(5.0, gt=0, le=300,
+                                 description="how often Triton's statistics are read")
+    process_poll_s: float = Field(5.0, gt=0, le=300,
+                                  description="how often the node's processes are read")
+
+
 class AppArgs(_Strict):
     """Everything under `applications[].args` of the Serve config."""
 
@@ -347,6 +365,7 @@ class AppArgs(_Strict):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     impressions: ImpressionSettings = Field(default_factory=ImpressionSettings)
     features: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from funnel.contracts.model_io import TASKS
+from serve import cost
 from serve.catalog import Catalog
 from serve.config import FeedSettings
 from serve.errors import FeatureStoreUnavailable, RankerUnavailable
@@ -188,6 +189,7 @@ class FeedPipeline:
         # the online feature store (serve.features.store.OnlineFeatures); None: the bundle's
         # features only
         self.online: OnlineFeatures | None = None
+        self.triton_rates = cost.TritonRates()  # Triton compute per row (serve/cost.py)
         self.retrieval = retrieval
         self.features = retrieval.features
         self.ranker = ranker
@@ -250,8 +252,9 @@ class FeedPipeline:
             await asyncio.sleep(0)  # let them reach their threads before the inline work
         for name in inline:
             try:
-                results[name] = self._source(name, retrieval).generate(
-                    query, self.settings.sources[name].quota)
+                with cost.section(cost.source_stage(name)):
+                    results[name] = self._source(name, retrieval).generate(
+                        query, self.settings.sources[name].quota)
             except Exception as e:  # a failing source degrades, the feed goes on
                 results[name] = e
         if waiting is not None:
@@ -321,14 +324,18 @@ class FeedPipeline:
             key = id(m.features)
             inputs = cache.get(key) if cache is not None else None
             if inputs is None:
-                if user is None:
-                    user = self.catalog.user(user_id)
-                if isinstance(items, np.ndarray):
-                    items = self.catalog.items(items)
-                inputs = self.ranker_inputs(user, items, rscore, now_s, m.features)
+                with cost.section(cost.INGRESS):
+                    if user is None:
+                        user = self.catalog.user(user_id)
+                    if isinstance(items, np.ndarray):
+                        items = self.catalog.items(items)
+                    inputs = self.ranker_inputs(user, items, rscore, now_s, m.features)
                 if cache is not None:
                     cache[key] = inputs
             await yield_to_requests()  # off-path (a shadow): wait for an idle replica
+            c = cost.current()
+            if c is not None:
+                c.ranker_model = m.version  # the ranker client charges its rows to it
             t0 = time.perf_counter()
             try:
                 logits = await m.ranker.logits(inputs)
@@ -338,8 +345,9 @@ class FeedPipeline:
             self._ranker_down_until[id(m.ranker)] = (self._monotonic()
                                                      + self.settings.ranker.retry_after_s)
             return None
-        probs = task_probs(logits, m.calibration)
-        return (probs @ self._weights).astype(np.float32, copy=False), probs
+        with cost.section(cost.INGRESS):
+            probs = task_probs(logits, m.calibration)
+            return (probs @ self._weights).astype(np.float32, copy=False), probs
 
     async def _rank(self, user: UserRow, items: Items, rscore: np.ndarray, now_s: float,
                     degraded: list[str], timings: dict[str, float],
@@ -376,6 +384,7 @@ class FeedPipeline:
             return now
 
         degraded: list[str] = []
+        cpu = cost.Lap()  # this thread's CPU between the awaits is the ingress's
         now_s = self.now_s(q)
         user = self.catalog.user(q.user_id)
         known = user.known
@@ -392,8 +401,10 @@ class FeedPipeline:
                     if known else None)
         query = SourceQuery(user_id=q.user_id, known_user=known, user_vec=user_vec, now_s=now_s,
                             trending=fresh.trending if fresh is not None else None)
+        cpu.charge(cost.INGRESS)
         per_source = await self._candidates(query, degraded, retrieval)
         t = lap("candidates", t)
+        cpu.mark()
 
         merged = merge_candidates(per_source, quotas=self._quotas,
                                   limit=self.settings.max_candidates)
@@ -423,11 +434,14 @@ class FeedPipeline:
         kept = Merged(kept.ids, kept.source_mask, kept.sources, rscore.astype(np.float64),
                       kept.catalog_rows)
         inputs_cache: dict[int, dict[str, np.ndarray]] = {}
+        cpu.charge(cost.INGRESS)
         scores, probs = await self._rank(user, kept_items, rscore, now_s, degraded, timings,
                                          m.ranker, inputs_cache)
         t = lap("rank", t)
 
-        page = self._page(scores, probs, kept, kept_items, vecs, now_s, q.limit, q.request_id)
+        with cost.section(cost.INGRESS):
+            page = self._page(scores, probs, kept, kept_items, vecs, now_s, q.limit,
+                              q.request_id)
         lap("rerank", t)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
         ann = per_source.get("ann", Candidates.empty())
@@ -479,8 +493,9 @@ class FeedPipeline:
                                          degraded, timings, model, trace.inputs)
         if degraded:  # the model failed: no page to compute
             return [], degraded, timings.get("ranker_call", 0.0)
-        items = self._page(scores, probs, trace.kept, trace.items, trace.vecs, trace.now_s,
-                           trace.limit, trace.request_id)
+        with cost.section(cost.INGRESS):
+            items = self._page(scores, probs, trace.kept, trace.items, trace.vecs,
+                               trace.now_s, trace.limit, trace.request_id)
         return items, degraded, timings.get("ranker_call", 0.0)
 
 
@@ -501,11 +516,13 @@ async def run_source(source: CandidateSource, query: SourceQuery, quota: int,
         return source.generate(query, quota)
     loop = asyncio.get_running_loop()
     marks: dict[str, float] = {}
+    charged = cost.current()  # the worker thread does not see the request's context
 
     def work() -> Candidates:
         marks["start"] = clock()
         try:
-            return source.generate(query, quota)
+            with cost.section(cost.source_stage(source.name), cost=charged):
+                return source.generate(query, quota)
         finally:
             marks["end"] = clock()
 

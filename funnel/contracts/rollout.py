@@ -57,6 +57,7 @@ GUARDRAIL_METRICS: dict[str, Literal["max", "min"]] = {
     "overlap_at_k": "min",        # |top-k(variant) ∩ top-k(primary)| / k, same requests
     "rank_correlation": "min",    # rank-biased overlap (p=0.9) of the two lists
     "drift_score": "max",         # PSI of the variant's scores vs the primary's
+    "cost_ratio": "max",          # variant CPU per request / primary's (docs/cost.md)
 }
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
@@ -72,6 +73,8 @@ class FaultSpec(_Strict):
 
     delay_ms: float = Field(0.0, ge=0, le=60_000)
     error_rate: float = Field(0.0, ge=0, le=1)
+    repeat: int = Field(1, ge=1, le=10, description="run each model call this many times "
+                        "(a variant that does more work: the cost_ratio guardrail)")
 
 
 class VariantSpec(_Strict):
@@ -100,7 +103,8 @@ class InterleavingSpec(_Strict):
 
 
 GuardrailMetric = Literal["error_rate", "p99_latency_ratio", "overlap_at_k",
-                         "rank_correlation", "drift_score"]  # the keys of GUARDRAIL_METRICS
+                         "rank_correlation", "drift_score",
+                         "cost_ratio"]  # the keys of GUARDRAIL_METRICS
 
 
 class Guardrail(_Strict):

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from funnel.contracts.errors import FunnelError
+from serve import cost
 from serve.api import ErrorBody
 from serve.errors import RequestTooLarge, error_code, error_status
 
@@ -97,7 +98,8 @@ async def parse_json_body(request: Request, limit: int, rid: str
     except RequestTooLarge as e:
         return None, error(413, "request_too_large", str(e), rid)
     try:
-        return json.loads(raw), None
+        with cost.section(cost.INGRESS):
+            return json.loads(raw), None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return None, error(400, "invalid_json", f"body is not valid JSON: {e}", rid)
 
@@ -109,7 +111,8 @@ async def parse_payload(request: Request, model: Any, limit: int, rid: str
     if bad is not None:
         return None, bad
     try:
-        return model.model_validate(payload), None
+        with cost.section(cost.INGRESS):
+            return model.model_validate(payload), None
     except ValidationError as e:
         return None, funnel_error(e, rid)
 

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
 
 from funnel.contracts.errors import BundleError
+from monitoring import metrics
 from serve.batcher import GreedyBatcher
 from serve.config import parse_app_args
+from serve.cost import MODERATION_IMAGE, MODERATION_TEXT
 
 log = logging.getLogger("funnel.moderation")
 
@@ -106,7 +110,8 @@ class ModerationModels:
             await asyncio.to_thread(model.load)  # its own labels: one more is a canary
 
             async def run(texts: list[str]) -> list[list[float]]:
-                return (await asyncio.to_thread(model.score_texts, texts)).tolist()
+                return (await asyncio.to_thread(
+                    charged_batch, model.score_texts, texts, MODERATION_TEXT, version)).tolist()
 
             m = self._args.moderation
             batcher = GreedyBatcher(run, max_batch_size=m.text_max_batch_size,
@@ -123,8 +128,26 @@ class ModerationModels:
 
     async def _score_text_batch(self, texts: list[str]) -> list[list[float]]:
         assert self.text is not None
-        return (await asyncio.to_thread(self.text.score_texts, texts)).tolist()
+        return (await asyncio.to_thread(charged_batch, self.text.score_texts, texts,
+                                        MODERATION_TEXT, self.text.version)).tolist()
 
     async def _score_image_batch(self, images: list[bytes]) -> list[float | str]:
-        scores = await asyncio.to_thread(self.image.score_images, images)
+        scores = await asyncio.to_thread(charged_batch, self.image.score_images, images,
+                                         MODERATION_IMAGE, self.image.version)
         return [s if isinstance(s, float) else str(s) for s in scores]
+
+
+def charged_batch(fn: Callable[[list[Any]], Any], items: list[Any], stage: str,
+                  version: str) -> Any:
+    """`fn(items)`, its CPU charged to the `moderate` route (docs/cost.md): this thread's
+    clock, since the models run on the calling thread (`intra_op_threads` 1, the default).
+    Each item's share is the batch's CPU over its items; every item of a batch carries the
+    same labels, so the shares are charged as their sum. The requests were counted by the
+    ingress; this process does not know their rollout variants (the label is empty), and
+    the model label, the head's bundle version, says which head ran."""
+    t0 = time.thread_time()
+    try:
+        return fn(items)
+    finally:
+        metrics.observe_cost("moderate", "", {(stage, version): time.thread_time() - t0},
+                             count=False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from serve import cost
 from serve.errors import InvalidContent, RequestTooLarge, ReviewStoreError
 from serve.moderation.media import ImageInfo
 from serve.moderation.policy import Decision, ModerationPolicy, more_severe
@@ -120,6 +121,7 @@ class ModerationService:
         if inp.image is not None:
             calls.append(("moderation_image", sc.score_image(inp.image.data)))
         results = await asyncio.gather(*(self._bounded(n, c, degraded) for n, c in calls))
+        cpu = cost.Lap()  # the request's CPU here (the models' is charged where they run)
         labels: dict[str, float] = {}
         used: dict[str, str] = {}
         for (name, _), scores in zip(calls, results, strict=True):
@@ -148,9 +150,12 @@ class ModerationService:
                       "author_id": inp.author_id, "scores": labels, "flagged_labels": flagged,
                       "reasons": list(reasons), "model_versions": used,
                       "at": self._clock().isoformat()}
+            cpu.charge(cost.INGRESS)
             review_id, parked = await asyncio.to_thread(self._record, record)
+            cpu.mark()
             if parked:
                 degraded.append("review_queue")
+        cpu.charge(cost.INGRESS)
         t2 = time.perf_counter()
         return ModerationOutcome(
             content_id=inp.content_id, labels=labels, decision=decision, reasons=reasons,
@@ -162,6 +167,10 @@ class ModerationService:
     def _record(self, record: dict[str, Any]) -> tuple[int | None, bool]:
         """(review item id, parked). Parked: the database did not answer; the spool keeps the
         record until the ingress's drain writes it."""
+        with cost.section(cost.INGRESS):  # a worker thread, in the request's context
+            return self._record_now(record)
+
+    def _record_now(self, record: dict[str, Any]) -> tuple[int | None, bool]:
         assert self.store is not None
         key = self._new_key()
         if self.spool is None:

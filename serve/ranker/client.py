@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from funnel.contracts.model_io import RANKER_KEYS
+from serve import cost
 from serve.errors import RankerUnavailable
 
 if TYPE_CHECKING:
@@ -37,9 +38,12 @@ class LocalRanker:
 
     async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """As TritonRanker: any failure is RankerUnavailable (the feed keeps retrieval order
-        and says `degraded: ["ranker"]`), never a failed request."""
+        and says `degraded: ["ranker"]`), never a failed request. Its CPU is the request's
+        `ranker` cost, measured."""
+        c = cost.current()
         try:
-            return self.logits_sync(inputs)
+            with cost.section(cost.RANKER, c.ranker_model if c is not None else "", c):
+                return self.logits_sync(inputs)
         except Exception as e:
             raise RankerUnavailable(f"in-process ranker: {type(e).__name__}: {e}") from e
 
@@ -79,8 +83,12 @@ class TritonRanker:
         return self._client
 
     async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The request is charged its rows (priced by Triton's compute time per row,
+        `serve.cost.TritonRates`) and the CPU of building and reading the call here."""
         g = self._mod
         req = []
+        c = cost.current()
+        cpu = cost.Lap(c)
         for k in RANKER_KEYS:
             a = np.ascontiguousarray(inputs[k])
             if a.ndim == 1:
@@ -88,6 +96,7 @@ class TritonRanker:
             t = g.InferInput(k, list(a.shape), _TRITON_DTYPES[a.dtype])
             t.set_data_from_numpy(a)
             req.append(t)
+        cpu.charge(cost.INGRESS)
         try:
             res = await asyncio.wait_for(
                 self._get_client().infer(self._model, req,
@@ -98,10 +107,25 @@ class TritonRanker:
                                     " ms") from e
         except Exception as e:
             raise RankerUnavailable(f"Triton call failed: {type(e).__name__}: {e}") from e
+        cpu.mark()
         out = res.as_numpy("logits")
         if out is None:
             raise RankerUnavailable("Triton answered without 'logits'")
+        if c is not None:
+            c.ranker_rows(self._model, len(out))
+        cpu.charge(cost.INGRESS)
         return np.asarray(out, dtype=np.float32)
+
+    async def compute_stats(self, model: str | None = None) -> tuple[int, int]:
+        """Triton's cumulative (compute ns, rows) for `model` (this one by default), every
+        version of it."""
+        stats = await asyncio.wait_for(self._get_client().get_inference_statistics(
+            model or self._model, as_json=True), 2.0)
+        return cost.triton_compute(stats)
+
+    @property
+    def model_name(self) -> str:
+        return self._model
 
     async def ready(self) -> bool:
         try:

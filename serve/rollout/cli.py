@@ -260,7 +260,7 @@ def status_cmd(url: Url = "http://127.0.0.1:8000", token_env: TokenEnv = "FUNNEL
                       + (f"; waiting for {st['waiting_for']}" if st["waiting_for"] else ""),
                       highlight=False)
         t = Table("variant", "bundle", "weight %", "requests", "errors", "p99 ms",
-                  "overlap@k", "rbo", "guardrails")
+                  "overlap@k", "rbo", "$/1k", "guardrails")
         for name, v in st["variants"].items():
             w = v["window"]
             weight = st["weights"].get(name)
@@ -272,7 +272,7 @@ def status_cmd(url: Url = "http://127.0.0.1:8000", token_env: TokenEnv = "FUNNEL
             t.add_row(name + ("" if weight is not None else " (shadow)"), v["bundle_version"],
                       _fmt(weight) if weight is not None else "-", str(w["requests"]),
                       str(w["errors"]), _fmt(w["p99_ms"], 1), overlap or "-",
-                      _fmt(w["rank_correlation"]), guards or "-")
+                      _fmt(w["rank_correlation"]), _usd(v.get("usd_per_1k")), guards or "-")
         console.print(t)
     decisions = s.get("decisions", [])[-10:]
     if decisions:
@@ -280,6 +280,11 @@ def status_cmd(url: Url = "http://127.0.0.1:8000", token_env: TokenEnv = "FUNNEL
         for d in decisions:
             t.add_row(d["stage"], d["action"], d["variant"], d["reason"])
         console.print(t)
+
+
+def _usd(x: float | None) -> str:
+    """A variant's CPU dollars per thousand requests (docs/cost.md)."""
+    return "-" if x is None else f"${x:.5f}"
 
 
 @rollout_app.command("promote")

@@ -31,6 +31,8 @@ from ray import serve
 from funnel.contracts.bundle import read_manifest
 from funnel.contracts.errors import FunnelError, RolloutConfigError
 from funnel.contracts.rollout import RolloutConfig, check_versions, parse_rollout
+from monitoring import metrics
+from monitoring.cost import Prices
 from serve.bundles import BundleVersions, bundle_versions
 from serve.config import AppArgs, parse_app_args
 from serve.moderation.policy import ModerationPolicy
@@ -171,7 +173,14 @@ class RolloutController:
         self.primary_manifest = read_manifest(a.bundle)
         self.primary_version = str(self.primary_manifest["version"])
         self.policy = serving_policy(a, self.primary_manifest)
-        self.state = RolloutState()
+        prices = cost_prices(a)
+        self.state = RolloutState(prices=prices)
+        metrics.set_prices(prices.cpu_core_hour_usd, prices.memory_gib_hour_usd,
+                           prices.gpu_hour_usd)
+        # the stack's processes' CPU and memory: the total that cost adds up to
+        from monitoring.process_cost import ProcessCost, stack_root
+
+        self.process_cost = ProcessCost(stack_root(), every_s=a.cost.process_poll_s).start()
         self.triton: TritonModels | InProcessRankers = InProcessRankers() \
             if a.feed.ranker.backend == "local" else TritonModels(
                 a.feed.ranker.url, a.triton, primary_version=self.primary_version,
@@ -351,3 +360,20 @@ class RolloutController:
                 return _refusal(e)
             await self._record_serving("rollout:rollback")
             return {"ok": True, "decision": d.__dict__}
+
+
+def cost_prices(a: AppArgs) -> Prices:
+    """The configured prices, or OpenCost's when `cost.opencost_url` is set and answers (if
+    it does not, the configured ones, with a warning)."""
+    c = a.cost
+    prices = Prices(cpu_core_hour_usd=c.cpu_core_hour_usd,
+                    memory_gib_hour_usd=c.memory_gib_hour_usd, gpu_hour_usd=c.gpu_hour_usd,
+                    source="args.cost")
+    if c.opencost_url:
+        from monitoring.cost_sources import SourceUnavailable, opencost_prices
+
+        try:
+            return opencost_prices(c.opencost_url, prices)
+        except (SourceUnavailable, ValueError) as e:
+            log.warning("cost: OpenCost's prices unavailable, using args.cost: %s", e)
+    return prices

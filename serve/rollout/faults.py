@@ -1,6 +1,7 @@
-"""Fault injection for a variant's model calls (`fault: {delay_ms, error_rate}` in the
-rollout config), as a service mesh injects HTTP faults: for exercising guardrails, shadows
-and rollback on a real stack. Off unless `args.rollout.allow_fault_injection` is true."""
+"""Fault injection for a variant's model calls (`fault: {delay_ms, error_rate, repeat}` in
+the rollout config), as a service mesh injects HTTP faults: for exercising guardrails,
+shadows and rollback on a real stack (`repeat`: a ranker that does that many times the work,
+for the cost guardrail). Off unless `args.rollout.allow_fault_injection` is true."""
 
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ class InjectedFault(RuntimeError):
 
 
 class FaultyRanker:
-    """A `Ranker` that waits `delay_ms`, then fails `error_rate` of its calls."""
+    """A `Ranker` that waits `delay_ms`, then fails `error_rate` of its calls; each call
+    runs the model `repeat` times (the last answer is returned)."""
 
     def __init__(self, inner: Ranker, *, delay_ms: float = 0.0, error_rate: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+                 repeat: float = 1, rng: random.Random | None = None) -> None:
         self._inner = inner
         self._delay_s = delay_ms / 1000.0
         self._rate = error_rate
+        self._repeat = int(repeat)
         self._rng = rng or random.Random()
 
     async def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -36,6 +39,8 @@ class FaultyRanker:
             await yield_to_requests()  # a shadow's idle moment is gone after the delay
         if self._rng.random() < self._rate:
             raise RankerUnavailable("injected fault (rollout config `fault.error_rate`)")
+        for _ in range(self._repeat - 1):
+            await self._inner.logits(inputs)
         return await self._inner.logits(inputs)
 
     async def ready(self) -> bool:
@@ -49,10 +54,11 @@ class FaultyRetrieval:
     is the wrapped retrieval's."""
 
     def __init__(self, inner: Any, *, delay_ms: float = 0.0, error_rate: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+                 repeat: float = 1, rng: random.Random | None = None) -> None:
         self._inner = inner
         self._delay_s = delay_ms / 1000.0
         self._rate = error_rate
+        self._repeat = int(repeat)
         self._rng = rng or random.Random()
 
     def __getattr__(self, name: str) -> Any:
@@ -63,5 +69,7 @@ class FaultyRetrieval:
             time.sleep(self._delay_s)
         if self._rng.random() < self._rate:
             raise InjectedFault("injected fault (rollout config `fault.error_rate`)")
+        for _ in range(self._repeat - 1):
+            self._inner.search(user_vec, k)
         result: tuple[np.ndarray, np.ndarray] = self._inner.search(user_vec, k)
         return result

@@ -214,6 +214,13 @@ class RolloutRuntime:
                     log.warning("rollout: comparison not queued", exc_info=True)
                     self.tally.compare_failed(stage, other.variant if other else a.variant)
 
+    def charged(self, assignments: dict[str, Assignment | None], core_s: float) -> None:
+        """A served request's attributed CPU (every stage of it), for each variant that
+        served it: the `cost_ratio` guardrail compares variants' CPU per request."""
+        for stage, a in assignments.items():
+            if a is not None:
+                self.tally.cost(stage, a.variant, core_s)
+
     async def interleave(self, served: Assignment | None, result: FeedResult) -> FeedResult:
         """The page to serve: `result`'s, or, for a sampled share of the primary's requests
         when the stage declares interleaving, a team-draft merge of it with the interleaved
@@ -356,7 +363,18 @@ class RolloutRuntime:
             kept_ids=trace.kept_ids, rscore=trace.rscore, scores=trace.scores, inputs=inputs)
 
     async def run_comparison(self, c: Comparison) -> None:
-        await run_comparison(self, c)
+        """Run one comparison, its CPU charged to the `shadow` route (serve/cost.py)."""
+        from monitoring import metrics as m
+        from serve import cost
+
+        ledger = cost.shadow_cost(c.shadow.variant if c.shadow is not None
+                                  else c.served.variant)
+        try:
+            with cost.charging(ledger):
+                await run_comparison(self, c)
+        finally:
+            ledger.price_rows(self.pipeline.triton_rates)
+            m.observe_cost(ledger.route, ledger.variant, ledger.core_s)
 
     async def drain(self) -> None:
         """Wait until every queued comparison has run, or, with a ShadowScorer, has been

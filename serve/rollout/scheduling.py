@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,7 +71,8 @@ class ShadowRunner:
     def _start(self) -> asyncio.Queue[Any]:
         if self._q is None:
             self._q = asyncio.Queue(self._size)
-            self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
+            self._workers = [asyncio.create_task(self._work(), context=contextvars.Context())
+                             for _ in range(self._n)]  # not the request's context
         return self._q
 
     def submit(self, job: Callable[[], Awaitable[None]], on_error: Callable[[], None]) -> bool:

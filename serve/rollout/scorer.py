@@ -52,6 +52,7 @@ class ShadowScorer:
         self.pipeline, self.versions = load_pipeline(self.args)
         self.rollout = build_rollout_runtime(self, controller, serving=False)
         self._reporter: asyncio.Task[None] | None = None
+        self._rates: asyncio.Task[None] | None = None  # Triton's compute per row (cost)
         log.info("shadow scorer %s ready (nice %s%s)", self.replica, nice,
                  ", idle scheduling class" if idle_class else "")
 
@@ -59,6 +60,12 @@ class ShadowScorer:
         if self._reporter is None or self._reporter.done():
             self._reporter = asyncio.get_running_loop().create_task(
                 self.rollout.run_reports())
+        ranker = self.pipeline.primary_models.ranker.ranker
+        if hasattr(ranker, "compute_stats") and (self._rates is None or self._rates.done()):
+            from serve.cost import poll_triton_rates
+
+            self._rates = asyncio.get_running_loop().create_task(poll_triton_rates(
+                ranker, self.pipeline.triton_rates, self.args.cost.triton_poll_s))
 
     async def compare_many(self, comparisons: list[Any]) -> int:
         """Queue a batch of comparisons; how many were queued (the rest found their queue
@@ -68,8 +75,9 @@ class ShadowScorer:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            if self._reporter is not None:
-                self._reporter.cancel()
+            for task in (self._reporter, self._rates):
+                if task is not None:
+                    task.cancel()
         with contextlib.suppress(Exception):
             from monitoring import metrics
 

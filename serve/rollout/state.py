@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from funnel.contracts.rollout import RolloutConfig, StageRollout
+from monitoring.cost import Prices, usd_per_1k
 from serve.errors import RolloutConflict
 from serve.rollout.stats import Window, psi
 
@@ -79,6 +80,13 @@ def guardrail_value(metric: str, k: int, primary: Window, other: Window,
         p, o = primary.p99_ms(), other.p99_ms()
         assert p is not None and o is not None
         return (o / p if p > 0 else math.inf), ""
+    if metric == "cost_ratio":
+        n = min(other.cost_requests, primary.cost_requests)
+        if n < min_samples:
+            return None, f"{n}/{min_samples} costed requests"
+        p_ms, o_ms = primary.core_ms_per_request(), other.core_ms_per_request()
+        assert p_ms is not None and o_ms is not None
+        return (o_ms / p_ms if p_ms > 0 else math.inf), ""
     if metric in ("overlap_at_k", "rank_correlation"):
         if other.comparisons < min_samples:
             return None, f"{other.comparisons}/{min_samples} comparisons"
@@ -95,8 +103,10 @@ def guardrail_value(metric: str, k: int, primary: Window, other: Window,
 class RolloutState:
     """The applied config, each stage's weights and step, the windows, the decision log."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, history: int = 500) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, history: int = 500,
+                 prices: Prices | None = None) -> None:
         self._clock = clock
+        self.prices = prices or Prices()  # a variant's $/1k requests in status()
         self.config = RolloutConfig()
         self.stages: dict[str, StageState] = {}
         self.revision = 0
@@ -313,6 +323,7 @@ class RolloutState:
                 "interleaving": self._interleaving(st),
                 "variants": {n: {"bundle_version": self._version(st, n),
                                  "window": st.window(n).summary(),
+                                 "usd_per_1k": self._usd_per_1k(st.window(n)),
                                  "totals": st.totals.get(n, {}),
                                  "guardrails": (self.guardrails(name, n)
                                                 if n != st.config.primary.name else [])}
@@ -323,6 +334,11 @@ class RolloutState:
                 "decisions": [asdict(d) for d in list(self.decisions)[-50:]],
                 "decision_counts": [{"stage": s, "action": a, "count": c}
                                     for (s, a), c in sorted(self.decision_counts.items())]}
+
+    def _usd_per_1k(self, w: Window) -> float | None:
+        """The CPU dollars of a thousand of the variant's requests (docs/cost.md)."""
+        ms = w.core_ms_per_request()
+        return usd_per_1k(ms / 1000.0 if ms is not None else None, self.prices)
 
     @staticmethod
     def _version(st: StageState, name: str) -> str:

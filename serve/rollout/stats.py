@@ -32,6 +32,8 @@ class _Count:
     score_delta_sum: float = 0.0
     latency_delta_sum: float = 0.0
     dropped: int = 0
+    cost_requests: int = 0  # requests whose CPU was attributed, and its core-seconds
+    cost_core_s: float = 0.0
 
 
 class Tally:
@@ -66,6 +68,12 @@ class Tally:
         c.rbo_sum += rbo
         c.score_delta_sum += score_delta
         c.latency_delta_sum += latency_delta_ms
+
+    def cost(self, stage: str, variant: str, core_s: float) -> None:
+        """One request's attributed core-seconds, every stage of it (serve/cost.py)."""
+        c = self._of(stage, variant)
+        c.cost_requests += 1
+        c.cost_core_s += core_s
 
     def compare_failed(self, stage: str, variant: str) -> None:
         self._of(stage, variant).compare_errors += 1
@@ -117,6 +125,8 @@ class Window:
         self.score_delta_sum = 0.0
         self.latency_delta_sum = 0.0
         self.dropped = 0
+        self.cost_requests = 0
+        self.cost_core_s = 0.0
 
     def merge(self, r: dict[str, Any]) -> None:
         self.requests += int(r.get("requests", 0))
@@ -131,6 +141,13 @@ class Window:
         self.score_delta_sum += float(r.get("score_delta_sum", 0.0))
         self.latency_delta_sum += float(r.get("latency_delta_sum", 0.0))
         self.dropped += int(r.get("dropped", 0))
+        self.cost_requests += int(r.get("cost_requests", 0))
+        self.cost_core_s += float(r.get("cost_core_s", 0.0))
+
+    def core_ms_per_request(self) -> float | None:
+        """Mean attributed CPU of one request this variant served, core-milliseconds."""
+        return (self.cost_core_s * 1000 / self.cost_requests if self.cost_requests
+                else None)
 
     def p99_ms(self) -> float | None:
         return float(np.percentile(np.fromiter(self.latencies_ms, float), 99)) \
@@ -149,4 +166,6 @@ class Window:
             "rank_correlation": self.mean(self.rbo_sum),
             "score_delta": self.mean(self.score_delta_sum),
             "latency_delta_ms": self.mean(self.latency_delta_sum),
+            "cost_requests": self.cost_requests,
+            "core_ms_per_request": self.core_ms_per_request(),
         }

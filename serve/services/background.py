@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from typing import Any
 
@@ -43,12 +44,18 @@ class Verdicts:
 
 class BackgroundTasks:
     def __init__(self, *, verdicts: Verdicts, poll_s: float, spool: Any = None,
-                 spool_drain_s: float = 1.0, rollout: Any = None) -> None:
+                 spool_drain_s: float = 1.0, rollout: Any = None,
+                 triton: Any = None, rates: Any = None, triton_poll_s: float = 5.0) -> None:
         self.verdicts = verdicts
         self.poll_s = poll_s
         self.spool = spool
         self.spool_drain_s = spool_drain_s
         self.rollout = rollout
+        # the cost of the ranker's rows: Triton's compute time per row, polled
+        # (serve.cost.TritonRates; `triton`: a TritonRanker to ask, None: no Triton)
+        self.triton = triton
+        self.rates = rates
+        self.triton_poll_s = triton_poll_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def ensure(self) -> None:
@@ -58,11 +65,14 @@ class BackgroundTasks:
             wanted["spool"] = self._drain_spool
         if self.rollout is not None:
             wanted["rollout"] = self.rollout.run_reports
+        if self.triton is not None and self.rates is not None:
+            wanted["triton_rates"] = self._poll_triton_rates
         loop = asyncio.get_running_loop()
         for name, run in wanted.items():
             task = self._tasks.get(name)
             if task is None or task.done():
-                self._tasks[name] = loop.create_task(run())
+                # a context of its own: not the first request's (whose cost ledger it is)
+                self._tasks[name] = loop.create_task(run(), context=contextvars.Context())
 
     def cancel(self) -> None:
         for task in self._tasks.values():
@@ -73,6 +83,11 @@ class BackgroundTasks:
         while True:
             await asyncio.sleep(self.poll_s)
             await self.verdicts.refresh()
+
+    async def _poll_triton_rates(self) -> None:
+        from serve.cost import poll_triton_rates
+
+        await poll_triton_rates(self.triton, self.rates, self.triton_poll_s)
 
     async def _drain_spool(self) -> None:
         """Write decisions parked while the database was away (serve/review/spool.py)."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from monitoring import metrics
+from serve import cost
 from serve.admission import AdmissionGate
 from serve.api import FeedItemOut, FeedRequest, FeedResponse
 from serve.errors import Overloaded
@@ -44,16 +45,24 @@ class FeedService:
         except Overloaded:
             metrics.SHED.labels(route="/v1/feed").inc()
             raise
+        # the HTTP route starts the request's ledger (to charge parsing and the response
+        # too) and records it; gRPC and direct callers get one here
+        outer = cost.current()
+        c = outer if outer is not None else cost.RequestCost("feed")
         try:
-            with self.rollout.serving() if self.rollout else contextlib.nullcontext():
-                return await self._run_once(req, rid)
+            with (self.rollout.serving() if self.rollout else contextlib.nullcontext(),
+                  cost.charging(c)):
+                return await self._run_once(req, rid, c)
         finally:
             self.gate.leave()
+            if outer is None:
+                metrics.observe_cost(c.route, c.variant, c.core_s)
 
-    async def _run_once(self, req: FeedRequest, rid: str
+    async def _run_once(self, req: FeedRequest, rid: str, c: cost.RequestCost
                         ) -> tuple[FeedResponse, dict[str, float]]:
         from serve.pipeline import FeedQuery
 
+        cpu = cost.Lap(c)
         self._on_request()
         ts = req.context.timestamp.timestamp() if req.context.timestamp else None
         query = FeedQuery(
@@ -61,20 +70,27 @@ class FeedService:
             exclude_ids=frozenset(req.exclude_item_ids), locale=req.context.locale,
             timestamp_s=ts)
         versions, variants = dict(self.versions), {"retrieval": "primary", "ranker": "primary"}
+        assigned: dict[str, Any] = {}
         if self.rollout is None:
+            cpu.charge(cost.INGRESS)
             result = await self.pipeline.run(query)
         else:
             models, assigned = self.rollout.models_for(req.user_id)
+            cpu.charge(cost.INGRESS)
             try:
                 result = await self.pipeline.run(query, models)
             except BaseException:
                 self.rollout.abandon(assigned)
                 raise
+            cpu.mark()
             self.rollout.after_feed(assigned, result)  # counts and compares the primary's page
+            cpu.charge(cost.INGRESS)
             result = await self.rollout.interleave(assigned["ranker"], result)
             for stage, a in assigned.items():
                 if a is not None:
                     variants[stage], versions[stage] = a.variant, a.bundle_version
+        cpu.mark()
+        c.variant = variants["ranker"]
         self.observe(result, rid, req.user_id, versions, variants)
         body = FeedResponse(
             request_id=rid, user_id=req.user_id,
@@ -83,6 +99,10 @@ class FeedService:
                    for i in result.items],
             model_versions=versions, variants=variants,
             degraded=result.degraded, cold_start=result.cold_start)
+        cpu.charge(cost.INGRESS)
+        c.price_rows(getattr(self.pipeline, "triton_rates", None))
+        if self.rollout is not None:
+            self.rollout.charged(assigned, c.total_s)
         return body, result.timings_ms
 
     def observe(self, result: Any, rid: str, user_id: int, versions: dict[str, str],

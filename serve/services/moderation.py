@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from monitoring import metrics
+from serve import cost
 from serve.api import ModerateRequest
 
 
@@ -48,11 +49,13 @@ class ModerateService:
         from serve.moderation.media import check_text
         from serve.moderation.service import ModerationInput
 
+        cpu = cost.Lap()
         text = check_text(req.text) if req.text and req.text.strip() else None
         inp = ModerationInput(content_id=req.content_id, request_id=rid, text=text,
                               image=image, author_id=req.author_id, locale=req.locale,
                               reported=req.reported)
         a = self.rollout.router.assign("moderation", req.content_id) if self.rollout else None
+        cpu.charge(cost.INGRESS)
         if a is None:
             out = await self.core.moderate(inp)
         else:  # the rollout's text-model variant for this content (sticky by content id)
@@ -67,7 +70,13 @@ class ModerateService:
                 a, text=text, scores=out.labels, degraded=out.degraded,
                 latency_ms=out.timings_ms.get("score", 0.0), text_labels=self.text_labels,
                 score_text=self._score_text)
-        self.observe(inp, out, a.variant if a is not None else "primary")
+        cpu = cost.Lap()
+        variant = a.variant if a is not None else "primary"
+        c = cost.current()
+        if c is not None:
+            c.variant = variant
+        self.observe(inp, out, variant)
+        cpu.charge(cost.INGRESS)
         if out.decision != "allow":  # a model's allow never changes what the feed serves
             await self._refresh_verdicts()  # this replica's feed sees its decision at once
         return out

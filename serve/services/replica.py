@@ -118,8 +118,12 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     if rollout is not None:
         owner = _Owner(args=args, pipeline=pipeline, versions=versions, replica=replica)
         runtime = build_rollout_runtime(owner, rollout, shadow_scorer=shadow_scorer)
-    background = BackgroundTasks(verdicts=verdicts, poll_s=r.verdict_poll_s, spool=spool,
-                                 spool_drain_s=r.spool_drain_interval_s, rollout=runtime)
+    primary_ranker = pipeline.primary_models.ranker.ranker
+    background = BackgroundTasks(
+        verdicts=verdicts, poll_s=r.verdict_poll_s, spool=spool,
+        spool_drain_s=r.spool_drain_interval_s, rollout=runtime,
+        triton=primary_ranker if hasattr(primary_ranker, "compute_stats") else None,
+        rates=pipeline.triton_rates, triton_poll_s=args.cost.triton_poll_s)
     ensure = background.ensure
 
     moderation_ready = None

@@ -186,3 +186,28 @@ def test_allow_regression_is_kept_as_a_decision_of_each_stage() -> None:
         {"name": "control", "bundle_version": "v1", "weight": 100}]}}})
     s.apply(plain, source="api")
     assert [d.action for d in s.decisions][-1] == "apply"
+
+
+def test_a_canary_that_costs_more_per_request_breaks_the_cost_ratio():
+    clock = Clock()
+    g = [{"metric": "cost_ratio", "max": 1.3, "min_samples": 20}]
+    s = state(config(g), clock)
+    # 10 core-ms per primary request, 18 per canary request
+    s.report("r1", [{**rows("control", 50), "cost_requests": 50, "cost_core_s": 0.5},
+                    {**rows("canary", 10), "cost_requests": 10, "cost_core_s": 0.18}])
+    assert s.evaluate() == []  # 10 of 20 costed requests
+    assert "10/20 costed requests" in s.stages["ranker"].waiting
+    st = s.status()["stages"]["ranker"]["variants"]
+    assert st["control"]["window"]["core_ms_per_request"] == pytest.approx(10.0)
+    # $0.031611 per core-hour: 10 core-s per thousand requests
+    assert st["control"]["usd_per_1k"] == pytest.approx(10 / 3600 * 0.031611)
+    assert st["canary"]["usd_per_1k"] > st["control"]["usd_per_1k"]
+    s.report("r1", [{**rows("canary", 10), "cost_requests": 10, "cost_core_s": 0.18}])
+    [d] = s.evaluate()
+    assert d.action == "rollback" and "cost_ratio 1.8 breaks max 1.3" in d.reason
+    s = state(config(g), clock)  # one that costs the same promotes
+    s.report("r1", [{**rows("control", 50), "cost_requests": 50, "cost_core_s": 0.5},
+                    {**rows("canary", 60), "cost_requests": 60, "cost_core_s": 0.63}])
+    clock.t += 61
+    [d] = s.evaluate()
+    assert d.action == "promote"

@@ -1,0 +1,207 @@
+"""What each request costs, by stage: the CPU time each process spends on it (docs/cost.md).
+
+A request carries a `RequestCost` (a context variable, so the ranker client, a source's
+worker thread and the pipeline charge the same ledger without passing it around):
+
+- **measured**: the CPU clock of the thread doing the work (`time.thread_time`) over each
+  synchronous section of the ingress (parsing, the feature read, the user tower, merge,
+  filters, the ranker's inputs, re-ranking, the response, the impression record), over each
+  candidate source (inline, or in its worker thread), and over the in-process ranker. Time
+  the event loop spends between sections (the web framework, Ray's replica wrapper) is not
+  any request's: it shows up as overhead;
+- **shared by rows**: the ranker on Triton runs batches of several requests. Its compute
+  time per row, per model, comes from Triton's own statistics (`TritonRates`), and a
+  request is charged its rows times that rate. The moderation batcher charges each item of
+  a batch its share of the batch's measured CPU (`serve/moderation/deployment.py`).
+
+At the end of a request the ledger goes to the `funnel_cost_core_seconds_total` counter
+(`monitoring.metrics.observe_cost`) and its total to the rollout's per-variant tally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("funnel.cost")
+
+# the stages a request's CPU is charged to (label `stage` of funnel_cost_core_seconds_total)
+INGRESS = "ingress"
+RANKER = "ranker"
+SHADOW = "shadow"
+MODERATION_TEXT = "moderation_text"
+MODERATION_IMAGE = "moderation_image"
+
+
+def source_stage(name: str) -> str:
+    return f"source:{name}"
+
+
+@dataclass
+class RequestCost:
+    """One request's core-seconds by (stage, model). `variant`: the rollout variant that
+    served it (the ranker's, for a feed). `stage_override`: charge every section to this
+    stage (a shadow comparison is all `shadow`, whatever parts of the pipeline it runs).
+    `ranker_model`: the bundle version of the ranker being called (set by the pipeline
+    around the call, read by the ranker client)."""
+
+    route: str
+    variant: str = "primary"
+    stage_override: str | None = None
+    core_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (triton model, version)
+    ranker_model: str = ""
+
+    def charge(self, stage: str, seconds: float, model: str = "") -> None:
+        if seconds <= 0:
+            return
+        key = (self.stage_override or stage, model)
+        self.core_s[key] = self.core_s.get(key, 0.0) + seconds
+
+    def ranker_rows(self, triton_model: str, n: int) -> None:
+        """`n` rows sent to Triton's `triton_model`: priced at the end by `TritonRates`."""
+        key = (triton_model, self.ranker_model)
+        self.rows[key] = self.rows.get(key, 0) + n
+
+    def price_rows(self, rates: TritonRates | None) -> None:
+        """Turn the rows sent to Triton into core-seconds at each model's latest rate."""
+        if rates is not None:
+            for (name, version), n in self.rows.items():
+                self.charge(RANKER, n * rates.per_row(name), version)
+        self.rows.clear()
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.core_s.values())
+
+
+_CURRENT: ContextVar[RequestCost | None] = ContextVar("funnel_request_cost", default=None)
+
+
+def current() -> RequestCost | None:
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def charging(cost: RequestCost | None) -> Iterator[RequestCost | None]:
+    """Make `cost` the ledger of the code inside (and of the tasks it starts)."""
+    token = _CURRENT.set(cost)
+    try:
+        yield cost
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def section(stage: str, model: str = "", cost: RequestCost | None = None) -> Iterator[None]:
+    """Charge this thread's CPU over the block to `stage` of the current request (nothing
+    when no request is being charged). The block must not await: the event loop would run
+    other requests in between, on the same thread."""
+    c = cost if cost is not None else _CURRENT.get()
+    if c is None:
+        yield
+        return
+    t0 = time.thread_time()
+    try:
+        yield
+    finally:
+        c.charge(stage, time.thread_time() - t0, model)
+
+
+class Lap:
+    """This thread's CPU in laps, for code with awaits between its sections: `charge(stage)`
+    charges the CPU since the last mark to the current request, `mark()` restarts the lap
+    after an await (what the loop ran meanwhile was other requests')."""
+
+    def __init__(self, cost: RequestCost | None = None) -> None:
+        self.cost = cost if cost is not None else _CURRENT.get()
+        self.t = time.thread_time()
+
+    def mark(self) -> None:
+        self.t = time.thread_time()
+
+    def charge(self, stage: str, model: str = "") -> None:
+        now = time.thread_time()
+        if self.cost is not None:
+            self.cost.charge(stage, now - self.t, model)
+        self.t = now
+
+
+@dataclass
+class _ModelStats:
+    ns: int = 0  # Triton's cumulative compute time (input + infer + output), ns
+    rows: int = 0  # its cumulative inference count (rows)
+    per_row_s: float = 0.0
+
+
+class TritonRates:
+    """Each Triton model's compute seconds per row, from the differences of Triton's
+    cumulative statistics between two polls (`update`, fed by the replica's background
+    task). A request's rows times the rate is its share of the batches it was part of:
+    rows of one batch share its time in proportion to their number. Until the first two
+    polls a model's rate is 0 (its rows go uncharged: overhead)."""
+
+    def __init__(self) -> None:
+        self._stats: dict[str, _ModelStats] = {}
+        self.models: set[str] = set()  # the Triton models this replica has called
+
+    def per_row(self, name: str) -> float:
+        self.models.add(name)
+        s = self._stats.get(name)
+        return s.per_row_s if s is not None else 0.0
+
+    def update(self, name: str, compute_ns: int, rows: int) -> None:
+        """Triton's cumulative compute ns and inference count for `name`, as polled now."""
+        prev = self._stats.get(name)
+        if prev is None:
+            self._stats[name] = _ModelStats(compute_ns, rows)
+            return
+        d_ns, d_rows = compute_ns - prev.ns, rows - prev.rows
+        if d_ns < 0 or d_rows < 0:  # Triton restarted, or the model was reloaded
+            self._stats[name] = _ModelStats(compute_ns, rows, prev.per_row_s)
+            return
+        rate = d_ns / 1e9 / d_rows if d_rows > 0 else prev.per_row_s
+        self._stats[name] = _ModelStats(compute_ns, rows, rate)
+
+
+def triton_compute(stats: dict[str, Any]) -> tuple[int, int]:
+    """(compute ns, rows) summed over the versions in a `get_inference_statistics(
+    as_json=True)` answer for one model."""
+    ns = rows = 0
+    for m in stats.get("model_stats") or []:
+        inf = m.get("inference_stats", {})
+        for part in ("compute_input", "compute_infer", "compute_output"):
+            ns += int(inf.get(part, {}).get("ns", 0))
+        rows += int(m.get("inference_count", 0))
+    return ns, rows
+
+
+async def poll_triton_rates(triton: Any, rates: TritonRates, every_s: float) -> None:
+    """Read Triton's statistics for every model this process has called, every `every_s`,
+    into `rates` (`triton`: a `TritonRanker`, which asks its server). Runs until cancelled;
+    while Triton is away, the last rates stay in force."""
+    rates.models.add(triton.model_name)  # the primary's: a rate before its first request
+    failing = False
+    while True:
+        for name in sorted(rates.models):
+            try:
+                ns, rows = await triton.compute_stats(name)
+            except Exception as e:
+                if not failing:
+                    log.warning("cost: cannot read Triton's statistics: %s", e)
+                failing = True
+                break
+            rates.update(name, ns, rows)
+            failing = False
+        await asyncio.sleep(every_s)
+
+
+def shadow_cost(route_variant: str) -> RequestCost:
+    """The ledger of one shadow comparison: every section it runs is `shadow`."""
+    return RequestCost("shadow", variant=route_variant, stage_override=SHADOW)

@@ -1,0 +1,116 @@
+"""The request's cost ledger: sections charge the thread's CPU, child tasks and worker
+threads charge the same request, Triton's rows are priced from its statistics' deltas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from serve import cost
+from serve.pipeline import run_source
+from serve.sources import SourceQuery
+from serve.types import Candidates
+
+
+def burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+
+
+def test_a_section_charges_this_threads_cpu_not_its_waiting() -> None:
+    c = cost.RequestCost("feed")
+    with cost.charging(c):
+        with cost.section(cost.INGRESS):
+            burn(0.05)
+        with cost.section(cost.source_stage("ann"), "v1"):
+            time.sleep(0.1)  # waiting is no CPU
+            burn(0.02)
+    assert 0.05 <= c.core_s[(cost.INGRESS, "")] < 0.09
+    assert 0.02 <= c.core_s[("source:ann", "v1")] < 0.05
+    assert c.total_s == pytest.approx(sum(c.core_s.values()))
+
+
+def test_no_request_means_no_charge_and_an_override_takes_every_section() -> None:
+    with cost.section(cost.INGRESS):  # outside a request: nothing to charge, no error
+        burn(0.001)
+    shadow = cost.shadow_cost("candidate")
+    with cost.charging(shadow):
+        with cost.section(cost.INGRESS):
+            burn(0.01)
+        shadow.charge(cost.RANKER, 0.5, "v2")
+    assert {k[0] for k in shadow.core_s} == {cost.SHADOW}
+    assert shadow.route == "shadow" and shadow.variant == "candidate"
+
+
+def test_laps_skip_what_the_loop_ran_between_them() -> None:
+    c = cost.RequestCost("feed")
+    lap = cost.Lap(c)
+    burn(0.02)
+    lap.charge(cost.INGRESS)
+    burn(0.05)  # another request's turn on the loop
+    lap.mark()
+    burn(0.01)
+    lap.charge(cost.INGRESS)
+    assert 0.03 <= c.core_s[(cost.INGRESS, "")] < 0.05
+
+
+def test_child_tasks_and_a_pooled_sources_thread_charge_the_same_request() -> None:
+    class Slow:
+        name = "social"
+        inline = False
+
+        def generate(self, query: SourceQuery, quota: int) -> Candidates:
+            burn(0.03)
+            return Candidates.empty()
+
+    async def main() -> cost.RequestCost:
+        c = cost.RequestCost("feed")
+        with cost.charging(c):
+            async def child() -> None:
+                with cost.section(cost.INGRESS):
+                    burn(0.01)
+            await asyncio.gather(child(), run_source(Slow(), SourceQuery(  # type: ignore[arg-type]
+                user_id=1, known_user=True, user_vec=None, now_s=0.0), 10, 5.0))
+        return c
+
+    c = asyncio.run(main())
+    assert c.core_s[("source:social", "")] >= 0.03
+    assert c.core_s[(cost.INGRESS, "")] >= 0.01
+
+
+def test_triton_rows_are_priced_by_the_compute_per_row_between_two_polls() -> None:
+    rates = cost.TritonRates()
+    c = cost.RequestCost("feed")
+    c.ranker_model = "v1"
+    c.ranker_rows("ranker", 40)
+    assert rates.per_row("ranker") == 0.0  # no rate before two polls
+    rates.update("ranker", compute_ns=1_000_000_000, rows=1_000)
+    rates.update("ranker", compute_ns=3_000_000_000, rows=2_000)  # 2 s over 1,000 rows
+    assert rates.per_row("ranker") == pytest.approx(0.002)
+    c.price_rows(rates)
+    assert c.core_s == {(cost.RANKER, "v1"): pytest.approx(0.08)}
+    assert c.rows == {}
+    rates.update("ranker", compute_ns=3_000_000_000, rows=2_000)  # idle: rate kept
+    assert rates.per_row("ranker") == pytest.approx(0.002)
+    rates.update("ranker", compute_ns=10, rows=1)  # Triton restarted: new baseline
+    assert rates.per_row("ranker") == pytest.approx(0.002)
+    rates.update("ranker", compute_ns=10 + 500_000_000, rows=101)
+    assert rates.per_row("ranker") == pytest.approx(0.005)
+    assert "ranker" in rates.models
+
+
+def test_triton_statistics_sum_every_version_and_compute_part() -> None:
+    stats = {"model_stats": [
+        {"name": "ranker", "version": "1", "inference_count": "30",
+         "inference_stats": {"compute_input": {"count": "3", "ns": "100"},
+                             "compute_infer": {"count": "3", "ns": "1000"},
+                             "compute_output": {"count": "3", "ns": "10"},
+                             "queue": {"count": "3", "ns": "99999"}}},
+        {"name": "ranker", "version": "2", "inference_count": "5",
+         "inference_stats": {"compute_infer": {"ns": "7"}}}]}
+    assert cost.triton_compute(stats) == (1117, 35)  # queueing is waiting, not compute
+    assert cost.triton_compute({}) == (0, 0)
