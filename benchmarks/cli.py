@@ -323,6 +323,49 @@ def bench_rollout(
     _write_result(result, out)
 
 
+@bench_app.command("cost")
+def bench_cost(
+    bundle: Annotated[str, typer.Option(help="Trained bundle (its models serve).")] = (
+        "artifacts/latest"),
+    profile: Annotated[str | None, typer.Option(
+        help="Serve a catalog of this profile built from the bundle's models (large: 1M "
+             "posts); default: the bundle as it is.")] = "large",
+    work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/cost.json",
+    duration_s: Annotated[float, typer.Option(
+        "--duration", min=10, max=3600, help="Seconds of the measured window.")] = 120.0,
+    load_share: Annotated[float, typer.Option(
+        min=0.05, max=1.0, help="The measured load, as a share of the maximum rate.")] = 0.7,
+    probe_s: Annotated[float, typer.Option(
+        min=5, max=600, help="Seconds of the closed loop that finds the maximum rate.")] = 20,
+    moderation_share: Annotated[float, typer.Option(
+        min=0, max=1, help="Share of the requests that are moderation calls.")] = 0.2,
+    ingress: Annotated[str, typer.Option(help="funnel serve --ingress: proxy or haproxy.")]
+    = "proxy",
+) -> None:
+    """Whether cost attribution adds up: attributed + overhead against the stack's CPU read
+    from /proc, and the attributed share, at a share of the maximum load."""
+    from benchmarks.cost import run
+
+    if ingress not in ("proxy", "haproxy"):
+        raise typer.BadParameter("proxy or haproxy", param_hint="--ingress")
+    console = Console(stderr=True)
+    served = bundle
+    if profile:
+        from benchmarks.serving_bundle import build_serving_bundle
+
+        served = str(build_serving_bundle(bundle, profile, Path(work_dir), say=lambda m: (
+            console.print(f"[bold]bench[/] {m}", highlight=False))).path)
+    result = run(bundle=served, duration_s=duration_s, load_share=load_share, probe_s=probe_s,
+                 moderation_share=moderation_share, ingress=ingress,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    result["command"] = (f"funnel bench cost --bundle {bundle} --profile {profile or ''} "
+                         f"--duration {duration_s:g} --load-share {load_share:g} "
+                         f"--ingress {ingress}")
+    result["profile"] = profile
+    _write_result(result, out)
+
+
 @bench_app.command("fuzz")
 def bench_fuzz(
     bundle: Annotated[str, typer.Option(help="Bundle to serve.")] = "artifacts/latest",

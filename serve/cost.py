@@ -3,12 +3,16 @@
 A request carries a `RequestCost` (a context variable, so the ranker client, a source's
 worker thread and the pipeline charge the same ledger without passing it around):
 
-- **measured**: the CPU clock of the thread doing the work (`time.thread_time`) over each
-  synchronous section of the ingress (parsing, the feature read, the user tower, merge,
-  filters, the ranker's inputs, re-ranking, the response, the impression record), over each
-  candidate source (inline, or in its worker thread), and over the in-process ranker. Time
-  the event loop spends between sections (the web framework, Ray's replica wrapper) is not
-  any request's: it shows up as overhead;
+- **measured**: the CPU clock of the thread doing the work (`time.thread_time`). In the
+  replica, every step of every asyncio task is metered (`meter_loop`: a task factory wraps
+  each task's coroutine): a step's CPU goes to the request whose ledger the task carries,
+  so the web framework, parsing, the pipeline, the ranker client and the response are all
+  the request's `ingress`, and work between requests (background tasks, Ray's own threads)
+  is no request's. Inside a step, `section` splits out other stages (an inline candidate
+  source, the in-process ranker). Off the event loop, `section` measures the block: a
+  pooled source in its worker thread, the review queue's write. Without a metered loop
+  (tests, the in-process benchmark floor) `section` and `Lap` measure the ingress's
+  synchronous parts themselves;
 - **shared by rows**: the ranker on Triton runs batches of several requests. Its compute
   time per row, per model, comes from Triton's own statistics (`TritonRates`), and a
   request is charged its rows times that rate. The moderation batcher charges each item of
@@ -21,10 +25,13 @@ At the end of a request the ledger goes to the `funnel_cost_core_seconds_total` 
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
+import contextvars
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +44,9 @@ RANKER = "ranker"
 SHADOW = "shadow"
 MODERATION_TEXT = "moderation_text"
 MODERATION_IMAGE = "moderation_image"
+# the event loop's own work between task steps (waking tasks, I/O callbacks), shared among
+# requests by their number of steps: allocated, not measured per request
+EVENT_LOOP = "event_loop"
 
 
 def source_stage(name: str) -> str:
@@ -57,6 +67,7 @@ class RequestCost:
     core_s: dict[tuple[str, str], float] = field(default_factory=dict)
     rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (triton model, version)
     ranker_model: str = ""
+    steps: int = 0  # metered task steps of this request (the event loop's share)
 
     def charge(self, stage: str, seconds: float, model: str = "") -> None:
         if seconds <= 0:
@@ -80,6 +91,26 @@ class RequestCost:
     def total_s(self) -> float:
         return sum(self.core_s.values())
 
+    def finish(self) -> None:
+        """The request is answered: record its cost (`funnel_cost_core_seconds_total`). In a
+        metered task step, at the end of the step, whose CPU is the request's too."""
+        done = getattr(_STEP, "done", None)
+        if done is not None:
+            done.append(self)
+        else:
+            self.record()
+
+    def _charge_loop_share(self) -> None:
+        share = getattr(_LOOP, "per_step_s", 0.0)
+        if self.steps and share > 0:
+            self.charge(EVENT_LOOP, self.steps * share)
+        self.steps = 0
+
+    def record(self) -> None:
+        from monitoring import metrics
+
+        metrics.observe_cost(self.route, self.variant, self.core_s)
+
 
 _CURRENT: ContextVar[RequestCost | None] = ContextVar("funnel_request_cost", default=None)
 
@@ -98,6 +129,22 @@ def charging(cost: RequestCost | None) -> Iterator[RequestCost | None]:
         _CURRENT.reset(token)
 
 
+# Inside a metered task step on this thread: the seconds sections have charged to stages
+# other than `ingress` during the step (the step charges the rest); None: not in one.
+_STEP = threading.local()
+# per metered loop thread: steps and their CPU so far, and the loop's own CPU per step
+_LOOP = threading.local()
+
+
+def _account(c: RequestCost, stage: str, seconds: float, model: str) -> None:
+    inner = getattr(_STEP, "inner", None)
+    if inner is None:
+        c.charge(stage, seconds, model)
+    elif stage != INGRESS:  # the step charges the ingress's share itself
+        c.charge(stage, seconds, model)
+        _STEP.inner = inner + seconds
+
+
 @contextlib.contextmanager
 def section(stage: str, model: str = "", cost: RequestCost | None = None) -> Iterator[None]:
     """Charge this thread's CPU over the block to `stage` of the current request (nothing
@@ -111,7 +158,7 @@ def section(stage: str, model: str = "", cost: RequestCost | None = None) -> Ite
     try:
         yield
     finally:
-        c.charge(stage, time.thread_time() - t0, model)
+        _account(c, stage, time.thread_time() - t0, model)
 
 
 class Lap:
@@ -129,8 +176,89 @@ class Lap:
     def charge(self, stage: str, model: str = "") -> None:
         now = time.thread_time()
         if self.cost is not None:
-            self.cost.charge(stage, now - self.t, model)
+            _account(self.cost, stage, now - self.t, model)
         self.t = now
+
+
+class _Metered(collections.abc.Coroutine):
+    """A task's coroutine, each step's CPU charged to the ledger the task carries at the end
+    of the step (or had at its start: the step that ends a request resets it)."""
+
+    __slots__ = ("_coro",)
+
+    def __init__(self, coro: Any) -> None:
+        self._coro = coro
+
+    def _step(self, fn: Callable[..., Any], *args: Any) -> Any:
+        before = _CURRENT.get()
+        outer, outer_done = getattr(_STEP, "inner", None), getattr(_STEP, "done", None)
+        _STEP.inner, _STEP.done = 0.0, []
+        t0 = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            spent = time.thread_time() - t0
+            inner, done = _STEP.inner, _STEP.done
+            _STEP.inner, _STEP.done = outer, outer_done
+            c = _CURRENT.get() or before
+            _LOOP.steps = getattr(_LOOP, "steps", 0) + 1
+            _LOOP.step_cpu = getattr(_LOOP, "step_cpu", 0.0) + spent
+            if c is not None:
+                c.charge(INGRESS, spent - inner)
+                c.steps += 1
+            for ledger in done:  # finished in this step: recorded with the step's CPU
+                ledger._charge_loop_share()
+                ledger.record()
+
+
+    def send(self, value: Any) -> Any:
+        return self._step(self._coro.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._step(self._coro.throw, *args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()
+
+
+async def _loop_share(every_s: float = 1.0) -> None:
+    """The loop thread's CPU between task steps, per step, every `every_s` (runs on the
+    loop: `thread_time` reads the loop's own thread). A request is charged its steps times
+    the latest figure when it finishes."""
+    cpu0 = time.thread_time()
+    steps0, step_cpu0 = getattr(_LOOP, "steps", 0), getattr(_LOOP, "step_cpu", 0.0)
+    while True:
+        await asyncio.sleep(every_s)
+        cpu, steps, step_cpu = (time.thread_time(), getattr(_LOOP, "steps", 0),
+                                getattr(_LOOP, "step_cpu", 0.0))
+        if steps > steps0:
+            _LOOP.per_step_s = max(0.0, (cpu - cpu0) - (step_cpu - step_cpu0)) / (
+                steps - steps0)
+        cpu0, steps0, step_cpu0 = cpu, steps, step_cpu
+
+
+def meter_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Meter every task `loop` creates from now on (see the module's docstring); False when
+    it already is. A task factory the loop had is kept, and called with the wrapped
+    coroutine."""
+    previous = loop.get_task_factory()
+    if getattr(previous, "funnel_metered", False):
+        return False
+
+    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Future[Any]:
+        wrapped = _Metered(coro)
+        if previous is not None:
+            return previous(lp, wrapped, **kw)
+        return asyncio.Task(wrapped, loop=lp, **kw)
+
+    factory.funnel_metered = True  # type: ignore[attr-defined]
+    loop.set_task_factory(factory)
+    loop.create_task(_loop_share(), context=contextvars.Context())
+    log.info("cost: metering each request's CPU on this event loop (%s)", type(loop).__name__)
+    return True
 
 
 @dataclass

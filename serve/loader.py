@@ -69,7 +69,7 @@ def load_pipeline(args: AppArgs, *, ranker: Ranker | None = None
     sources = {name: SOURCES[name](catalog, retrieval) for name in args.feed.sources}
     pipeline = FeedPipeline(catalog=catalog, retrieval=retrieval, ranker=ranker,
                             sources=sources, settings=args.feed,
-                            calibration=load_calibration(b))
+                            calibration=load_calibration(b), version=b.version)
     versions = {"bundle": b.version, "retrieval": b.version, "ranker": b.version}
     return pipeline, versions
 

@@ -183,7 +183,7 @@ class FeedPipeline:
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  live_verdicts: LiveVerdicts | None = None,
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, version: str = "") -> None:
         self.catalog = catalog
         self.live_verdicts = live_verdicts
         # the online feature store (serve.features.store.OnlineFeatures); None: the bundle's
@@ -213,7 +213,7 @@ class FeedPipeline:
         self._view(self.features)  # at load, not on the first request
         self._index_positions(retrieval)
         self.primary_models = Models(retrieval=retrieval, ranker=RankerModel(
-            "primary", "", ranker, retrieval.features, calibration))
+            "primary", version, ranker, retrieval.features, calibration))
         self._ann: dict[int, AnnSource] = {}
 
     def _source(self, name: str, retrieval: TwoTowerRetrieval) -> CandidateSource:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import metrics
-from serve import openapi
+from serve import cost, openapi
 from serve.errors import VALIDATION_ERROR
 from serve.http import feed, health, moderation, oip, review, rollout
 from serve.http.common import error, request_id_of
@@ -21,6 +21,9 @@ log = logging.getLogger("funnel.serve")
 
 ROUTERS = (feed.router, moderation.router, review.router, rollout.router, health.router,
            oip.router)
+
+
+COST_ROUTES = {"/v1/feed": "feed", "/v1/moderate": "moderate"}
 
 
 class RequestMetrics:
@@ -42,12 +45,19 @@ class RequestMetrics:
                 status["code"] = message["status"]
             await send(message)
 
+        # the request's cost ledger (serve/cost.py) spans the whole ASGI call: routing,
+        # parsing, the use case and sending the response
+        ledger = cost.RequestCost(COST_ROUTES[scope["path"]]) \
+            if scope.get("path") in COST_ROUTES else None
         try:
-            await self.app(scope, receive, send_status)
+            with cost.charging(ledger):
+                await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
             metrics.observe_request(getattr(route, "path", None) or "unmatched",
                                     status["code"], time.perf_counter() - started)
+            if ledger is not None:
+                ledger.finish()
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from monitoring import metrics
 from serve import cost
 from serve.api import EventIn, EventsRequest, EventsResponse, FeedRequest
 from serve.errors import VALIDATION_ERROR, EventsNotDurable, Overloaded
@@ -28,17 +27,6 @@ router = APIRouter()
 
 @router.post("/v1/feed")
 async def feed(request: Request) -> Response:
-    """The request's CPU, parsing and the response included, is charged to its ledger
-    (serve/cost.py) and recorded once it is answered."""
-    c = cost.RequestCost("feed")
-    with cost.charging(c):
-        try:
-            return await _feed(request, c)
-        finally:
-            metrics.observe_cost(c.route, c.variant, c.core_s)
-
-
-async def _feed(request: Request, c: cost.RequestCost) -> Response:
     started = time.perf_counter()
     s, rid = services_of(request), request_id_of(request)
     req, bad = await parse_payload(request, FeedRequest, s.args.max_body_bytes, rid)
@@ -52,7 +40,7 @@ async def _feed(request: Request, c: cost.RequestCost) -> Response:
         return refused
     # `handler` is the whole endpoint (parse, pipeline, serialise): what a client sees beyond
     # it is transport, the Serve proxy hop and HTTP
-    with cost.section(cost.INGRESS, cost=c):
+    with cost.section(cost.INGRESS):
         return timed_json(body.model_dump_json(), {
             **stage_ms, "handler": round((time.perf_counter() - started) * 1000, 3)})
 

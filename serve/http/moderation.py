@@ -7,7 +7,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from funnel.contracts.errors import FunnelError
-from monitoring import metrics
 from serve import cost
 from serve.api import ModerateRequest, ModerateResponse
 from serve.errors import VALIDATION_ERROR
@@ -26,17 +25,6 @@ router = APIRouter()
 
 @router.post("/v1/moderate")
 async def moderate(request: Request) -> Response:
-    """The request's CPU here is charged to its ledger (serve/cost.py); the models' share of
-    their batches is charged where they run."""
-    c = cost.RequestCost("moderate")
-    with cost.charging(c):
-        try:
-            return await _moderate(request, c)
-        finally:
-            metrics.observe_cost(c.route, c.variant, c.core_s)
-
-
-async def _moderate(request: Request, c: cost.RequestCost) -> Response:
     from serve.moderation.media import decode_base64_image
 
     started = time.perf_counter()
@@ -50,12 +38,12 @@ async def _moderate(request: Request, c: cost.RequestCost) -> Response:
     if req.missing_content():
         return error(422, VALIDATION_ERROR, req.missing_content(), rid)
     try:
-        with cost.section(cost.INGRESS, cost=c):
+        with cost.section(cost.INGRESS):
             image = decode_base64_image(req.image_base64) if req.image_base64 else None
         out = await s.moderation.moderate(req, image, rid)
     except FunnelError as e:
         return funnel_error(e, rid)
-    with cost.section(cost.INGRESS, cost=c):
+    with cost.section(cost.INGRESS):
         return timed_json(response_body(out, rid).model_dump_json(), {
             **out.timings_ms, "handler": round((time.perf_counter() - started) * 1000, 3)})
 

@@ -364,7 +364,6 @@ class RolloutRuntime:
 
     async def run_comparison(self, c: Comparison) -> None:
         """Run one comparison, its CPU charged to the `shadow` route (serve/cost.py)."""
-        from monitoring import metrics as m
         from serve import cost
 
         ledger = cost.shadow_cost(c.shadow.variant if c.shadow is not None
@@ -374,7 +373,7 @@ class RolloutRuntime:
                 await run_comparison(self, c)
         finally:
             ledger.price_rows(self.pipeline.triton_rates)
-            m.observe_cost(ledger.route, ledger.variant, ledger.core_s)
+            ledger.finish()
 
     async def drain(self) -> None:
         """Wait until every queued comparison has run, or, with a ShadowScorer, has been

@@ -204,8 +204,10 @@ class RolloutState:
             name = str(r.get("variant"))
             st.window(name).merge(r)
             t = st.totals.setdefault(name, {})
-            for key in ("requests", "errors", "comparisons", "compare_errors", "dropped"):
+            for key in ("requests", "errors", "comparisons", "compare_errors", "dropped",
+                        "cost_requests"):
                 t[key] = t.get(key, 0) + int(r.get(key, 0))
+            t["cost_core_s"] = t.get("cost_core_s", 0.0) + float(r.get("cost_core_s", 0.0))
 
     def active_replicas(self) -> int:
         now = self._clock()
@@ -323,7 +325,8 @@ class RolloutState:
                 "interleaving": self._interleaving(st),
                 "variants": {n: {"bundle_version": self._version(st, n),
                                  "window": st.window(n).summary(),
-                                 "usd_per_1k": self._usd_per_1k(st.window(n)),
+                                 "usd_per_1k": self._usd_per_1k(st.window(n),
+                                                                st.totals.get(n, {})),
                                  "totals": st.totals.get(n, {}),
                                  "guardrails": (self.guardrails(name, n)
                                                 if n != st.config.primary.name else [])}
@@ -335,10 +338,14 @@ class RolloutState:
                 "decision_counts": [{"stage": s, "action": a, "count": c}
                                     for (s, a), c in sorted(self.decision_counts.items())]}
 
-    def _usd_per_1k(self, w: Window) -> float | None:
-        """The CPU dollars of a thousand of the variant's requests (docs/cost.md)."""
-        ms = w.core_ms_per_request()
-        return usd_per_1k(ms / 1000.0 if ms is not None else None, self.prices)
+    def _usd_per_1k(self, w: Window, totals: dict[str, float]) -> float | None:
+        """The CPU dollars of a thousand of the variant's requests (docs/cost.md): over this
+        step's window, or, when it has none (a rolled-back canary), over the rollout's
+        totals."""
+        if w.cost_requests:
+            return usd_per_1k(w.cost_core_s / w.cost_requests, self.prices)
+        n = totals.get("cost_requests", 0)
+        return usd_per_1k(totals.get("cost_core_s", 0.0) / n, self.prices) if n else None
 
     @staticmethod
     def _version(st: StageState, name: str) -> str:

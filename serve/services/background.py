@@ -68,6 +68,9 @@ class BackgroundTasks:
         if self.triton is not None and self.rates is not None:
             wanted["triton_rates"] = self._poll_triton_rates
         loop = asyncio.get_running_loop()
+        from serve.cost import meter_loop
+
+        meter_loop(loop)  # each request's CPU on this loop, step by step (serve/cost.py)
         for name, run in wanted.items():
             task = self._tasks.get(name)
             if task is None or task.done():

@@ -56,7 +56,7 @@ class FeedService:
         finally:
             self.gate.leave()
             if outer is None:
-                metrics.observe_cost(c.route, c.variant, c.core_s)
+                c.finish()
 
     async def _run_once(self, req: FeedRequest, rid: str, c: cost.RequestCost
                         ) -> tuple[FeedResponse, dict[str, float]]:

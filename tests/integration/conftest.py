@@ -229,6 +229,8 @@ def write_serve_config(directory: Path, *, grpc: bool = True,
     # the rollout tests inject faults into canary and shadow variants (test_rollout.py)
     args["rollout"]["allow_fault_injection"] = True
     args["rollout"]["triton_unload_grace_s"] = 2.0
+    # a ranker version's compute per row is known a second after its first rows (cost)
+    args.setdefault("cost", {})["triton_poll_s"] = 1.0
     args["impressions"].update(url=str(directory / "impressions"), flush_interval_s=0.5,
                                spool_dir=str(directory / "spool"))
     config = directory / "serve.yaml"

@@ -300,6 +300,59 @@ def test_a_failing_canary_is_rolled_back_within_its_error_budget(
     assert all(b["degraded"] == [] for b in after)
 
 
+def test_a_canary_ranker_doing_twice_the_work_costs_more_and_is_rolled_back(
+        stack: Stack, client: httpx.Client, versions: dict[str, str],
+        known_users: list[int]) -> None:
+    """`fault.repeat: 2` makes every canary ranker call run the model twice: Triton does
+    twice the rows for the canary's model, and the requests it serves cost more. The
+    cost_ratio guardrail (canary CPU per request over the primary's) rolls it back, and
+    `funnel rollout status` shows both variants' $/1k."""
+    config = two_variants(
+        versions, 50, canary_extra={"fault": {"repeat": 2}},
+        guardrails=[{"metric": "cost_ratio", "max": 1.1, "min_samples": 150}],
+        promotion={"steps": [{"weight": 50, "min_requests": 100_000}, {"weight": 100}],
+                   "auto_rollback": True, "error_budget": 1000})
+    assert apply(stack, client, config).status_code == 200, config
+    deadline = time.monotonic() + 120
+    seen: Counter[str] = Counter()
+    k = 0
+    before_rollback: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        batch = many(stack, [known_users[(k + i) % len(known_users)] for i in range(40)])
+        k += 40
+        seen.update(b["variants"]["ranker"] for b in batch)
+        s = status(stack, client)
+        st = s["stages"]["ranker"]
+        if st["status"] == "rolled_back":
+            break
+        before_rollback = st
+    st = status(stack, client)["stages"]["ranker"]
+    assert st["status"] == "rolled_back", st
+    assert seen["candidate"] >= 150 and seen["control"] >= 150, seen
+    [d] = [d for d in status(stack, client)["decisions"] if d["action"] == "rollback"]
+    assert "cost_ratio" in d["reason"], d
+    ratio = float(d["reason"].split("cost_ratio ")[1].split()[0])
+    assert ratio > 1.1
+    # the variants' $/1k (over the rollout's totals once the step's window is gone): the
+    # canary's is the higher one
+    v = st["variants"]
+    assert v["candidate"]["usd_per_1k"] > v["control"]["usd_per_1k"] > 0, v
+    t = {n: v[n]["totals"] for n in ("candidate", "control")}
+    assert t["candidate"]["cost_core_s"] / t["candidate"]["cost_requests"] \
+        > t["control"]["cost_core_s"] / t["control"]["cost_requests"], t
+    assert before_rollback == {} or before_rollback["status"] == "canary"
+    r = subprocess.run([sys.executable, "-m", "funnel", "rollout", "status", "--url",
+                        stack.url], env={**os.environ, "FUNNEL_ADMIN_TOKEN": stack.admin_token,
+                                         "COLUMNS": "200"},
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "$/1k" in r.stdout
+    rows = {line.split()[1]: line for line in r.stdout.splitlines()
+            if line.strip().startswith(("│ control", "│ candidate", "┃ control"))}
+    assert f"${v['candidate']['usd_per_1k']:.5f}" in rows["candidate"], r.stdout
+    assert f"${v['control']['usd_per_1k']:.5f}" in rows["control"], r.stdout
+
+
 def test_twenty_config_changes_under_load_drop_no_request(
         stack: Stack, client: httpx.Client, versions: dict[str, str]) -> None:
     stop = threading.Event()

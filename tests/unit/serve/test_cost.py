@@ -114,3 +114,32 @@ def test_triton_statistics_sum_every_version_and_compute_part() -> None:
          "inference_stats": {"compute_infer": {"ns": "7"}}}]}
     assert cost.triton_compute(stats) == (1117, 35)  # queueing is waiting, not compute
     assert cost.triton_compute({}) == (0, 0)
+
+
+def test_a_metered_loop_charges_each_tasks_steps_to_its_own_request() -> None:
+    async def request(c: cost.RequestCost, ms: float, source_ms: float) -> None:
+        with cost.charging(c):
+            burn(ms / 1000)
+            await asyncio.sleep(0.01)  # the other request runs meanwhile
+            with cost.section(cost.source_stage("trending")):  # split out of the step
+                burn(source_ms / 1000)
+            with cost.section(cost.INGRESS):  # the step covers it: not charged twice
+                burn(ms / 1000)
+            await asyncio.sleep(0)
+
+    async def background() -> None:
+        burn(0.03)  # no request's
+
+    async def main() -> tuple[cost.RequestCost, cost.RequestCost]:
+        assert cost.meter_loop(asyncio.get_running_loop())
+        assert not cost.meter_loop(asyncio.get_running_loop())  # once
+        a, b = cost.RequestCost("feed"), cost.RequestCost("moderate")
+        await asyncio.gather(asyncio.create_task(request(a, 20, 10)),
+                             asyncio.create_task(request(b, 5, 0)),
+                             asyncio.create_task(background()))
+        return a, b
+
+    a, b = asyncio.run(main())
+    assert 0.040 <= a.core_s[(cost.INGRESS, "")] < 0.050
+    assert 0.010 <= a.core_s[("source:trending", "")] < 0.015
+    assert 0.010 <= b.core_s[(cost.INGRESS, "")] < 0.014
