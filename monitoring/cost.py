@@ -176,7 +176,7 @@ def build_report(inp: CostInputs, prices: Prices) -> CostReport:
 def format_report(r: CostReport) -> str:
     """The report as text tables (`funnel cost report`)."""
     def usd(x: float | None) -> str:
-        return "-" if x is None else f"${x:.5f}"
+        return "-" if x is None else f"${x:.6f}"
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:.1f} %"

@@ -284,7 +284,7 @@ def status_cmd(url: Url = "http://127.0.0.1:8000", token_env: TokenEnv = "FUNNEL
 
 def _usd(x: float | None) -> str:
     """A variant's CPU dollars per thousand requests (docs/cost.md)."""
-    return "-" if x is None else f"${x:.5f}"
+    return "-" if x is None else f"${x:.6f}"
 
 
 @rollout_app.command("promote")

@@ -325,8 +325,7 @@ class RolloutState:
                 "interleaving": self._interleaving(st),
                 "variants": {n: {"bundle_version": self._version(st, n),
                                  "window": st.window(n).summary(),
-                                 "usd_per_1k": self._usd_per_1k(st.window(n),
-                                                                st.totals.get(n, {})),
+                                 "usd_per_1k": self._usd_per_1k(st.totals.get(n, {})),
                                  "totals": st.totals.get(n, {}),
                                  "guardrails": (self.guardrails(name, n)
                                                 if n != st.config.primary.name else [])}
@@ -338,12 +337,10 @@ class RolloutState:
                 "decision_counts": [{"stage": s, "action": a, "count": c}
                                     for (s, a), c in sorted(self.decision_counts.items())]}
 
-    def _usd_per_1k(self, w: Window, totals: dict[str, float]) -> float | None:
-        """The CPU dollars of a thousand of the variant's requests (docs/cost.md): over this
-        step's window, or, when it has none (a rolled-back canary), over the rollout's
-        totals."""
-        if w.cost_requests:
-            return usd_per_1k(w.cost_core_s / w.cost_requests, self.prices)
+    def _usd_per_1k(self, totals: dict[str, float]) -> float | None:
+        """The CPU dollars of a thousand of the variant's requests since this config was
+        applied (docs/cost.md); the step's window has its CPU per request too
+        (`core_ms_per_request`), which the cost_ratio guardrail compares."""
         n = totals.get("cost_requests", 0)
         return usd_per_1k(totals.get("cost_core_s", 0.0) / n, self.prices) if n else None
 

@@ -329,12 +329,11 @@ def test_a_canary_ranker_doing_twice_the_work_costs_more_and_is_rolled_back(
     st = status(stack, client)["stages"]["ranker"]
     assert st["status"] == "rolled_back", st
     assert seen["candidate"] >= 150 and seen["control"] >= 150, seen
-    [d] = [d for d in status(stack, client)["decisions"] if d["action"] == "rollback"]
+    d = [d for d in status(stack, client)["decisions"] if d["action"] == "rollback"][-1]
     assert "cost_ratio" in d["reason"], d
     ratio = float(d["reason"].split("cost_ratio ")[1].split()[0])
     assert ratio > 1.1
-    # the variants' $/1k (over the rollout's totals once the step's window is gone): the
-    # canary's is the higher one
+    # the variants' $/1k since the config was applied: the canary's is the higher one
     v = st["variants"]
     assert v["candidate"]["usd_per_1k"] > v["control"]["usd_per_1k"] > 0, v
     t = {n: v[n]["totals"] for n in ("candidate", "control")}
@@ -346,11 +345,11 @@ def test_a_canary_ranker_doing_twice_the_work_costs_more_and_is_rolled_back(
                                          "COLUMNS": "200"},
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
+    print(d["reason"], "\n", r.stdout)  # shown with -s: the figures docs/cost.md quotes
     assert "$/1k" in r.stdout
-    rows = {line.split()[1]: line for line in r.stdout.splitlines()
-            if line.strip().startswith(("│ control", "│ candidate", "┃ control"))}
-    assert f"${v['candidate']['usd_per_1k']:.5f}" in rows["candidate"], r.stdout
-    assert f"${v['control']['usd_per_1k']:.5f}" in rows["control"], r.stdout
+    usd = {line.split()[1]: float(line.split("$")[1].split()[0])
+           for line in r.stdout.splitlines() if line.startswith(("│ control", "│ candidate"))}
+    assert usd["candidate"] > usd["control"] > 0, r.stdout
 
 
 def test_twenty_config_changes_under_load_drop_no_request(

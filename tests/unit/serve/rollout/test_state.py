@@ -202,6 +202,8 @@ def test_a_canary_that_costs_more_per_request_breaks_the_cost_ratio():
     # $0.031611 per core-hour: 10 core-s per thousand requests
     assert st["control"]["usd_per_1k"] == pytest.approx(10 / 3600 * 0.031611)
     assert st["canary"]["usd_per_1k"] > st["control"]["usd_per_1k"]
+    assert s.status()["stages"]["ranker"]["variants"]["control"]["totals"][
+        "cost_core_s"] == pytest.approx(0.5)
     s.report("r1", [{**rows("canary", 10), "cost_requests": 10, "cost_core_s": 0.18}])
     [d] = s.evaluate()
     assert d.action == "rollback" and "cost_ratio 1.8 breaks max 1.3" in d.reason
