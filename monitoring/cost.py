@@ -41,6 +41,9 @@ class Prices:
     def cpu_usd(self, core_s: float) -> float:
         return core_s / 3600.0 * self.cpu_core_hour_usd
 
+    def gpu_usd(self, gpu_s: float) -> float:
+        return gpu_s / 3600.0 * self.gpu_hour_usd
+
 
 def usd_per_1k(core_s_per_request: float | None, prices: Prices) -> float | None:
     """Dollars of CPU for a thousand requests of `core_s_per_request` each."""
@@ -79,6 +82,7 @@ class CostInputs:
     requests: Mapping[tuple[str, str], float]  # (route, variant) -> requests
     process_cpu: Mapping[str, float]  # component -> CPU seconds
     memory_bytes: Mapping[str, float] = field(default_factory=dict)  # component -> mean RSS
+    gpu_attributed: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class CostRow:
     variant: str
     core_s: float
     usd_per_1k: float | None  # per thousand requests of the route (and variant, if any)
+    gpu_s: float = 0.0  # GPU-seconds (a ranker on a GPU instance), in usd_per_1k too
 
 
 @dataclass(frozen=True)
@@ -128,18 +133,22 @@ def build_report(inp: CostInputs, prices: Prices) -> CostReport:
         route_requests[route] = route_requests.get(route, 0.0) + n
     variant_requests = dict(inp.requests)
 
-    def per_1k(core_s: float, requests: float) -> float | None:
-        return prices.cpu_usd(core_s) * 1000.0 / requests if requests > 0 else None
+    def per_1k(core_s: float, requests: float, gpu_s: float = 0.0) -> float | None:
+        usd = prices.cpu_usd(core_s) + prices.gpu_usd(gpu_s)
+        return usd * 1000.0 / requests if requests > 0 else None
 
     rows = []
-    for (stage, model, variant, route), sec in sorted(inp.attributed.items()):
-        if sec <= 0:
+    for key in sorted(set(inp.attributed) | set(inp.gpu_attributed)):
+        stage, model, variant, route = key
+        sec, gpu = max(inp.attributed.get(key, 0.0), 0.0), max(inp.gpu_attributed.get(key, 0.0),
+                                                                0.0)
+        if sec <= 0 and gpu <= 0:
             continue
         # a model's variant is known where the request's was (the ingress); the moderation
         # process charges its batches with no variant: per request of the whole route
         n = (variant_requests.get((route, variant), 0.0) if variant
              else route_requests.get(route, 0.0))
-        rows.append(CostRow(route, stage, model, variant, sec, per_1k(sec, n)))
+        rows.append(CostRow(route, stage, model, variant, sec, per_1k(sec, n, gpu), gpu))
 
     attributed = sum(v for v in inp.attributed.values() if v > 0)
     total = sum(inp.process_cpu.values())
@@ -150,14 +159,19 @@ def build_report(inp: CostInputs, prices: Prices) -> CostReport:
     by_route: dict[str, float] = {}
     for (_, _, _, route), sec in inp.attributed.items():
         by_route[route] = by_route.get(route, 0.0) + max(sec, 0.0)
+    gpu_by_route: dict[str, float] = {}
+    for (_, _, _, route), sec in inp.gpu_attributed.items():
+        gpu_by_route[route] = gpu_by_route.get(route, 0.0) + max(sec, 0.0)
     routes: dict[str, dict[str, float | None]] = {}
     for route in sorted(set(route_requests) | set(by_route)):
         sec, n = by_route.get(route, 0.0), route_requests.get(route, 0.0)
         share = sec / attributed if attributed > 0 else 0.0
-        all_in = prices.cpu_usd(sec + overhead * share) + mem_usd * share
-        routes[route] = {"requests": n, "core_s": sec,
+        gpu = gpu_by_route.get(route, 0.0)
+        all_in = (prices.cpu_usd(sec + overhead * share) + mem_usd * share
+                  + prices.gpu_usd(gpu))
+        routes[route] = {"requests": n, "core_s": sec, "gpu_s": gpu,
                          "core_ms_per_request": sec * 1000 / n if n > 0 else None,
-                         "usd_per_1k": per_1k(sec, n),
+                         "usd_per_1k": per_1k(sec, n, gpu),
                          "all_in_usd_per_1k": all_in * 1000.0 / n if n > 0 else None}
 
     variants = []
@@ -166,7 +180,9 @@ def build_report(inp: CostInputs, prices: Prices) -> CostReport:
             continue
         sec = sum(v for (_, _, var, r), v in inp.attributed.items()
                   if r == route and var == variant and v > 0)
-        variants.append(VariantCost(route, variant, n, sec * 1000 / n, per_1k(sec, n)))
+        gpu = sum(v for (_, _, var, r), v in inp.gpu_attributed.items()
+                  if r == route and var == variant and v > 0)
+        variants.append(VariantCost(route, variant, n, sec * 1000 / n, per_1k(sec, n, gpu)))
     return CostReport(prices=prices, window_s=inp.window_s, rows=rows, variants=variants,
                       routes=routes, total_core_s=total, attributed_core_s=attributed,
                       overhead_core_s=overhead, memory_gib_hours=mem_gib_h,
@@ -191,13 +207,14 @@ def format_report(r: CostReport) -> str:
         lines.append(f"{route:<10}{rt['requests'] or 0:>10.0f}"
                      f"{'-' if cm is None else f'{cm:.2f}':>13}{usd(rt['usd_per_1k']):>12}"
                      f"{usd(rt['all_in_usd_per_1k']):>13}")
+    gpu = any(row.gpu_s > 0 for row in r.rows)
     lines += ["", f"{'route':<10}{'stage':<18}{'model':<24}{'variant':<12}{'core-s':>10}"
-                  f"{'share':>9}{'$/1k':>11}"]
+                  f"{'share':>9}" + (f"{'GPU-s':>9}" if gpu else "") + f"{'$/1k':>11}"]
     for row in sorted(r.rows, key=lambda x: (x.route, -x.core_s)):
         share = row.core_s / r.attributed_core_s if r.attributed_core_s else None
         lines.append(f"{row.route:<10}{row.stage:<18}{(row.model or '-')[:23]:<24}"
                      f"{(row.variant or '-'):<12}{row.core_s:>10.2f}{pct(share):>9}"
-                     f"{usd(row.usd_per_1k):>11}")
+                     + (f"{row.gpu_s:>9.2f}" if gpu else "") + f"{usd(row.usd_per_1k):>11}")
     if any(v.variant != "primary" for v in r.variants):
         lines += ["", f"{'route':<10}{'variant':<14}{'requests':>10}{'core ms/req':>13}"
                       f"{'$/1k':>11}"]

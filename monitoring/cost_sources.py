@@ -12,6 +12,7 @@ import httpx
 from monitoring.cost import CostInputs, Prices, prices_from_opencost
 
 CORE = "funnel_cost_core_seconds"
+GPU = "funnel_cost_gpu_seconds"
 REQUESTS = "funnel_cost_requests"
 PROCESS_CPU = "funnel_cost_process_cpu_seconds"
 MEMORY = "funnel_cost_process_memory_bytes"
@@ -29,7 +30,7 @@ def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], floa
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             name = s.name.removesuffix("_total")
-            if name in (CORE, REQUESTS, PROCESS_CPU, MEMORY) and not s.name.endswith(
+            if name in (CORE, GPU, REQUESTS, PROCESS_CPU, MEMORY) and not s.name.endswith(
                     "_created"):
                 out.setdefault(name, {})[tuple(sorted(s.labels.items()))] = float(s.value)
     return out
@@ -61,6 +62,7 @@ def inputs_from_scrapes(before: str, after: str, window_s: float) -> CostInputs:
     return CostInputs(
         window_s=window_s,
         attributed=keyed(delta(CORE), ("stage", "model", "variant", "route")),  # type: ignore[arg-type]
+        gpu_attributed=keyed(delta(GPU), ("stage", "model", "variant", "route")),  # type: ignore[arg-type]
         requests=keyed(delta(REQUESTS), ("route", "variant")),  # type: ignore[arg-type]
         process_cpu={k[0]: v for k, v in keyed(delta(PROCESS_CPU), ("component",)).items()},
         memory_bytes={k[0]: (mem_a.get(k, v) + v) / 2 for k, v in mem_b.items()})
@@ -81,13 +83,16 @@ def inputs_from_prometheus(query: Callable[[str], list[dict[str, Any]]], window_
 
     core = vec(f"sum by (stage, model, variant, route) (increase({CORE}_total[{w}]))",
                ("stage", "model", "variant", "route"))
+    gpu = vec(f"sum by (stage, model, variant, route) (increase({GPU}_total[{w}]))",
+              ("stage", "model", "variant", "route"))
     req = vec(f"sum by (route, variant) (increase({REQUESTS}_total[{w}]))", ("route", "variant"))
     cpu = vec(f"sum by (component) (increase({PROCESS_CPU}_total[{w}]))", ("component",))
     mem = vec(f"sum by (component) (avg_over_time({MEMORY}[{w}]))", ("component",))
     return CostInputs(window_s=window_s, attributed=core,  # type: ignore[arg-type]
                       requests=req,  # type: ignore[arg-type]
                       process_cpu={k[0]: v for k, v in cpu.items()},
-                      memory_bytes={k[0]: v for k, v in mem.items()})
+                      memory_bytes={k[0]: v for k, v in mem.items()},
+                      gpu_attributed=gpu)  # type: ignore[arg-type]
 
 
 def prometheus_query(base: str, timeout_s: float = 10.0) -> Callable[[str], list[dict[str, Any]]]:

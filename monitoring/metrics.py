@@ -167,6 +167,10 @@ COST_CORE_SECONDS = Counter("funnel_cost_core_seconds", "CPU core-seconds attrib
                             "version of the model that ran; '' for no model), variant (the "
                             "rollout variant the request was served by) and route (feed, "
                             "moderate, shadow)", ["stage", "model", "variant", "route"])
+COST_GPU_SECONDS = Counter("funnel_cost_gpu_seconds", "GPU-seconds attributed to requests "
+                           "(the ranker's Triton compute on a GPU instance, shared by rows), "
+                           "by stage, model, variant and route",
+                           ["stage", "model", "variant", "route"])
 COST_REQUESTS = Counter("funnel_cost_requests", "Requests whose CPU was attributed, by route "
                         "and variant (a feed's: its ranker variant)", ["route", "variant"])
 COST_PROCESS_CPU = Counter("funnel_cost_process_cpu_seconds", "CPU seconds (user + system) "
@@ -286,11 +290,15 @@ def set_prices(cpu_core_hour: float, memory_gib_hour: float, gpu_hour: float) ->
 
 
 def observe_cost(route: str, variant: str, core_s: dict[tuple[str, str], float],
-                 *, count: bool = True) -> None:
-    """One request's attributed core-seconds by (stage, model) (serve.cost.RequestCost);
-    `count` False: CPU charged after the request was counted (a moderation batch's share)."""
+                 *, gpu_s: dict[tuple[str, str], float] | None = None,
+                 count: bool = True) -> None:
+    """One request's attributed core-seconds (and GPU-seconds) by (stage, model)
+    (serve.cost.RequestCost); `count` False: CPU charged apart from the request's count (a
+    moderation batch's share)."""
     for (stage, model), sec in core_s.items():
         COST_CORE_SECONDS.labels(stage, model, variant, route).inc(sec)
+    for (stage, model), sec in (gpu_s or {}).items():
+        COST_GPU_SECONDS.labels(stage, model, variant, route).inc(sec)
     if count:
         COST_REQUESTS.labels(route, variant).inc()
 

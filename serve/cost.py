@@ -67,6 +67,7 @@ class RequestCost:
     core_s: dict[tuple[str, str], float] = field(default_factory=dict)
     rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (triton model, version)
     ranker_model: str = ""
+    gpu_s: dict[tuple[str, str], float] = field(default_factory=dict)  # GPU-seconds
     steps: int = 0  # metered task steps of this request (the event loop's share)
 
     def charge(self, stage: str, seconds: float, model: str = "") -> None:
@@ -81,10 +82,16 @@ class RequestCost:
         self.rows[key] = self.rows.get(key, 0) + n
 
     def price_rows(self, rates: TritonRates | None) -> None:
-        """Turn the rows sent to Triton into core-seconds at each model's latest rate."""
+        """Turn the rows sent to Triton into seconds at each model's latest rate: core-
+        seconds, or GPU-seconds for a model whose Triton instances are on a GPU."""
         if rates is not None:
             for (name, version), n in self.rows.items():
-                self.charge(RANKER, n * rates.per_row(name), version)
+                sec = n * rates.per_row(name)
+                if rates.on_gpu(name):
+                    key = (self.stage_override or RANKER, version)
+                    self.gpu_s[key] = self.gpu_s.get(key, 0.0) + sec
+                else:
+                    self.charge(RANKER, sec, version)
         self.rows.clear()
 
     @property
@@ -109,7 +116,7 @@ class RequestCost:
     def record(self) -> None:
         from monitoring import metrics
 
-        metrics.observe_cost(self.route, self.variant, self.core_s)
+        metrics.observe_cost(self.route, self.variant, self.core_s, gpu_s=self.gpu_s)
 
 
 _CURRENT: ContextVar[RequestCost | None] = ContextVar("funnel_request_cost", default=None)
@@ -278,6 +285,10 @@ class TritonRates:
     def __init__(self) -> None:
         self._stats: dict[str, _ModelStats] = {}
         self.models: set[str] = set()  # the Triton models this replica has called
+        self.kinds: dict[str, bool] = {}  # model -> its instances are on a GPU
+
+    def on_gpu(self, name: str) -> bool:
+        return self.kinds.get(name, False)
 
     def per_row(self, name: str) -> float:
         self.models.add(name)
@@ -296,6 +307,13 @@ class TritonRates:
             return
         rate = d_ns / 1e9 / d_rows if d_rows > 0 else prev.per_row_s
         self._stats[name] = _ModelStats(compute_ns, rows, rate)
+
+
+def triton_on_gpu(config: dict[str, Any]) -> bool:
+    """Whether a `get_model_config(as_json=True)` answer puts the model's instances on a
+    GPU (its compute time is then GPU time)."""
+    cfg = config.get("config", config)
+    return any(g.get("kind") == "KIND_GPU" for g in cfg.get("instance_group") or [])
 
 
 def triton_compute(stats: dict[str, Any]) -> tuple[int, int]:
@@ -319,6 +337,8 @@ async def poll_triton_rates(triton: Any, rates: TritonRates, every_s: float) -> 
     while True:
         for name in sorted(rates.models):
             try:
+                if name not in rates.kinds:
+                    rates.kinds[name] = await triton.on_gpu(name)
                 ns, rows = await triton.compute_stats(name)
             except Exception as e:
                 if not failing:

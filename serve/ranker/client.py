@@ -123,6 +123,12 @@ class TritonRanker:
             model or self._model, as_json=True), 2.0)
         return cost.triton_compute(stats)
 
+    async def on_gpu(self, model: str | None = None) -> bool:
+        """Whether Triton runs `model` (this one by default) on a GPU."""
+        config = await asyncio.wait_for(self._get_client().get_model_config(
+            model or self._model, as_json=True), 2.0)
+        return cost.triton_on_gpu(config)
+
     @property
     def model_name(self) -> str:
         return self._model

@@ -60,6 +60,18 @@ def test_dollars_per_thousand_by_stage_variant_and_route() -> None:
     assert "ranker" in text and "canary" in text and "overhead: 10.0 core-s (10.0 %)" in text
 
 
+def test_gpu_seconds_are_priced_per_gpu_hour() -> None:
+    inp = CostInputs(3600, {("ingress", "", "primary", "feed"): 3.6},
+                     {("feed", "primary"): 1000}, {"ingress": 3.6},
+                     gpu_attributed={("ranker", "v1", "primary", "feed"): 7.2})
+    r = build_report(inp, PRICES)  # $2 per GPU-hour: 7.2 GPU-s = $0.004
+    [gpu_row] = [x for x in r.rows if x.stage == "ranker"]
+    assert gpu_row.gpu_s == pytest.approx(7.2) and gpu_row.core_s == 0
+    assert gpu_row.usd_per_1k == pytest.approx(0.004)
+    assert r.routes["feed"]["usd_per_1k"] == pytest.approx(0.0036 + 0.004)
+    assert "GPU-s" in format_report(r)
+
+
 def test_overhead_is_never_negative_and_an_empty_window_reports_nothing() -> None:
     r = build_report(CostInputs(60, {("ingress", "", "primary", "feed"): 5.0},
                                 {("feed", "primary"): 10}, {"ingress": 4.0}), PRICES)
@@ -119,6 +131,9 @@ def test_prometheus_queries_are_summed_by_their_labels() -> None:
 
     def query(q: str) -> list[dict[str, object]]:
         asked.append(q)
+        if "gpu_seconds" in q:
+            return [{"metric": {"stage": "ranker", "model": "v1", "variant": "primary",
+                                "route": "feed"}, "value": [0, "0.5"]}]
         if "core_seconds" in q:
             return [{"metric": {"stage": "ranker", "model": "v1", "variant": "primary",
                                 "route": "feed"}, "value": [0, "2.5"]}]
@@ -129,6 +144,7 @@ def test_prometheus_queries_are_summed_by_their_labels() -> None:
         return [{"metric": {"component": "ray"}, "value": [0, "1e9"]}]
 
     inp = inputs_from_prometheus(query, 900)
-    assert all("[900s]" in q for q in asked) and len(asked) == 4
+    assert all("[900s]" in q for q in asked) and len(asked) == 5
     assert inp.attributed == {("ranker", "v1", "primary", "feed"): 2.5}
+    assert inp.gpu_attributed == {("ranker", "v1", "primary", "feed"): 0.5}
     assert inp.process_cpu == {"ray": 4.0} and inp.memory_bytes == {"ray": 1e9}

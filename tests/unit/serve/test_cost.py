@@ -143,3 +143,17 @@ def test_a_metered_loop_charges_each_tasks_steps_to_its_own_request() -> None:
     assert 0.040 <= a.core_s[(cost.INGRESS, "")] < 0.050
     assert 0.010 <= a.core_s[("source:trending", "")] < 0.015
     assert 0.010 <= b.core_s[(cost.INGRESS, "")] < 0.014
+
+
+def test_rows_of_a_model_on_a_gpu_are_gpu_seconds() -> None:
+    rates = cost.TritonRates()
+    rates.kinds["ranker"] = cost.triton_on_gpu(
+        {"config": {"instance_group": [{"kind": "KIND_GPU", "count": 1}]}})
+    assert not cost.triton_on_gpu({"config": {"instance_group": [{"kind": "KIND_CPU"}]}})
+    rates.update("ranker", 0, 0)
+    rates.update("ranker", 1_000_000, 100)  # 10 us of GPU per row
+    c = cost.RequestCost("feed")
+    c.ranker_model = "v1"
+    c.ranker_rows("ranker", 50)
+    c.price_rows(rates)
+    assert c.core_s == {} and c.gpu_s == {(cost.RANKER, "v1"): pytest.approx(0.0005)}
