@@ -23,7 +23,7 @@ from monitoring.cost_sources import (
     prometheus_query,
     scrape,
 )
-from monitoring.drift_window import parse_duration
+from monitoring.drift_window import WindowError, parse_duration
 
 cost_app = typer.Typer(help="Cost per request: $/1k requests by stage, model and variant.",
                        no_args_is_help=True)
@@ -54,7 +54,7 @@ def report_cmd(
                                  param_hint="--prometheus")
     try:
         window_s = parse_duration(since).total_seconds()
-    except ValueError as e:
+    except WindowError as e:
         raise typer.BadParameter(str(e), param_hint="--since") from e
     say = Console(stderr=True)
     base = Prices()
