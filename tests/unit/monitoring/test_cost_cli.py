@@ -46,7 +46,7 @@ def test_two_scrapes_of_a_metrics_endpoint_give_the_report(
     served = {"n": 0}
 
     class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             served["n"] += 1
             body = exposition(served["n"])  # the second scrape: twice the first
             self.send_response(200)
