@@ -179,7 +179,6 @@ def run(*, bundle: str, duration_s: float = 120.0, load_share: float = 0.7,
         "stages": [{"route": r.route, "stage": r.stage, "model": r.model,
                     "variant": r.variant, "core_s": round(r.core_s, 3),
                     "usd_per_1k": r.usd_per_1k} for r in report.rows],
-        "report": format_report(report),
     }
     say(f"accounted (attributed + overhead) / measured: "
         f"{result['accounted_over_measured']}; attributed share: {result['attributed_share']}"

@@ -203,6 +203,8 @@ def format_report(r: CostReport) -> str:
     lines.append(f"{'route':<10}{'requests':>10}{'core ms/req':>13}{'$/1k CPU':>12}"
                  f"{'$/1k all-in':>13}")
     for route, rt in r.routes.items():
+        if not rt["requests"] and not rt["core_s"]:
+            continue  # a route with no traffic in the window
         cm = rt["core_ms_per_request"]
         lines.append(f"{route:<10}{rt['requests'] or 0:>10.0f}"
                      f"{'-' if cm is None else f'{cm:.2f}':>13}{usd(rt['usd_per_1k']):>12}"
