@@ -153,6 +153,22 @@ def _account(c: RequestCost, stage: str, seconds: float, model: str) -> None:
 
 
 @contextlib.contextmanager
+def request(route: str) -> Iterator[RequestCost]:
+    """The current request's ledger; or, when there is none, a new one for `route` that
+    this block owns: current inside it, and recorded when it ends."""
+    outer = _CURRENT.get()
+    if outer is not None:
+        yield outer
+        return
+    c = RequestCost(route)
+    with charging(c):
+        try:
+            yield c
+        finally:
+            c.finish()
+
+
+@contextlib.contextmanager
 def section(stage: str, model: str = "", cost: RequestCost | None = None) -> Iterator[None]:
     """Charge this thread's CPU over the block to `stage` of the current request (nothing
     when no request is being charged). The block must not await: the event loop would run

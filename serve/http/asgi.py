@@ -2,6 +2,7 @@
 offline /docs. `build_http_app(services)` is called once per replica by the Serve
 deployment; without services it still describes every route (the OpenAPI tests)."""
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -47,17 +48,15 @@ class RequestMetrics:
 
         # the request's cost ledger (serve/cost.py) spans the whole ASGI call: routing,
         # parsing, the use case and sending the response
-        ledger = cost.RequestCost(COST_ROUTES[scope["path"]]) \
-            if scope.get("path") in COST_ROUTES else None
+        path = scope.get("path")
         try:
-            with cost.charging(ledger):
+            with (cost.request(COST_ROUTES[path]) if path in COST_ROUTES
+                  else contextlib.nullcontext()):
                 await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
             metrics.observe_request(getattr(route, "path", None) or "unmatched",
                                     status["code"], time.perf_counter() - started)
-            if ledger is not None:
-                ledger.finish()
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -45,18 +45,13 @@ class FeedService:
         except Overloaded:
             metrics.SHED.labels(route="/v1/feed").inc()
             raise
-        # the HTTP route starts the request's ledger (to charge parsing and the response
-        # too) and records it; gRPC and direct callers get one here
-        outer = cost.current()
-        c = outer if outer is not None else cost.RequestCost("feed")
+        # the HTTP edge starts the request's cost ledger (serve/cost.py); gRPC gets one here
         try:
             with (self.rollout.serving() if self.rollout else contextlib.nullcontext(),
-                  cost.charging(c)):
+                  cost.request("feed") as c):
                 return await self._run_once(req, rid, c)
         finally:
             self.gate.leave()
-            if outer is None:
-                c.finish()
 
     async def _run_once(self, req: FeedRequest, rid: str, c: cost.RequestCost
                         ) -> tuple[FeedResponse, dict[str, float]]:

@@ -43,15 +43,9 @@ class ModerateService:
     async def moderate(self, req: ModerateRequest, image: Any, rid: str) -> Any:
         self._on_request()
         # the HTTP edge starts the request's cost ledger (serve/cost.py); gRPC gets one here
-        outer = cost.current()
-        c = outer if outer is not None else cost.RequestCost("moderate")
-        try:
-            with (self.rollout.serving() if self.rollout else contextlib.nullcontext(),
-                  cost.charging(c)):
-                return await self._moderate_once(req, image, rid)
-        finally:
-            if outer is None:
-                c.finish()
+        with (self.rollout.serving() if self.rollout else contextlib.nullcontext(),
+              cost.request("moderate")):
+            return await self._moderate_once(req, image, rid)
 
     async def _moderate_once(self, req: ModerateRequest, image: Any, rid: str) -> Any:
         from serve.moderation.media import check_text

@@ -4,7 +4,6 @@ named with exit 2, a source that does not answer with exit 1."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,19 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from tests.cli_runner import run_funnel
 from tests.integration.conftest import free_port
 
-
-def funnel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-           *args: str) -> tuple[int, str]:
-    from funnel.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["funnel", *args])
-    monkeypatch.setenv("COLUMNS", "250")
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out + out.err
+funnel = run_funnel
 
 
 def exposition(scale: float) -> bytes:

@@ -4,7 +4,6 @@ bundles: manifests and checksums as `funnel train` writes them, no server. Run t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from funnel.contracts.bundle import REQUIRED_FILES, point_latest, write_manifest
+from tests.cli_runner import run_funnel
 
 EXAMPLE = Path(__file__).resolve().parents[4] / "serve" / "configs" / "rollout-canary.yaml"
 
@@ -34,17 +34,7 @@ def root(tmp_path: Path) -> Path:
     return r
 
 
-def funnel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-           *args: str) -> tuple[int, str]:
-    from funnel.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["funnel", *args])
-    monkeypatch.setenv("COLUMNS", "250")
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    code = e.value.code
-    return (code if isinstance(code, int) else 1), out.out + out.err
+funnel = run_funnel
 
 
 def canary(tmp_path: Path, control: str, candidate: str, **extra: Any) -> str:
