@@ -39,6 +39,23 @@ def test_a_feed_is_served_in_the_bundles_versions_and_logged(
     assert list(cols["item_id"]) == [i.item_id for i in body.items]
 
 
+def _count(counter: Any, *labels: str) -> float:
+    return float(counter.labels(*labels)._value.get())
+
+
+def test_a_feed_without_the_http_edge_records_its_cost_once(
+        services: ReplicaServices) -> None:
+    """gRPC's path: the service starts the request's ledger itself and records it."""
+    from monitoring import metrics
+
+    uid = int(services.pipeline.catalog.user_ids[2])
+    before = (_count(metrics.COST_REQUESTS, "feed", "primary"),
+              _count(metrics.COST_CORE_SECONDS, "ingress", "", "primary", "feed"))
+    asyncio.run(services.feed.run(_req(uid), "cost-1"))
+    assert _count(metrics.COST_REQUESTS, "feed", "primary") == before[0] + 1
+    assert _count(metrics.COST_CORE_SECONDS, "ingress", "", "primary", "feed") > before[1]
+
+
 def test_excluded_items_are_never_served(services: ReplicaServices) -> None:
     uid = int(services.pipeline.catalog.user_ids[1])
     first, _ = asyncio.run(services.feed.run(_req(uid), "a"))
@@ -71,6 +88,9 @@ def test_with_a_rollout_each_response_names_its_variant_and_the_controller_count
     st = state.status()["stages"]["ranker"]["variants"]
     for name in ("control", "canary"):
         assert st[name]["totals"]["requests"] == served.count(name)
+        # each request's attributed CPU reached its variant's tally (the cost guardrail)
+        assert st[name]["totals"]["cost_requests"] == served.count(name)
+        assert st[name]["totals"]["cost_core_s"] > 0 and st[name]["usd_per_1k"] > 0
     assert all(b.variants["retrieval"] == "primary" for b in bodies)
     assert len(log.rows) == len(users)
 

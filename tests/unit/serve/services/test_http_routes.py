@@ -34,6 +34,26 @@ def test_feed_answers_with_items_the_callers_request_id_and_stage_timings(
     assert "handler;dur=" in r.headers["server-timing"]
 
 
+def test_each_http_request_records_its_cost_once_with_parsing_and_the_response(
+        client: TestClient, services: ReplicaServices) -> None:
+    from monitoring import metrics
+
+    def count() -> tuple[float, float, float]:
+        return (metrics.COST_REQUESTS.labels("feed", "primary")._value.get(),
+                metrics.COST_REQUESTS.labels("moderate", "primary")._value.get(),
+                metrics.COST_CORE_SECONDS.labels("ingress", "", "primary", "feed")
+                ._value.get())
+
+    before = count()
+    assert client.post("/v1/feed", json={"user_id": _uid(services)}).status_code == 200
+    assert client.post("/v1/feed", content=b"{not json").status_code == 400  # costs too
+    assert client.post("/v1/moderate", json={"content_id": "c-cost", "text": "a garden"}
+                       ).status_code == 200
+    after = count()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+    assert after[2] > before[2]
+
+
 @pytest.mark.parametrize(("payload", "status", "code", "field"), [
     (b"{not json", 400, "invalid_json", None),
     (b'{"user_id": "seven"}', 422, "validation_error", "user_id"),
