@@ -37,8 +37,14 @@ def test_two_scrapes_of_a_metrics_endpoint_give_the_report(
 
     class Metrics(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            served["n"] += 1
-            body = exposition(served["n"])  # the second scrape: twice the first
+            if self.path == "/opencost/metrics":  # OpenCost's node prices, two nodes
+                body = (b"# TYPE node_cpu_hourly_cost gauge\n"
+                        b'node_cpu_hourly_cost{node="a"} 3.0\n'
+                        b'node_cpu_hourly_cost{node="b"} 4.2\n'
+                        b'node_ram_hourly_cost{node="a"} 0.01\n')
+            else:
+                served["n"] += 1
+                body = exposition(served["n"])  # the second scrape: twice the first
             self.send_response(200)
             self.send_header("content-type", "text/plain")
             self.end_headers()
@@ -56,6 +62,7 @@ def test_two_scrapes_of_a_metrics_endpoint_give_the_report(
                            "--cpu-price", "3.6", "--out", str(tmp_path / "r.json"))
     finally:
         server.shutdown()
+        server.server_close()
     assert code == 0, out
     assert served["n"] == 2
     r = json.loads((tmp_path / "r.json").read_text())
@@ -64,6 +71,24 @@ def test_two_scrapes_of_a_metrics_endpoint_give_the_report(
     assert r["attributed_share"] == pytest.approx(5 / 8)
     assert "given on the command line" in r["prices"]["source"]
     assert "ranker" in out and "v7" in out and "overhead: 3.0 core-s (37.5 %)" in out
+    # OpenCost's prices: the mean over its nodes; what it does not export stays the default
+    port = free_port()
+    served["n"] = 0
+    server = ThreadingHTTPServer(("127.0.0.1", port), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, out = funnel(monkeypatch, capsys, "cost", "report", "--metrics-url",
+                           f"http://127.0.0.1:{port}/metrics", "--for", "1", "--opencost",
+                           f"http://127.0.0.1:{port}/opencost/metrics",
+                           "--out", str(tmp_path / "o.json"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, out
+    p = json.loads((tmp_path / "o.json").read_text())["prices"]
+    assert p["cpu_core_hour_usd"] == pytest.approx(3.6)
+    assert p["memory_gib_hour_usd"] == pytest.approx(0.01) and p["gpu_hour_usd"] == 0.95
+    assert "OpenCost at" in p["source"]
 
 
 def test_bad_options_exit_2_naming_them_and_a_dead_source_exits_1(
