@@ -9,7 +9,9 @@ The model is OpenCost's: workload + idle + overhead = total.
   (`funnel_cost_process_cpu_seconds_total`, monitoring/process_cost.py) minus the
   attributed part: the web framework between a request's sections, Ray's processes, Triton
   beyond its compute time, idle loops;
-- *memory*: the stack's resident memory times the window, at the memory price.
+- *memory*: the stack's resident memory times the window, at the memory price;
+- *idle*: the cores the stack may use (`funnel_cost_capacity_cores`) times the window,
+  minus its processes' CPU.
 
 "All-in" dollars per thousand requests share the overhead and memory among routes in
 proportion to their attributed CPU, as OpenCost shares idle cost by allocation.
@@ -83,6 +85,7 @@ class CostInputs:
     process_cpu: Mapping[str, float]  # component -> CPU seconds
     memory_bytes: Mapping[str, float] = field(default_factory=dict)  # component -> mean RSS
     gpu_attributed: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
+    capacity_cores: float | None = None  # mean over the window; None: unknown
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class CostReport:
     overhead_core_s: float
     memory_gib_hours: float
     by_component: dict[str, float]
+    idle_core_s: float | None = None  # capacity not used: OpenCost's idle
 
     @property
     def attributed_share(self) -> float | None:
@@ -186,7 +190,9 @@ def build_report(inp: CostInputs, prices: Prices) -> CostReport:
     return CostReport(prices=prices, window_s=inp.window_s, rows=rows, variants=variants,
                       routes=routes, total_core_s=total, attributed_core_s=attributed,
                       overhead_core_s=overhead, memory_gib_hours=mem_gib_h,
-                      by_component=dict(inp.process_cpu))
+                      by_component=dict(inp.process_cpu),
+                      idle_core_s=(max(0.0, inp.capacity_cores * inp.window_s - total)
+                                   if inp.capacity_cores else None))
 
 
 def format_report(r: CostReport) -> str:
@@ -233,4 +239,7 @@ def format_report(r: CostReport) -> str:
               f"({pct(r.overhead_share)})",
               f"memory: {r.memory_gib_hours:.3f} GiB-hours "
               f"({usd(r.memory_gib_hours * r.prices.memory_gib_hour_usd)})"]
+    if r.idle_core_s is not None:
+        lines.append(f"idle capacity (not used by the stack): {r.idle_core_s:.1f} core-s "
+                     f"({usd(r.prices.cpu_usd(r.idle_core_s))})")
     return "\n".join(lines)

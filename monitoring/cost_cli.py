@@ -96,4 +96,5 @@ def report_json(r: Any) -> dict[str, Any]:
             "total_core_s": r.total_core_s, "attributed_core_s": r.attributed_core_s,
             "overhead_core_s": r.overhead_core_s, "attributed_share": r.attributed_share,
             "overhead_share": r.overhead_share, "memory_gib_hours": r.memory_gib_hours,
+            "idle_core_s": r.idle_core_s,
             "by_component": r.by_component}

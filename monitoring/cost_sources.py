@@ -16,6 +16,7 @@ GPU = "funnel_cost_gpu_seconds"
 REQUESTS = "funnel_cost_requests"
 PROCESS_CPU = "funnel_cost_process_cpu_seconds"
 MEMORY = "funnel_cost_process_memory_bytes"
+CAPACITY = "funnel_cost_capacity_cores"
 
 
 class SourceUnavailable(RuntimeError):
@@ -30,7 +31,8 @@ def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], floa
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             name = s.name.removesuffix("_total")
-            if name in (CORE, GPU, REQUESTS, PROCESS_CPU, MEMORY) and not s.name.endswith(
+            if name in (CORE, GPU, REQUESTS, PROCESS_CPU, MEMORY, CAPACITY) \
+                    and not s.name.endswith(
                     "_created"):
                 out.setdefault(name, {})[tuple(sorted(s.labels.items()))] = float(s.value)
     return out
@@ -59,13 +61,15 @@ def inputs_from_scrapes(before: str, after: str, window_s: float) -> CostInputs:
 
     mem_a, mem_b = keyed(a.get(MEMORY, {}), ("component",)), keyed(b.get(MEMORY, {}),
                                                                   ("component",))
+    caps = [v for m in (a, b) for v in m.get(CAPACITY, {}).values() if v > 0]
     return CostInputs(
         window_s=window_s,
         attributed=keyed(delta(CORE), ("stage", "model", "variant", "route")),  # type: ignore[arg-type]
         gpu_attributed=keyed(delta(GPU), ("stage", "model", "variant", "route")),  # type: ignore[arg-type]
         requests=keyed(delta(REQUESTS), ("route", "variant")),  # type: ignore[arg-type]
         process_cpu={k[0]: v for k, v in keyed(delta(PROCESS_CPU), ("component",)).items()},
-        memory_bytes={k[0]: (mem_a.get(k, v) + v) / 2 for k, v in mem_b.items()})
+        memory_bytes={k[0]: (mem_a.get(k, v) + v) / 2 for k, v in mem_b.items()},
+        capacity_cores=sum(caps) / len(caps) if caps else None)
 
 
 def inputs_from_prometheus(query: Callable[[str], list[dict[str, Any]]], window_s: float
@@ -88,11 +92,13 @@ def inputs_from_prometheus(query: Callable[[str], list[dict[str, Any]]], window_
     req = vec(f"sum by (route, variant) (increase({REQUESTS}_total[{w}]))", ("route", "variant"))
     cpu = vec(f"sum by (component) (increase({PROCESS_CPU}_total[{w}]))", ("component",))
     mem = vec(f"sum by (component) (avg_over_time({MEMORY}[{w}]))", ("component",))
+    cap = vec(f"max(avg_over_time({CAPACITY}[{w}]))", ())
     return CostInputs(window_s=window_s, attributed=core,  # type: ignore[arg-type]
                       requests=req,  # type: ignore[arg-type]
                       process_cpu={k[0]: v for k, v in cpu.items()},
                       memory_bytes={k[0]: v for k, v in mem.items()},
-                      gpu_attributed=gpu)  # type: ignore[arg-type]
+                      gpu_attributed=gpu,  # type: ignore[arg-type]
+                      capacity_cores=cap.get((), None) or None)
 
 
 def prometheus_query(base: str, timeout_s: float = 10.0) -> Callable[[str], list[dict[str, Any]]]:

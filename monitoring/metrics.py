@@ -181,6 +181,10 @@ COST_PROCESS_CPU = Counter("funnel_cost_process_cpu_seconds", "CPU seconds (user
 COST_PROCESS_MEMORY = Gauge("funnel_cost_process_memory_bytes", "Resident memory of the "
                             "stack's processes on this node, by component",
                             ["component"], multiprocess_mode="livesum")
+COST_CAPACITY_CORES = Gauge("funnel_cost_capacity_cores", "Cores the stack may use on the "
+                            "controller's node (its container's CPU limit, else its CPUs): "
+                            "capacity minus the processes' CPU is idle",
+                            multiprocess_mode="livemax")
 COST_PRICE = Gauge("funnel_cost_price_usd", "The prices cost is computed with (args.cost or "
                    "OpenCost's), by resource: cpu_core_hour, memory_gib_hour, gpu_hour",
                    ["resource"], multiprocess_mode="livemax")

@@ -14,6 +14,10 @@ One runs per cluster, in the rollout controller's process. On Kubernetes it sees
 pod only: a Triton pod or another node's workers are not in its total, and the report's
 `--total cadvisor` reads the pods' totals from cAdvisor instead.
 
+The capacity the stack may use, `funnel_cost_capacity_cores`, is the container's CPU limit
+(cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), else the CPUs this
+process may run on: capacity minus the processes' CPU is idle, in OpenCost's terms.
+
 `component_of` (pure) names a process by Ray's title for its workers
 (`ray::ServeReplica:funnel:FeedIngress`) or its program.
 """
@@ -25,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
@@ -60,6 +65,37 @@ def component_of(cmdline: list[str], *, is_root: bool = False) -> str:
     if any(p in line for p in _RAY_PROGRAMS) or "/ray/" in line:
         return "ray"
     return "other"
+
+
+def cpu_limit(quota: str | None, period: str | None) -> float | None:
+    """Cores from a cgroup quota and period (v2 `cpu.max` holds both: "max 100000" is no
+    limit); None without a limit (pure)."""
+    if quota is None:
+        return None
+    parts = quota.split()
+    if len(parts) == 2 and period is None:
+        quota, period = parts
+    if quota.strip() in ("max", "-1") or not period:
+        return None
+    q, p = float(quota), float(period)
+    return q / p if q > 0 and p > 0 else None
+
+
+def capacity_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """The cores this container may use: its CPU limit, else the CPUs it may run on."""
+    def read(path: Path) -> str | None:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return None
+
+    limit = cpu_limit(read(cgroup / "cpu.max"), None) or cpu_limit(
+        read(cgroup / "cpu" / "cpu.cfs_quota_us"), read(cgroup / "cpu" / "cpu.cfs_period_us"))
+    try:
+        cpus = float(len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        cpus = float(os.cpu_count() or 1)
+    return min(limit, cpus) if limit else cpus
 
 
 def stack_root(pid: int | None = None) -> int:
@@ -137,6 +173,7 @@ class ProcessCost:
 
 
 def _export(cpu: dict[str, float], rss: dict[str, float]) -> None:
+    metrics.COST_CAPACITY_CORES.set(capacity_cores())
     for comp, sec in cpu.items():
         metrics.COST_PROCESS_CPU.labels(comp).inc(sec)
     for comp in metrics.COST_COMPONENTS:

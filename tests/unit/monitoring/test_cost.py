@@ -72,6 +72,16 @@ def test_gpu_seconds_are_priced_per_gpu_hour() -> None:
     assert "GPU-s" in format_report(r)
 
 
+def test_idle_is_the_capacity_the_stack_did_not_use() -> None:
+    inp = CostInputs(100, {("ingress", "", "primary", "feed"): 60.0},
+                     {("feed", "primary"): 100}, {"ingress": 80.0, "ray": 40.0},
+                     capacity_cores=2.0)
+    r = build_report(inp, PRICES)
+    assert r.idle_core_s == pytest.approx(80.0)  # 200 core-s of capacity, 120 used
+    assert "idle capacity (not used by the stack): 80.0 core-s" in format_report(r)
+    assert build_report(CostInputs(100, {}, {}, {"ingress": 1.0}), PRICES).idle_core_s is None
+
+
 def test_overhead_is_never_negative_and_an_empty_window_reports_nothing() -> None:
     r = build_report(CostInputs(60, {("ingress", "", "primary", "feed"): 5.0},
                                 {("feed", "primary"): 10}, {"ingress": 4.0}), PRICES)
@@ -131,6 +141,8 @@ def test_prometheus_queries_are_summed_by_their_labels() -> None:
 
     def query(q: str) -> list[dict[str, object]]:
         asked.append(q)
+        if "capacity" in q:
+            return [{"metric": {}, "value": [0, "2"]}]
         if "gpu_seconds" in q:
             return [{"metric": {"stage": "ranker", "model": "v1", "variant": "primary",
                                 "route": "feed"}, "value": [0, "0.5"]}]
@@ -144,7 +156,8 @@ def test_prometheus_queries_are_summed_by_their_labels() -> None:
         return [{"metric": {"component": "ray"}, "value": [0, "1e9"]}]
 
     inp = inputs_from_prometheus(query, 900)
-    assert all("[900s]" in q for q in asked) and len(asked) == 5
+    assert all("[900s]" in q for q in asked) and len(asked) == 6
+    assert inp.capacity_cores == 2.0
     assert inp.attributed == {("ranker", "v1", "primary", "feed"): 2.5}
     assert inp.gpu_attributed == {("ranker", "v1", "primary", "feed"): 0.5}
     assert inp.process_cpu == {"ray": 4.0} and inp.memory_bytes == {"ray": 1e9}

@@ -6,10 +6,17 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
-from monitoring.process_cost import ProcessCost, component_of, stack_root
+from monitoring.process_cost import (
+    ProcessCost,
+    capacity_cores,
+    component_of,
+    cpu_limit,
+    stack_root,
+)
 
 
 def test_components_by_ray_title_or_program() -> None:
@@ -71,3 +78,15 @@ def test_a_descendant_that_burns_cpu_is_counted_once_under_its_root() -> None:
 
 def test_without_a_raylet_above_the_root_is_the_process_itself() -> None:
     assert stack_root() == os.getpid()
+
+
+def test_the_capacity_is_the_containers_cpu_limit_else_its_cpus(tmp_path: Path) -> None:
+    assert cpu_limit("max 100000", None) is None
+    assert cpu_limit("150000 100000", None) == 1.5  # cgroup v2 cpu.max
+    assert cpu_limit("-1", "100000") is None and cpu_limit("50000", "100000") == 0.5
+    assert cpu_limit(None, None) is None
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert capacity_cores(v2) == 0.5
+    assert capacity_cores(tmp_path / "none") == len(os.sched_getaffinity(0))
