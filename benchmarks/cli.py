@@ -366,6 +366,35 @@ def bench_cost(
     _write_result(result, out)
 
 
+@bench_app.command("cost-overhead")
+def bench_cost_overhead(
+    bundle: Annotated[str, typer.Option(help="Trained bundle (its models serve).")] = (
+        "artifacts/latest"),
+    profile: Annotated[str | None, typer.Option(
+        help="Serve a catalog of this profile built from the bundle's models.")] = "large",
+    work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
+    out: Annotated[str, typer.Option(help="Result JSON.")] = (
+        "benchmarks/results/cost_overhead.json"),
+    blocks: Annotated[int, typer.Option(min=2, max=200, help="Pairs of blocks.")] = 12,
+    requests: Annotated[int, typer.Option(min=10, max=10_000, help="Feeds per block.")] = 150,
+) -> None:
+    """What measuring cost costs a feed: CPU per feed with the event loop metered and each
+    request's cost recorded, against neither, in interleaved blocks."""
+    from benchmarks.cost_overhead import run
+
+    console = Console(stderr=True)
+    say = lambda m: console.print(f"[bold]bench[/] {m}", highlight=False)  # noqa: E731
+    served = bundle
+    if profile:
+        from benchmarks.serving_bundle import build_serving_bundle
+
+        served = str(build_serving_bundle(bundle, profile, Path(work_dir), say=say).path)
+    result = run(bundle=served, blocks=blocks, requests=requests, say=say)
+    result["command"] = (f"funnel bench cost-overhead --bundle {bundle} --profile "
+                         f"{profile or ''} --blocks {blocks} --requests {requests}")
+    _write_result(result, out)
+
+
 @bench_app.command("fuzz")
 def bench_fuzz(
     bundle: Annotated[str, typer.Option(help="Bundle to serve.")] = "artifacts/latest",

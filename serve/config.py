@@ -343,6 +343,8 @@ class CostSettings(_Strict):
     endpoint whose `node_cpu_hourly_cost`, `node_ram_hourly_cost` and `node_gpu_hourly_cost`
     (averaged over nodes) replace them."""
 
+    enabled: bool = Field(True, description="measure and record each request's cost "
+                          "(docs/cost.md: about 0.1 ms of CPU per feed)")
     cpu_core_hour_usd: float = Field(0.031611, ge=0, le=1000)
     memory_gib_hour_usd: float = Field(0.004237, ge=0, le=1000)
     gpu_hour_usd: float = Field(0.95, ge=0, le=10_000)

@@ -114,12 +114,25 @@ class RequestCost:
         self.steps = 0
 
     def record(self) -> None:
+        if not _RECORDING["on"]:
+            return
         from monitoring import metrics
 
         metrics.observe_cost(self.route, self.variant, self.core_s, gpu_s=self.gpu_s)
 
 
 _CURRENT: ContextVar[RequestCost | None] = ContextVar("funnel_request_cost", default=None)
+# args.cost.enabled: False, nothing is metered or recorded (the ledgers stay, unrecorded)
+_RECORDING = {"on": True}
+
+
+def set_recording(on: bool) -> None:
+    """This process records costs (the default), or not (`args.cost.enabled: false`)."""
+    _RECORDING["on"] = on
+
+
+def recording() -> bool:
+    return _RECORDING["on"]
 
 
 def current() -> RequestCost | None:
@@ -265,10 +278,10 @@ async def _loop_share(every_s: float = 1.0) -> None:
 
 def meter_loop(loop: asyncio.AbstractEventLoop) -> bool:
     """Meter every task `loop` creates from now on (see the module's docstring); False when
-    it already is. A task factory the loop had is kept, and called with the wrapped
-    coroutine."""
+    it already is, or this process records no costs. A task factory the loop had is kept,
+    and called with the wrapped coroutine."""
     previous = loop.get_task_factory()
-    if getattr(previous, "funnel_metered", False):
+    if getattr(previous, "funnel_metered", False) or not _RECORDING["on"]:
         return False
 
     def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Future[Any]:

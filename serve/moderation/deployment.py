@@ -26,7 +26,7 @@ from funnel.contracts.errors import BundleError
 from monitoring import metrics
 from serve.batcher import GreedyBatcher
 from serve.config import parse_app_args
-from serve.cost import MODERATION_IMAGE, MODERATION_TEXT
+from serve.cost import MODERATION_IMAGE, MODERATION_TEXT, recording, set_recording
 
 log = logging.getLogger("funnel.moderation")
 
@@ -40,6 +40,7 @@ class ModerationModels:
         a = parse_app_args(args)
         m = a.moderation
         self._args = a
+        set_recording(a.cost.enabled)
         self._heads: dict[str, tuple[TextModerationModel, GreedyBatcher[str, list[float]]]] = {}
         self._head_lock = asyncio.Lock()
         self._bundles: Any = None  # serve.bundles.BundleVersions, made on first use
@@ -145,6 +146,8 @@ def charged_batch(fn: Callable[[list[Any]], Any], items: list[Any], stage: str,
     same labels, so the shares are charged as their sum. The requests were counted by the
     ingress; this process does not know their rollout variants (the label is empty), and
     the model label, the head's bundle version, says which head ran."""
+    if not recording():
+        return fn(items)
     t0 = time.thread_time()
     try:
         return fn(items)

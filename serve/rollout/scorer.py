@@ -46,6 +46,9 @@ class ShadowScorer:
         from serve.rollout.runtime import build_rollout_runtime, replica_name
 
         self.args: AppArgs = parse_app_args(args)
+        from serve.cost import set_recording
+
+        set_recording(self.args.cost.enabled)
         nice, idle_class = lower_priority(
             self.args.rollout.shadow_nice, idle_class=self.args.rollout.shadow_idle_class)
         self.replica = replica_name()

@@ -93,12 +93,14 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     from importlib.metadata import version
 
     from funnel.contracts.bundle import read_manifest
+    from serve.cost import set_recording
     from serve.loader import load_pipeline
     from serve.oip import OipDataPlane
     from serve.review.base import open_store
     from serve.rollout.runtime import build_rollout_runtime
     from serve.services.oip_models import build_oip_models
 
+    set_recording(args.cost.enabled)
     pipeline, versions = load_pipeline(args)
     manifest = read_manifest(args.bundle)
     r = args.review

@@ -157,3 +157,24 @@ def test_rows_of_a_model_on_a_gpu_are_gpu_seconds() -> None:
     c.ranker_rows("ranker", 50)
     c.price_rows(rates)
     assert c.core_s == {} and c.gpu_s == {(cost.RANKER, "v1"): pytest.approx(0.0005)}
+
+
+def test_with_costs_off_nothing_is_metered_or_recorded() -> None:
+    from monitoring import metrics
+
+    before = metrics.COST_REQUESTS.labels("feed", "primary")._value.get()
+    cost.set_recording(False)
+    try:
+        async def main() -> bool:
+            return cost.meter_loop(asyncio.get_running_loop())
+
+        assert asyncio.run(main()) is False
+        with cost.request("feed") as c:
+            burn(0.001)
+        assert c is not None  # the ledger still exists for the code that uses it
+        assert metrics.COST_REQUESTS.labels("feed", "primary")._value.get() == before
+    finally:
+        cost.set_recording(True)
+    with cost.request("feed"):
+        pass
+    assert metrics.COST_REQUESTS.labels("feed", "primary")._value.get() == before + 1
