@@ -11,8 +11,8 @@ the Serve proxy or HAProxy, every Funnel replica, and Triton when `funnel serve`
 counts whole; one that exited loses its last interval (at most `every_s` of its CPU).
 
 One runs per cluster, in the rollout controller's process. On Kubernetes it sees its own
-pod only: a Triton pod or another node's workers are not in its total, and the report's
-`--total cadvisor` reads the pods' totals from cAdvisor instead.
+pod only: a Triton pod or another node's workers are not in its total (cAdvisor's
+`container_cpu_usage_seconds_total` of the release's pods has them; docs/cost.md).
 
 The capacity the stack may use, `funnel_cost_capacity_cores`, is the container's CPU limit
 (cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), else the CPUs this
