@@ -41,6 +41,8 @@ def test_haproxy_asked_for_but_missing_is_a_clear_error(monkeypatch: pytest.Monk
 
 def test_a_variable_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(proxy_mode, "haproxy_binary", _which("/usr/sbin/haproxy"))
+    # what it sets stays in this test: a later test's `funnel serve` inherits os.environ
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
     for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED",
               "RAY_SERVE_HAPROXY_BINARY_PATH"):
