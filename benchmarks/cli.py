@@ -4,6 +4,7 @@ checkout; it is not part of the wheel)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -323,14 +324,29 @@ def bench_rollout(
     _write_result(result, out)
 
 
+# the cost benchmarks serve a catalog of a profile built from a trained bundle's models
+TrainedBundle = Annotated[str, typer.Option("--bundle", help="Trained bundle (its models "
+                                            "serve).")]
+ServedProfile = Annotated[str | None, typer.Option(
+    "--profile", help="Serve a catalog of this profile built from the bundle's models "
+    "(large: 1M posts); empty: the bundle as it is.")]
+BundleCache = Annotated[str, typer.Option("--work-dir", help="Cache for the serving bundle.")]
+
+
+def _served(bundle: str, profile: str | None, work_dir: str, say: Callable[[str], None]
+            ) -> str:
+    if not profile:
+        return bundle
+    from benchmarks.serving_bundle import build_serving_bundle
+
+    return str(build_serving_bundle(bundle, profile, Path(work_dir), say=say).path)
+
+
 @bench_app.command("cost")
 def bench_cost(
-    bundle: Annotated[str, typer.Option(help="Trained bundle (its models serve).")] = (
-        "artifacts/latest"),
-    profile: Annotated[str | None, typer.Option(
-        help="Serve a catalog of this profile built from the bundle's models (large: 1M "
-             "posts); default: the bundle as it is.")] = "large",
-    work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
+    bundle: TrainedBundle = "artifacts/latest",
+    profile: ServedProfile = "large",
+    work_dir: BundleCache = "data/bench",
     out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/cost.json",
     duration_s: Annotated[float, typer.Option(
         "--duration", min=10, max=3600, help="Seconds of the measured window.")] = 120.0,
@@ -350,12 +366,8 @@ def bench_cost(
     if ingress not in ("proxy", "haproxy"):
         raise typer.BadParameter("proxy or haproxy", param_hint="--ingress")
     console = Console(stderr=True)
-    served = bundle
-    if profile:
-        from benchmarks.serving_bundle import build_serving_bundle
-
-        served = str(build_serving_bundle(bundle, profile, Path(work_dir), say=lambda m: (
-            console.print(f"[bold]bench[/] {m}", highlight=False))).path)
+    served = _served(bundle, profile, work_dir,
+                     lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
     result = run(bundle=served, duration_s=duration_s, load_share=load_share, probe_s=probe_s,
                  moderation_share=moderation_share, ingress=ingress,
                  say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
@@ -368,11 +380,9 @@ def bench_cost(
 
 @bench_app.command("cost-overhead")
 def bench_cost_overhead(
-    bundle: Annotated[str, typer.Option(help="Trained bundle (its models serve).")] = (
-        "artifacts/latest"),
-    profile: Annotated[str | None, typer.Option(
-        help="Serve a catalog of this profile built from the bundle's models.")] = "large",
-    work_dir: Annotated[str, typer.Option(help="Cache for the serving bundle.")] = "data/bench",
+    bundle: TrainedBundle = "artifacts/latest",
+    profile: ServedProfile = "large",
+    work_dir: BundleCache = "data/bench",
     out: Annotated[str, typer.Option(help="Result JSON.")] = (
         "benchmarks/results/cost_overhead.json"),
     blocks: Annotated[int, typer.Option(min=2, max=200, help="Pairs of blocks.")] = 12,
@@ -384,12 +394,8 @@ def bench_cost_overhead(
 
     console = Console(stderr=True)
     say = lambda m: console.print(f"[bold]bench[/] {m}", highlight=False)  # noqa: E731
-    served = bundle
-    if profile:
-        from benchmarks.serving_bundle import build_serving_bundle
-
-        served = str(build_serving_bundle(bundle, profile, Path(work_dir), say=say).path)
-    result = run(bundle=served, blocks=blocks, requests=requests, say=say)
+    result = run(bundle=_served(bundle, profile, work_dir, say), blocks=blocks,
+                 requests=requests, say=say)
     result["command"] = (f"funnel bench cost-overhead --bundle {bundle} --profile "
                          f"{profile or ''} --blocks {blocks} --requests {requests}")
     _write_result(result, out)
