@@ -31,7 +31,7 @@ import numpy as np
 from benchmarks.feed import _http_call, open_loop
 from benchmarks.stack import cpu_by_role, cpu_seconds, local_stack
 from monitoring.cost import Prices, build_report, format_report
-from monitoring.cost_sources import inputs_from_scrapes
+from monitoring.cost_sources import inputs_from_scrapes, scrape
 
 Say = Callable[[str], None]
 WORDS = ("garden", "recipe", "bicycle", "river", "concert", "library", "harbour", "mountain",
@@ -110,7 +110,8 @@ def run(*, bundle: str, duration_s: float = 120.0, load_share: float = 0.7,
 
                 async def snapshot() -> tuple[float, str, dict[int, tuple[str, float]]]:
                     cpu = await asyncio.to_thread(cpu_seconds, stack.pid)
-                    return time.monotonic(), await _scrape(stack.url), cpu
+                    text = await asyncio.to_thread(scrape, f"{stack.url}/metrics", 30.0)
+                    return time.monotonic(), text, cpu
 
                 # the window's edges, and `parts` equal parts of it: the spread of the parts
                 # says how settled the figures are
@@ -185,11 +186,3 @@ def run(*, bundle: str, duration_s: float = 120.0, load_share: float = 0.7,
         f" (95 % interval over {len(per_part)} parts: {result['attributed_share_95ci']})")
     return result
 
-
-async def _scrape(url: str) -> str:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=30) as c:
-        r = await c.get(f"{url}/metrics")
-        r.raise_for_status()
-        return r.text

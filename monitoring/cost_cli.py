@@ -6,6 +6,7 @@ source that does not answer exits 1 saying which."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -52,18 +53,18 @@ def report_cmd(
     if (prometheus is None) == (metrics_url is None):
         raise typer.BadParameter("give --prometheus or --metrics-url (one of them)",
                                  param_hint="--prometheus")
+    if out is not None and not out.parent.is_dir():
+        raise typer.BadParameter(f"{out.parent} is not a directory", param_hint="--out")
     try:
         window_s = parse_duration(since).total_seconds()
     except WindowError as e:
         raise typer.BadParameter(str(e), param_hint="--since") from e
     say = Console(stderr=True)
-    base = Prices()
-    prices = Prices(cpu_core_hour_usd=base.cpu_core_hour_usd if cpu_price is None else cpu_price,
-                    memory_gib_hour_usd=(base.memory_gib_hour_usd if memory_price is None
-                                         else memory_price),
-                    gpu_hour_usd=base.gpu_hour_usd if gpu_price is None else gpu_price,
-                    source=base.source if None is cpu_price is memory_price is gpu_price
-                    else "given on the command line")
+    given = {k: v for k, v in (("cpu_core_hour_usd", cpu_price),
+                               ("memory_gib_hour_usd", memory_price),
+                               ("gpu_hour_usd", gpu_price)) if v is not None}
+    prices = dataclasses.replace(Prices(), **given, source="given on the command line") \
+        if given else Prices()
     try:
         if opencost:
             prices = opencost_prices(opencost, prices)
@@ -85,7 +86,11 @@ def report_cmd(
         say.print("no requests in the window: nothing to attribute", highlight=False)
     print(format_report(r))
     if out is not None:
-        out.write_text(json.dumps(report_json(r), indent=2) + "\n")
+        try:
+            out.write_text(json.dumps(report_json(r), indent=2) + "\n")
+        except OSError as e:
+            raise typer.BadParameter(f"cannot write {out}: {e.strerror}",
+                                     param_hint="--out") from e
 
 
 def report_json(r: Any) -> dict[str, Any]:

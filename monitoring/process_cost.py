@@ -172,6 +172,20 @@ class ProcessCost:
                 log.warning("cost: sampling the stack's processes failed", exc_info=True)
 
 
+_COLLECTOR: dict[str, ProcessCost] = {}
+_COLLECTOR_LOCK = threading.Lock()
+
+
+def start_collector(every_s: float) -> ProcessCost:
+    """This process's one collector of the stack's processes, started on first call (a
+    controller made again in the same process, as tests do, reuses it)."""
+    with _COLLECTOR_LOCK:
+        running = _COLLECTOR.get("it")
+        if running is None:
+            running = _COLLECTOR["it"] = ProcessCost(stack_root(), every_s=every_s).start()
+        return running
+
+
 def _export(cpu: dict[str, float], rss: dict[str, float]) -> None:
     metrics.COST_CAPACITY_CORES.set(capacity_cores())
     for comp, sec in cpu.items():

@@ -379,6 +379,6 @@ async def poll_triton_rates(triton: Any, rates: TritonRates, every_s: float) -> 
         await asyncio.sleep(every_s)
 
 
-def shadow_cost(route_variant: str) -> RequestCost:
-    """The ledger of one shadow comparison: every section it runs is `shadow`."""
-    return RequestCost("shadow", variant=route_variant, stage_override=SHADOW)
+def shadow_cost(variant: str) -> RequestCost:
+    """The ledger of one comparison of `variant`: every section it runs is `shadow`."""
+    return RequestCost("shadow", variant=variant, stage_override=SHADOW)

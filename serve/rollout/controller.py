@@ -178,9 +178,9 @@ class RolloutController:
         metrics.set_prices(prices.cpu_core_hour_usd, prices.memory_gib_hour_usd,
                            prices.gpu_hour_usd)
         # the stack's processes' CPU and memory: the total that cost adds up to
-        from monitoring.process_cost import ProcessCost, stack_root
+        from monitoring.process_cost import start_collector
 
-        self.process_cost = ProcessCost(stack_root(), every_s=a.cost.process_poll_s).start()
+        self.process_cost = start_collector(a.cost.process_poll_s)
         self.triton: TritonModels | InProcessRankers = InProcessRankers() \
             if a.feed.ranker.backend == "local" else TritonModels(
                 a.feed.ranker.url, a.triton, primary_version=self.primary_version,

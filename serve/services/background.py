@@ -13,6 +13,7 @@ from typing import Any
 
 from funnel.contracts.errors import FunnelError
 from monitoring import metrics
+from serve.cost import meter_loop, poll_triton_rates
 from serve.review.base import ReviewStore
 
 log = logging.getLogger("funnel.serve")
@@ -68,8 +69,6 @@ class BackgroundTasks:
         if self.triton is not None and self.rates is not None:
             wanted["triton_rates"] = self._poll_triton_rates
         loop = asyncio.get_running_loop()
-        from serve.cost import meter_loop
-
         meter_loop(loop)  # each request's CPU on this loop, step by step (serve/cost.py)
         for name, run in wanted.items():
             task = self._tasks.get(name)
@@ -88,8 +87,6 @@ class BackgroundTasks:
             await self.verdicts.refresh()
 
     async def _poll_triton_rates(self) -> None:
-        from serve.cost import poll_triton_rates
-
         await poll_triton_rates(self.triton, self.rates, self.triton_poll_s)
 
     async def _drain_spool(self) -> None:

@@ -101,6 +101,9 @@ def test_bad_options_exit_2_naming_them_and_a_dead_source_exits_1(
     code, out = funnel(monkeypatch, capsys, "cost", "report", "--metrics-url",
                        "http://x", "--cpu-price", "-1")
     assert code == 2 and "--cpu-price" in out
+    code, out = funnel(monkeypatch, capsys, "cost", "report", "--metrics-url",
+                       "http://x", "--out", "/nonexistent-dir/r.json")
+    assert code == 2 and "--out" in out
     code, out = funnel(monkeypatch, capsys, "cost", "report", "--prometheus",
                        f"http://127.0.0.1:{free_port()}", "--since", "1h")
     assert code == 1 and "Prometheus at" in out

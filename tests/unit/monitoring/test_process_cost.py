@@ -90,3 +90,15 @@ def test_the_capacity_is_the_containers_cpu_limit_else_its_cpus(tmp_path: Path) 
     (v2 / "cpu.max").write_text("50000 100000\n")
     assert capacity_cores(v2) == 0.5
     assert capacity_cores(tmp_path / "none") == len(os.sched_getaffinity(0))
+
+
+def test_one_collector_per_process_exports_the_total_by_component() -> None:
+    from monitoring import metrics
+    from monitoring.process_cost import _export, start_collector
+
+    assert start_collector(60) is start_collector(60)
+    before = metrics.COST_PROCESS_CPU.labels("triton")._value.get()
+    _export({"triton": 1.5}, {"triton": 2e9})
+    assert metrics.COST_PROCESS_CPU.labels("triton")._value.get() == before + 1.5
+    assert metrics.COST_PROCESS_MEMORY.labels("triton")._value.get() == 2e9
+    assert metrics.COST_CAPACITY_CORES._value.get() >= 1

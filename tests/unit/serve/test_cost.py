@@ -178,3 +178,31 @@ def test_with_costs_off_nothing_is_metered_or_recorded() -> None:
     with cost.request("feed"):
         pass
     assert metrics.COST_REQUESTS.labels("feed", "primary")._value.get() == before + 1
+
+
+def test_the_loops_work_between_steps_is_shared_by_steps() -> None:
+    """CPU a loop spends outside task steps (here: plain callbacks) is shared among the
+    requests finished afterwards, by their number of steps (`event_loop`)."""
+    async def request(c: cost.RequestCost) -> None:
+        with cost.charging(c):
+            for _ in range(5):
+                asyncio.get_running_loop().call_soon(burn, 0.004)  # between steps
+                await asyncio.sleep(0)
+            c.finish()
+
+    async def main() -> cost.RequestCost:
+        loop = asyncio.get_running_loop()
+        assert cost.meter_loop(loop)
+        sampler = loop.create_task(cost._loop_share(every_s=0.05))
+        await asyncio.sleep(0)
+        last = cost.RequestCost("feed")
+        for _ in range(15):  # steady work: every sample sees requests and callbacks
+            last = cost.RequestCost("feed")
+            await loop.create_task(request(last))
+        sampler.cancel()
+        return last
+
+    c = asyncio.run(main())
+    # about 4 ms per step: the last request's ~6 steps get some 20-30 ms
+    assert 0.005 < c.core_s[(cost.EVENT_LOOP, "")] < 0.1
+    assert c.steps == 0  # charged once

@@ -202,3 +202,16 @@ def test_a_version_only_shadows_use_runs_in_the_idle_class_until_it_serves_clien
         {"name": "again", "bundle_version": "v2", "sample_rate": 0.1}]
     assert asyncio.run(ctrl.apply(both))["ok"] is True
     assert loads[-1] == ("ranker-v2", "normal") and len(loads) == 2
+
+
+def test_prices_come_from_args_and_an_opencost_that_does_not_answer_keeps_them() -> None:
+    from serve.config import parse_app_args
+    from serve.rollout.controller import cost_prices
+    from tests.integration.conftest import free_port
+
+    a = parse_app_args({"cost": {"cpu_core_hour_usd": 0.05}})
+    assert cost_prices(a).cpu_core_hour_usd == 0.05 and cost_prices(a).source == "args.cost"
+    dead = parse_app_args({"cost": {"cpu_core_hour_usd": 0.05, "opencost_url":
+                                    f"http://127.0.0.1:{free_port()}/metrics"}})
+    p = cost_prices(dead)  # logged, not raised: the controller starts with args.cost's
+    assert p.cpu_core_hour_usd == 0.05 and p.source == "args.cost"
