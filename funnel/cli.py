@@ -133,6 +133,9 @@ app.add_typer(moderation_app, name="moderation")
 from serve.features.cli import features_app  # noqa: E402
 
 app.add_typer(features_app, name="features")
+from serve.users.cli import users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
 review_app = typer.Typer(help="The human-review queue.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 

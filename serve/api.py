@@ -215,7 +215,10 @@ class ReviewDecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["allow", "block"]
-    reviewer: StoredText = Field(min_length=1, max_length=128)
+    reviewer: StoredText | None = Field(
+        None, max_length=128, deprecated=True,
+        description="Deprecated and ignored: a decision is recorded as the authenticated "
+        "caller (a console account, or `token:admin` for the admin token).")
     note: StoredText | None = Field(None, max_length=4000)
 
 

@@ -355,6 +355,35 @@ class CostSettings(_Strict):
                                   description="how often the node's processes are read")
 
 
+class ConsoleSettings(_Strict):
+    """The browser console under /console (docs/console.md): the review queue for human
+    moderators and on-call's drift and rollout pages. Sign-in is per person (`funnel users`);
+    the session cookie is signed with the secret in `session_secret_env`, which every replica
+    must share (the chart keeps it in a Secret)."""
+
+    enabled: bool = True
+    session_secret_env: str = "FUNNEL_CONSOLE_SECRET"
+    session_max_age_s: int = Field(8 * 3600, ge=60, le=30 * 86400,
+                                   description="a session's lifetime; sign in again after")
+    secure_cookie: Literal["auto", "always", "never"] = Field(
+        "auto", description="the cookie's Secure flag: auto sets it when the request came "
+        "over TLS (https, or X-Forwarded-Proto: https from the ingress)")
+    identity_header: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="behind an authenticating proxy (e.g. oauth2-proxy): the header naming "
+        "the signed-in user (e.g. X-Auth-Request-User), trusted only when set here; the name "
+        "must be an enabled `funnel users` account, whose role applies")
+    drift_reports_url: str | None = Field(
+        None, max_length=2048, description="where `funnel drift watch` writes its window "
+        "reports (a directory or fsspec URL); the environment variable in "
+        "drift_reports_url_env wins")
+    drift_reports_url_env: str = "FUNNEL_DRIFT_REPORTS_URL"
+    login_max_failures: int = Field(5, ge=1, le=1000, description="failed sign-ins per "
+                                    "account and per client address within login_window_s")
+    login_window_s: float = Field(300.0, gt=0, le=86400)
+    page_size: int = Field(50, ge=1, le=500, description="queue rows per page")
+
+
 class AppArgs(_Strict):
     """Everything under `applications[].args` of the Serve config."""
 
@@ -368,6 +397,7 @@ class AppArgs(_Strict):
     impressions: ImpressionSettings = Field(default_factory=ImpressionSettings)
     features: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
 
 

@@ -213,6 +213,7 @@ class MemoryReviewStore:
         self._items: dict[int, Any] = {}
         self._log: list[dict[str, Any]] = []
         self._keys: dict[str, int | None] = {}
+        self._thumbnails: dict[int, bytes | None] = {}
 
     @property
     def safe_url(self) -> str:
@@ -236,8 +237,8 @@ class MemoryReviewStore:
                               has_image: bool, author_id: int | None,
                               scores: Mapping[str, float], flagged_labels: Sequence[str],
                               reasons: Sequence[str], model_versions: Mapping[str, str],
-                              idempotency_key: str | None = None, at: datetime | None = None
-                              ) -> int | None:
+                              idempotency_key: str | None = None, at: datetime | None = None,
+                              thumbnail: bytes | None = None) -> int | None:
         from serve.review.base import ReviewItem
 
         self._check()
@@ -255,6 +256,7 @@ class MemoryReviewStore:
                     policy_version=policy_version, model_versions=dict(model_versions),
                     request_id=request_id, status="pending", created_at=now, decided_at=None,
                     decided_by=None, decision_note=None)
+                self._thumbnails[item_id] = thumbnail
             self._append(content_id=content_id, review_item_id=item_id, source="model",
                          decision=decision, actor=model, policy_version=policy_version,
                          request_id=request_id, at=now, idempotency_key=idempotency_key)
@@ -291,11 +293,19 @@ class MemoryReviewStore:
         return self._items[item_id]
 
     def list_items(self, *, status: str | None = "pending", limit: int = 50,
-                   after_id: int = 0) -> list[Any]:
+                   after_id: int = 0, where: Any = None) -> list[Any]:
         self._check()
         rows = [i for k, i in sorted(self._items.items())
-                if k > after_id and (status is None or i.status == status)]
+                if k > after_id and (status is None or i.status == status)
+                and (where is None or where.matches(i))]
         return rows[:limit]
+
+    def count_items(self, *, status: str | None = "pending", where: Any = None) -> int:
+        return len(self.list_items(status=status, limit=len(self._items), where=where))
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        self._check()
+        return self._thumbnails.get(item_id)
 
     def backlog(self) -> tuple[int, datetime | None]:
         self._check()
@@ -315,9 +325,15 @@ class MemoryReviewStore:
                               decision=r["decision"])
                 for r in self._log if r["id"] > after_id][:limit]
 
-    def audit(self, *, content_id: str | None = None) -> list[dict[str, Any]]:
+    def audit(self, *, content_id: str | None = None, before_id: int | None = None,
+              limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
         self._check()
-        return [dict(r) for r in self._log if content_id is None or r["content_id"] == content_id]
+        rows = [dict(r) for r in self._log
+                if (content_id is None or r["content_id"] == content_id)
+                and (before_id is None or r["id"] < before_id)]
+        if newest_first:
+            rows.reverse()
+        return rows if limit is None else rows[:limit]
 
 
 def on_virtual_time(coro: Coroutine[Any, Any, T]) -> T:

@@ -88,5 +88,11 @@ def build_http_app(services: Any = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     for r in ROUTERS:
         app.include_router(r)
+    if services is None or getattr(services, "console", None) is not None:
+        from serve.console.app import router as console_router
+        from serve.console.app import static_files
+
+        app.include_router(console_router)
+        app.mount("/console/static", static_files(), name="console-static")
     app.state.services = services
     return app

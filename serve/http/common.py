@@ -19,6 +19,7 @@ from funnel.contracts.errors import FunnelError
 from serve import cost
 from serve.api import ErrorBody
 from serve.errors import RequestTooLarge, error_code, error_status
+from serve.services.admin import Refusal
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -117,15 +118,28 @@ async def parse_payload(request: Request, model: Any, limit: int, rid: str
         return None, funnel_error(e, rid)
 
 
-def admin_denied(request: Request, rid: str) -> JSONResponse | None:
-    """None when the request carries the admin bearer token; else the 401/403 answer."""
-    refusal = services_of(request).admin.check(request.headers.get("authorization", ""))
-    if refusal is None:
-        return None
-    resp = error(refusal.status, refusal.code, refusal.detail, rid)
-    if refusal.status == 401:
-        resp.headers["www-authenticate"] = "Bearer"
-    return resp
+async def authorized(request: Request, rid: str, role: str = "admin"
+                     ) -> tuple[Any, JSONResponse | None]:
+    """(the caller's `Principal`, None) when the request's credentials carry `role`
+    (serve.services.admin: the admin token, a console account, a trusted proxy's header);
+    else (None, the 401/403 answer)."""
+    import asyncio
+
+    auth = services_of(request).admin
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    who = (await asyncio.to_thread(auth.require, headers, role) if auth.blocking(headers)
+           else auth.require(headers, role))
+    if not isinstance(who, Refusal):
+        return who, None
+    resp = error(who.status, who.code, who.detail, rid)
+    if who.status == 401:
+        resp.headers["www-authenticate"] = 'Bearer, Basic realm="funnel"'
+    return None, resp
+
+
+async def admin_denied(request: Request, rid: str) -> JSONResponse | None:
+    """None when the caller has the admin role; else the 401/403 answer."""
+    return (await authorized(request, rid, "admin"))[1]
 
 
 def timed_json(body: str, timings_ms: dict[str, float]) -> Response:

@@ -1,4 +1,5 @@
-"""HTTP: the human-review queue (admin): list items, record a decision."""
+"""HTTP: the human-review queue (reviewers and admins): list items, record a decision as
+the authenticated caller."""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -7,7 +8,7 @@ from funnel.contracts.errors import FunnelError
 from serve.api import MAX_ID, ReviewDecisionIn, ReviewItemOut, ReviewList, parse_uint
 from serve.errors import VALIDATION_ERROR
 from serve.http.common import (
-    admin_denied,
+    authorized,
     error,
     funnel_error,
     parse_payload,
@@ -22,7 +23,7 @@ router = APIRouter()
 @router.get("/v1/review")
 async def review_list(request: Request) -> Response:
     s, rid = services_of(request), request_id_of(request)
-    denied = admin_denied(request, rid)
+    _, denied = await authorized(request, rid, "reviewer")
     if denied is not None:
         return denied
     q, problems = parse_list_query(dict(request.query_params),
@@ -41,7 +42,7 @@ async def review_list(request: Request) -> Response:
 @router.post("/v1/review/{item_id}")
 async def review_decide(item_id: str, request: Request) -> Response:
     s, rid = services_of(request), request_id_of(request)
-    denied = admin_denied(request, rid)
+    who, denied = await authorized(request, rid, "reviewer")
     if denied is not None:
         return denied
     review_id = parse_uint(item_id)
@@ -53,9 +54,15 @@ async def review_decide(item_id: str, request: Request) -> Response:
     if bad is not None:
         return bad
     try:
-        item = await s.review.decide(review_id, decision=d.decision, reviewer=d.reviewer,
+        # the authenticated caller decides; a `reviewer` in the body is ignored
+        item = await s.review.decide(review_id, decision=d.decision, reviewer=who.name,
                                      note=d.note)
     except FunnelError as e:
         return funnel_error(e, rid)
     body = ReviewItemOut.model_validate(item, from_attributes=True)
-    return Response(body.model_dump_json(), media_type="application/json")
+    headers = {}
+    if "reviewer" in d.model_fields_set:
+        headers = {"deprecation": "true", "warning": f'299 funnel "the body\'s reviewer field '
+                   f'is deprecated and ignored; decisions are recorded as the authenticated '
+                   f'caller ({who.name})"'}
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)

@@ -21,7 +21,7 @@ ACTIONS = ("promote", "rollback")
 
 async def _call(request: Request, method: str, *args: Any) -> Response:
     s, rid = services_of(request), request_id_of(request)
-    denied = admin_denied(request, rid)
+    denied = await admin_denied(request, rid)
     if denied is not None:
         return denied
     if s.rollout_controller is None:
@@ -45,7 +45,7 @@ async def rollout_status(request: Request) -> Response:
 @router.put("/v1/admin/rollout")
 async def rollout_apply(request: Request) -> Response:
     s, rid = services_of(request), request_id_of(request)
-    denied = admin_denied(request, rid)
+    denied = await admin_denied(request, rid)
     if denied is not None:
         return denied
     raw, bad = await parse_json_body(request, s.args.max_body_bytes, rid)
@@ -69,6 +69,6 @@ async def rollout_act(stage: str, action: str, request: Request) -> Response:
         problems.append({"field": "action", "message": f"one of {list(ACTIONS)}",
                          "given": action})
     if problems:
-        denied = admin_denied(request, rid)
+        denied = await admin_denied(request, rid)
         return denied if denied is not None else error(422, VALIDATION_ERROR, problems, rid)
     return await _call(request, action, stage)

@@ -103,3 +103,23 @@ def decode_image(data: bytes, *, field: str = "image_base64",
             return im.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt pixel data
         raise InvalidContent(f"{field}: the image data is corrupt: {_reason(e)}") from e
+
+
+THUMBNAIL_SIDE = 320
+
+
+def thumbnail_webp(data: bytes, *, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """A small WebP of the image (at most `side` pixels a side, quality 70) for the review
+    queue: what reviewers see, kept with the item, so the console never loads the image
+    from where it came. None when the image cannot be decoded (it is then reviewed by its
+    scores and reasons)."""
+    from PIL import Image
+
+    try:
+        im = decode_image(data)
+    except (InvalidContent, RequestTooLarge):
+        return None
+    im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    im.save(out, format="WEBP", quality=70)
+    return out.getvalue()

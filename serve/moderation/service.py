@@ -19,6 +19,7 @@ when the database answers again; the response says `degraded: ["review_queue"]` 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from serve import cost
 from serve.errors import InvalidContent, RequestTooLarge, ReviewStoreError
-from serve.moderation.media import ImageInfo
+from serve.moderation.media import ImageInfo, thumbnail_webp
 from serve.moderation.policy import Decision, ModerationPolicy, more_severe
 from serve.review.base import ReviewStore
 from serve.review.spool import ReviewSpool
@@ -74,9 +75,19 @@ class ModerationOutcome:
 
 
 def write_record(store: ReviewStore, key: str, record: Mapping[str, Any]) -> int | None:
-    """Write one decision record (as `ModerationService` builds it, or as the spool kept it)."""
-    return store.record_model_decision(**{**record, "at": datetime.fromisoformat(record["at"])},
-                                       idempotency_key=key)
+    """Write one decision record (as `ModerationService` builds it, or as the spool kept it:
+    JSON, so the thumbnail is base64 there)."""
+    thumb = record.get("thumbnail")
+    return store.record_model_decision(
+        **{**record, "at": datetime.fromisoformat(record["at"]),
+           "thumbnail": base64.b64decode(thumb) if thumb else None},
+        idempotency_key=key)
+
+
+def _thumbnail_b64(data: bytes) -> str | None:
+    with cost.section(cost.INGRESS):
+        thumb = thumbnail_webp(data)
+    return base64.b64encode(thumb).decode() if thumb is not None else None
 
 
 class ModerationService:
@@ -150,6 +161,8 @@ class ModerationService:
                       "author_id": inp.author_id, "scores": labels, "flagged_labels": flagged,
                       "reasons": list(reasons), "model_versions": used,
                       "at": self._clock().isoformat()}
+            if decision == "review" and inp.image is not None:
+                record["thumbnail"] = await asyncio.to_thread(_thumbnail_b64, inp.image.data)
             cpu.charge(cost.INGRESS)
             review_id, parked = await asyncio.to_thread(self._record, record)
             cpu.mark()

@@ -44,6 +44,21 @@ class ReviewItem:
 
 
 @dataclass(frozen=True)
+class ItemFilter:
+    """What a queue view narrows to: items that flagged `label`, under `policy_version`,
+    queued at or before `created_before` (older than an age)."""
+
+    label: str | None = None
+    policy_version: str | None = None
+    created_before: datetime | None = None
+
+    def matches(self, item: ReviewItem) -> bool:
+        return ((self.label is None or self.label in item.flagged_labels)
+                and (self.policy_version is None or item.policy_version == self.policy_version)
+                and (self.created_before is None or item.created_at <= self.created_before))
+
+
+@dataclass(frozen=True)
 class DecisionEvent:
     """One row of the decision log, as the feed reads it."""
 
@@ -71,11 +86,12 @@ class ReviewStore(Protocol):
                               has_image: bool, author_id: int | None,
                               scores: Mapping[str, float], flagged_labels: Sequence[str],
                               reasons: Sequence[str], model_versions: Mapping[str, str],
-                              idempotency_key: str | None = None, at: datetime | None = None
-                              ) -> int | None:
+                              idempotency_key: str | None = None, at: datetime | None = None,
+                              thumbnail: bytes | None = None) -> int | None:
         """Log the model's decision; for `review`, also queue an item and return its id. A
         second call with the same `idempotency_key` writes nothing and returns the first
-        call's item id."""
+        call's item id. `thumbnail`: a small WebP of the item's image, kept with the item
+        for reviewers (never the image's URL)."""
         ...
 
     def decide(self, item_id: int, *, decision: Literal["allow", "block"], reviewer: str,
@@ -86,8 +102,17 @@ class ReviewStore(Protocol):
     def get(self, item_id: int) -> ReviewItem: ...
 
     def list_items(self, *, status: ReviewStatus | None = "pending", limit: int = 50,
-                   after_id: int = 0) -> list[ReviewItem]:
-        """Oldest first, `limit` at most, ids above `after_id`."""
+                   after_id: int = 0, where: ItemFilter | None = None) -> list[ReviewItem]:
+        """Oldest first, `limit` at most, ids above `after_id`, matching `where`."""
+        ...
+
+    def count_items(self, *, status: ReviewStatus | None = "pending",
+                    where: ItemFilter | None = None) -> int:
+        """How many items `list_items` would page through."""
+        ...
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """The item's kept thumbnail (WebP), or None."""
         ...
 
     def backlog(self) -> tuple[int, datetime | None]:
@@ -102,8 +127,10 @@ class ReviewStore(Protocol):
         """Decisions (model and reviewer) with id > after_id, in id order."""
         ...
 
-    def audit(self, *, content_id: str | None = None) -> list[dict[str, Any]]:
-        """Every decision row, oldest first (optionally of one content id)."""
+    def audit(self, *, content_id: str | None = None, before_id: int | None = None,
+              limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Decision rows, oldest first (or newest first), optionally of one content id, ids
+        below `before_id`, `limit` at most."""
         ...
 
 

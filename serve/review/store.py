@@ -37,11 +37,12 @@ from serve.errors import (
     ReviewItemNotFound,
     ReviewStoreError,
 )
-from serve.review.base import DecisionEvent, ReviewItem, ReviewStatus
+from serve.review.base import DecisionEvent, ItemFilter, ReviewItem, ReviewStatus
 
 log = logging.getLogger("funnel.review")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # never used: created_at is NOT NULL
 _MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 7247810001
 
 metadata = sa.MetaData()
 review_items = sa.Table(
@@ -55,7 +56,10 @@ review_items = sa.Table(
     sa.Column("status", sa.String(16)), sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Column("decided_at", sa.DateTime(timezone=True)), sa.Column("decided_by", sa.String(128)),
     sa.Column("decision_note", sa.Text()),
+    sa.Column("thumbnail", sa.LargeBinary()), sa.Column("thumbnail_type", sa.String(32)),
 )
+# what a queue page reads: everything but the thumbnail's bytes
+_ITEM_COLUMNS = [c for c in review_items.c if c.name not in ("thumbnail", "thumbnail_type")]
 decisions = sa.Table(
     "moderation_decisions", metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
@@ -65,6 +69,13 @@ decisions = sa.Table(
     sa.Column("note", sa.Text()), sa.Column("request_id", sa.String(64)),
     sa.Column("at", sa.DateTime(timezone=True)), sa.Column("idempotency_key", sa.String(64)),
 )
+
+
+def migrate_review_schema(engine: Engine, *, attempts: int = 5) -> None:
+    """The review database's schema (the queue, the decisions, the console's accounts) at its
+    newest revision."""
+    migrate(engine, script_location=_MIGRATIONS, lock_key=MIGRATION_LOCK,
+            what="review database", error=ReviewStoreError, attempts=attempts)
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -88,8 +99,7 @@ class SqlReviewStore:
     def migrate(self, *, attempts: int = 5) -> None:
         """Create or upgrade the schema to the newest Alembic revision (several replicas may
         start at once against one database: funnel.sqldb.migrate serialises them)."""
-        migrate(self.engine, script_location=_MIGRATIONS, lock_key=7247810001,
-                what="review database", error=ReviewStoreError, attempts=attempts)
+        migrate_review_schema(self.engine, attempts=attempts)
 
     @property
     def safe_url(self) -> str:
@@ -115,8 +125,8 @@ class SqlReviewStore:
                               has_image: bool, author_id: int | None,
                               scores: Mapping[str, float], flagged_labels: Sequence[str],
                               reasons: Sequence[str], model_versions: Mapping[str, str],
-                              idempotency_key: str | None = None, at: datetime | None = None
-                              ) -> int | None:
+                              idempotency_key: str | None = None, at: datetime | None = None,
+                              thumbnail: bytes | None = None) -> int | None:
         """Log the model's decision; for `review`, also queue an item. Returns its id.
 
         `idempotency_key`: a second call with the same key writes nothing and returns the
@@ -139,6 +149,8 @@ class SqlReviewStore:
                         flagged_labels=list(flagged_labels), reasons=list(reasons),
                         policy_version=policy_version, model_versions=dict(model_versions),
                         request_id=request_id, status="pending", created_at=now,
+                        thumbnail=thumbnail,
+                        thumbnail_type="image/webp" if thumbnail is not None else None,
                     ).returning(review_items.c.id)).scalar_one()
                 conn.execute(sa.insert(decisions).values(
                     content_id=content_id, review_item_id=item_id, source="model",
@@ -193,15 +205,43 @@ class SqlReviewStore:
             raise ReviewItemNotFound(f"no review item with id {item_id}")
         return _item(row)
 
-    def list_items(self, *, status: ReviewStatus | None = "pending", limit: int = 50,
-             after_id: int = 0) -> list[ReviewItem]:
-        """Oldest first (a queue), `limit` at most, ids above `after_id` (paging)."""
-        q = sa.select(review_items).where(review_items.c.id > after_id)
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """The item's image as the queue keeps it (a small WebP), or None."""
+        with self._tx() as conn:
+            return cast(bytes | None, conn.execute(
+                sa.select(review_items.c.thumbnail).where(review_items.c.id == item_id)
+            ).scalar())
+
+    @staticmethod
+    def _filtered(q: Any, status: ReviewStatus | None, f: ItemFilter | None) -> Any:
         if status is not None:
             q = q.where(review_items.c.status == status)
+        if f is None:
+            return q
+        if f.label is not None:
+            # the JSON list's text holds '"label"' (label names are [a-z0-9_])
+            q = q.where(sa.cast(review_items.c.flagged_labels, sa.Text)
+                        .contains(f'"{f.label}"', autoescape=True))
+        if f.policy_version is not None:
+            q = q.where(review_items.c.policy_version == f.policy_version)
+        if f.created_before is not None:
+            q = q.where(review_items.c.created_at <= f.created_before)
+        return q
+
+    def list_items(self, *, status: ReviewStatus | None = "pending", limit: int = 50,
+                   after_id: int = 0, where: ItemFilter | None = None) -> list[ReviewItem]:
+        """Oldest first (a queue), `limit` at most, ids above `after_id` (paging)."""
+        q = self._filtered(sa.select(*_ITEM_COLUMNS).where(review_items.c.id > after_id),
+                           status, where)
         with self._tx() as conn:
             rows = conn.execute(q.order_by(review_items.c.id).limit(limit)).mappings().all()
         return [_item(r) for r in rows]
+
+    def count_items(self, *, status: ReviewStatus | None = "pending",
+                    where: ItemFilter | None = None) -> int:
+        q = self._filtered(sa.select(sa.func.count()).select_from(review_items), status, where)
+        with self._tx() as conn:
+            return int(conn.execute(q).scalar_one())
 
     def backlog(self) -> tuple[int, datetime | None]:
         """(pending items, when the oldest pending one arrived): the queue's depth and age
@@ -229,10 +269,16 @@ class SqlReviewStore:
             return [DecisionEvent(id=r.id, content_id=r.content_id, source=r.source,
                                   decision=r.decision) for r in conn.execute(q)]
 
-    def audit(self, *, content_id: str | None = None) -> list[dict[str, Any]]:
-        q = sa.select(decisions).order_by(decisions.c.id)
+    def audit(self, *, content_id: str | None = None, before_id: int | None = None,
+              limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        q = sa.select(decisions).order_by(decisions.c.id.desc() if newest_first
+                                          else decisions.c.id)
         if content_id is not None:
             q = q.where(decisions.c.content_id == content_id)
+        if before_id is not None:
+            q = q.where(decisions.c.id < before_id)
+        if limit is not None:
+            q = q.limit(limit)
         with self._tx() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 

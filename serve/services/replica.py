@@ -45,6 +45,7 @@ class ReplicaServices:
     rollout_controller: Any = None  # the controller deployment's handle
     impressions: dict[str, Any] = field(default_factory=dict)
     refiller: Any = None  # serve.features.rebuild.Refiller; None: no feature store
+    console: Any = None  # serve.console.app.Console; None: the console is off
 
     def close(self) -> None:
         """Stop the background work, close the store and write what the logs buffer."""
@@ -111,9 +112,12 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
         from serve.review.spool import ReviewSpool
 
         spool = ReviewSpool(r.spool_path)
-    admin = AdminAuth(os.environ.get(r.admin_token_env, ""), r.admin_token_env)
+    users = user_store(store, os.environ.get(r.database_url_env) or r.database_url)
+    admin = AdminAuth(os.environ.get(r.admin_token_env, ""), r.admin_token_env, users=users,
+                      identity_header=args.console.identity_header)
     if not admin.enabled:
-        log.warning("admin routes (/v1/review) are disabled: %s is not set", r.admin_token_env)
+        log.warning("the admin token is not set (%s): admin routes take console accounts "
+                    "only (`funnel users add NAME --role admin`)", r.admin_token_env)
     verdicts = Verdicts(store)
     pipeline.live_verdicts = verdicts.live
     runtime = None
@@ -182,6 +186,17 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
         moderation_handle=moderation, moderation_ready=moderation_ready),
         server_version=version("funnel"))
     metrics.init_labels(filters=args.feed.filters.enabled, labels=policy)
+    console = None
+    if args.console.enabled and users is not None:
+        from serve.console.app import build_console
+
+        thresholds = ({lb: (t.review_at, t.block_at) for lb, t in core.policy.thresholds.items()}
+                      if core is not None else {})
+        console = build_console(args.console, auth=admin, labels=tuple(policy),
+                                thresholds=thresholds)
+    elif args.console.enabled:
+        log.warning("console: off, its accounts need a SQL review database (review.store_class "
+                    "is %s)", r.store_class)
     return ReplicaServices(
         args=args, replica=replica, versions=versions, pipeline=pipeline,
         feed=FeedService(pipeline=pipeline, versions=versions, rollout=runtime,
@@ -196,7 +211,21 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
                              controller_status=controller_status if rollout else None,
                              on_request=ensure),
         admin=admin, oip=oip, background=background, moderation=moderate, rollout=runtime,
-        rollout_controller=rollout, impressions=impressions, refiller=refiller)
+        rollout_controller=rollout, impressions=impressions, refiller=refiller,
+        console=console)
+
+
+def user_store(review_store: Any, url: str) -> Any:
+    """The console's accounts (serve.users.store) in the review database: on the SQL review
+    store's own engine; None for another store class on a non-SQL URL."""
+    from serve.review.base import SQL_SCHEMES
+    from serve.users.store import UserStore
+
+    engine = getattr(review_store, "engine", None)
+    if engine is not None:
+        return UserStore(engine=engine, migrate=False)
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    return UserStore(url) if scheme in SQL_SCHEMES else None
 
 
 def build_online_features(args: AppArgs, pipeline: Any, impressions: dict[str, Any]

@@ -181,6 +181,22 @@ metricsDir: /var/lib/funnel/metrics
 {{- .Values.adminToken.existingSecret | default (include "funnel.componentName" (list . "admin")) -}}
 {{- end -}}
 
+{{- define "funnel.consoleSecret" -}}
+{{- .Values.console.sessionSecret.existingSecret | default (include "funnel.componentName" (list . "console")) -}}
+{{- end -}}
+
+{{/*
+The console as the app gets it: args.console of the Serve config (console.*, then
+serve.args.console, which wins). "true" when it runs; the variable holding the session secret.
+*/}}
+{{- define "funnel.consoleEnabled" -}}
+{{- if ne (toString (dig "console" "enabled" true (include "funnel.serveArgs" . | fromYaml))) "false" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "funnel.consoleSecretEnv" -}}
+{{- dig "console" "session_secret_env" "FUNNEL_CONSOLE_SECRET" (include "funnel.serveArgs" . | fromYaml) -}}
+{{- end -}}
+
 {{- define "funnel.tritonHost" -}}
 {{- printf "%s.%s.svc" (include "funnel.componentName" (list . "triton")) .Release.Namespace -}}
 {{- end -}}
@@ -231,8 +247,8 @@ envFrom:
 {{- end -}}
 {{- end -}}
 
-{{/* the Secrets the serving app reads: the review database, the feature store's Redis and
-the admin token */}}
+{{/* the Secrets the serving app reads: the review database, the feature store's Redis, the
+admin token and the console's session secret */}}
 {{- define "funnel.secretEnv" -}}
 {{- $env := list -}}
 {{- if or .Values.review.database.url .Values.review.database.existingSecret -}}
@@ -246,6 +262,10 @@ the admin token */}}
 {{- if or .Values.adminToken.value .Values.adminToken.existingSecret -}}
 {{- $ref := dict "name" (include "funnel.adminSecret" .) "key" .Values.adminToken.existingSecretKey -}}
 {{- $env = append $env (dict "name" "FUNNEL_ADMIN_TOKEN" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- end -}}
+{{- if include "funnel.consoleEnabled" . -}}
+{{- $ref := dict "name" (include "funnel.consoleSecret" .) "key" .Values.console.sessionSecret.existingSecretKey -}}
+{{- $env = append $env (dict "name" (include "funnel.consoleSecretEnv" .) "valueFrom" (dict "secretKeyRef" $ref)) -}}
 {{- end -}}
 {{- if $env -}}{{ toYaml $env }}{{- end -}}
 {{- end -}}

@@ -11,8 +11,10 @@ differs in a cluster is overridden here:
 - args: the bundle under the bundle volume, Triton's Service as the ranker's address, Triton's
   own ports and device, the impression log's URL (the environment's FUNNEL_IMPRESSIONS_URL,
   set in the pods, says the same), a SQLite file in /tmp for the review queue when no database
-  Secret is set (FUNNEL_REVIEW_DATABASE_URL wins when it is), and the rollout ConfigMap's file
-  as the start-up rollout; then the user's serve.args, which win;
+  Secret is set (FUNNEL_REVIEW_DATABASE_URL wins when it is), the rollout ConfigMap's file
+  as the start-up rollout, and the console's switch, cookie flag and identity header (its
+  session secret and the drift reports' URL are in the pods' environment); then the user's
+  serve.args, which win;
 - each deployment's keys from serve.deployments (replicas, CPUs, ...; an autoscaling_config
   replaces an integer num_replicas, which Ray refuses beside it); a deployment the app
   leaves out with these args (ModerationModels with moderation.enabled false, ShadowScorer
@@ -44,7 +46,18 @@ Built with fromYaml / mergeOverwrite / toYaml on data: nothing from the file goe
                      "spool_path" "/tmp/funnel-review-spool.sqlite3")
       "impressions" (dict "url" (include "funnel.impressionsUrl" .)
                           "spool_dir" "/tmp/funnel-spool")
-      "rollout" (dict "config" (printf "%s/rollout.yaml" $paths.rolloutDir))) -}}
+      "rollout" (dict "config" (printf "%s/rollout.yaml" $paths.rolloutDir))
+      "console" (include "funnel.clusterConsoleArgs" . | fromYaml)) -}}
+{{- end -}}
+
+{{/* args.console from console.*; the session secret and the drift reports come from the
+environment (FUNNEL_CONSOLE_SECRET, FUNNEL_DRIFT_REPORTS_URL) */}}
+{{- define "funnel.clusterConsoleArgs" -}}
+{{- $console := dict "enabled" .Values.console.enabled "secure_cookie" .Values.console.secureCookie -}}
+{{- with .Values.console.identityHeader -}}
+{{- $_ := set $console "identity_header" . -}}
+{{- end -}}
+{{- toYaml $console -}}
 {{- end -}}
 
 {{/* the application's args: the local config's, the cluster's, then serve.args */}}

@@ -20,6 +20,7 @@ a schema cannot express are only here.
 {{- $messages = append $messages (include "funnel.validate.autoscaler" .) -}}
 {{- $messages = append $messages (include "funnel.validate.extraEnv" .) -}}
 {{- $messages = append $messages (include "funnel.validate.disruptionBudgets" .) -}}
+{{- $messages = append $messages (include "funnel.validate.console" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- fail (printf "\n\nVALUES VALIDATION:\n%s" (join "\n" $messages)) -}}
@@ -44,6 +45,7 @@ a schema cannot express are only here.
 {{- include "funnel.validate.enum" (list "ray.upgradeStrategy" .Values.ray.upgradeStrategy (list "NewCluster" "None")) -}}
 {{- include "funnel.validate.enum" (list "training.profile" .Values.training.profile (list "tiny" "demo" "large")) -}}
 {{- include "funnel.validate.enum" (list "registry.cache.type" .Values.registry.cache.type (list "emptyDir" "pvc")) -}}
+{{- include "funnel.validate.enum" (list "console.secureCookie" .Values.console.secureCookie (list "auto" "always" "never")) -}}
 {{- $stages := list "retrieval" "ranker" "moderation" -}}
 {{- range $stage, $_ := (.Values.rollout.stages | default dict) -}}
 {{- include "funnel.validate.enum" (list "rollout.stages" $stage $stages) -}}
@@ -238,6 +240,15 @@ extraEnv[{{ $i }}]: {{ $e.name | toJson }} has neither value nor valueFrom; give
 extraEnv[{{ $i }}]: {{ $e.name | toJson }} has both value and valueFrom; give one
 {{ end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* the console's identity header: a header name, as serve/config.py ConsoleSettings takes it */}}
+{{- define "funnel.validate.console" -}}
+{{- with .Values.console.identityHeader -}}
+{{- if not (regexMatch `^[A-Za-z0-9-]{1,64}$` (toString .)) -}}
+console.identityHeader: {{ . | toJson }} is not a header name: 1 to 64 of A-Z a-z 0-9 -
+{{ end -}}
 {{- end -}}
 {{- end -}}
 
