@@ -401,6 +401,28 @@ def bench_cost_overhead(
     _write_result(result, out)
 
 
+@bench_app.command("console")
+def bench_console(
+    items: Annotated[int, typer.Option(min=1, max=100_000, help="Pending review items.")] = 500,
+    rounds: Annotated[int, typer.Option(min=1, max=200, help="Loads of each view.")] = 12,
+    out: Annotated[str, typer.Option(help="Result JSON.")] = "benchmarks/results/console.json",
+) -> None:
+    """The review queue page in headless Chromium with ITEMS pending: page weight and time
+    to interactive, the default page against one page of every item."""
+    from benchmarks.console import run
+
+    console = Console(stderr=True)
+    result = run(items=items, rounds=rounds,
+                 say=lambda m: console.print(f"[bold]bench[/] {m}", highlight=False))
+    result["command"] = f"funnel bench console --items {items} --rounds {rounds}"
+    _write_result(result, out)
+    views: dict[str, dict[str, object]] = result["views"]
+    for name, v in views.items():
+        console.print(f"{name}: {v['html_bytes']:,} B of HTML, {v['weight_bytes']:,} B in "
+                      f"all; interactive at {v['tti_ms']} ms (median)",
+                      highlight=False)
+
+
 @bench_app.command("fuzz")
 def bench_fuzz(
     bundle: Annotated[str, typer.Option(help="Bundle to serve.")] = "artifacts/latest",

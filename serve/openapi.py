@@ -208,10 +208,13 @@ def build(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document with every route of ROUTES described in full."""
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                       description="Funnel: feed, moderation, review, rollout and the Open "
-                      "Inference Protocol. Admin routes take `Authorization: Bearer <token>`.")
+                      "Inference Protocol. Admin routes take `Authorization: Bearer <token>` "
+                      "(the admin token) or HTTP Basic credentials of a console account "
+                      "(`funnel users add`); the review routes admit reviewers too.")
     comps = doc.setdefault("components", {})
     comps.setdefault("schemas", {}).update(_component_schemas())
     comps.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    comps["securitySchemes"]["basic"] = {"type": "http", "scheme": "basic"}
     paths = doc.setdefault("paths", {})
     for (path, method), op in ROUTES.items():
         entry: dict[str, Any] = {"summary": op.summary, "operationId": re.sub(
@@ -224,7 +227,7 @@ def build(app: FastAPI) -> dict[str, Any]:
                                                     if schema is not None else {})}
                      for code, (desc, schema, media) in op.responses.items()}
         if op.admin:
-            entry["security"] = [{"bearer": []}]
+            entry["security"] = [{"bearer": []}, {"basic": []}]
             responses.setdefault("4XX", {"description": ERRORS[1],
                                          "content": _media(ErrorBody, JSON)})
         entry["responses"] = responses

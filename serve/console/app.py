@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +29,12 @@ from serve.console.sessions import (
     LOGIN_MAX_AGE_S,
     SESSION_COOKIE,
     Session,
-    Sessions,
     same_token,
 )
+from serve.console.state import Console
 from serve.errors import AlreadyDecided, RequestTooLarge, ReviewItemNotFound, ReviewStoreError
-from serve.services.admin import AdminAuth, Refusal
-from serve.users.accounts import LoginLimiter, Principal, needs_rehash, verify_password
+from serve.services.admin import Refusal
+from serve.users.accounts import Principal, needs_rehash, verify_password
 
 log = logging.getLogger("funnel.console")
 HERE = Path(__file__).parent
@@ -49,42 +47,6 @@ REPORT_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inl
               "style-src 'unsafe-inline'; img-src data:; font-src data:")
 NOTICES = {"promote": "promoted", "rollback": "rolled back"}
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-
-
-@dataclass
-class Console:
-    """One replica's console: built by serve.services.replica when `console.enabled`."""
-
-    sessions: Sessions
-    auth: AdminAuth
-    limiter: LoginLimiter
-    labels: tuple[str, ...]
-    thresholds: dict[str, tuple[float, float]]   # label -> (review_at, block_at)
-    page_size: int
-    secure_cookie: str
-    drift_reports_url: str | None
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    secret_generated: bool = False
-
-
-def build_console(settings: Any, *, auth: AdminAuth, labels: tuple[str, ...],
-                  thresholds: dict[str, tuple[float, float]]) -> Console:
-    secret = os.environ.get(settings.session_secret_env, "")
-    generated = not secret
-    if generated:
-        # sessions then work on this replica only, until it restarts
-        secret = secrets.token_urlsafe(32)
-        log.warning("console: %s is not set; sessions are signed with a key of this replica "
-                    "only (set it, the same on every replica: the chart keeps it in a Secret)",
-                    settings.session_secret_env)
-    reports = os.environ.get(settings.drift_reports_url_env) or settings.drift_reports_url
-    return Console(
-        sessions=Sessions(secret, max_age_s=settings.session_max_age_s), auth=auth,
-        limiter=LoginLimiter(max_failures=settings.login_max_failures,
-                             window_s=settings.login_window_s),
-        labels=labels, thresholds=thresholds, page_size=settings.page_size,
-        secure_cookie=settings.secure_cookie, drift_reports_url=reports,
-        secret_generated=generated)
 
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -566,5 +528,4 @@ def static_files() -> Any:
     return StaticFiles(directory=str(HERE / "static"))
 
 
-__all__ = ["AlreadyDecided", "Console", "FunnelError", "build_console", "router",
-           "static_files"]
+__all__ = ["AlreadyDecided", "Console", "FunnelError", "router", "static_files"]

@@ -188,7 +188,7 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
     metrics.init_labels(filters=args.feed.filters.enabled, labels=policy)
     console = None
     if args.console.enabled and users is not None:
-        from serve.console.app import build_console
+        from serve.console.state import build_console
 
         thresholds = ({lb: (t.review_at, t.block_at) for lb, t in core.policy.thresholds.items()}
                       if core is not None else {})

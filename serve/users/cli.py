@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from serve.users.accounts import (
     generate_password,
     hash_password,
 )
+
+if TYPE_CHECKING:
+    from serve.users.store import UserStore
 
 users_app = typer.Typer(help="Console accounts: reviewers and admins (docs/console.md).",
                         no_args_is_help=True)
@@ -38,7 +41,7 @@ GenerateOpt = Annotated[bool, typer.Option("--generate",
                                            help="Generate a password and print it once.")]
 
 
-def _store(config: str | None, database_url: str | None):  # type: ignore[no-untyped-def]
+def _store(config: str | None, database_url: str | None) -> UserStore:
     from serve.config import load_serve_config
     from serve.users.store import UserStore
 

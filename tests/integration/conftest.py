@@ -233,12 +233,15 @@ def write_serve_config(directory: Path, *, grpc: bool = True,
     args.setdefault("cost", {})["triton_poll_s"] = 1.0
     args["impressions"].update(url=str(directory / "impressions"), flush_interval_s=0.5,
                                spool_dir=str(directory / "spool"))
+    # the console's drift page reads the reports `funnel drift run|watch` writes here
+    args.setdefault("console", {})["drift_reports_url"] = str(directory / "drift-reports")
     config = directory / "serve.yaml"
     config.write_text(yaml.safe_dump(doc))
     return config, http_port, grpc_port
 
 
 ADMIN_TOKEN = "integration-admin-token"
+CONSOLE_SECRET = "integration-console-session-secret"
 
 
 def serve_grpc_port(config: Path) -> int:
@@ -256,6 +259,11 @@ class Stack:
     grpc: str = ""  # the app's gRPC address (funnel.v1), host:port
     serve_pid: int = 0  # `funnel serve` (Ray, the Serve app and its replicas below it)
     review: ReviewDatabase | None = None
+
+    @property
+    def drift_reports(self) -> Path:
+        return Path(yaml.safe_load(self.config.read_text())["applications"][0]["args"]
+                    ["console"]["drift_reports_url"])
 
     @property
     def impressions(self) -> Path:
@@ -382,7 +390,8 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory,
                              "--grpc"],
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **s3_registry.env,
-                                 "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
+                                 "FUNNEL_ADMIN_TOKEN": ADMIN_TOKEN,
+                                 "FUNNEL_CONSOLE_SECRET": CONSOLE_SECRET})
     s.serve_pid = proc.pid
     try:
         deadline = time.monotonic() + 240

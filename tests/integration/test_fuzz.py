@@ -28,7 +28,7 @@ def test_the_openapi_document_describes_every_route(stack: Stack) -> None:
     assert feed["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/FeedRequest")
     assert {"200", "4XX"} <= set(feed["responses"])
-    assert doc["paths"]["/v1/review"]["get"]["security"] == [{"bearer": []}]
+    assert doc["paths"]["/v1/review"]["get"]["security"] == [{"bearer": []}, {"basic": []}]
 
 
 def test_http_fuzz_finds_no_server_error_and_no_undocumented_response(

@@ -47,12 +47,16 @@ def secrets(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_args_console_follows_the_values_and_the_app_takes_it() -> None:
     from serve.config import parse_app_args
 
+    def chart_keys(args: dict[str, Any]) -> dict[str, Any]:
+        return {k: args.get(k) for k in ("enabled", "secure_cookie", "identity_header")}
+
     default = render_docs({})
-    assert console_args(default) == {"enabled": True, "secure_cookie": "auto"}
+    assert chart_keys(console_args(default)) == {"enabled": True, "secure_cookie": "auto",
+                                                 "identity_header": None}
     docs = render_docs({"console": {"identityHeader": "X-Auth-Request-User",
                                     "secureCookie": "always"}})
-    assert console_args(docs) == {"enabled": True, "secure_cookie": "always",
-                                  "identity_header": "X-Auth-Request-User"}
+    assert chart_keys(console_args(docs)) == {"enabled": True, "secure_cookie": "always",
+                                              "identity_header": "X-Auth-Request-User"}
     off = render_docs({"console": {"enabled": False}})
     assert console_args(off)["enabled"] is False
     for rendered in (default, docs, off):

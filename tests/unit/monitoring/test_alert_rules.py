@@ -260,3 +260,19 @@ def test_dashboard_queries_parse_and_use_only_funnel_metrics(panel: dict[str, An
         expr = GRAFANA_INTERVALS.sub("5m", t["expr"])
         assert "$" not in expr, f"unknown dashboard variable in {t['expr']!r}"
         assert _problems(expr, known) == []
+
+
+@pytest.mark.parametrize("rule", [r for r in _alerts() if "console_url" in r["annotations"]],
+                         ids=lambda r: r["alert"])
+def test_a_console_link_is_a_page_the_console_serves(rule: dict[str, Any]) -> None:
+    from serve.console.app import router
+
+    pages = {getattr(r, "path", "") for r in router.routes
+             if "GET" in getattr(r, "methods", set())}
+    assert rule["annotations"]["console_url"] in pages
+
+
+def test_drift_review_and_rollout_alerts_link_the_console() -> None:
+    linked = {r["annotations"]["runbook_url"].split("#")[0].rsplit("/", 1)[-1]
+              for r in _alerts() if "console_url" in r["annotations"]}
+    assert linked == {"drift.md", "review-backlog.md", "rollout-guardrail.md"}

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.config import parse_app_args
-from serve.console.app import build_console
+from serve.console.state import build_console
 from serve.http.asgi import build_http_app
 from serve.review.store import SqlReviewStore
 from serve.services.admin import AdminAuth

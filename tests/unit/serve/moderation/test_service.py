@@ -151,3 +151,39 @@ def test_without_a_spool_an_unreachable_database_fails_the_request(tmp_path: Pat
     svc = _service(FakeContentScorer(text={"abuse": 0.0, "nudity": 0.0}), store)
     with pytest.raises(ReviewStoreError):
         _moderate(svc, "c1")
+
+
+def _png(w: int, h: int) -> ImageInfo:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+    return ImageInfo(data=buf.getvalue(), format="PNG", width=w, height=h)
+
+
+def test_a_reviewed_image_keeps_a_small_thumbnail_even_when_parked(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    store = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
+    svc = _service(FakeContentScorer(text={"abuse": 0.0}, image={"nudity": 0.5}), store)
+    out = _run(svc, image=_png(1200, 600))
+    thumb = store.thumbnail(out.review_id)  # type: ignore[attr-defined]
+    assert thumb is not None
+    with Image.open(io.BytesIO(thumb)) as im:
+        assert (im.format, im.size) == ("WEBP", (320, 160))
+    allowed = _service(FakeContentScorer(image={"nudity": 0.0}), store)
+    assert _run(allowed, image=_png(50, 50)).review_id is None  # type: ignore[attr-defined]
+    # parked while the database is away: the spool keeps the thumbnail (as base64 JSON)
+    svc2, flaky, spool = _parking(tmp_path / "p", {"abuse": 0.0})
+    svc2.scorer = FakeContentScorer(text={"abuse": 0.0}, image={"nudity": 0.5})
+    flaky.down = True
+    assert asyncio.run(svc2.moderate(ModerationInput(
+        content_id="c9", request_id="r9", image=_png(40, 30)))).degraded == ("review_queue",)
+    flaky.down = False
+    spool.drain(lambda k, r: write_record(flaky, k, r))
+    [item] = flaky.list_items()
+    assert flaky.thumbnail(item.id) is not None

@@ -107,3 +107,33 @@ def test_open_store_refuses_what_it_cannot_open_naming_the_setting(
         url: str, store_class: str | None, named: str) -> None:
     with pytest.raises(ReviewDatabaseUrlError, match=named):
         open_store(url, store_class=store_class)
+
+
+def test_the_queue_filters_counts_keeps_thumbnails_and_pages_the_audit(
+        store: ReviewStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from serve.review.base import ItemFilter
+
+    old = datetime.now(UTC) - timedelta(hours=3)
+    ids = []
+    for cid, flagged, policy, at, thumb in (("a", ["hate"], "p1", old, b"RIFFwebp"),
+                                            ("b", ["spam"], "p1", None, None),
+                                            ("c", ["hate", "spam"], "p2", None, None)):
+        ids.append(store.record_model_decision(
+            content_id=cid, decision="review", model="m", policy_version=policy,
+            request_id="r", text=None, has_image=thumb is not None, author_id=None,
+            scores={}, flagged_labels=flagged, reasons=[], model_versions={}, at=at,
+            thumbnail=thumb))
+    def cids(where: ItemFilter) -> list[str]:
+        return [i.content_id for i in store.list_items(where=where)]
+
+    assert cids(ItemFilter(label="hate")) == ["a", "c"]
+    assert cids(ItemFilter(label="spam", policy_version="p1")) == ["b"]
+    assert cids(ItemFilter(created_before=datetime.now(UTC) - timedelta(hours=1))) == ["a"]
+    assert store.count_items(where=ItemFilter(label="spam")) == 2
+    assert store.count_items(status="allow") == 0
+    assert store.thumbnail(ids[0]) == b"RIFFwebp" and store.thumbnail(ids[1]) is None
+    newest = store.audit(newest_first=True, limit=2)
+    assert [r["content_id"] for r in newest] == ["c", "b"]
+    assert [r["content_id"] for r in store.audit(before_id=newest[-1]["id"])] == ["a"]
