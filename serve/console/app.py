@@ -34,7 +34,7 @@ from serve.console.sessions import (
 from serve.console.state import Console
 from serve.errors import AlreadyDecided, RequestTooLarge, ReviewItemNotFound, ReviewStoreError
 from serve.services.admin import Refusal
-from serve.users.accounts import Principal, needs_rehash, verify_password
+from serve.users.accounts import Principal, needs_rehash, verify_nobody, verify_password
 
 log = logging.getLogger("funnel.console")
 HERE = Path(__file__).parent
@@ -250,6 +250,8 @@ async def login(request: Request) -> Response:
             f"Too many failed sign-ins. Try again in {views.age_seconds(wait)}."))
     user = await asyncio.to_thread(c.auth.users.get, name) if (
         c.auth.users is not None and name) else None
+    if user is None or user.disabled:  # as costly as a real check: names are not revealed
+        await asyncio.to_thread(verify_nobody, form.get("password", ""))
     ok = user is not None and not user.disabled and await asyncio.to_thread(
         verify_password, user.password_hash, form.get("password", ""))
     if not ok or user is None:
@@ -415,7 +417,8 @@ async def drift(request: Request) -> Response:
             problem = f"the drift reports at the configured location cannot be read: {e}"
     return _page(request, c, "drift.html", {
         "configured": bool(c.drift_reports_url), "problem": problem,
-        "monitors": views.drift_monitors(summaries), "windows": len(summaries)},
+        "monitors": views.drift_monitors(summaries, now=datetime.now(UTC)),
+        "windows": len(summaries)},
         caller=caller)
 
 

@@ -45,10 +45,13 @@ def build_console(settings: Any, *, auth: AdminAuth, labels: tuple[str, ...],
                     "only (set it, the same on every replica: the chart keeps it in a Secret)",
                     settings.session_secret_env)
     reports = os.environ.get(settings.drift_reports_url_env) or settings.drift_reports_url
+    # one count of failed password checks per account: the console's sign-ins and the API's
+    # Basic credentials
+    auth.limiter = LoginLimiter(max_failures=settings.login_max_failures,
+                                window_s=settings.login_window_s)
     return Console(
         sessions=Sessions(secret, max_age_s=settings.session_max_age_s), auth=auth,
-        limiter=LoginLimiter(max_failures=settings.login_max_failures,
-                             window_s=settings.login_window_s),
+        limiter=auth.limiter,
         labels=labels, thresholds=thresholds, page_size=settings.page_size,
         secure_cookie=settings.secure_cookie, drift_reports_url=reports,
         secret_generated=generated)

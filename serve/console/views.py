@@ -128,10 +128,12 @@ _ALERTS = {
 }
 
 
-def drift_monitors(summaries: Sequence[Mapping[str, Any]]) -> list[Monitor]:
+def drift_monitors(summaries: Sequence[Mapping[str, Any]], *, now: datetime
+                   ) -> list[Monitor]:
     """Per monitor (feature, prediction, moderation), its latest windows (newest first) and
-    the alert's state: firing (the condition held in consecutive windows spanning the rule's
-    90 minutes), pending (held in the newest window), ok, or no verdict."""
+    the alert's state: firing (the condition has held in every window since one that ended
+    at least the rule's 90 minutes ago: the monitor's gauges have said so that long),
+    pending (it holds in the newest window), ok, or no verdict."""
     out = []
     for group, (alert, condition) in _ALERTS.items():
         windows = []
@@ -155,11 +157,11 @@ def drift_monitors(summaries: Sequence[Mapping[str, Any]]) -> list[Monitor]:
                 drifted_columns=int((g or {}).get("drifted_columns") or 0),
                 columns=int((g or {}).get("columns") or 0), rows=int((g or {}).get("rows") or 0),
                 top=cols[:5], report=bool(s.get("report"))))
-        out.append(Monitor(group, alert, condition, _state(windows), windows))
+        out.append(Monitor(group, alert, condition, _state(windows, now), windows))
     return out
 
 
-def _state(windows: Sequence[MonitorWindow]) -> str:
+def _state(windows: Sequence[MonitorWindow], now: datetime) -> str:
     judged = [w for w in windows if w.status == "ok"]
     if not judged:
         return "no verdict"
@@ -171,10 +173,10 @@ def _state(windows: Sequence[MonitorWindow]) -> str:
             break
         run.append(w)
     try:
-        span = (datetime.fromisoformat(run[0].end) - datetime.fromisoformat(run[-1].start))
-    except ValueError:
+        held = now - datetime.fromisoformat(run[-1].end)  # since the first breach was written
+    except (TypeError, ValueError):
         return "pending"
-    return "firing" if span >= ALERT_FOR else "pending"
+    return "firing" if held >= ALERT_FOR else "pending"
 
 
 # ---- rollout -----------------------------------------------------------------------------

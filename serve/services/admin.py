@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from serve.users.accounts import TOKEN_IDENTITY, Principal, Role, verify_password
+from serve.users.accounts import (
+    TOKEN_IDENTITY,
+    LoginLimiter,
+    Principal,
+    Role,
+    verify_nobody,
+    verify_password,
+)
 
 if TYPE_CHECKING:
     from serve.users.store import UserStore
@@ -40,9 +47,12 @@ class AdminAuth:
     itself with its role. `identity_header`: trusted only when configured."""
 
     def __init__(self, token: str, token_env: str, *, users: UserStore | None = None,
-                 identity_header: str | None = None,
+                 identity_header: str | None = None, limiter: LoginLimiter | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._token = token
+        # failed password checks per account, the console's sign-ins and the API's Basic
+        # credentials together (the console adds a count per client address)
+        self.limiter = limiter or LoginLimiter(max_failures=5, window_s=300.0, clock=clock)
         self.token_env = token_env
         self.users = users
         self.identity_header = identity_header.lower() if identity_header else None
@@ -103,11 +113,19 @@ class AdminAuth:
     def _account(self, name: str, *, via: str, password: str | None = None
                  ) -> Principal | Refusal:
         denied = Refusal(403, "forbidden", "these credentials are not valid")
+        if password is not None:
+            wait = self.limiter.retry_after([f"user:{name.lower()}"])
+            if wait is not None:
+                return Refusal(429, "too_many_attempts", f"too many failed sign-ins for this "
+                               f"account; try again in {int(wait) + 1} s")
         user = self.users.get(name) if self.users is not None else None
         if user is None or user.disabled:
             if via == "proxy":
                 return Refusal(403, "forbidden", f"{name!r} (from the identity proxy) is not an "
                                "enabled console account")
+            if password is not None:
+                verify_nobody(password)  # as long as a real check: names are not revealed
+                self.limiter.failed([f"user:{name.lower()}"])
             return denied
         if password is not None:
             key = hashlib.sha256(f"{name}\0{password}\0{user.password_hash}".encode()).digest()
@@ -116,7 +134,9 @@ class AdminAuth:
                 fresh = self._verified.get(key, 0.0) > now
             if not fresh:
                 if not verify_password(user.password_hash, password):
+                    self.limiter.failed([f"user:{name.lower()}"])
                     return denied
+                self.limiter.succeeded(f"user:{name.lower()}")
                 with self._lock:
                     if len(self._verified) > 10_000:
                         self._verified.clear()

@@ -81,6 +81,15 @@ def verify_password(stored_hash: str, password: str) -> bool:
         return False
 
 
+_NOBODY = _hasher.hash(secrets.token_urlsafe(18))
+
+
+def verify_nobody(password: str) -> None:
+    """A verification as costly as a real one, for a name with no account: the answer's
+    timing does not tell which names exist."""
+    verify_password(_NOBODY, password)
+
+
 def needs_rehash(stored_hash: str) -> bool:
     try:
         return _hasher.check_needs_rehash(stored_hash)

@@ -47,12 +47,17 @@ def axe_violations(driver: Any, impacts: tuple[str, ...] = ("serious", "critical
 
 
 def screenshot(driver: Any, name: str) -> None:
-    """docs/console.md's pictures: written when FUNNEL_CONSOLE_SCREENSHOTS names a folder."""
+    """docs/console.md's pictures, the whole page (not only the window): written when
+    FUNNEL_CONSOLE_SCREENSHOTS names a folder."""
+    import base64
+
     folder = os.environ.get("FUNNEL_CONSOLE_SCREENSHOTS")
     if not folder:
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return Math.min(document.body.scrollHeight, 2400)")
-    driver.set_window_size(1280, max(600, int(height) + 20))
-    driver.save_screenshot(str(Path(folder) / f"{name}.png"))
-    driver.set_window_size(1280, 900)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"],
+                 "height": min(size["height"], 2400), "scale": 1}})
+    (Path(folder) / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))

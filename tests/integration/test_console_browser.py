@@ -56,12 +56,15 @@ def driver() -> Iterator[Any]:
     yield from start_chromium()
 
 
-def enqueue(store: SqlReviewStore, policy: str, texts: list[str]) -> list[int]:
+def enqueue(store: SqlReviewStore, policy: str, texts: list[str],
+            image: bytes | None = None) -> list[int]:
+    """Queue items as moderation does (`image`: the thumbnail it keeps of the image)."""
     ids = []
     for k, text in enumerate(texts):
         item = store.record_model_decision(
             content_id=f"{policy}-{k}", decision="review", model="moderation_text",
-            policy_version=policy, request_id=f"browser-{k}", text=text, has_image=False,
+            policy_version=policy, request_id=f"browser-{k}", text=text,
+            has_image=image is not None, thumbnail=image,
             author_id=7, scores={"hate": 0.61, "spam": 0.12}, flagged_labels=["hate"],
             reasons=["hate: 0.610 >= review_at 0.50"], model_versions={"moderation_text": "b"})
         assert item is not None
@@ -74,9 +77,13 @@ def policy() -> str:
 
 
 def wait(driver: Any, cond: Any, timeout: float = 30.0) -> Any:
+    """`cond` true within `timeout`; a page replaced mid-check (the next page loading) is
+    checked again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(cond)
+    return WebDriverWait(driver, timeout, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException)).until(cond)
 
 
 def sign_in(driver: Any, stack: Stack, name: str, then: str = "/console/review") -> None:
@@ -147,12 +154,25 @@ def test_sign_in_decide_three_items_with_the_keyboard_and_sign_out(
 
 def test_two_reviewers_on_one_item_the_second_sees_the_conflict(
         stack: Stack, accounts: dict[str, str], queue: SqlReviewStore, driver: Any) -> None:
+    import io
+
+    from PIL import Image
     from selenium.webdriver.common.by import By
 
+    from serve.moderation.media import thumbnail_webp
+
+    png = io.BytesIO()
+    Image.new("RGB", (800, 400), (30, 90, 160)).save(png, format="PNG")
     pv = policy()
-    [item] = enqueue(queue, pv, ["a post two reviewers open at once"])
+    [item] = enqueue(queue, pv, ["a post two reviewers open at once"],
+                     image=thumbnail_webp(png.getvalue()))
     sign_in(driver, stack, "ravi", then=f"/console/review/{item}")
     assert h1(driver) == f"Review item #{item}"
+    # the image is the queue's own thumbnail, served by the console, and it loads
+    img = driver.find_element(By.CSS_SELECTOR, "img.thumb")
+    assert img.get_attribute("src") == f"{stack.url}/console/review/{item}/thumbnail"
+    assert wait(driver, lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", img)) == 320
     # rita, on her own, decides first (through the API, with her own credentials)
     r = httpx.post(f"{stack.url}/v1/review/{item}", json={"decision": "block"},
                    auth=("rita", PASSWORDS["rita"]), timeout=60)

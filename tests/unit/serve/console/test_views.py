@@ -64,15 +64,22 @@ def _summary(stamp: str, end: datetime, *, features: bool, predictions: bool,
 
 def test_drift_alert_states_follow_the_rules_90_minutes() -> None:
     s = [_summary("t3", NOW, features=True, predictions=True),
-         _summary("t2", NOW - timedelta(hours=1), features=True, predictions=False),
-         _summary("t1", NOW - timedelta(hours=2), features=False, predictions=False)]
-    m = {x.group: x for x in views.drift_monitors(s)}
-    assert m["features"].state == "firing"      # two hourly windows: 2 h >= 90 min
-    assert m["predictions"].state == "pending"  # only the newest window
+         _summary("t2", NOW - timedelta(hours=1), features=True, predictions=True),
+         _summary("t1", NOW - timedelta(hours=2), features=True, predictions=False),
+         _summary("t0", NOW - timedelta(hours=3), features=False, predictions=False)]
+    m = {x.group: x for x in views.drift_monitors(s, now=NOW)}
+    assert m["features"].state == "firing"      # breached since the window ending 2 h ago
+    assert m["predictions"].state == "pending"  # since 1 h ago: not yet the rule's 90 min
     assert m["moderation"].state == "no verdict"
     assert m["features"].windows[0].top[0]["column"] == "age"
+    later = {x.group: x for x in views.drift_monitors(s, now=NOW + timedelta(minutes=31))}
+    assert later["predictions"].state == "firing"
+    one_long = [_summary("t3", NOW, features=True, predictions=False)]  # one 1 h window
+    assert views.drift_monitors(one_long, now=NOW)[0].state == "pending"
     thin = [_summary("t3", NOW, features=False, predictions=False, status="insufficient data")]
-    assert views.drift_monitors(thin)[0].state == "no verdict"
+    assert views.drift_monitors(thin, now=NOW)[0].state == "no verdict"
+    ok = [_summary("t4", NOW, features=False, predictions=False), *s]
+    assert views.drift_monitors(ok, now=NOW)[0].state == "ok"
 
 
 def test_rollout_rows_name_roles_and_guardrails() -> None:

@@ -118,3 +118,19 @@ def test_an_identity_header_is_trusted_only_when_configured(users: UserStore) ->
     assert isinstance(unknown, Refusal) and unknown.status == 403
     assert proxied.blocking({"x-auth-request-user": "ada"})
     assert not proxied.blocking({"authorization": "Bearer x"})
+
+
+def test_password_guesses_over_the_api_are_limited_per_account(users: UserStore) -> None:
+    now = [0.0]
+    limiter = LoginLimiter(max_failures=3, window_s=60, clock=lambda: now[0])
+    auth = AdminAuth("", "FUNNEL_ADMIN_TOKEN", users=users, limiter=limiter)
+    for _ in range(3):
+        assert auth.identify(_basic("rita", "guess-guess-guess")).status == 403  # type: ignore[union-attr]
+    limited = auth.identify(_basic("rita", "rita-password-1"))
+    assert isinstance(limited, Refusal) and limited.status == 429
+    for _ in range(3):  # a name with no account counts the same, and answers the same
+        assert auth.identify(_basic("nobody", "guess-guess-guess")).status == 403  # type: ignore[union-attr]
+    assert auth.identify(_basic("nobody", "guess-guess-guess")).status == 429  # type: ignore[union-attr]
+    now[0] += 61
+    assert auth.identify(_basic("rita", "rita-password-1")) == Principal(
+        "rita", "reviewer", "password")
