@@ -78,6 +78,17 @@ def migrate_review_schema(engine: Engine, *, attempts: int = 5) -> None:
             what="review database", error=ReviewStoreError, attempts=attempts)
 
 
+@contextlib.contextmanager
+def transaction(engine: Engine, where: str) -> Iterator[Connection]:
+    """One transaction on the review database; unreachable, restarting, or a connection cut
+    mid-transaction raises `ReviewStoreError` naming `where` (the caller retries)."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+        raise ReviewStoreError(f"review database unavailable ({where}): {e.orig}") from e
+
+
 def _utc(dt: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; every time here is UTC
     return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=UTC)
@@ -109,15 +120,8 @@ class SqlReviewStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-            # unreachable, restarting, a connection cut mid-transaction: the caller retries
-            raise ReviewStoreError(f"review database unavailable ({self.safe_url}): "
-                                   f"{e.orig}") from e
+    def _tx(self) -> contextlib.AbstractContextManager[Connection]:
+        return transaction(self.engine, self.safe_url)
 
     # ---- writes ----------------------------------------------------------------------------
     def record_model_decision(self, *, content_id: str, decision: str, model: str,

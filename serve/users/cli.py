@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -57,6 +59,15 @@ def _store(config: str | None, database_url: str | None) -> UserStore:
     return UserStore(database_url)
 
 
+@contextmanager
+def _opened(config: str | None, database_url: str | None) -> Iterator[UserStore]:
+    store = _store(config, database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _password(stdin: bool, generate: bool) -> tuple[str, bool]:
     """(password, generated)."""
     if stdin and generate:
@@ -99,11 +110,8 @@ def add(name: Annotated[str, typer.Argument(help="Account name (letters, digits,
     except AccountError as e:
         raise typer.BadParameter(str(e)) from e
     password, generated = _password(password_stdin, generate)
-    store = _store(config, database_url)
-    try:
+    with _opened(config, database_url) as store:
         store.add(name, role=r, password_hash=hash_password(password))
-    finally:
-        store.close()
     _say(f"added {name} ({r}) to {store.safe_url}")
     if generated:
         typer.echo(password)
@@ -114,13 +122,10 @@ def rotate(name: Annotated[str, typer.Argument(help="Account name.")],
            password_stdin: StdinOpt = False, generate: GenerateOpt = False,
            config: ConfigOpt = None, database_url: UrlOpt = None) -> None:
     """Give an account a new password; its signed-in sessions end."""
-    store = _store(config, database_url)
-    try:
+    with _opened(config, database_url) as store:
         store.require(name)
         password, generated = _password(password_stdin, generate)
         store.set_password(name, hash_password(password))
-    finally:
-        store.close()
     _say(f"new password for {name}; its sessions have ended")
     if generated:
         typer.echo(password)
@@ -130,11 +135,8 @@ def rotate(name: Annotated[str, typer.Argument(help="Account name.")],
 def disable(name: Annotated[str, typer.Argument(help="Account name.")],
             config: ConfigOpt = None, database_url: UrlOpt = None) -> None:
     """Refuse an account's sign-in and API calls; its sessions end at once."""
-    store = _store(config, database_url)
-    try:
+    with _opened(config, database_url) as store:
         store.set_disabled(name, True)
-    finally:
-        store.close()
     _say(f"disabled {name}")
 
 
@@ -142,11 +144,8 @@ def disable(name: Annotated[str, typer.Argument(help="Account name.")],
 def enable(name: Annotated[str, typer.Argument(help="Account name.")],
            config: ConfigOpt = None, database_url: UrlOpt = None) -> None:
     """Enable a disabled account again (with its password as it was)."""
-    store = _store(config, database_url)
-    try:
+    with _opened(config, database_url) as store:
         store.set_disabled(name, False)
-    finally:
-        store.close()
     _say(f"enabled {name}")
 
 
@@ -159,11 +158,8 @@ def set_role(name: Annotated[str, typer.Argument(help="Account name.")],
         r = check_role(role)
     except AccountError as e:
         raise typer.BadParameter(str(e), param_hint="ROLE") from e
-    store = _store(config, database_url)
-    try:
+    with _opened(config, database_url) as store:
         store.set_role(name, r)
-    finally:
-        store.close()
     _say(f"{name} is now {r}")
 
 
@@ -172,11 +168,8 @@ def list_users(config: ConfigOpt = None, database_url: UrlOpt = None) -> None:
     """The accounts: name, role, state, last change (never a password or hash)."""
     from rich.table import Table
 
-    store = _store(config, database_url)
-    try:
+    with _opened(config, database_url) as store:
         rows = store.list()
-    finally:
-        store.close()
     t = Table("name", "role", "state", "changed (UTC)")
     for u in rows:
         t.add_row(u.name, u.role, "disabled" if u.disabled else "enabled",

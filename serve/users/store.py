@@ -6,7 +6,7 @@ they make. Every method is one transaction; an unreachable database raises
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from funnel.sqldb import create_engine, normalise_url, safe_url
-from serve.errors import ReviewDatabaseUrlError, ReviewStoreError
-from serve.review.store import migrate_review_schema
+from serve.errors import ReviewDatabaseUrlError
+from serve.review.store import migrate_review_schema, transaction
 from serve.users.accounts import AccountError, Role, User, check_name, check_role
 
 users = sa.Table(
@@ -61,14 +61,8 @@ class UserStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-            raise ReviewStoreError(f"review database unavailable ({self.safe_url}): "
-                                   f"{e.orig}") from e
+    def _tx(self) -> contextlib.AbstractContextManager[Connection]:
+        return transaction(self.engine, self.safe_url)
 
     def add(self, name: str, *, role: Role, password_hash: str) -> User:
         check_name(name)

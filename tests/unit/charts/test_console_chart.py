@@ -6,7 +6,6 @@ reports the console's drift page reads: the same place the drift monitor writes.
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +150,6 @@ def test_the_ray_pods_read_the_drift_reports_where_the_monitor_writes(ci_file: s
             assert claims(spec)["data"] == claims(drift)["data"], where
 
 
-@pytest.fixture(scope="module")
-def chart_without_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What `helm template --skip-schema-validation` sees: validateValues alone must refuse."""
-    dest = tmp_path_factory.mktemp("chart") / "funnel"
-    shutil.copytree(h.CHART, dest)  # links followed
-    (dest / "values.schema.json").unlink()
-    return dest
 
 
 @pytest.mark.parametrize(("values", "pointer"), [

@@ -4,7 +4,6 @@ the schema) refuses, naming them."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +163,6 @@ BAD: dict[str, tuple[dict[str, Any], str, str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def chart_without_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What `helm template --skip-schema-validation` sees: validateValues alone must refuse."""
-    dest = tmp_path_factory.mktemp("chart") / "funnel"
-    shutil.copytree(h.CHART, dest)  # links followed
-    (dest / "values.schema.json").unlink()
-    return dest
 
 
 @pytest.mark.parametrize("schema", [True, False], ids=["schema", "validateValues"])
