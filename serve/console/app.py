@@ -329,6 +329,7 @@ async def _item_view(request: Request, c: Console, caller: Caller, item_id: str,
         return _problem(request, c, 404, "No such item", f"There is no review item {rid}.",
                         caller)
     history = await asyncio.to_thread(store.audit, content_id=item.content_id)
+    thumb = item.has_image and await asyncio.to_thread(store.thumbnail, rid) is not None
     scores = [{"label": lb, "score": s, "review_at": c.thresholds.get(lb, (None, None))[0],
                "block_at": c.thresholds.get(lb, (None, None))[1],
                "flagged": lb in item.flagged_labels}
@@ -336,6 +337,7 @@ async def _item_view(request: Request, c: Console, caller: Caller, item_id: str,
     q = views.parse_queue(dict(request.query_params), labels=c.labels, now=datetime.now(UTC))
     return _page(request, c, "item.html", {
         "item": item, "scores": scores, "history": history, "conflict": conflict,
+        "thumb": thumb,
         "qs": q.query_string(), "age": views.age(datetime.now(UTC) - item.created_at)},
         caller=caller, status=status)
 

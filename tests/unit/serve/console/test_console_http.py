@@ -191,3 +191,24 @@ def test_the_queue_filters_by_label_policy_and_age(env: Env) -> None:
     assert "0 pending" in c.get("/console/review?older_than=1d").text
     bad = c.get("/console/review?label=<b>&older_than=soon")
     assert bad.status_code == 200 and "older_than: an age" in bad.text and "<b>" not in bad.text
+
+
+def test_an_image_shows_as_the_queues_thumbnail_or_says_none_was_kept(env: Env) -> None:
+    with_thumb = env.store.record_model_decision(
+        content_id="img1", decision="review", model="moderation_image", policy_version="p1",
+        request_id="r", text=None, has_image=True, author_id=None, scores={"nudity": 0.5},
+        flagged_labels=["nudity"], reasons=[], model_versions={}, thumbnail=b"RIFF-webp")
+    without = env.store.record_model_decision(
+        content_id="img2", decision="review", model="moderation_image", policy_version="p1",
+        request_id="r", text=None, has_image=True, author_id=None, scores={"nudity": 0.5},
+        flagged_labels=["nudity"], reasons=[], model_versions={})
+    c = sign_in(env.client(), "rita")
+    assert f'src="/console/review/{with_thumb}/thumbnail"' in c.get(
+        f"/console/review/{with_thumb}").text
+    r = c.get(f"/console/review/{with_thumb}/thumbnail")
+    assert (r.status_code, r.content, r.headers["content-type"]) == (
+        200, b"RIFF-webp", "image/webp")
+    page = c.get(f"/console/review/{without}").text
+    assert "<img" not in page and "no thumbnail was kept" in page
+    assert c.get(f"/console/review/{without}/thumbnail").status_code == 404
+    assert env.client().get(f"/console/review/{with_thumb}/thumbnail").status_code == 303
