@@ -22,7 +22,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from funnel.contracts.errors import FunnelError
 from serve.console import views
 from serve.console.sessions import (
     LOGIN_COOKIE,
@@ -244,7 +243,7 @@ async def login(request: Request) -> Response:
             "This sign-in form expired or did not come from this console. Try again."))
     client = request.client.host if request.client else "unknown"
     keys = [f"user:{name.lower()}", f"ip:{client}"]
-    wait = c.limiter.retry_after(keys)
+    wait = c.auth.limiter.retry_after(keys)
     if wait is not None:
         return _login_form(request, c, nxt, name=name, status=429, retry_after=wait, error=(
             f"Too many failed sign-ins. Try again in {views.age_seconds(wait)}."))
@@ -255,11 +254,11 @@ async def login(request: Request) -> Response:
     ok = user is not None and not user.disabled and await asyncio.to_thread(
         verify_password, user.password_hash, form.get("password", ""))
     if not ok or user is None:
-        c.limiter.failed(keys)
+        c.auth.limiter.failed(keys)
         log.info("console: failed sign-in for %r from %s", name, client)
         return _login_form(request, c, nxt, name=name, status=401,
                            error="That name and password do not match an enabled account.")
-    c.limiter.succeeded(keys[0])
+    c.auth.limiter.succeeded(keys[0])
     if needs_rehash(user.password_hash):
         from serve.users.accounts import hash_password
 
@@ -414,7 +413,7 @@ async def drift(request: Request) -> Response:
 
         try:
             summaries = await asyncio.to_thread(latest_summaries, c.drift_reports_url,
-                                                last=12, storage_options=c.storage_options)
+                                                last=12)
         except (OSError, ValueError) as e:
             problem = f"the drift reports at the configured location cannot be read: {e}"
     return _page(request, c, "drift.html", {
@@ -435,7 +434,7 @@ async def drift_report(request: Request, stamp: str) -> Response:
     import fsspec
 
     def read() -> bytes | None:
-        fs, root = fsspec.core.url_to_fs(c.drift_reports_url, **c.storage_options)
+        fs, root = fsspec.core.url_to_fs(c.drift_reports_url)
         try:
             with fs.open(f"{root.rstrip('/')}/{stamp}/report.html", "rb") as f:
                 return bytes(f.read())
@@ -532,5 +531,3 @@ def static_files() -> Any:
 
     return StaticFiles(directory=str(HERE / "static"))
 
-
-__all__ = ["AlreadyDecided", "Console", "FunnelError", "router", "static_files"]

@@ -8,29 +8,27 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from serve.console.sessions import Sessions
 from serve.services.admin import AdminAuth
-from serve.users.accounts import LoginLimiter
 
 log = logging.getLogger("funnel.console")
 
 
 @dataclass
 class Console:
-    """One replica's console: built by serve.services.replica when `console.enabled`."""
+    """One replica's console: built by serve.services.replica when `console.enabled`. Failed
+    sign-ins are counted by `auth.limiter`, which the API's Basic credentials share."""
 
     sessions: Sessions
     auth: AdminAuth
-    limiter: LoginLimiter
     labels: tuple[str, ...]
     thresholds: dict[str, tuple[float, float]]   # label -> (review_at, block_at)
     page_size: int
     secure_cookie: str
     drift_reports_url: str | None
-    storage_options: dict[str, Any] = field(default_factory=dict)
     secret_generated: bool = False
 
 
@@ -45,13 +43,8 @@ def build_console(settings: Any, *, auth: AdminAuth, labels: tuple[str, ...],
                     "only (set it, the same on every replica: the chart keeps it in a Secret)",
                     settings.session_secret_env)
     reports = os.environ.get(settings.drift_reports_url_env) or settings.drift_reports_url
-    # one count of failed password checks per account: the console's sign-ins and the API's
-    # Basic credentials
-    auth.limiter = LoginLimiter(max_failures=settings.login_max_failures,
-                                window_s=settings.login_window_s)
     return Console(
         sessions=Sessions(secret, max_age_s=settings.session_max_age_s), auth=auth,
-        limiter=auth.limiter,
         labels=labels, thresholds=thresholds, page_size=settings.page_size,
         secure_cookie=settings.secure_cookie, drift_reports_url=reports,
         secret_generated=generated)

@@ -20,6 +20,7 @@ from serve.services.feed import FeedService
 from serve.services.health import HealthService
 from serve.services.moderation import ModerateService
 from serve.services.review import ReviewService
+from serve.users.accounts import LoginLimiter
 
 log = logging.getLogger("funnel.serve")
 
@@ -113,8 +114,12 @@ def build_services(args: AppArgs, *, replica: str, moderation: Any = None,
 
         spool = ReviewSpool(r.spool_path)
     users = user_store(store, os.environ.get(r.database_url_env) or r.database_url)
+    # one count of failed password checks per account: the console's sign-ins and the API's
+    # Basic credentials
+    limiter = LoginLimiter(max_failures=args.console.login_max_failures,
+                           window_s=args.console.login_window_s)
     admin = AdminAuth(os.environ.get(r.admin_token_env, ""), r.admin_token_env, users=users,
-                      identity_header=args.console.identity_header)
+                      identity_header=args.console.identity_header, limiter=limiter)
     if not admin.enabled:
         log.warning("the admin token is not set (%s): admin routes take console accounts "
                     "only (`funnel users add NAME --role admin`)", r.admin_token_env)
